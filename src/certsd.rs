@@ -1,0 +1,810 @@
+//! The certs.d installer: the files docker and containers/image read to trust a registry
+//! and to present a client certificate to it.
+//!
+//! ```text
+//! <root>/<host[:port]>/ca.crt        CA to trust          0644
+//!                      client.cert   client certificate   0644
+//!                      client.key    its private key      0600
+//! ```
+//! docker pairs every `X.cert` with `X.key` and fails every pull from the host when one
+//! of a pair is missing, so the pair is only ever written together, certificate first,
+//! and rolled back together. Which files berth wrote (and their hashes) is kept in
+//! `<state>/certsd.json`, so `remove` never deletes a file someone else put there or changed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Mutex;
+
+use rcgen::{KeyPair, PublicKeyData};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::config::CertsdConfig;
+use crate::fsutil;
+use crate::pki::{self, CertKind, CertStatus, IssueSpec, KeyAlgorithm, Names, Pki, SecretKeyPem};
+
+/// Why an installer operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The registry host is not a valid `host[:port]`.
+    #[error("invalid registry host {value:?}: {reason}")]
+    InvalidHost {
+        /// What was given.
+        value: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// A file exists that berth did not write (or that was changed since).
+    #[error("{0} exists and was not written by berth (or was changed since); pass --force to replace it")]
+    Conflict(PathBuf),
+    /// Nothing berth installed exists for the host.
+    #[error("berth has installed nothing for {0}; see `berth certs ls`")]
+    NotInstalled(String),
+    /// The client certificate to install cannot be used.
+    #[error("{0}")]
+    Client(String),
+    /// The state file of managed files is unreadable; it is never overwritten.
+    #[error("certs.d state {path} is corrupt ({reason}); move it away to start over")]
+    CorruptState {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Reading or writing a file failed.
+    #[error(transparent)]
+    Fs(#[from] fsutil::Error),
+    /// Issuing the client certificate failed.
+    #[error(transparent)]
+    Pki(#[from] pki::Error),
+}
+
+/// A registry as docker names it: `host` or `host:port`, where host is a DNS name, an
+/// IPv4 address or a bracketed IPv6 address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    host: String,
+    port: Option<u16>,
+}
+
+impl HostPort {
+    /// The certs.d folder name docker looks up: `host:port`, or `host` alone for port 443.
+    pub fn dir_name(&self) -> String {
+        match self.port {
+            Some(443) | None => self.host.clone(),
+            Some(p) => format!("{}:{p}", self.host),
+        }
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.dir_name())
+    }
+}
+
+impl FromStr for HostPort {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let bad = |reason| Error::InvalidHost {
+            value: s.to_string(),
+            reason,
+        };
+        if s.is_empty() {
+            return Err(bad("empty"));
+        }
+        if s.contains("://") {
+            return Err(bad("give the registry as docker names it, host[:port], without a scheme"));
+        }
+        if s.contains('/') || s.contains('\\') {
+            return Err(bad("a registry host has no path: give host[:port] only, e.g. registry.example.internal:5443"));
+        }
+        if s.chars().any(|c| c.is_whitespace() || c.is_control()) || s.contains(['@', '?', '#']) {
+            return Err(bad("only a host name or IP address and an optional :port are allowed"));
+        }
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (ip, after) = rest.split_once(']').ok_or_else(|| bad("missing ']' after the IPv6 address"))?;
+            ip.parse::<Ipv6Addr>().map_err(|_| bad("not a valid IPv6 address inside [...]"))?;
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or_else(|| bad("expected :port after ']'"))?),
+            };
+            (format!("[{ip}]"), port)
+        } else {
+            let (h, p) = match s.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (s, None),
+            };
+            if h.contains(':') {
+                return Err(bad("IPv6 addresses need brackets, e.g. [::1]:5443"));
+            }
+            if h.parse::<Ipv4Addr>().is_err() {
+                check_host_label(h).map_err(bad)?;
+            }
+            (h.to_string(), p)
+        };
+        let port = match port {
+            None => None,
+            Some(p) => match p.parse::<u16>() {
+                Ok(0) | Err(_) => return Err(bad("the port must be a number from 1 to 65535")),
+                Ok(n) => Some(n),
+            },
+        };
+        Ok(HostPort { host, port })
+    }
+}
+
+fn check_host_label(h: &str) -> Result<(), &'static str> {
+    if h.is_empty() {
+        return Err("empty host name");
+    }
+    if h.len() > 253 {
+        return Err("host name longer than 253 characters");
+    }
+    for label in h.split('.') {
+        if label.is_empty() {
+            return Err("empty label in the host name (two dots in a row?)");
+        }
+        if label.len() > 63 {
+            return Err("a host name label is longer than 63 characters");
+        }
+        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err("a host name has only letters, digits, '-' and '_'");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("a host name label cannot start or end with '-'");
+        }
+    }
+    Ok(())
+}
+
+/// Which certs.d tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Root {
+    /// docker's.
+    Docker,
+    /// containers/image's (podman, skopeo, buildah).
+    Containers,
+}
+
+impl Root {
+    /// Lowercase name for tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Root::Docker => "docker",
+            Root::Containers => "containers",
+        }
+    }
+}
+
+/// What the installer does to one path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActionKind {
+    /// Create a folder.
+    CreateDir,
+    /// Write a new file.
+    Create,
+    /// Replace a file.
+    Replace,
+    /// Leave a file that is already right.
+    Unchanged,
+    /// Delete a file berth wrote.
+    Delete,
+    /// Keep a file that changed since berth wrote it.
+    KeepModified,
+    /// Delete an empty folder.
+    DeleteDir,
+}
+
+impl ActionKind {
+    /// Verb for the CLI's plan output.
+    pub fn verb(self) -> &'static str {
+        match self {
+            ActionKind::CreateDir => "mkdir",
+            ActionKind::Create => "create",
+            ActionKind::Replace => "replace",
+            ActionKind::Unchanged => "unchanged",
+            ActionKind::Delete => "delete",
+            ActionKind::KeepModified => "keep (modified)",
+            ActionKind::DeleteDir => "rmdir",
+        }
+    }
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileAction {
+    /// What happens.
+    pub kind: ActionKind,
+    /// Where.
+    pub path: PathBuf,
+    /// Mode of a written file; 0 otherwise.
+    pub mode: u32,
+}
+
+/// What an install asks for.
+#[derive(Debug, Clone)]
+pub struct InstallRequest {
+    /// The registry.
+    pub host: HostPort,
+    /// Common name of the client certificate to install; `None` installs ca.crt only.
+    pub client: Option<String>,
+    /// Also install into the containers tree (docker's is always written).
+    pub containers: bool,
+    /// Plan only.
+    pub dry_run: bool,
+    /// Replace files berth did not write.
+    pub force: bool,
+}
+
+/// What an install did.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstallOutcome {
+    /// Steps in order.
+    pub actions: Vec<FileAction>,
+    /// Serial of the installed client certificate.
+    pub client_serial: Option<String>,
+    /// Whether the client certificate was issued for this install.
+    pub issued_client: bool,
+    /// The entry's folders.
+    pub directories: Vec<PathBuf>,
+}
+
+/// A certificate file found in an entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct CertFile {
+    /// Its path.
+    pub path: PathBuf,
+    /// Subject; empty when unreadable.
+    pub subject: String,
+    /// End of validity.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub not_after: Option<OffsetDateTime>,
+    /// It is, or is signed by, the berth CA.
+    pub berth_ca: bool,
+}
+
+/// One `<root>/<host>/` folder.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    /// Which tree.
+    pub root: Root,
+    /// Folder name (the registry).
+    pub host: String,
+    /// Folder path.
+    pub directory: PathBuf,
+    /// berth wrote files here.
+    pub managed: bool,
+    /// CA files (`*.crt`).
+    pub cas: Vec<CertFile>,
+    /// Client certificates (`*.cert`).
+    pub clients: Vec<CertFile>,
+    /// What docker or podman would trip over.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    version: u32,
+    /// Folder -> file name -> sha256 of the content berth wrote.
+    entries: BTreeMap<PathBuf, BTreeMap<String, String>>,
+}
+
+/// The installer: owns the roots and the record of what berth wrote in them.
+#[derive(Debug)]
+pub struct Installer {
+    state_path: PathBuf,
+    docker_root: PathBuf,
+    containers_root: PathBuf,
+    lock: Mutex<()>,
+}
+
+const CA_FILE: &str = "ca.crt";
+const CERT_FILE: &str = "client.cert";
+const KEY_FILE: &str = "client.key";
+
+impl Installer {
+    /// An installer writing under the configured roots and recording in `state_dir`.
+    /// The record is read now, so a corrupt one stops the daemon at start.
+    pub fn open(state_dir: &Path, cfg: &CertsdConfig) -> Result<Installer, Error> {
+        let inst = Installer {
+            state_path: state_dir.join("certsd.json"),
+            docker_root: cfg.docker_root.clone(),
+            containers_root: cfg.containers_root.clone(),
+            lock: Mutex::new(()),
+        };
+        inst.load_state()?;
+        Ok(inst)
+    }
+
+    /// The root folder of a tree.
+    pub fn root(&self, root: Root) -> &Path {
+        match root {
+            Root::Docker => &self.docker_root,
+            Root::Containers => &self.containers_root,
+        }
+    }
+
+    /// Installs the berth CA, and a client pair when asked, for a registry. A client that
+    /// berthd holds no valid certificate for is issued one here, so a single command sets up
+    /// a new machine.
+    pub fn install(&self, pki: &Pki, req: &InstallRequest) -> Result<InstallOutcome, Error> {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut issued_client = false;
+        let client = match &req.client {
+            None => None,
+            Some(name) => {
+                let rec = match pki.find_held(CertKind::Client, name) {
+                    Some(rec) => rec,
+                    None if req.dry_run => {
+                        return self.plan_only(req, true);
+                    }
+                    None => {
+                        issued_client = true;
+                        pki.issue(&IssueSpec {
+                            kind: CertKind::Client,
+                            names: Names {
+                                common_name: name.clone(),
+                                ..Names::default()
+                            },
+                            validity_days: None,
+                            key_algorithm: KeyAlgorithm::default(),
+                            hold_key: true,
+                        })?
+                        .record
+                    }
+                };
+                let key = pki.held_key(&rec.serial)?;
+                Some((rec, key))
+            }
+        };
+        let files = desired_files(pki.ca().cert_pem(), client.as_ref().map(|(r, k)| (r.certificate_pem.as_str(), k)));
+        let mut state = self.load_state()?;
+        let mut outcome = InstallOutcome {
+            actions: Vec::new(),
+            client_serial: client.as_ref().map(|(r, _)| r.serial.clone()),
+            issued_client,
+            directories: Vec::new(),
+        };
+        for root in self.roots_for(req.containers) {
+            let dir = self.root(root).join(req.host.dir_name());
+            let managed = state.entries.get(&dir).cloned().unwrap_or_default();
+            let plan = plan_install(&dir, &files, &managed, req.force)?;
+            if !req.dry_run {
+                apply_install(&dir, &files, &plan)?;
+                let rec = state.entries.entry(dir.clone()).or_default();
+                for (name, content, _) in &files {
+                    rec.insert(name.to_string(), sha256_hex(content));
+                }
+                self.save_state(&state)?;
+                tracing::info!(dir = %dir.display(), client = req.client.as_deref().unwrap_or(""), "installed certs.d entry");
+            }
+            outcome.actions.extend(plan);
+            outcome.directories.push(dir);
+        }
+        Ok(outcome)
+    }
+
+    /// The plan of an install whose client certificate does not exist yet (dry run).
+    fn plan_only(&self, req: &InstallRequest, would_issue: bool) -> Result<InstallOutcome, Error> {
+        let mut outcome = InstallOutcome {
+            actions: Vec::new(),
+            client_serial: None,
+            issued_client: would_issue,
+            directories: Vec::new(),
+        };
+        let state = self.load_state()?;
+        let placeholder = SecretKeyPem::new(String::new());
+        for root in self.roots_for(req.containers) {
+            let dir = self.root(root).join(req.host.dir_name());
+            let managed = state.entries.get(&dir).cloned().unwrap_or_default();
+            // Content is unknown before issuing, so every existing client file is a change.
+            let files = desired_files("", Some(("", &placeholder)));
+            let mut plan = plan_install(&dir, &files, &managed, req.force)?;
+            for a in &mut plan {
+                if a.kind == ActionKind::Unchanged {
+                    a.kind = ActionKind::Replace;
+                }
+            }
+            outcome.actions.extend(plan);
+            outcome.directories.push(dir);
+        }
+        Ok(outcome)
+    }
+
+    /// Deletes the files berth wrote for a registry, and the folder when that leaves it
+    /// empty. Files changed since berth wrote them are kept and reported.
+    pub fn remove(&self, host: &HostPort, containers: bool, dry_run: bool) -> Result<Vec<FileAction>, Error> {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.load_state()?;
+        let mut actions = Vec::new();
+        let mut found = false;
+        for root in self.roots_for(containers) {
+            let dir = self.root(root).join(host.dir_name());
+            let Some(managed) = state.entries.get(&dir).cloned() else {
+                continue;
+            };
+            found = true;
+            let mut plan: Vec<FileAction> = Vec::new();
+            for (name, hash) in &managed {
+                let path = dir.join(name);
+                match std::fs::read(&path) {
+                    Ok(content) if sha256_hex(&content) == *hash => plan.push(action(ActionKind::Delete, &path, 0)),
+                    Ok(_) => plan.push(action(ActionKind::KeepModified, &path, 0)),
+                    Err(_) => {}
+                }
+            }
+            // Never split the client pair: docker fails on a .cert without its .key.
+            let kept = |n: &str| plan.iter().any(|a| a.kind == ActionKind::KeepModified && a.path == dir.join(n));
+            if kept(CERT_FILE) || kept(KEY_FILE) {
+                for a in &mut plan {
+                    if a.path == dir.join(CERT_FILE) || a.path == dir.join(KEY_FILE) {
+                        a.kind = ActionKind::KeepModified;
+                    }
+                }
+            }
+            let deleting: Vec<&Path> = plan.iter().filter(|a| a.kind == ActionKind::Delete).map(|a| a.path.as_path()).collect();
+            let left = std::fs::read_dir(&dir)
+                .map(|rd| rd.filter_map(Result::ok).filter(|e| !deleting.contains(&e.path().as_path())).count())
+                .unwrap_or(0);
+            if left == 0 && dir.is_dir() {
+                plan.push(action(ActionKind::DeleteDir, &dir, 0));
+            }
+            if !dry_run {
+                // Key before certificate, the reverse of install.
+                plan.sort_by_key(|a| (a.kind == ActionKind::DeleteDir, a.path.file_name().is_some_and(|n| n != KEY_FILE)));
+                for a in &plan {
+                    match a.kind {
+                        ActionKind::Delete => fsutil::remove_durable(&a.path)?,
+                        ActionKind::DeleteDir => {
+                            std::fs::remove_dir(&a.path).map_err(|source| fsutil::Error::Io {
+                                op: "remove folder",
+                                path: a.path.clone(),
+                                source,
+                            })?
+                        }
+                        _ => {}
+                    }
+                }
+                state.entries.remove(&dir);
+                self.save_state(&state)?;
+                tracing::info!(dir = %dir.display(), "removed certs.d entry");
+            }
+            actions.extend(plan);
+        }
+        if !found {
+            return Err(Error::NotInstalled(host.to_string()));
+        }
+        Ok(actions)
+    }
+
+    /// Every folder under both roots, berth's or not, with what is wrong with it.
+    pub fn list(&self, pki: &Pki) -> Result<Vec<Entry>, Error> {
+        let state = self.load_state()?;
+        let mut out = Vec::new();
+        for root in [Root::Docker, Root::Containers] {
+            let Ok(rd) = std::fs::read_dir(self.root(root)) else {
+                continue;
+            };
+            let mut dirs: Vec<PathBuf> = rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+            dirs.sort();
+            for dir in dirs {
+                out.push(entry(root, &dir, state.entries.contains_key(&dir), pki));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The entries of one registry.
+    pub fn verify(&self, host: &HostPort, pki: &Pki) -> Result<Vec<Entry>, Error> {
+        let state = self.load_state()?;
+        Ok([Root::Docker, Root::Containers]
+            .into_iter()
+            .map(|root| (root, self.root(root).join(host.dir_name())))
+            .filter(|(_, dir)| dir.is_dir())
+            .map(|(root, dir)| {
+                let managed = state.entries.contains_key(&dir);
+                entry(root, &dir, managed, pki)
+            })
+            .collect())
+    }
+
+    fn roots_for(&self, containers: bool) -> Vec<Root> {
+        if containers {
+            vec![Root::Docker, Root::Containers]
+        } else {
+            vec![Root::Docker]
+        }
+    }
+
+    fn load_state(&self) -> Result<StateFile, Error> {
+        match std::fs::read(&self.state_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::CorruptState {
+                path: self.state_path.clone(),
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StateFile {
+                version: 1,
+                entries: BTreeMap::new(),
+            }),
+            Err(source) => Err(fsutil::Error::Io {
+                op: "read",
+                path: self.state_path.clone(),
+                source,
+            }
+            .into()),
+        }
+    }
+
+    fn save_state(&self, state: &StateFile) -> Result<(), Error> {
+        let json = serde_json::to_vec_pretty(state).map_err(|e| Error::CorruptState {
+            path: self.state_path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(fsutil::write_atomic(&self.state_path, &json, 0o644)?)
+    }
+}
+
+type DesiredFile<'a> = (&'static str, Vec<u8>, u32);
+
+/// The files of an entry, in the order they must be written: CA, certificate, key.
+fn desired_files<'a>(ca_pem: &str, client: Option<(&str, &SecretKeyPem)>) -> Vec<DesiredFile<'a>> {
+    let mut files = vec![(CA_FILE, ca_pem.as_bytes().to_vec(), 0o644)];
+    if let Some((cert, key)) = client {
+        files.push((CERT_FILE, cert.as_bytes().to_vec(), 0o644));
+        files.push((KEY_FILE, key.secret_pem().as_bytes().to_vec(), 0o600));
+    }
+    files
+}
+
+fn action(kind: ActionKind, path: &Path, mode: u32) -> FileAction {
+    FileAction {
+        kind,
+        path: path.to_path_buf(),
+        mode,
+    }
+}
+
+fn plan_install(dir: &Path, files: &[DesiredFile<'_>], managed: &BTreeMap<String, String>, force: bool) -> Result<Vec<FileAction>, Error> {
+    let mut plan = Vec::new();
+    if !dir.is_dir() {
+        plan.push(action(ActionKind::CreateDir, dir, 0o755));
+    }
+    for (name, content, mode) in files {
+        let path = dir.join(name);
+        let kind = match std::fs::read(&path) {
+            Err(_) => ActionKind::Create,
+            Ok(current) => {
+                let same_mode = std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o777 == *mode);
+                if current == *content && same_mode {
+                    ActionKind::Unchanged
+                } else if force || managed.get(*name).is_some_and(|h| *h == sha256_hex(&current)) {
+                    ActionKind::Replace
+                } else {
+                    return Err(Error::Conflict(path));
+                }
+            }
+        };
+        plan.push(action(kind, &path, *mode));
+    }
+    Ok(plan)
+}
+
+/// Writes the planned files: all are staged first, then renamed into place in order. If a
+/// rename fails, the files already renamed get their old content back (or are deleted), so
+/// the entry is never left with a certificate and someone else's key.
+fn apply_install(dir: &Path, files: &[DesiredFile<'_>], plan: &[FileAction]) -> Result<(), Error> {
+    fsutil::create_dir_all(dir, 0o755)?;
+    let mut staged = Vec::new();
+    for (name, content, mode) in files {
+        let path = dir.join(name);
+        if plan.iter().any(|a| a.path == path && a.kind == ActionKind::Unchanged) {
+            continue;
+        }
+        let old = std::fs::read(&path).ok().map(|b| (b, std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0o600)));
+        match fsutil::stage(&path, content, *mode) {
+            Ok(tmp) => staged.push((tmp, path, old)),
+            Err(e) => {
+                for (tmp, _, _) in &staged {
+                    let _ = std::fs::remove_file(tmp);
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    let mut done: Vec<(PathBuf, Option<(Vec<u8>, u32)>)> = Vec::new();
+    let mut iter = staged.into_iter();
+    while let Some((tmp, path, old)) = iter.next() {
+        if let Err(e) = fsutil::commit(&tmp, &path) {
+            for (tmp, _, _) in iter {
+                let _ = std::fs::remove_file(tmp);
+            }
+            for (path, old) in done.into_iter().rev() {
+                let _ = match old {
+                    Some((bytes, mode)) => fsutil::write_atomic(&path, &bytes, mode),
+                    None => fsutil::remove_durable(&path),
+                };
+            }
+            return Err(e.into());
+        }
+        done.push((path, old));
+    }
+    Ok(())
+}
+
+fn entry(root: Root, dir: &Path, managed: bool, pki: &Pki) -> Entry {
+    let mut e = Entry {
+        root,
+        host: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        directory: dir.to_path_buf(),
+        managed,
+        cas: Vec::new(),
+        clients: Vec::new(),
+        problems: Vec::new(),
+    };
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(Result::ok).map(|d| d.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    let now = OffsetDateTime::now_utc();
+    for name in &names {
+        let path = dir.join(name);
+        if let Some(stem) = name.strip_suffix(".crt") {
+            let (file, _) = cert_file(&path, pki, &mut e.problems);
+            if file.not_after.is_some_and(|t| t < now) {
+                e.problems.push(format!("{name} expired on {}", date(file.not_after)));
+            }
+            let _ = stem;
+            e.cas.push(file);
+        } else if let Some(stem) = name.strip_suffix(".cert") {
+            let key_name = format!("{stem}.key");
+            let (file, der) = cert_file(&path, pki, &mut e.problems);
+            if !names.contains(&key_name) {
+                e.problems.push(format!("{name} has no {key_name}: docker refuses every pull from this host"));
+            } else if let Some(der) = &der {
+                check_pair(dir, name, &key_name, der, &mut e.problems);
+            }
+            if file.not_after.is_some_and(|t| t < now) {
+                e.problems.push(format!("{name} expired on {}", date(file.not_after)));
+            }
+            if let Some(der) = &der
+                && let Ok((_, x)) = X509Certificate::from_der(der)
+                && let Ok(Some(eku)) = x.extended_key_usage()
+                && !eku.value.client_auth
+                && !eku.value.any
+            {
+                e.problems.push(format!("{name} lacks the clientAuth extended key usage: registries will refuse it"));
+            }
+            if managed && !file.berth_ca {
+                e.problems.push(format!("{name} is not signed by the berth CA"));
+            }
+            e.clients.push(file);
+        } else if let Some(stem) = name.strip_suffix(".key") {
+            let cert_name = format!("{stem}.cert");
+            if !names.contains(&cert_name) {
+                e.problems.push(format!("{name} has no {cert_name}: docker refuses every pull from this host"));
+            }
+            if let Ok(m) = std::fs::metadata(dir.join(name))
+                && m.permissions().mode() & 0o077 != 0
+            {
+                e.problems.push(format!(
+                    "{name} is readable by group or others (mode {:04o}): chmod 600 it",
+                    m.permissions().mode() & 0o777
+                ));
+            }
+        }
+    }
+    if managed && !e.cas.iter().any(|c| c.berth_ca) {
+        e.problems.push("no ca.crt of the berth CA: clients will not trust the registry".into());
+    }
+    e
+}
+
+fn cert_file(path: &Path, pki: &Pki, problems: &mut Vec<String>) -> (CertFile, Option<Vec<u8>>) {
+    let mut file = CertFile {
+        path: path.to_path_buf(),
+        subject: String::new(),
+        not_after: None,
+        berth_ca: false,
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(err) => {
+            problems.push(format!("cannot read {name}: {err}"));
+            return (file, None);
+        }
+    };
+    match pki.inspect(&bytes) {
+        Ok(certs) if !certs.is_empty() => {
+            let leaf = &certs[0];
+            file.subject = leaf.subject.clone();
+            file.not_after = Some(leaf.not_after);
+            file.berth_ca = leaf.chains_to_berth_ca;
+            if leaf.status == CertStatus::Revoked {
+                problems.push(format!("{name} was revoked by the berth CA"));
+            }
+            let der = pki::parse_certificates(&bytes).ok().and_then(|v| v.into_iter().next());
+            (file, der)
+        }
+        Ok(_) => (file, None),
+        Err(err) => {
+            problems.push(format!("cannot parse {name}: {err}"));
+            (file, None)
+        }
+    }
+}
+
+fn check_pair(dir: &Path, cert_name: &str, key_name: &str, cert_der: &[u8], problems: &mut Vec<String>) {
+    let Ok(key_pem) = std::fs::read_to_string(dir.join(key_name)) else {
+        problems.push(format!("cannot read {key_name}"));
+        return;
+    };
+    // Only PKCS#8 keys can be checked here; other encodings are left to the client.
+    let Ok(key) = KeyPair::from_pem(&key_pem) else {
+        return;
+    };
+    let Ok((_, x)) = X509Certificate::from_der(cert_der) else {
+        return;
+    };
+    if x.public_key().raw != key.subject_public_key_info().as_slice() {
+        problems.push(format!("{key_name} does not match {cert_name}: the TLS handshake will fail"));
+    }
+}
+
+fn date(t: Option<OffsetDateTime>) -> String {
+    t.map(|t| t.date().to_string()).unwrap_or_default()
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn host_port_rules() {
+        let ok = [
+            ("registry.example.internal:5443", "registry.example.internal:5443"),
+            ("registry.example.internal:443", "registry.example.internal"),
+            ("registry.example.internal", "registry.example.internal"),
+            ("localhost:5000", "localhost:5000"),
+            ("10.0.0.5:5000", "10.0.0.5:5000"),
+            ("[::1]:5443", "[::1]:5443"),
+            ("[::1]", "[::1]"),
+        ];
+        for (input, dir) in ok {
+            assert_eq!(input.parse::<HostPort>().unwrap().dir_name(), dir, "{input}");
+        }
+        let bad = [
+            ("", "empty"),
+            ("reg.example/v2", "no path"),
+            ("https://reg.example", "scheme"),
+            ("reg.example:0", "port"),
+            ("reg.example:99999", "port"),
+            ("reg.example:http", "port"),
+            ("::1", "brackets"),
+            ("../etc", "no path"),
+            ("..", "empty label"),
+            ("a b", "only a host"),
+            ("[::1", "']'"),
+            ("-bad.example", "'-'"),
+        ];
+        for (input, why) in bad {
+            let e = input.parse::<HostPort>().unwrap_err().to_string();
+            assert!(e.contains(why), "{input}: {e}");
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! berthd's configuration: embedded defaults, an optional TOML file, then flags.
+//!
+//! `Config::default()` is what berthd runs with when given nothing, so the README's first
+//! command works on a fresh machine. A file must say `version = 1`; an unknown key is an error
+//! that names the key, because a misspelt setting silently ignored is a security bug.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pki::KeyAlgorithm;
+
+/// The only config file version this build reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type...).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message, which names the key and line.
+        message: String,
+    },
+    /// The file declares a version this build does not understand.
+    #[error("config file {path} has version = {found}; this berthd reads version = {CONFIG_VERSION}")]
+    Version {
+        /// The config file.
+        path: PathBuf,
+        /// The version it declares.
+        found: u32,
+    },
+    /// A `tcp://` listen address is malformed.
+    #[error("invalid listen address {0:?}: expected tcp://IP:PORT, e.g. tcp://0.0.0.0:2376")]
+    Listen(String),
+}
+
+/// The whole daemon configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Schema version of the file; always [`CONFIG_VERSION`].
+    pub version: u32,
+    /// Folder holding the CA, the certificate index, issued keys and the lock file.
+    pub state_dir: PathBuf,
+    /// How clients reach the control API.
+    pub control: ControlConfig,
+    /// Certificate authority settings.
+    pub pki: PkiConfig,
+    /// Where the certs.d installer writes.
+    pub certsd: CertsdConfig,
+}
+
+/// The control API's listeners and who may use them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Unix socket path.
+    pub socket: PathBuf,
+    /// Group (name or numeric gid) that owns the socket and whose members may use it.
+    pub group: Option<String>,
+    /// Mode of the socket file. 0o660 lets only the owner and the group connect.
+    pub socket_mode: u32,
+    /// Opt-in TCP listeners with mutual TLS, e.g. `tcp://0.0.0.0:2376`.
+    pub listen: Vec<ListenAddr>,
+    /// Extra certificate common names allowed to administer over TCP, besides every
+    /// unrevoked certificate issued with the admin profile.
+    pub admins: Vec<String>,
+    /// Extra DNS names or IPs for the TCP listener's server certificate.
+    pub tls_names: Vec<String>,
+}
+
+/// Certificate authority settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PkiConfig {
+    /// Subject common name of a newly created CA.
+    pub ca_common_name: String,
+    /// Key algorithm of a newly created CA.
+    pub ca_key_algorithm: KeyAlgorithm,
+    /// Validity of a newly created CA, in days.
+    pub ca_validity_days: u32,
+    /// Validity of issued certificates when the request does not say, in days.
+    pub default_validity_days: u32,
+}
+
+/// Roots of the certs.d trees the installer manages.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CertsdConfig {
+    /// docker's tree.
+    pub docker_root: PathBuf,
+    /// containers' tree (podman, skopeo, buildah, cri-o).
+    pub containers_root: PathBuf,
+}
+
+/// A TCP address to serve the control API on with mutual TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ListenAddr(pub SocketAddr);
+
+impl FromStr for ListenAddr {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let rest = s
+            .strip_prefix("tcp://")
+            .ok_or_else(|| Error::Listen(s.to_string()))?;
+        rest.parse()
+            .map(ListenAddr)
+            .map_err(|_| Error::Listen(s.to_string()))
+    }
+}
+
+impl TryFrom<String> for ListenAddr {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self, Error> {
+        s.parse()
+    }
+}
+
+impl From<ListenAddr> for String {
+    fn from(a: ListenAddr) -> String {
+        a.to_string()
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "tcp://{}", self.0)
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            version: CONFIG_VERSION,
+            state_dir: default_state_dir(),
+            control: ControlConfig::default(),
+            pki: PkiConfig::default(),
+            certsd: CertsdConfig::default(),
+        }
+    }
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            socket: default_socket_path(),
+            group: None,
+            socket_mode: 0o660,
+            listen: Vec::new(),
+            admins: Vec::new(),
+            tls_names: Vec::new(),
+        }
+    }
+}
+
+impl Default for PkiConfig {
+    fn default() -> Self {
+        PkiConfig {
+            ca_common_name: "berth CA".to_string(),
+            ca_key_algorithm: KeyAlgorithm::EcdsaP256,
+            ca_validity_days: 3650,
+            default_validity_days: 90,
+        }
+    }
+}
+
+impl Default for CertsdConfig {
+    fn default() -> Self {
+        if is_root() {
+            CertsdConfig {
+                docker_root: PathBuf::from("/etc/docker/certs.d"),
+                containers_root: PathBuf::from("/etc/containers/certs.d"),
+            }
+        } else {
+            // Rootless docker and rootless podman read these.
+            let cfg = xdg_dir("XDG_CONFIG_HOME", ".config");
+            CertsdConfig {
+                docker_root: cfg.join("docker/certs.d"),
+                containers_root: cfg.join("containers/certs.d"),
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file over the embedded defaults: keys it omits keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Parses TOML text; `path` is only used in messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, Error> {
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: Option<u32>,
+        }
+        let parse = |message: String| Error::Parse {
+            path: path.to_path_buf(),
+            message,
+        };
+        // Check the version first, so a future file gets a version error, not a key error.
+        let v: toml::Table = toml::from_str(text).map_err(|e| parse(e.to_string()))?;
+        let versioned: Versioned = v
+            .try_into()
+            .map_err(|e: toml::de::Error| parse(e.to_string()))?;
+        match versioned.version {
+            Some(CONFIG_VERSION) => {}
+            Some(found) => {
+                return Err(Error::Version {
+                    path: path.to_path_buf(),
+                    found,
+                });
+            }
+            None => return Err(parse("missing `version = 1`".to_string())),
+        }
+        toml::from_str(text).map_err(|e| parse(e.to_string().trim_end().to_string()))
+    }
+
+    /// Puts every piece of state under one folder: the state dir itself and the socket.
+    /// certs.d roots are left alone, since they belong to docker, not to berth.
+    pub fn set_root(&mut self, root: &Path) {
+        self.state_dir = root.to_path_buf();
+        self.control.socket = root.join("berthd.sock");
+    }
+}
+
+/// True when running as root, which picks system-wide defaults.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Default state folder: `/var/lib/berth` for root, else `$XDG_STATE_HOME/berth`
+/// (falling back to `~/.local/state/berth`).
+pub fn default_state_dir() -> PathBuf {
+    if is_root() {
+        PathBuf::from("/var/lib/berth")
+    } else {
+        xdg_dir("XDG_STATE_HOME", ".local/state").join("berth")
+    }
+}
+
+/// Default control socket, shared by berthd and the CLI so both agree without flags:
+/// `/run/berth/berthd.sock` for root, else `$XDG_RUNTIME_DIR/berth/berthd.sock`
+/// (falling back to the state folder).
+pub fn default_socket_path() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/run/berth/berthd.sock");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("berth/berthd.sock"),
+        _ => default_state_dir().join("berthd.sock"),
+    }
+}
+
+fn xdg_dir(var: &str, fallback_under_home: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(d) if !d.is_empty() && Path::new(&d).is_absolute() => PathBuf::from(d),
+        _ => match std::env::var_os("HOME") {
+            Some(h) if !h.is_empty() => PathBuf::from(h).join(fallback_under_home),
+            _ => std::env::temp_dir().join(format!("berth-{}", nix::unistd::geteuid())),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::from_toml("version = 1\n[control]\nsokcet = \"/x\"\n", Path::new("b.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sokcet"), "{e}");
+        assert!(e.contains("b.toml"), "{e}");
+    }
+
+    #[test]
+    fn version_is_required_and_checked() {
+        let e = Config::from_toml("state_dir = \"/x\"\n", Path::new("c")).unwrap_err();
+        assert!(e.to_string().contains("version"), "{e}");
+        let e = Config::from_toml("version = 2\n", Path::new("c")).unwrap_err();
+        assert!(matches!(e, Error::Version { found: 2, .. }), "{e}");
+    }
+
+    #[test]
+    fn partial_file_keeps_defaults() {
+        let c = Config::from_toml(
+            "version = 1\nstate_dir = \"/srv/berth\"\n[control]\nsocket_mode = 0o600\nlisten = [\"tcp://127.0.0.1:2376\"]\n[pki]\nca_key_algorithm = \"ed25519\"\n",
+            Path::new("c"),
+        )
+        .unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/srv/berth"));
+        assert_eq!(c.control.socket_mode, 0o600);
+        assert_eq!(c.control.listen[0].0, "127.0.0.1:2376".parse().unwrap());
+        assert_eq!(c.pki.ca_key_algorithm, KeyAlgorithm::Ed25519);
+        assert_eq!(c.pki.default_validity_days, 90);
+    }
+
+    #[test]
+    fn bad_listen_address() {
+        let e = Config::from_toml("version = 1\n[control]\nlisten = [\"0.0.0.0:1\"]\n", Path::new("c"))
+            .unwrap_err();
+        assert!(e.to_string().contains("tcp://"), "{e}");
+    }
+}

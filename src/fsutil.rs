@@ -1,0 +1,174 @@
+//! Crash-safe file writes: a reader sees the old content or the new, never half a file.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Why a filesystem operation failed, with the path it failed on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O call failed; `op` names the step so the message says what to fix.
+    #[error("cannot {op} {path}: {source}")]
+    Io {
+        /// The step that failed, e.g. "create", "rename".
+        op: &'static str,
+        /// The path it failed on.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The path has no parent folder or no file name, so it cannot be written atomically.
+    #[error("{0} is not a file path")]
+    NotAFilePath(PathBuf),
+}
+
+impl Error {
+    /// The OS error kind behind this error, so callers can tell "permission denied" apart.
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            Error::Io { source, .. } => Some(source.kind()),
+            Error::NotAFilePath(_) => None,
+        }
+    }
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` with `mode` so that the file is never seen half-written:
+/// a temp file in the same folder is written, fsynced and renamed over `path`, then the
+/// folder is fsynced so the rename survives a crash. The mode is set at creation, so a
+/// secret is never readable by others, not even for an instant.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
+    let tmp = stage(path, bytes, mode)?;
+    commit(&tmp, path)
+}
+
+/// First half of [`write_atomic`]: writes and fsyncs a hidden temp file beside `path` and
+/// returns its name. Lets a caller stage several files and rename them together.
+pub fn stage(path: &Path, bytes: &[u8], mode: u32) -> Result<PathBuf, Error> {
+    let dir = parent(path)?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::NotAFilePath(path.to_path_buf()))?;
+    let mut suffix = [0u8; 6];
+    getrandom::fill(&mut suffix).map_err(|e| Error::Io {
+        op: "get randomness for",
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        hex::encode(suffix)
+    ));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io("create", &tmp))?;
+        // The umask may have cleared bits of `mode`; set it exactly.
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io("set mode on", &tmp))?;
+        f.write_all(bytes).map_err(io("write", &tmp))?;
+        f.sync_all().map_err(io("fsync", &tmp))?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(tmp)
+}
+
+/// Second half of [`write_atomic`]: renames a staged temp file over `path` and fsyncs the
+/// folder. On failure the temp file is removed.
+pub fn commit(tmp: &Path, path: &Path) -> Result<(), Error> {
+    if let Err(e) = fs::rename(tmp, path) {
+        let _ = fs::remove_file(tmp);
+        return Err(io("rename into place", path)(e));
+    }
+    sync_dir(parent(path)?)
+}
+
+/// Deletes `path` and fsyncs its folder, so the deletion survives a crash.
+pub fn remove_durable(path: &Path) -> Result<(), Error> {
+    fs::remove_file(path).map_err(io("remove", path))?;
+    sync_dir(parent(path)?)
+}
+
+/// Creates `dir` and its parents; a folder created here gets `mode` exactly, an existing
+/// one is left as it is.
+pub fn create_dir_all(dir: &Path, mode: u32) -> Result<(), Error> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(p) = dir.parent()
+        && !p.as_os_str().is_empty()
+    {
+        create_dir_all(p, mode)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {
+            fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+                .map_err(io("set mode on", dir))?;
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(io("create folder", dir)(e)),
+    }
+}
+
+/// Reads a file, naming it in the error.
+pub fn read(path: &Path) -> Result<Vec<u8>, Error> {
+    fs::read(path).map_err(io("read", path))
+}
+
+fn parent(path: &Path) -> Result<&Path, Error> {
+    match path.parent() {
+        Some(p) if p.as_os_str().is_empty() => Ok(Path::new(".")),
+        Some(p) => Ok(p),
+        None => Err(Error::NotAFilePath(path.to_path_buf())),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync folder", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn write_atomic_sets_mode_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("secret.key");
+        write_atomic(&p, b"one", 0o600).unwrap();
+        write_atomic(&p, b"two", 0o600).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "temp files left behind");
+    }
+
+    #[test]
+    fn failed_write_leaves_old_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("missing-dir").join("f");
+        assert!(write_atomic(&p, b"x", 0o644).is_err());
+        assert!(!p.exists());
+    }
+}

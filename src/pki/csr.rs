@@ -1,0 +1,59 @@
+//! Signing certificate signing requests whose private key never leaves the requester.
+
+use rcgen::{CertificateSigningRequestParams, DnType, SanType};
+use rustls_pki_types::{CertificateSigningRequestDer, pem::PemObject};
+
+use super::issue::{apply_profile, check_dns};
+use super::{Ca, CertKind, Error};
+
+/// Verifies the CSR's self-signature, keeps only its public key, subject and SANs, and
+/// signs it with `profile`. rcgen would copy the CSR's basicConstraints (CA:TRUE included),
+/// key usages and EKUs; `apply_profile` overwrites all of them.
+pub(super) fn sign(csr: &[u8], profile: CertKind, serial: &[u8], days: u32, ca: &Ca) -> Result<Vec<u8>, Error> {
+    let der = if csr.trim_ascii_start().starts_with(b"-----BEGIN") {
+        CertificateSigningRequestDer::from_pem_slice(csr)
+            .map_err(|_| Error::InvalidCsr("no CERTIFICATE REQUEST block in the PEM input".into()))?
+    } else {
+        CertificateSigningRequestDer::from(csr.to_vec())
+    };
+    let mut req = CertificateSigningRequestParams::from_der(&der).map_err(|e| match e {
+        rcgen::Error::InvalidCertificationRequestSignature => Error::CsrSignature,
+        rcgen::Error::UnsupportedExtension => Error::InvalidCsr(
+            "it requests an extension berth does not sign (only subjectAltName, keyUsage, extendedKeyUsage and basicConstraints)".into(),
+        ),
+        rcgen::Error::UnsupportedSignatureAlgorithm => {
+            Error::InvalidCsr("its signature algorithm is not supported (use ECDSA, Ed25519 or RSA)".into())
+        }
+        other => Error::InvalidCsr(format!("cannot decode it as PKCS#10 ({other})")),
+    })?;
+    let p = &mut req.params;
+    let has_cn = p.distinguished_name.get(&DnType::CommonName).is_some();
+    let mut has_host_san = false;
+    for san in &p.subject_alt_names {
+        match san {
+            SanType::DnsName(d) => {
+                check_dns(d.as_str(), profile == CertKind::Server)?;
+                has_host_san = true;
+            }
+            SanType::IpAddress(_) => has_host_san = true,
+            _ => {}
+        }
+    }
+    match profile {
+        CertKind::Server if !has_host_san => {
+            return Err(Error::MissingName(
+                "the CSR has no DNS or IP subjectAltName; a server certificate needs one",
+            ));
+        }
+        CertKind::Client | CertKind::Admin if !has_cn => {
+            return Err(Error::MissingName("the CSR has no subject common name; a client certificate needs one"));
+        }
+        _ => {}
+    }
+    let alg = req.public_key.algorithm();
+    let rsa = [&rcgen::PKCS_RSA_SHA256, &rcgen::PKCS_RSA_SHA384, &rcgen::PKCS_RSA_SHA512]
+        .into_iter()
+        .any(|a| a == alg);
+    apply_profile(&mut req.params, profile, rsa, serial, days, ca)?;
+    Ok(req.signed_by(ca.issuer())?.der().to_vec())
+}

@@ -1,0 +1,468 @@
+//! The berth certificate authority.
+//!
+//! A CA (created on first start), leaf certificates for three profiles (server, client,
+//! admin), CSR signing, revocation with a CRL, and inspection of any certificate. Every
+//! certificate the CA signs is recorded in an index in the state folder, so `cert ls`
+//! survives restarts and serial numbers are never reused.
+//!
+//! Files under `<state>/pki/`:
+//! ```text
+//! ca.crt            CA certificate            0644
+//! ca.key            CA private key            0600
+//! index.json        every issued certificate  0644
+//! crl.pem           current CRL               0644
+//! keys/<serial>.key keys berthd holds         0600 (folder 0700)
+//! ```
+
+mod ca;
+mod csr;
+mod inspect;
+mod issue;
+mod keys;
+mod revoke;
+mod store;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+pub use ca::Ca;
+pub use inspect::{CertDetails, fingerprint_sha256, parse_certificates};
+pub use keys::{KeyAlgorithm, SecretKeyPem};
+pub use revoke::Crl;
+
+use crate::config::PkiConfig;
+use crate::fsutil;
+use store::Store;
+
+/// Why a PKI operation failed. Each variant maps to one gRPC status class at the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A subject name or SAN is malformed.
+    #[error("invalid {field} {value:?}: {reason}")]
+    InvalidName {
+        /// Which field, e.g. "DNS name".
+        field: &'static str,
+        /// The offending value.
+        value: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// A required name is missing.
+    #[error("{0}")]
+    MissingName(&'static str),
+    /// The request is not acceptable for another reason (profile, validity).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The CSR cannot be decoded or asks for something berth does not sign.
+    #[error("invalid CSR: {0}")]
+    InvalidCsr(String),
+    /// The CSR's self-signature does not verify: it was tampered with or is not the
+    /// requester's key.
+    #[error("CSR signature does not verify: the request was altered or was not signed by its own key")]
+    CsrSignature,
+    /// The bytes hold no certificate berth can decode.
+    #[error("invalid certificate: {0}")]
+    InvalidCertificate(String),
+    /// No issued certificate has this serial.
+    #[error("no certificate with serial {0} in the index")]
+    NotFound(String),
+    /// The certificate is already revoked.
+    #[error("certificate {0} is already revoked")]
+    AlreadyRevoked(String),
+    /// An unknown key algorithm name.
+    #[error("unknown key algorithm {0:?}: use ecdsa-p256, ecdsa-p384, ed25519, rsa2048, rsa3072 or rsa4096")]
+    UnknownKeyAlgorithm(String),
+    /// Key generation failed.
+    #[error("key generation failed: {0}")]
+    KeyGeneration(String),
+    /// The index file exists but cannot be parsed; berthd refuses to start rather than
+    /// overwrite it.
+    #[error("certificate index {path} is corrupt ({reason}); berthd will not overwrite it: restore it from a backup or move it away")]
+    CorruptIndex {
+        /// The index file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The CA files are missing a half or do not parse.
+    #[error("CA in {path} is unusable: {reason}")]
+    CorruptCa {
+        /// The CA file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Reading or writing state failed.
+    #[error(transparent)]
+    Fs(#[from] fsutil::Error),
+    /// rcgen refused to build or sign a certificate.
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+}
+
+/// The profile a certificate is issued with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertKind {
+    /// TLS server: serverAuth, DNS/IP SANs.
+    Server,
+    /// TLS client (docker, podman, skopeo): clientAuth.
+    Client,
+    /// Remote administrator of berthd over TCP: clientAuth, in the admin set.
+    Admin,
+}
+
+impl CertKind {
+    /// Lowercase name for tables and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            CertKind::Server => "server",
+            CertKind::Client => "client",
+            CertKind::Admin => "admin",
+        }
+    }
+}
+
+/// Subject names and SANs of a certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Names {
+    /// Subject CN.
+    pub common_name: String,
+    /// Subject O.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub organizations: Vec<String>,
+    /// Subject OU.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub organizational_units: Vec<String>,
+    /// DNS SANs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_names: Vec<String>,
+    /// IP SANs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_addresses: Vec<IpAddr>,
+    /// URI SANs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uris: Vec<String>,
+    /// Email SANs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub emails: Vec<String>,
+}
+
+/// A certificate's state now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertStatus {
+    /// In its validity period and not revoked.
+    Valid,
+    /// Past notAfter.
+    Expired,
+    /// Revoked by the berth CA.
+    Revoked,
+    /// Before notBefore.
+    NotYetValid,
+}
+
+impl CertStatus {
+    /// Lowercase name for tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            CertStatus::Valid => "valid",
+            CertStatus::Expired => "expired",
+            CertStatus::Revoked => "revoked",
+            CertStatus::NotYetValid => "not-yet-valid",
+        }
+    }
+
+    fn by_clock(not_before: OffsetDateTime, not_after: OffsetDateTime) -> CertStatus {
+        let now = OffsetDateTime::now_utc();
+        if now > not_after {
+            CertStatus::Expired
+        } else if now < not_before {
+            CertStatus::NotYetValid
+        } else {
+            CertStatus::Valid
+        }
+    }
+}
+
+/// One certificate the CA signed, as kept in the index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRecord {
+    /// Serial, lowercase hex without separators.
+    pub serial: String,
+    /// Profile it was issued with.
+    pub kind: CertKind,
+    /// Subject and SANs, read back from the signed certificate.
+    pub names: Names,
+    /// Start of validity.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
+    /// End of validity.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// SHA-256 of the DER, uppercase hex with colons (as `openssl x509 -fingerprint`).
+    pub fingerprint_sha256: String,
+    /// When it was revoked.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Whether berthd keeps the private key.
+    pub key_held: bool,
+    /// Whether it was signed from a caller's CSR.
+    pub from_csr: bool,
+    /// Public key algorithm, e.g. "ECDSA P-256".
+    pub key_algorithm: String,
+    /// The certificate, PEM.
+    pub certificate_pem: String,
+}
+
+impl CertRecord {
+    /// Status now: revoked wins over the clock.
+    pub fn status(&self) -> CertStatus {
+        if self.revoked_at.is_some() {
+            CertStatus::Revoked
+        } else {
+            CertStatus::by_clock(self.not_before, self.not_after)
+        }
+    }
+
+    /// Fraction of the validity period still ahead (0.0 when expired).
+    pub fn life_left(&self) -> f64 {
+        let total = (self.not_after - self.not_before).as_seconds_f64();
+        let left = (self.not_after - OffsetDateTime::now_utc()).as_seconds_f64();
+        if total <= 0.0 {
+            0.0
+        } else {
+            (left / total).clamp(0.0, 1.0)
+        }
+    }
+}
+
+/// What to issue.
+#[derive(Debug, Clone)]
+pub struct IssueSpec {
+    /// Profile.
+    pub kind: CertKind,
+    /// Subject and SANs.
+    pub names: Names,
+    /// Validity in days; `None` takes the configured default.
+    pub validity_days: Option<u32>,
+    /// Key algorithm of the new key.
+    pub key_algorithm: KeyAlgorithm,
+    /// Keep the key in the state folder so berthd can install it later (certs.d, its own
+    /// listeners). Client keys are held; server and admin keys only go to the caller.
+    pub hold_key: bool,
+}
+
+/// A newly issued certificate with its key.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The index entry.
+    pub record: CertRecord,
+    /// The private key.
+    pub key: SecretKeyPem,
+}
+
+/// Filter for [`Pki::list`].
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only this profile.
+    pub kind: Option<CertKind>,
+    /// Only this common name.
+    pub common_name: Option<String>,
+}
+
+/// The CA, its index and its key store, shared by every request. Operations are
+/// synchronous and short, except RSA key generation; callers on an async runtime run them
+/// on a blocking thread.
+pub struct Pki {
+    dir: PathBuf,
+    ca: Ca,
+    store: Mutex<Store>,
+    default_validity_days: u32,
+}
+
+impl std::fmt::Debug for Pki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pki").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+impl Pki {
+    /// Opens `<state>/pki`, creating the CA on first start. A corrupt index or a CA with a
+    /// missing half is an error that names the file; nothing is overwritten.
+    pub fn open(state_dir: &Path, cfg: &PkiConfig) -> Result<Pki, Error> {
+        let dir = state_dir.join("pki");
+        fsutil::create_dir_all(&dir, 0o700)?;
+        let store = Store::open(&dir)?;
+        let ca = Ca::load_or_create(&dir, cfg)?;
+        let pki = Pki {
+            dir,
+            ca,
+            store: Mutex::new(store),
+            default_validity_days: cfg.default_validity_days,
+        };
+        // Re-sign the CRL at every start so its nextUpdate never lapses on a long-running host.
+        pki.write_crl(&mut pki.lock())?;
+        Ok(pki)
+    }
+
+    /// The CA.
+    pub fn ca(&self) -> &Ca {
+        &self.ca
+    }
+
+    /// Folder of the PKI state.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Issues a certificate with a fresh key.
+    pub fn issue(&self, spec: &IssueSpec) -> Result<Issued, Error> {
+        let days = spec.validity_days.unwrap_or(self.default_validity_days);
+        let key = spec.key_algorithm.generate()?;
+        let mut store = self.lock();
+        let serial = store.fresh_serial()?;
+        let params = issue::leaf_params(spec.kind, &spec.names, spec.key_algorithm, &serial, days, &self.ca)?;
+        let cert = params.signed_by(&key, self.ca.issuer())?;
+        let secret = SecretKeyPem::new(key.serialize_pem());
+        let record = self.record(spec.kind, cert.der(), spec.hold_key, false)?;
+        store.insert(record.clone(), spec.hold_key.then_some(&secret))?;
+        tracing::info!(serial = %record.serial, kind = spec.kind.name(), cn = %record.names.common_name, "issued certificate");
+        Ok(Issued { record, key: secret })
+    }
+
+    /// Signs a CSR with a fixed profile. The CSR contributes only its public key and names:
+    /// CA rights, key usages and EKUs come from the profile. The key is never seen here.
+    pub fn sign_csr(&self, csr: &[u8], profile: CertKind, validity_days: Option<u32>) -> Result<CertRecord, Error> {
+        let days = validity_days.unwrap_or(self.default_validity_days);
+        let mut store = self.lock();
+        let serial = store.fresh_serial()?;
+        let der = csr::sign(csr, profile, &serial, days, &self.ca)?;
+        let record = self.record(profile, &der, false, true)?;
+        store.insert(record.clone(), None)?;
+        tracing::info!(serial = %record.serial, kind = profile.name(), cn = %record.names.common_name, "signed CSR");
+        Ok(record)
+    }
+
+    /// Every recorded certificate matching `filter`, oldest first.
+    pub fn list(&self, filter: &ListFilter) -> Vec<CertRecord> {
+        self.lock()
+            .records()
+            .iter()
+            .filter(|r| filter.kind.is_none_or(|k| r.kind == k))
+            .filter(|r| filter.common_name.as_deref().is_none_or(|cn| r.names.common_name == cn))
+            .cloned()
+            .collect()
+    }
+
+    /// The record for `serial` (hex, colons and case ignored).
+    pub fn get(&self, serial: &str) -> Result<CertRecord, Error> {
+        let serial = normalize_serial(serial)?;
+        self.lock()
+            .find(&serial)
+            .cloned()
+            .ok_or(Error::NotFound(serial))
+    }
+
+    /// The private key berthd holds for `serial`, for callers inside the daemon (the certs.d
+    /// installer, its own listeners). Never exposed over the API.
+    pub fn held_key(&self, serial: &str) -> Result<SecretKeyPem, Error> {
+        let serial = normalize_serial(serial)?;
+        let store = self.lock();
+        let rec = store.find(&serial).ok_or_else(|| Error::NotFound(serial.clone()))?;
+        if !rec.key_held {
+            return Err(Error::InvalidRequest(format!(
+                "berthd does not hold the key of certificate {serial}"
+            )));
+        }
+        store.read_key(&serial)
+    }
+
+    /// Newest valid certificate of `kind` named `cn` whose key berthd holds.
+    pub fn find_held(&self, kind: CertKind, cn: &str) -> Option<CertRecord> {
+        self.lock()
+            .records()
+            .iter()
+            .rev()
+            .find(|r| r.kind == kind && r.names.common_name == cn && r.key_held && r.status() == CertStatus::Valid)
+            .cloned()
+    }
+
+    /// Revokes `serial` and re-signs the CRL.
+    pub fn revoke(&self, serial: &str) -> Result<CertRecord, Error> {
+        let serial = normalize_serial(serial)?;
+        let mut store = self.lock();
+        let rec = store.revoke(&serial, OffsetDateTime::now_utc())?;
+        self.write_crl(&mut store)?;
+        tracing::warn!(serial = %serial, cn = %rec.names.common_name, "revoked certificate");
+        Ok(rec)
+    }
+
+    /// The current CRL.
+    pub fn crl(&self) -> Result<Crl, Error> {
+        let store = self.lock();
+        Crl::read(&self.dir, store.records())
+    }
+
+    /// Decodes every certificate in `data` (PEM bundle or one DER) and relates each to the
+    /// berth CA.
+    pub fn inspect(&self, data: &[u8]) -> Result<Vec<CertDetails>, Error> {
+        let ders = parse_certificates(data)?;
+        let store = self.lock();
+        ders.iter()
+            .map(|der| {
+                inspect::details(der, Some(&self.ca), |serial| {
+                    store.find(serial).is_some_and(|r| r.revoked_at.is_some())
+                })
+            })
+            .collect()
+    }
+
+    fn record(&self, kind: CertKind, der: &[u8], key_held: bool, from_csr: bool) -> Result<CertRecord, Error> {
+        let d = inspect::details(der, None, |_| false)?;
+        Ok(CertRecord {
+            serial: d.serial,
+            kind,
+            names: d.names,
+            not_before: d.not_before,
+            not_after: d.not_after,
+            fingerprint_sha256: d.fingerprint_sha256,
+            revoked_at: None,
+            key_held,
+            from_csr,
+            key_algorithm: d.key_algorithm,
+            certificate_pem: inspect::pem_encode(der),
+        })
+    }
+
+    fn write_crl(&self, store: &mut Store) -> Result<(), Error> {
+        let number = store.next_crl_number()?;
+        Crl::sign_and_write(&self.dir, &self.ca, store.records(), number)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Store> {
+        // A panic while holding the lock cannot leave the store half-updated: it only
+        // swaps in a new index after the file write succeeded.
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Normalises a serial typed by a person: strips colons and spaces, lowercases, checks hex.
+pub fn normalize_serial(s: &str) -> Result<String, Error> {
+    let n: String = s
+        .chars()
+        .filter(|c| *c != ':' && !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let n = n.trim_start_matches("0x").to_string();
+    if n.is_empty() || !n.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(Error::InvalidRequest(format!(
+            "invalid serial {s:?}: expected hex digits as shown by `berth cert ls`"
+        )));
+    }
+    Ok(n)
+}
