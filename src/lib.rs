@@ -5,3 +5,6 @@ pub mod certsd;
 pub mod config;
 pub mod fsutil;
 pub mod pki;
+pub mod daemon;
+pub mod proto;
+pub mod client;

@@ -1,1 +1,110 @@
-fn main(){}
+//! berthd: the berth control daemon. Flags -> Config, tracing, `daemon::run`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use berth::config::{Config, ListenAddr};
+use berth::daemon::Daemon;
+use clap::Parser;
+
+/// berthd runs berth's CA, certs.d installer and control API. With no flags it uses the
+/// embedded defaults: state in /var/lib/berth (root) or $XDG_STATE_HOME/berth, the socket
+/// in /run/berth (root) or $XDG_RUNTIME_DIR/berth, and a CA created on first start.
+#[derive(Debug, Parser)]
+#[command(name = "berthd", version, about)]
+struct Flags {
+    /// TOML config file (`version = 1`); flags override it.
+    #[arg(long, short = 'c', env = "BERTHD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Put all state and the socket under this folder.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Unix socket path.
+    #[arg(long, env = "BERTH_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Also serve the control API on TCP with mutual TLS, e.g. tcp://0.0.0.0:2376 (repeatable).
+    #[arg(long, value_name = "tcp://IP:PORT")]
+    listen: Vec<ListenAddr>,
+    /// Group (name or gid) that owns the socket and may use the API.
+    #[arg(long)]
+    group: Option<String>,
+    /// docker's certs.d root.
+    #[arg(long, value_name = "DIR")]
+    certs_d: Option<PathBuf>,
+    /// containers' (podman, skopeo) certs.d root.
+    #[arg(long, value_name = "DIR")]
+    containers_certs_d: Option<PathBuf>,
+    /// Log filter, e.g. info or berth=debug (also RUST_LOG).
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    log: String,
+}
+
+fn config(flags: &Flags) -> anyhow::Result<Config> {
+    let mut cfg = match &flags.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(root) = &flags.root {
+        cfg.set_root(root);
+    }
+    if let Some(s) = &flags.socket {
+        cfg.control.socket = s.clone();
+    }
+    if !flags.listen.is_empty() {
+        cfg.control.listen = flags.listen.clone();
+    }
+    if let Some(g) = &flags.group {
+        cfg.control.group = Some(g.clone());
+    }
+    if let Some(d) = &flags.certs_d {
+        cfg.certsd.docker_root = d.clone();
+    }
+    if let Some(d) = &flags.containers_certs_d {
+        cfg.certsd.containers_root = d.clone();
+    }
+    Ok(cfg)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutdown requested");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let flags = Flags::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&flags.log).unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    // One crypto provider, chosen before anything builds a TLS config.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cfg = config(&flags)?;
+    let socket = cfg.control.socket.clone();
+    let daemon = Daemon::open(cfg).context("berthd cannot start")?;
+    let listeners = daemon.bind().context("berthd cannot start")?;
+    eprintln!(
+        "berthd {} ready\n  socket:  {}\n  tcp:     {}\n  CA:      SHA256 {}",
+        env!("CARGO_PKG_VERSION"),
+        socket.display(),
+        if listeners.tcp_addrs().is_empty() {
+            "off (enable with --listen tcp://IP:PORT)".to_string()
+        } else {
+            listeners.tcp_addrs().iter().map(|a| format!("tcp://{a}")).collect::<Vec<_>>().join(", ")
+        },
+        daemon.ca_fingerprint()
+    );
+    daemon.serve(listeners, shutdown_signal()).await?;
+    Ok(())
+}

@@ -392,6 +392,38 @@ impl Pki {
             .cloned()
     }
 
+    /// A server certificate for one of berthd's own listeners. It is reused across restarts
+    /// and replaced when less than a third of its life is left, when it was revoked, or
+    /// when the names it must carry changed. berthd holds its key.
+    pub fn service_identity(&self, common_name: &str, names: &Names) -> Result<(CertRecord, SecretKeyPem), Error> {
+        let covers = |r: &CertRecord| {
+            names.dns_names.iter().all(|d| r.names.dns_names.contains(d))
+                && names.ip_addresses.iter().all(|ip| r.names.ip_addresses.contains(ip))
+        };
+        let current = self
+            .list(&ListFilter {
+                kind: Some(CertKind::Server),
+                common_name: Some(common_name.to_string()),
+            })
+            .into_iter()
+            .rev()
+            .find(|r| r.key_held && r.status() == CertStatus::Valid && r.life_left() > 1.0 / 3.0 && covers(r));
+        if let Some(r) = current {
+            let key = self.held_key(&r.serial)?;
+            return Ok((r, key));
+        }
+        let mut n = names.clone();
+        n.common_name = common_name.to_string();
+        let issued = self.issue(&IssueSpec {
+            kind: CertKind::Server,
+            names: n,
+            validity_days: None,
+            key_algorithm: KeyAlgorithm::default(),
+            hold_key: true,
+        })?;
+        Ok((issued.record, issued.key))
+    }
+
     /// Revokes `serial` and re-signs the CRL.
     pub fn revoke(&self, serial: &str) -> Result<CertRecord, Error> {
         let serial = normalize_serial(serial)?;
@@ -449,6 +481,20 @@ impl Pki {
         // swaps in a new index after the file write succeeded.
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Decodes certificates without a CA at hand: everything but the relation to the berth CA.
+pub fn inspect_standalone(data: &[u8]) -> Result<Vec<CertDetails>, Error> {
+    parse_certificates(data)?
+        .iter()
+        .map(|der| inspect::details(der, None, |_| false))
+        .collect()
+}
+
+/// Whether `name` can go into a certificate as a DNS name (used to filter host names
+/// picked up from the system before asking for a certificate).
+pub fn is_valid_dns_name(name: &str) -> bool {
+    issue::check_dns(name, false).is_ok()
 }
 
 /// Normalises a serial typed by a person: strips colons and spaces, lowercases, checks hex.

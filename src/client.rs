@@ -1,0 +1,597 @@
+//! The client of berthd's control API, over the unix socket or TCP with mutual TLS. It
+//! returns domain types, so the CLI never touches proto types, and its errors say what to do.
+
+use std::path::{Path, PathBuf};
+
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use time::OffsetDateTime;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
+
+use crate::certsd::{ActionKind, CertFile, Entry, FileAction, InstallOutcome, Root};
+use crate::pki::{self, CertDetails, CertKind, CertRecord, CertStatus, Crl, KeyAlgorithm, Names, SecretKeyPem};
+use crate::proto as pb;
+use crate::proto::certs_service_client::CertsServiceClient;
+use crate::proto::pki_service_client::PkiServiceClient;
+use crate::proto::system_service_client::SystemServiceClient;
+
+/// Why a call to berthd failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Nothing answers at the address.
+    #[error("cannot reach berthd at {target}: is it running? start it with `berthd`")]
+    Unreachable {
+        /// The socket path or tcp:// address.
+        target: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The socket's permissions keep this user out.
+    #[error("permission denied on {0}: only root, berthd's user and members of its control group may use it (see control.group)")]
+    SocketPermission(PathBuf),
+    /// The TLS files for a remote daemon are missing or unreadable.
+    #[error("cannot use the TLS files in {dir}: {reason}; they must hold ca.pem, cert.pem and key.pem (make them with `berth cert issue admin --name NAME --out DIR` on the daemon's host)")]
+    TlsFiles {
+        /// The folder.
+        dir: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The address given with --host is not understood.
+    #[error("invalid --host {0:?}: use unix:///path/to/berthd.sock or tcp://HOST:PORT")]
+    InvalidHost(String),
+    /// The connection could not be set up (TLS refused, protocol error).
+    #[error("cannot connect to berthd at {target}: {source}")]
+    Connect {
+        /// The address.
+        target: String,
+        /// The underlying error.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// berthd answered with an error.
+    #[error("{}", status_message(.0))]
+    Status(#[from] tonic::Status),
+    /// berthd answered with something this client cannot read.
+    #[error("unexpected answer from berthd: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// The gRPC code, when berthd answered with an error.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            Error::Status(s) => Some(s.code()),
+            _ => None,
+        }
+    }
+}
+
+fn status_message(s: &tonic::Status) -> String {
+    use tonic::Code;
+    let msg = s.message();
+    match s.code() {
+        Code::PermissionDenied => format!("permission denied: {msg}"),
+        Code::Unauthenticated => format!("not authenticated: {msg}"),
+        Code::Unavailable => format!("berthd is unavailable ({msg}): is it running? start it with `berthd`"),
+        Code::Internal | Code::Unknown => format!("berthd failed: {msg} (see berthd's log for details)"),
+        Code::DataLoss => format!("berthd's state is damaged: {msg}"),
+        _ => msg.to_string(),
+    }
+}
+
+/// Where berthd is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The local unix socket.
+    Unix(PathBuf),
+    /// A remote daemon over mutual TLS, with the folder holding ca.pem, cert.pem, key.pem.
+    Tcp {
+        /// Host name or IP (without brackets).
+        host: String,
+        /// Port.
+        port: u16,
+        /// The TLS files.
+        tls_dir: PathBuf,
+    },
+}
+
+impl Target {
+    /// Parses `unix:///path` or `tcp://host:port` (docker's -H syntax).
+    pub fn parse(host: &str, tls_dir: &Path) -> Result<Target, Error> {
+        if let Some(p) = host.strip_prefix("unix://") {
+            return Ok(Target::Unix(PathBuf::from(p)));
+        }
+        let rest = host.strip_prefix("tcp://").ok_or_else(|| Error::InvalidHost(host.to_string()))?;
+        let (h, p) = rest.rsplit_once(':').ok_or_else(|| Error::InvalidHost(host.to_string()))?;
+        let port = p.parse::<u16>().map_err(|_| Error::InvalidHost(host.to_string()))?;
+        let h = h.trim_start_matches('[').trim_end_matches(']');
+        if h.is_empty() {
+            return Err(Error::InvalidHost(host.to_string()));
+        }
+        Ok(Target::Tcp {
+            host: h.to_string(),
+            port,
+            tls_dir: tls_dir.to_path_buf(),
+        })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Target::Unix(p) => p.display().to_string(),
+            Target::Tcp { host, port, .. } if host.contains(':') => format!("tcp://[{host}]:{port}"),
+            Target::Tcp { host, port, .. } => format!("tcp://{host}:{port}"),
+        }
+    }
+}
+
+/// What `berth system info` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct SystemInfo {
+    /// berthd version.
+    pub version: String,
+    /// State folder.
+    pub state_dir: String,
+    /// Control socket.
+    pub socket: String,
+    /// TCP mTLS listeners.
+    pub tcp_listeners: Vec<String>,
+    /// CA subject.
+    pub ca_subject: String,
+    /// CA SHA-256 fingerprint.
+    pub ca_fingerprint_sha256: String,
+    /// CA expiry.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub ca_not_after: Option<OffsetDateTime>,
+    /// docker's certs.d root.
+    pub docker_certs_root: String,
+    /// containers' certs.d root.
+    pub containers_certs_root: String,
+    /// Daemon pid.
+    pub pid: u32,
+    /// Daemon start time.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    /// How the daemon saw this caller, e.g. "uid 0 (unix socket)".
+    pub caller: String,
+}
+
+/// What to issue.
+#[derive(Debug, Clone)]
+pub struct IssueRequest {
+    /// Profile.
+    pub kind: CertKind,
+    /// Names.
+    pub names: Names,
+    /// Validity in days (`None`: the daemon's default).
+    pub validity_days: Option<u32>,
+    /// Key algorithm.
+    pub key_algorithm: KeyAlgorithm,
+    /// Ask for the private key.
+    pub return_key: bool,
+}
+
+/// An issued certificate as the caller receives it.
+#[derive(Debug, Clone)]
+pub struct IssuedCert {
+    /// The index entry.
+    pub record: CertRecord,
+    /// The key, when asked for.
+    pub key: Option<SecretKeyPem>,
+    /// The CA certificate, PEM.
+    pub ca_pem: String,
+}
+
+/// A connected client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    channel: Channel,
+}
+
+impl Client {
+    /// Connects to berthd and fails early, with a hint, when it is not there.
+    pub async fn connect(target: &Target) -> Result<Client, Error> {
+        let channel = match target {
+            Target::Unix(path) => {
+                // A plain connect first, to tell "not running" from "not allowed".
+                if let Err(e) = tokio::net::UnixStream::connect(path).await {
+                    return Err(match e.kind() {
+                        std::io::ErrorKind::PermissionDenied => Error::SocketPermission(path.clone()),
+                        _ => Error::Unreachable {
+                            target: target.describe(),
+                            source: e,
+                        },
+                    });
+                }
+                let path = path.clone();
+                Endpoint::from_static("http://berthd.sock")
+                    .connect_with_connector(tower::service_fn(move |_: Uri| {
+                        let path = path.clone();
+                        async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+                    }))
+                    .await
+                    .map_err(|source| Error::Connect {
+                        target: target.describe(),
+                        source,
+                    })?
+            }
+            Target::Tcp { host, tls_dir, .. } => {
+                let read = |name: &str| {
+                    std::fs::read(tls_dir.join(name)).map_err(|e| Error::TlsFiles {
+                        dir: tls_dir.clone(),
+                        reason: format!("{name}: {e}"),
+                    })
+                };
+                let tls = ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(read("ca.pem")?))
+                    .identity(Identity::from_pem(read("cert.pem")?, read("key.pem")?))
+                    .domain_name(host.clone());
+                let url = format!("https://{}", target.describe().trim_start_matches("tcp://"));
+                let endpoint = Endpoint::from_shared(url)
+                    .map_err(|_| Error::InvalidHost(target.describe()))?
+                    .tls_config(tls)
+                    .map_err(|source| Error::Connect {
+                        target: target.describe(),
+                        source,
+                    })?;
+                endpoint.connect().await.map_err(|source| {
+                    let io = std::error::Error::source(&source)
+                        .and_then(|s| s.downcast_ref::<std::io::Error>())
+                        .map(|e| std::io::Error::new(e.kind(), e.to_string()));
+                    match io {
+                        Some(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => Error::Unreachable {
+                            target: target.describe(),
+                            source: io,
+                        },
+                        _ => Error::Connect {
+                            target: target.describe(),
+                            source,
+                        },
+                    }
+                })?
+            }
+        };
+        Ok(Client { channel })
+    }
+
+    fn system(&self) -> SystemServiceClient<Channel> {
+        SystemServiceClient::new(self.channel.clone())
+    }
+
+    fn pki(&self) -> PkiServiceClient<Channel> {
+        PkiServiceClient::new(self.channel.clone())
+    }
+
+    fn certs(&self) -> CertsServiceClient<Channel> {
+        CertsServiceClient::new(self.channel.clone())
+    }
+
+    /// berthd's version.
+    pub async fn version(&self) -> Result<(String, String), Error> {
+        let r = self.system().version(pb::VersionRequest {}).await?.into_inner();
+        Ok((r.version, r.api_version))
+    }
+
+    /// True once berthd serves every service.
+    pub async fn health(&self) -> Result<bool, Error> {
+        let r = self.system().health(pb::HealthRequest {}).await?.into_inner();
+        Ok(r.status == i32::from(pb::ServingStatus::Serving))
+    }
+
+    /// Where berthd keeps things and who it thinks we are.
+    pub async fn info(&self) -> Result<SystemInfo, Error> {
+        let r = self.system().info(pb::InfoRequest {}).await?.into_inner();
+        let caller = match r.caller {
+            Some(c) if c.transport == i32::from(pb::Transport::TcpMtls) => {
+                format!("{} (mutual TLS, serial {})", c.common_name, c.certificate_serial)
+            }
+            Some(c) => format!("uid {} gid {} (unix socket)", c.uid.unwrap_or_default(), c.gid.unwrap_or_default()),
+            None => String::new(),
+        };
+        Ok(SystemInfo {
+            version: r.version,
+            state_dir: r.state_dir,
+            socket: r.socket_path,
+            tcp_listeners: r.tcp_listeners,
+            ca_subject: r.ca_subject,
+            ca_fingerprint_sha256: r.ca_fingerprint_sha256,
+            ca_not_after: r.ca_not_after.map(time_in),
+            docker_certs_root: r.docker_certs_root,
+            containers_certs_root: r.containers_certs_root,
+            pid: r.pid,
+            started_at: r.started_at.map(time_in),
+            caller,
+        })
+    }
+
+    /// The CA certificate (PEM) and its details.
+    pub async fn ca(&self) -> Result<(String, CertDetails), Error> {
+        let r = self.pki().get_ca(pb::GetCaRequest {}).await?.into_inner();
+        let d = r.details.ok_or_else(|| Error::Protocol("CA without details".into()))?;
+        Ok((r.certificate_pem, details_in(d)))
+    }
+
+    /// Issues a certificate.
+    pub async fn issue(&self, req: IssueRequest) -> Result<IssuedCert, Error> {
+        let r = self
+            .pki()
+            .issue_certificate(pb::IssueCertificateRequest {
+                kind: kind_out(req.kind).into(),
+                names: Some(names_out(&req.names)),
+                validity_days: req.validity_days.unwrap_or(0),
+                key_algorithm: key_algorithm_out(req.key_algorithm).into(),
+                return_private_key: req.return_key,
+            })
+            .await?
+            .into_inner();
+        let rec = r.certificate.ok_or_else(|| Error::Protocol("no certificate in the answer".into()))?;
+        Ok(IssuedCert {
+            record: record_in(rec)?,
+            key: (!r.private_key_pem.is_empty()).then(|| SecretKeyPem::new(r.private_key_pem)),
+            ca_pem: r.ca_certificate_pem,
+        })
+    }
+
+    /// Signs a CSR; returns the entry and the CA PEM.
+    pub async fn sign_csr(&self, csr: Vec<u8>, profile: CertKind, validity_days: Option<u32>) -> Result<(CertRecord, String), Error> {
+        let r = self
+            .pki()
+            .sign_csr(pb::SignCsrRequest {
+                csr,
+                profile: kind_out(profile).into(),
+                validity_days: validity_days.unwrap_or(0),
+            })
+            .await?
+            .into_inner();
+        let rec = r.certificate.ok_or_else(|| Error::Protocol("no certificate in the answer".into()))?;
+        Ok((record_in(rec)?, r.ca_certificate_pem))
+    }
+
+    /// Lists issued certificates.
+    pub async fn list(&self, kind: Option<CertKind>, common_name: Option<String>) -> Result<Vec<CertRecord>, Error> {
+        let r = self
+            .pki()
+            .list_certificates(pb::ListCertificatesRequest {
+                kind: kind.map(kind_out).unwrap_or(pb::CertificateKind::Unspecified).into(),
+                common_name: common_name.unwrap_or_default(),
+            })
+            .await?
+            .into_inner();
+        r.certificates.into_iter().map(record_in).collect()
+    }
+
+    /// Decodes certificates (PEM bundle or DER).
+    pub async fn inspect(&self, data: Vec<u8>) -> Result<Vec<CertDetails>, Error> {
+        let r = self.pki().inspect_certificate(pb::InspectCertificateRequest { data }).await?.into_inner();
+        Ok(r.certificates.into_iter().map(details_in).collect())
+    }
+
+    /// Revokes a certificate.
+    pub async fn revoke(&self, serial: &str) -> Result<CertRecord, Error> {
+        let r = self
+            .pki()
+            .revoke_certificate(pb::RevokeCertificateRequest { serial: serial.to_string() })
+            .await?
+            .into_inner();
+        record_in(r.certificate.ok_or_else(|| Error::Protocol("no certificate in the answer".into()))?)
+    }
+
+    /// The current CRL.
+    pub async fn crl(&self) -> Result<Crl, Error> {
+        let r = self.pki().get_crl(pb::GetCrlRequest {}).await?.into_inner();
+        Ok(Crl {
+            pem: r.crl_pem,
+            revoked_count: r.revoked_count as usize,
+            this_update: r.this_update.map(time_in).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            next_update: r.next_update.map(time_in).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        })
+    }
+
+    /// Installs certs.d files for a registry.
+    pub async fn certs_install(
+        &self,
+        host: &str,
+        client_name: Option<&str>,
+        containers: bool,
+        dry_run: bool,
+        force: bool,
+    ) -> Result<InstallOutcome, Error> {
+        let r = self
+            .certs()
+            .install_certs(pb::InstallCertsRequest {
+                host: host.to_string(),
+                client_name: client_name.unwrap_or_default().to_string(),
+                containers,
+                dry_run,
+                force,
+            })
+            .await?
+            .into_inner();
+        Ok(InstallOutcome {
+            actions: actions_in(r.actions),
+            client_serial: (!r.client_serial.is_empty()).then_some(r.client_serial),
+            issued_client: r.issued_client,
+            directories: r.directories.into_iter().map(PathBuf::from).collect(),
+        })
+    }
+
+    /// Removes the certs.d files berth wrote for a registry.
+    pub async fn certs_remove(&self, host: &str, containers: bool, dry_run: bool) -> Result<Vec<FileAction>, Error> {
+        let r = self
+            .certs()
+            .remove_certs(pb::RemoveCertsRequest {
+                host: host.to_string(),
+                containers,
+                dry_run,
+            })
+            .await?
+            .into_inner();
+        Ok(actions_in(r.actions))
+    }
+
+    /// Every certs.d entry.
+    pub async fn certs_list(&self) -> Result<Vec<Entry>, Error> {
+        let r = self.certs().list_certs(pb::ListCertsRequest {}).await?.into_inner();
+        Ok(r.entries.into_iter().map(entry_in).collect())
+    }
+
+    /// The certs.d entries of one registry.
+    pub async fn certs_verify(&self, host: &str) -> Result<Vec<Entry>, Error> {
+        let r = self
+            .certs()
+            .verify_certs(pb::VerifyCertsRequest { host: host.to_string() })
+            .await?
+            .into_inner();
+        Ok(r.entries.into_iter().map(entry_in).collect())
+    }
+}
+
+fn time_in(t: prost_types::Timestamp) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(t.seconds).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn kind_out(k: CertKind) -> pb::CertificateKind {
+    match k {
+        CertKind::Server => pb::CertificateKind::Server,
+        CertKind::Client => pb::CertificateKind::Client,
+        CertKind::Admin => pb::CertificateKind::Admin,
+    }
+}
+
+fn kind_in(k: i32) -> Result<CertKind, Error> {
+    match pb::CertificateKind::try_from(k) {
+        Ok(pb::CertificateKind::Server) => Ok(CertKind::Server),
+        Ok(pb::CertificateKind::Client) => Ok(CertKind::Client),
+        Ok(pb::CertificateKind::Admin) => Ok(CertKind::Admin),
+        _ => Err(Error::Protocol(format!("unknown certificate kind {k}"))),
+    }
+}
+
+fn key_algorithm_out(k: KeyAlgorithm) -> pb::KeyAlgorithm {
+    match k {
+        KeyAlgorithm::EcdsaP256 => pb::KeyAlgorithm::EcdsaP256,
+        KeyAlgorithm::EcdsaP384 => pb::KeyAlgorithm::EcdsaP384,
+        KeyAlgorithm::Ed25519 => pb::KeyAlgorithm::Ed25519,
+        KeyAlgorithm::Rsa2048 => pb::KeyAlgorithm::Rsa2048,
+        KeyAlgorithm::Rsa3072 => pb::KeyAlgorithm::Rsa3072,
+        KeyAlgorithm::Rsa4096 => pb::KeyAlgorithm::Rsa4096,
+    }
+}
+
+fn status_in(s: i32) -> CertStatus {
+    match pb::CertificateStatus::try_from(s) {
+        Ok(pb::CertificateStatus::Expired) => CertStatus::Expired,
+        Ok(pb::CertificateStatus::Revoked) => CertStatus::Revoked,
+        Ok(pb::CertificateStatus::NotYetValid) => CertStatus::NotYetValid,
+        _ => CertStatus::Valid,
+    }
+}
+
+fn names_out(n: &Names) -> pb::Names {
+    pb::Names {
+        common_name: n.common_name.clone(),
+        organizations: n.organizations.clone(),
+        organizational_units: n.organizational_units.clone(),
+        dns_names: n.dns_names.clone(),
+        ip_addresses: n.ip_addresses.iter().map(ToString::to_string).collect(),
+        uris: n.uris.clone(),
+        emails: n.emails.clone(),
+    }
+}
+
+fn names_in(n: Option<pb::Names>) -> Names {
+    let n = n.unwrap_or_default();
+    Names {
+        common_name: n.common_name,
+        organizations: n.organizations,
+        organizational_units: n.organizational_units,
+        dns_names: n.dns_names,
+        ip_addresses: n.ip_addresses.iter().filter_map(|s| s.parse().ok()).collect(),
+        uris: n.uris,
+        emails: n.emails,
+    }
+}
+
+fn record_in(r: pb::IssuedCertificate) -> Result<CertRecord, Error> {
+    Ok(CertRecord {
+        serial: r.serial,
+        kind: kind_in(r.kind)?,
+        names: names_in(r.names),
+        not_before: r.not_before.map(time_in).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        not_after: r.not_after.map(time_in).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        fingerprint_sha256: r.fingerprint_sha256,
+        revoked_at: r.revoked_at.map(time_in),
+        key_held: r.key_held,
+        from_csr: r.from_csr,
+        key_algorithm: r.key_algorithm,
+        certificate_pem: r.certificate_pem,
+    })
+}
+
+fn details_in(d: pb::CertificateDetails) -> CertDetails {
+    CertDetails {
+        subject: d.subject,
+        issuer: d.issuer,
+        serial: d.serial,
+        names: names_in(d.names),
+        not_before: d.not_before.map(time_in).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        not_after: d.not_after.map(time_in).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        is_ca: d.is_ca,
+        key_usages: d.key_usages,
+        extended_key_usages: d.extended_key_usages,
+        signature_algorithm: d.signature_algorithm,
+        key_algorithm: d.key_algorithm,
+        fingerprint_sha256: d.fingerprint_sha256,
+        status: status_in(d.status),
+        chains_to_berth_ca: d.chains_to_berth_ca,
+        self_signed: d.self_signed,
+    }
+}
+
+fn actions_in(a: Vec<pb::FileAction>) -> Vec<FileAction> {
+    a.into_iter()
+        .map(|a| FileAction {
+            kind: match pb::FileActionKind::try_from(a.kind) {
+                Ok(pb::FileActionKind::CreateDir) => ActionKind::CreateDir,
+                Ok(pb::FileActionKind::Create) => ActionKind::Create,
+                Ok(pb::FileActionKind::Replace) => ActionKind::Replace,
+                Ok(pb::FileActionKind::Delete) => ActionKind::Delete,
+                Ok(pb::FileActionKind::KeepModified) => ActionKind::KeepModified,
+                Ok(pb::FileActionKind::DeleteDir) => ActionKind::DeleteDir,
+                _ => ActionKind::Unchanged,
+            },
+            path: PathBuf::from(a.path),
+            mode: a.mode,
+        })
+        .collect()
+}
+
+fn entry_in(e: pb::CertsEntry) -> Entry {
+    let file = |f: pb::CertFileState| CertFile {
+        path: PathBuf::from(f.path),
+        subject: f.subject,
+        not_after: f.not_after.map(time_in),
+        berth_ca: f.berth_ca,
+    };
+    Entry {
+        root: if e.root == i32::from(pb::CertsRoot::Containers) {
+            Root::Containers
+        } else {
+            Root::Docker
+        },
+        host: e.host,
+        directory: PathBuf::from(e.directory),
+        managed: e.managed,
+        cas: e.cas.into_iter().map(file).collect(),
+        clients: e.clients.into_iter().map(file).collect(),
+        problems: e.problems,
+    }
+}
+
+/// Decodes certificates without a daemon (no CA relationship), for `cert inspect` when
+/// berthd is not reachable.
+pub fn inspect_offline(data: &[u8]) -> Result<Vec<CertDetails>, pki::Error> {
+    pki::inspect_standalone(data)
+}
+

@@ -1,0 +1,104 @@
+//! Binding the control listeners with care: socket folder, stale socket, mode, group.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::Error;
+use crate::config::ControlConfig;
+use crate::fsutil;
+
+/// Bound, not yet serving, listeners. Tests bind port 0 and read the address back.
+#[derive(Debug)]
+pub struct Listeners {
+    pub(super) unix: std::os::unix::net::UnixListener,
+    pub(super) socket: PathBuf,
+    pub(super) tcp: Vec<std::net::TcpListener>,
+}
+
+impl Listeners {
+    /// The unix socket path.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The bound TCP addresses (with the real port when 0 was asked for).
+    pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
+        self.tcp.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+}
+
+/// Binds the unix socket (mode and group applied before anyone can connect) and every TCP
+/// listener. A socket file left by a dead daemon is removed; one a live daemon answers on
+/// is an error, and so is a path that is not a socket.
+pub(super) fn bind(cfg: &ControlConfig, group: Option<u32>) -> Result<Listeners, Error> {
+    let path = &cfg.socket;
+    if let Some(dir) = path.parent() {
+        fsutil::create_dir_all(dir, 0o755)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(Error::SocketInUse(path.clone()));
+            }
+            fsutil::remove_durable(path)?;
+        }
+        Ok(_) => return Err(Error::NotASocket(path.clone())),
+        Err(_) => {}
+    }
+    let unix = std::os::unix::net::UnixListener::bind(path).map_err(|source| Error::Bind {
+        addr: path.display().to_string(),
+        source,
+    })?;
+    let set_up = || -> Result<(), Error> {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(cfg.socket_mode)).map_err(|source| Error::Bind {
+            addr: path.display().to_string(),
+            source,
+        })?;
+        if let Some(gid) = group {
+            nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| Error::Bind {
+                addr: path.display().to_string(),
+                source: std::io::Error::from(e),
+            })?;
+        }
+        unix.set_nonblocking(true).map_err(|source| Error::Bind {
+            addr: path.display().to_string(),
+            source,
+        })
+    };
+    if let Err(e) = set_up() {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    let mut tcp = Vec::new();
+    for addr in &cfg.listen {
+        let l = std::net::TcpListener::bind(addr.0).and_then(|l| l.set_nonblocking(true).map(|()| l));
+        match l {
+            Ok(l) => tcp.push(l),
+            Err(source) => {
+                let _ = std::fs::remove_file(path);
+                return Err(Error::Bind {
+                    addr: addr.to_string(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(Listeners {
+        unix,
+        socket: path.clone(),
+        tcp,
+    })
+}
+
+/// Resolves `control.group` (a name or a numeric gid).
+pub(super) fn resolve_group(group: Option<&str>) -> Result<Option<u32>, Error> {
+    let Some(g) = group else { return Ok(None) };
+    if let Ok(n) = g.parse::<u32>() {
+        return Ok(Some(n));
+    }
+    match nix::unistd::Group::from_name(g) {
+        Ok(Some(grp)) => Ok(Some(grp.gid.as_raw())),
+        _ => Err(Error::UnknownGroup(g.to_string())),
+    }
+}

@@ -1,0 +1,336 @@
+//! berthd: the control daemon. It owns the state folder (one daemon per folder, enforced by
+//! a lock file), serves the control API on a unix socket and optionally on TCP with mutual
+//! TLS, and stops cleanly when its shutdown future completes.
+//!
+//! `Daemon::open` takes the lock and loads state, `Daemon::bind` binds listeners (tests ask
+//! for port 0 and read the port back), `Daemon::serve` runs until shutdown.
+
+mod auth;
+mod listen;
+mod service;
+mod status;
+mod tls;
+
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::io::{Read, Seek, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use time::OffsetDateTime;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+use tonic::transport::server::Router;
+
+pub use auth::Caller;
+pub use listen::Listeners;
+
+use crate::certsd::{self, Installer};
+use crate::config::Config;
+use crate::pki::{self, Names, Pki};
+use crate::proto::certs_service_server::CertsServiceServer;
+use crate::proto::pki_service_server::PkiServiceServer;
+use crate::proto::system_service_server::SystemServiceServer;
+use crate::{fsutil, proto};
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Another berthd holds the lock on this state folder.
+    #[error("another berthd (pid {pid}) is using the state folder {state_dir}; stop it first, or start this one with --root DIR")]
+    AlreadyRunning {
+        /// The contested folder.
+        state_dir: PathBuf,
+        /// The pid recorded in the lock file.
+        pid: String,
+    },
+    /// The state folder cannot be created, read or locked.
+    #[error("state folder {path} is unusable: {source}")]
+    StateDir {
+        /// The folder.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A live daemon answers on the socket path.
+    #[error("a daemon is already listening on {0}; stop it or choose another --socket")]
+    SocketInUse(PathBuf),
+    /// The socket path is taken by something that is not a socket.
+    #[error("{0} exists and is not a socket; berthd will not delete it: move it away or choose another --socket")]
+    NotASocket(PathBuf),
+    /// Binding a listener failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address or socket path.
+        addr: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `control.group` names no group on this host.
+    #[error("control.group {0:?} is not a group on this host: create it (groupadd) or fix the config")]
+    UnknownGroup(String),
+    /// Building the TLS configuration failed.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    /// The PKI could not be opened.
+    #[error(transparent)]
+    Pki(#[from] pki::Error),
+    /// The certs.d installer could not be opened.
+    #[error(transparent)]
+    Certsd(#[from] certsd::Error),
+    /// A file operation failed.
+    #[error(transparent)]
+    Fs(#[from] fsutil::Error),
+    /// A gRPC server failed.
+    #[error("control server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Everything the request handlers share.
+pub(crate) struct State {
+    pub config: Config,
+    pub pki: Pki,
+    pub certsd: Installer,
+    pub policy: auth::Policy,
+    pub started_at: OffsetDateTime,
+    control_tls: ArcSwapOption<rustls::ServerConfig>,
+    control_names: OnceLock<Names>,
+    tcp_addrs: OnceLock<Vec<SocketAddr>>,
+}
+
+impl State {
+    pub(crate) fn tcp_addrs(&self) -> Vec<SocketAddr> {
+        self.tcp_addrs.get().cloned().unwrap_or_default()
+    }
+
+    /// Rebuilds the TCP listener's TLS config (new CRL); a no-op without TCP listeners.
+    pub(crate) fn reload_tls(&self) -> Result<(), tonic::Status> {
+        if let Some(names) = self.control_names.get() {
+            let cfg = tls::control_config(&self.pki, names).map_err(|e| tonic::Status::internal(e.to_string()))?;
+            self.control_tls.store(Some(cfg));
+        }
+        Ok(())
+    }
+}
+
+/// An opened daemon: state loaded, lock held, not yet serving.
+pub struct Daemon {
+    state: Arc<State>,
+    _lock: File,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon").field("state_dir", &self.state.config.state_dir).finish_non_exhaustive()
+    }
+}
+
+impl Daemon {
+    /// Creates or opens the state folder, takes its lock, and loads (or on first start
+    /// creates) the CA and the certificate index.
+    pub fn open(config: Config) -> Result<Daemon, Error> {
+        let dir = &config.state_dir;
+        let state_err = |source| Error::StateDir {
+            path: dir.clone(),
+            source,
+        };
+        fsutil::create_dir_all(dir, 0o700).map_err(|e| match e {
+            fsutil::Error::Io { source, .. } => state_err(source),
+            other => Error::Fs(other),
+        })?;
+        let lock = take_lock(dir)?;
+        let group = listen::resolve_group(config.control.group.as_deref())?;
+        let pki = Pki::open(dir, &config.pki)?;
+        let certsd = Installer::open(dir, &config.certsd)?;
+        tracing::info!(state_dir = %dir.display(), ca = %pki.ca().fingerprint(), "berthd state opened");
+        Ok(Daemon {
+            state: Arc::new(State {
+                policy: auth::Policy {
+                    own_uid: nix::unistd::geteuid().as_raw(),
+                    group,
+                },
+                config,
+                pki,
+                certsd,
+                started_at: OffsetDateTime::now_utc(),
+                control_tls: ArcSwapOption::empty(),
+                control_names: OnceLock::new(),
+                tcp_addrs: OnceLock::new(),
+            }),
+            _lock: lock,
+        })
+    }
+
+    /// Binds the configured listeners.
+    pub fn bind(&self) -> Result<Listeners, Error> {
+        listen::bind(&self.state.config.control, self.state.policy.group)
+    }
+
+    /// SHA-256 fingerprint of the CA, for the startup banner.
+    pub fn ca_fingerprint(&self) -> String {
+        self.state.pki.ca().fingerprint()
+    }
+
+    /// Serves the control API on `listeners` until `shutdown` completes, then stops
+    /// accepting, lets running requests finish and removes the socket file.
+    pub async fn serve(self, listeners: Listeners, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+        let state = self.state.clone();
+        let tcp_addrs = listeners.tcp_addrs();
+        let _ = state.tcp_addrs.set(tcp_addrs.clone());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut servers = tokio::task::JoinSet::new();
+
+        let socket = listeners.socket.clone();
+        let unix = tokio::net::UnixListener::from_std(listeners.unix).map_err(|source| Error::Bind {
+            addr: socket.display().to_string(),
+            source,
+        })?;
+        servers.spawn(
+            router(&state)?.serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(stop_rx.clone())),
+        );
+
+        if !listeners.tcp.is_empty() {
+            let names = tls::control_names(&tcp_addrs, &state.config.control.tls_names);
+            state.control_tls.store(Some(tls::control_config(&state.pki, &names)?));
+            let _ = state.control_names.set(names);
+            for l in listeners.tcp {
+                let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                let l = TcpListener::from_std(l).map_err(|source| Error::Bind { addr, source })?;
+                let (tx, rx) = mpsc::channel(64);
+                tokio::spawn(accept_tls(l, state.clone(), tx, stop_rx.clone()));
+                servers.spawn(router(&state)?.serve_with_incoming_shutdown(ReceiverStream::new(rx), stopped(stop_rx.clone())));
+            }
+        }
+        tracing::info!(socket = %socket.display(), tcp = ?tcp_addrs, "berthd serving");
+
+        let result = tokio::select! {
+            () = shutdown => Ok(()),
+            Some(r) = servers.join_next() => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(Error::Serve(e)),
+                Err(e) => Err(Error::Tls(format!("server task failed: {e}"))),
+            },
+        };
+        let _ = stop_tx.send(true);
+        while servers.join_next().await.is_some() {}
+        let _ = std::fs::remove_file(&socket);
+        tracing::info!("berthd stopped");
+        result
+    }
+}
+
+fn router(state: &Arc<State>) -> Result<Router, Error> {
+    let authz = auth::Authorizer { state: state.clone() };
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    // Every berth service is ready once the router exists; report them all as serving.
+    tokio::spawn(async move {
+        health_reporter.set_serving::<SystemServiceServer<service::SystemSvc>>().await;
+        health_reporter.set_serving::<PkiServiceServer<service::PkiSvc>>().await;
+        health_reporter.set_serving::<CertsServiceServer<service::CertsSvc>>().await;
+    });
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Tls(format!("reflection: {e}")))?;
+    Ok(Server::builder()
+        .add_service(InterceptedService::new(
+            SystemServiceServer::new(service::SystemSvc { state: state.clone() }),
+            authz.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            PkiServiceServer::new(service::PkiSvc { state: state.clone() }),
+            authz.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            CertsServiceServer::new(service::CertsSvc { state: state.clone() }),
+            authz.clone(),
+        ))
+        .add_service(InterceptedService::new(health, authz.clone()))
+        .add_service(InterceptedService::new(reflection, authz)))
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Accepts TCP connections and runs each TLS handshake in its own task with a deadline, so
+/// a slow or silent client never stalls other accepts. Refused handshakes are logged.
+async fn accept_tls(
+    listener: TcpListener,
+    state: Arc<State>,
+    tx: mpsc::Sender<Result<TlsStream<TcpStream>, std::io::Error>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control accept failed");
+                    // Back off so an exhausted fd table does not spin the loop.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let Some(cfg) = state.control_tls.load_full() else { return };
+        let acceptor = TlsAcceptor::from(cfg);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    let _ = tx.send(Ok(tls)).await;
+                }
+                Ok(Err(e)) => tracing::warn!(peer = %peer, error = %e, "control TLS handshake refused"),
+                Err(_) => tracing::warn!(peer = %peer, "control TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+/// Takes an exclusive lock on `<state>/berthd.lock` and records our pid in it. The kernel
+/// drops the lock when the process dies, so a crash never leaves the folder locked.
+fn take_lock(dir: &std::path::Path) -> Result<File, Error> {
+    let path = dir.join("berthd.lock");
+    let err = |source| Error::StateDir {
+        path: path.clone(),
+        source,
+    };
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(&path)
+        .map_err(err)?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            return Err(Error::AlreadyRunning {
+                state_dir: dir.to_path_buf(),
+                pid: pid.trim().to_string(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
+    }
+    f.set_len(0).map_err(err)?;
+    f.rewind().map_err(err)?;
+    writeln!(f, "{}", std::process::id()).map_err(err)?;
+    Ok(f)
+}

@@ -1,0 +1,121 @@
+//! PkiService: the CA over gRPC.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{blocking, convert};
+use crate::daemon::State;
+use crate::pki::{CertKind, IssueSpec, ListFilter};
+use crate::proto as pb;
+use crate::proto::pki_service_server::PkiService;
+
+/// The PkiService adapter.
+pub(crate) struct PkiSvc {
+    pub state: Arc<State>,
+}
+
+#[tonic::async_trait]
+impl PkiService for PkiSvc {
+    async fn get_ca(&self, _: Request<pb::GetCaRequest>) -> Result<Response<pb::GetCaResponse>, Status> {
+        let ca = self.state.pki.ca();
+        let details = self.state.pki.inspect(ca.cert_der())?;
+        Ok(Response::new(pb::GetCaResponse {
+            certificate_pem: ca.cert_pem().to_string(),
+            details: details.first().map(convert::details_out),
+        }))
+    }
+
+    async fn issue_certificate(
+        &self,
+        req: Request<pb::IssueCertificateRequest>,
+    ) -> Result<Response<pb::IssueCertificateResponse>, Status> {
+        let r = req.into_inner();
+        let kind = convert::kind_in(r.kind, "certificate kind")?
+            .ok_or_else(|| Status::invalid_argument("certificate kind is required: server, client or admin"))?;
+        let spec = IssueSpec {
+            kind,
+            names: convert::names_in(r.names)?,
+            validity_days: (r.validity_days > 0).then_some(r.validity_days),
+            key_algorithm: convert::key_algorithm_in(r.key_algorithm)?,
+            // Client keys stay with berthd so `certs install` can place them later.
+            hold_key: kind == CertKind::Client,
+        };
+        if kind != CertKind::Client && !r.return_private_key {
+            return Err(Status::invalid_argument(
+                "server and admin keys are not kept by berthd: set return_private_key (the CLI's --out) or the key is lost",
+            ));
+        }
+        let state = self.state.clone();
+        let issued = blocking(move || state.pki.issue(&spec)).await?;
+        Ok(Response::new(pb::IssueCertificateResponse {
+            certificate: Some(convert::record_out(&issued.record)),
+            private_key_pem: if r.return_private_key {
+                issued.key.secret_pem().to_string()
+            } else {
+                String::new()
+            },
+            ca_certificate_pem: self.state.pki.ca().cert_pem().to_string(),
+        }))
+    }
+
+    async fn sign_csr(&self, req: Request<pb::SignCsrRequest>) -> Result<Response<pb::SignCsrResponse>, Status> {
+        let r = req.into_inner();
+        let profile = convert::kind_in(r.profile, "profile")?
+            .ok_or_else(|| Status::invalid_argument("profile is required: server or client"))?;
+        let days = (r.validity_days > 0).then_some(r.validity_days);
+        let state = self.state.clone();
+        let record = blocking(move || state.pki.sign_csr(&r.csr, profile, days)).await?;
+        Ok(Response::new(pb::SignCsrResponse {
+            certificate: Some(convert::record_out(&record)),
+            ca_certificate_pem: self.state.pki.ca().cert_pem().to_string(),
+        }))
+    }
+
+    async fn list_certificates(
+        &self,
+        req: Request<pb::ListCertificatesRequest>,
+    ) -> Result<Response<pb::ListCertificatesResponse>, Status> {
+        let r = req.into_inner();
+        let filter = ListFilter {
+            kind: convert::kind_in(r.kind, "certificate kind")?,
+            common_name: (!r.common_name.is_empty()).then_some(r.common_name),
+        };
+        let certificates = self.state.pki.list(&filter).iter().map(convert::record_out).collect();
+        Ok(Response::new(pb::ListCertificatesResponse { certificates }))
+    }
+
+    async fn inspect_certificate(
+        &self,
+        req: Request<pb::InspectCertificateRequest>,
+    ) -> Result<Response<pb::InspectCertificateResponse>, Status> {
+        let details = self.state.pki.inspect(&req.into_inner().data)?;
+        Ok(Response::new(pb::InspectCertificateResponse {
+            certificates: details.iter().map(convert::details_out).collect(),
+        }))
+    }
+
+    async fn revoke_certificate(
+        &self,
+        req: Request<pb::RevokeCertificateRequest>,
+    ) -> Result<Response<pb::RevokeCertificateResponse>, Status> {
+        let serial = req.into_inner().serial;
+        let state = self.state.clone();
+        let record = blocking(move || state.pki.revoke(&serial)).await?;
+        // The next TLS handshake must already see the new CRL.
+        self.state.reload_tls()?;
+        Ok(Response::new(pb::RevokeCertificateResponse {
+            certificate: Some(convert::record_out(&record)),
+        }))
+    }
+
+    async fn get_crl(&self, _: Request<pb::GetCrlRequest>) -> Result<Response<pb::GetCrlResponse>, Status> {
+        let crl = self.state.pki.crl()?;
+        Ok(Response::new(pb::GetCrlResponse {
+            crl_pem: crl.pem,
+            revoked_count: u32::try_from(crl.revoked_count).unwrap_or(u32::MAX),
+            this_update: Some(convert::ts(crl.this_update)),
+            next_update: Some(convert::ts(crl.next_update)),
+        }))
+    }
+}

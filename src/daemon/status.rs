@@ -1,0 +1,55 @@
+//! Core errors -> gRPC status, in one place and exhaustively: a new error variant does not
+//! compile until someone decides what the client sees.
+
+use std::io::ErrorKind;
+
+use tonic::{Code, Status};
+
+use crate::{certsd, fsutil, pki};
+
+fn fs_status(e: &fsutil::Error) -> Status {
+    match e.io_kind() {
+        // The daemon's environment, not the caller, is at fault: say which path.
+        Some(ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem) => {
+            Status::failed_precondition(format!("{e} (berthd lacks the rights; run it as root or move the folder in its config)"))
+        }
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+impl From<pki::Error> for Status {
+    fn from(e: pki::Error) -> Status {
+        use pki::Error as E;
+        let code = match &e {
+            E::InvalidName { .. }
+            | E::MissingName(_)
+            | E::InvalidRequest(_)
+            | E::InvalidCsr(_)
+            | E::CsrSignature
+            | E::InvalidCertificate(_)
+            | E::UnknownKeyAlgorithm(_) => Code::InvalidArgument,
+            E::NotFound(_) => Code::NotFound,
+            E::AlreadyRevoked(_) => Code::FailedPrecondition,
+            E::CorruptIndex { .. } | E::CorruptCa { .. } => Code::DataLoss,
+            E::Fs(f) => return fs_status(f),
+            E::KeyGeneration(_) | E::Rcgen(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+impl From<certsd::Error> for Status {
+    fn from(e: certsd::Error) -> Status {
+        use certsd::Error as E;
+        let code = match e {
+            E::Pki(p) => return p.into(),
+            E::Fs(ref f) => return fs_status(f),
+            E::InvalidHost { .. } => Code::InvalidArgument,
+            E::Conflict(_) => Code::AlreadyExists,
+            E::NotInstalled(_) => Code::NotFound,
+            E::Client(_) => Code::FailedPrecondition,
+            E::CorruptState { .. } => Code::DataLoss,
+        };
+        Status::new(code, e.to_string())
+    }
+}
