@@ -41,7 +41,9 @@ pub enum Error {
         reason: &'static str,
     },
     /// A file exists that berth did not write (or that was changed since).
-    #[error("{0} exists and was not written by berth (or was changed since); pass --force to replace it")]
+    #[error(
+        "{0} exists and was not written by berth (or was changed since); pass --force to replace it"
+    )]
     Conflict(PathBuf),
     /// Nothing berth installed exists for the host.
     #[error("berth has installed nothing for {0}; see `berth certs ls`")]
@@ -100,20 +102,32 @@ impl FromStr for HostPort {
             return Err(bad("empty"));
         }
         if s.contains("://") {
-            return Err(bad("give the registry as docker names it, host[:port], without a scheme"));
+            return Err(bad(
+                "give the registry as docker names it, host[:port], without a scheme",
+            ));
         }
         if s.contains('/') || s.contains('\\') {
-            return Err(bad("a registry host has no path: give host[:port] only, e.g. registry.example.internal:5443"));
+            return Err(bad(
+                "a registry host has no path: give host[:port] only, e.g. registry.example.internal:5443",
+            ));
         }
         if s.chars().any(|c| c.is_whitespace() || c.is_control()) || s.contains(['@', '?', '#']) {
-            return Err(bad("only a host name or IP address and an optional :port are allowed"));
+            return Err(bad(
+                "only a host name or IP address and an optional :port are allowed",
+            ));
         }
         let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-            let (ip, after) = rest.split_once(']').ok_or_else(|| bad("missing ']' after the IPv6 address"))?;
-            ip.parse::<Ipv6Addr>().map_err(|_| bad("not a valid IPv6 address inside [...]"))?;
+            let (ip, after) = rest
+                .split_once(']')
+                .ok_or_else(|| bad("missing ']' after the IPv6 address"))?;
+            ip.parse::<Ipv6Addr>()
+                .map_err(|_| bad("not a valid IPv6 address inside [...]"))?;
             let port = match after {
                 "" => None,
-                p => Some(p.strip_prefix(':').ok_or_else(|| bad("expected :port after ']'"))?),
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| bad("expected :port after ']'"))?,
+                ),
             };
             (format!("[{ip}]"), port)
         } else {
@@ -154,7 +168,10 @@ fn check_host_label(h: &str) -> Result<(), &'static str> {
         if label.len() > 63 {
             return Err("a host name label is longer than 63 characters");
         }
-        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if !label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             return Err("a host name has only letters, digits, '-' and '_'");
         }
         if label.starts_with('-') || label.ends_with('-') {
@@ -367,7 +384,12 @@ impl Installer {
                 Some((rec, key))
             }
         };
-        let files = desired_files(pki.ca().cert_pem(), client.as_ref().map(|(r, k)| (r.certificate_pem.as_str(), k)));
+        let files = desired_files(
+            pki.ca().cert_pem(),
+            client
+                .as_ref()
+                .map(|(r, k)| (r.certificate_pem.as_str(), k)),
+        );
         let mut state = self.load_state()?;
         let mut outcome = InstallOutcome {
             actions: Vec::new(),
@@ -423,7 +445,12 @@ impl Installer {
 
     /// Deletes the files berth wrote for a registry, and the folder when that leaves it
     /// empty. Files changed since berth wrote them are kept and reported.
-    pub fn remove(&self, host: &HostPort, containers: bool, dry_run: bool) -> Result<Vec<FileAction>, Error> {
+    pub fn remove(
+        &self,
+        host: &HostPort,
+        containers: bool,
+        dry_run: bool,
+    ) -> Result<Vec<FileAction>, Error> {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut state = self.load_state()?;
         let mut actions = Vec::new();
@@ -438,13 +465,18 @@ impl Installer {
             for (name, hash) in &managed {
                 let path = dir.join(name);
                 match std::fs::read(&path) {
-                    Ok(content) if sha256_hex(&content) == *hash => plan.push(action(ActionKind::Delete, &path, 0)),
+                    Ok(content) if sha256_hex(&content) == *hash => {
+                        plan.push(action(ActionKind::Delete, &path, 0))
+                    }
                     Ok(_) => plan.push(action(ActionKind::KeepModified, &path, 0)),
                     Err(_) => {}
                 }
             }
             // Never split the client pair: docker fails on a .cert without its .key.
-            let kept = |n: &str| plan.iter().any(|a| a.kind == ActionKind::KeepModified && a.path == dir.join(n));
+            let kept = |n: &str| {
+                plan.iter()
+                    .any(|a| a.kind == ActionKind::KeepModified && a.path == dir.join(n))
+            };
             if kept(CERT_FILE) || kept(KEY_FILE) {
                 for a in &mut plan {
                     if a.path == dir.join(CERT_FILE) || a.path == dir.join(KEY_FILE) {
@@ -452,16 +484,29 @@ impl Installer {
                     }
                 }
             }
-            let deleting: Vec<&Path> = plan.iter().filter(|a| a.kind == ActionKind::Delete).map(|a| a.path.as_path()).collect();
+            let deleting: Vec<&Path> = plan
+                .iter()
+                .filter(|a| a.kind == ActionKind::Delete)
+                .map(|a| a.path.as_path())
+                .collect();
             let left = std::fs::read_dir(&dir)
-                .map(|rd| rd.filter_map(Result::ok).filter(|e| !deleting.contains(&e.path().as_path())).count())
+                .map(|rd| {
+                    rd.filter_map(Result::ok)
+                        .filter(|e| !deleting.contains(&e.path().as_path()))
+                        .count()
+                })
                 .unwrap_or(0);
             if left == 0 && dir.is_dir() {
                 plan.push(action(ActionKind::DeleteDir, &dir, 0));
             }
             if !dry_run {
                 // Key before certificate, the reverse of install.
-                plan.sort_by_key(|a| (a.kind == ActionKind::DeleteDir, a.path.file_name().is_some_and(|n| n != KEY_FILE)));
+                plan.sort_by_key(|a| {
+                    (
+                        a.kind == ActionKind::DeleteDir,
+                        a.path.file_name().is_some_and(|n| n != KEY_FILE),
+                    )
+                });
                 for a in &plan {
                     match a.kind {
                         ActionKind::Delete => fsutil::remove_durable(&a.path)?,
@@ -495,7 +540,11 @@ impl Installer {
             let Ok(rd) = std::fs::read_dir(self.root(root)) else {
                 continue;
             };
-            let mut dirs: Vec<PathBuf> = rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+            let mut dirs: Vec<PathBuf> = rd
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect();
             dirs.sort();
             for dir in dirs {
                 out.push(entry(root, &dir, state.entries.contains_key(&dir), pki));
@@ -574,7 +623,12 @@ fn action(kind: ActionKind, path: &Path, mode: u32) -> FileAction {
     }
 }
 
-fn plan_install(dir: &Path, files: &[DesiredFile<'_>], managed: &BTreeMap<String, String>, force: bool) -> Result<Vec<FileAction>, Error> {
+fn plan_install(
+    dir: &Path,
+    files: &[DesiredFile<'_>],
+    managed: &BTreeMap<String, String>,
+    force: bool,
+) -> Result<Vec<FileAction>, Error> {
     let mut plan = Vec::new();
     if !dir.is_dir() {
         plan.push(action(ActionKind::CreateDir, dir, 0o755));
@@ -584,10 +638,15 @@ fn plan_install(dir: &Path, files: &[DesiredFile<'_>], managed: &BTreeMap<String
         let kind = match std::fs::read(&path) {
             Err(_) => ActionKind::Create,
             Ok(current) => {
-                let same_mode = std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o777 == *mode);
+                let same_mode =
+                    std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o777 == *mode);
                 if current == *content && same_mode {
                     ActionKind::Unchanged
-                } else if force || managed.get(*name).is_some_and(|h| *h == sha256_hex(&current)) {
+                } else if force
+                    || managed
+                        .get(*name)
+                        .is_some_and(|h| *h == sha256_hex(&current))
+                {
                     ActionKind::Replace
                 } else {
                     return Err(Error::Conflict(path));
@@ -607,10 +666,20 @@ fn apply_install(dir: &Path, files: &[DesiredFile<'_>], plan: &[FileAction]) -> 
     let mut staged = Vec::new();
     for (name, content, mode) in files {
         let path = dir.join(name);
-        if plan.iter().any(|a| a.path == path && a.kind == ActionKind::Unchanged) {
+        if plan
+            .iter()
+            .any(|a| a.path == path && a.kind == ActionKind::Unchanged)
+        {
             continue;
         }
-        let old = std::fs::read(&path).ok().map(|b| (b, std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0o600)));
+        let old = std::fs::read(&path).ok().map(|b| {
+            (
+                b,
+                std::fs::metadata(&path)
+                    .map(|m| m.permissions().mode() & 0o777)
+                    .unwrap_or(0o600),
+            )
+        });
         match fsutil::stage(&path, content, *mode) {
             Ok(tmp) => staged.push((tmp, path, old)),
             Err(e) => {
@@ -644,7 +713,10 @@ fn apply_install(dir: &Path, files: &[DesiredFile<'_>], plan: &[FileAction]) -> 
 fn entry(root: Root, dir: &Path, managed: bool, pki: &Pki) -> Entry {
     let mut e = Entry {
         root,
-        host: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        host: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         directory: dir.to_path_buf(),
         managed,
         cas: Vec::new(),
@@ -652,7 +724,11 @@ fn entry(root: Root, dir: &Path, managed: bool, pki: &Pki) -> Entry {
         problems: Vec::new(),
     };
     let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(Result::ok).map(|d| d.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|d| d.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     let now = OffsetDateTime::now_utc();
@@ -661,7 +737,8 @@ fn entry(root: Root, dir: &Path, managed: bool, pki: &Pki) -> Entry {
         if let Some(stem) = name.strip_suffix(".crt") {
             let (file, _) = cert_file(&path, pki, &mut e.problems);
             if file.not_after.is_some_and(|t| t < now) {
-                e.problems.push(format!("{name} expired on {}", date(file.not_after)));
+                e.problems
+                    .push(format!("{name} expired on {}", date(file.not_after)));
             }
             let _ = stem;
             e.cas.push(file);
@@ -669,12 +746,15 @@ fn entry(root: Root, dir: &Path, managed: bool, pki: &Pki) -> Entry {
             let key_name = format!("{stem}.key");
             let (file, der) = cert_file(&path, pki, &mut e.problems);
             if !names.contains(&key_name) {
-                e.problems.push(format!("{name} has no {key_name}: docker refuses every pull from this host"));
+                e.problems.push(format!(
+                    "{name} has no {key_name}: docker refuses every pull from this host"
+                ));
             } else if let Some(der) = &der {
                 check_pair(dir, name, &key_name, der, &mut e.problems);
             }
             if file.not_after.is_some_and(|t| t < now) {
-                e.problems.push(format!("{name} expired on {}", date(file.not_after)));
+                e.problems
+                    .push(format!("{name} expired on {}", date(file.not_after)));
             }
             if let Some(der) = &der
                 && let Ok((_, x)) = X509Certificate::from_der(der)
@@ -682,16 +762,21 @@ fn entry(root: Root, dir: &Path, managed: bool, pki: &Pki) -> Entry {
                 && !eku.value.client_auth
                 && !eku.value.any
             {
-                e.problems.push(format!("{name} lacks the clientAuth extended key usage: registries will refuse it"));
+                e.problems.push(format!(
+                    "{name} lacks the clientAuth extended key usage: registries will refuse it"
+                ));
             }
             if managed && !file.berth_ca {
-                e.problems.push(format!("{name} is not signed by the berth CA"));
+                e.problems
+                    .push(format!("{name} is not signed by the berth CA"));
             }
             e.clients.push(file);
         } else if let Some(stem) = name.strip_suffix(".key") {
             let cert_name = format!("{stem}.cert");
             if !names.contains(&cert_name) {
-                e.problems.push(format!("{name} has no {cert_name}: docker refuses every pull from this host"));
+                e.problems.push(format!(
+                    "{name} has no {cert_name}: docker refuses every pull from this host"
+                ));
             }
             if let Ok(m) = std::fs::metadata(dir.join(name))
                 && m.permissions().mode() & 0o077 != 0
@@ -704,7 +789,8 @@ fn entry(root: Root, dir: &Path, managed: bool, pki: &Pki) -> Entry {
         }
     }
     if managed && !e.cas.iter().any(|c| c.berth_ca) {
-        e.problems.push("no ca.crt of the berth CA: clients will not trust the registry".into());
+        e.problems
+            .push("no ca.crt of the berth CA: clients will not trust the registry".into());
     }
     e
 }
@@ -716,7 +802,10 @@ fn cert_file(path: &Path, pki: &Pki, problems: &mut Vec<String>) -> (CertFile, O
         not_after: None,
         berth_ca: false,
     };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(err) => {
@@ -733,7 +822,9 @@ fn cert_file(path: &Path, pki: &Pki, problems: &mut Vec<String>) -> (CertFile, O
             if leaf.status == CertStatus::Revoked {
                 problems.push(format!("{name} was revoked by the berth CA"));
             }
-            let der = pki::parse_certificates(&bytes).ok().and_then(|v| v.into_iter().next());
+            let der = pki::parse_certificates(&bytes)
+                .ok()
+                .and_then(|v| v.into_iter().next());
             (file, der)
         }
         Ok(_) => (file, None),
@@ -744,7 +835,13 @@ fn cert_file(path: &Path, pki: &Pki, problems: &mut Vec<String>) -> (CertFile, O
     }
 }
 
-fn check_pair(dir: &Path, cert_name: &str, key_name: &str, cert_der: &[u8], problems: &mut Vec<String>) {
+fn check_pair(
+    dir: &Path,
+    cert_name: &str,
+    key_name: &str,
+    cert_der: &[u8],
+    problems: &mut Vec<String>,
+) {
     let Ok(key_pem) = std::fs::read_to_string(dir.join(key_name)) else {
         problems.push(format!("cannot read {key_name}"));
         return;
@@ -757,7 +854,9 @@ fn check_pair(dir: &Path, cert_name: &str, key_name: &str, cert_der: &[u8], prob
         return;
     };
     if x.public_key().raw != key.subject_public_key_info().as_slice() {
-        problems.push(format!("{key_name} does not match {cert_name}: the TLS handshake will fail"));
+        problems.push(format!(
+            "{key_name} does not match {cert_name}: the TLS handshake will fail"
+        ));
     }
 }
 
@@ -777,7 +876,10 @@ mod tests {
     #[test]
     fn host_port_rules() {
         let ok = [
-            ("registry.example.internal:5443", "registry.example.internal:5443"),
+            (
+                "registry.example.internal:5443",
+                "registry.example.internal:5443",
+            ),
             ("registry.example.internal:443", "registry.example.internal"),
             ("registry.example.internal", "registry.example.internal"),
             ("localhost:5000", "localhost:5000"),
@@ -786,7 +888,11 @@ mod tests {
             ("[::1]", "[::1]"),
         ];
         for (input, dir) in ok {
-            assert_eq!(input.parse::<HostPort>().unwrap().dir_name(), dir, "{input}");
+            assert_eq!(
+                input.parse::<HostPort>().unwrap().dir_name(),
+                dir,
+                "{input}"
+            );
         }
         let bad = [
             ("", "empty"),

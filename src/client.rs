@@ -9,7 +9,9 @@ use time::OffsetDateTime;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
 use crate::certsd::{ActionKind, CertFile, Entry, FileAction, InstallOutcome, Root};
-use crate::pki::{self, CertDetails, CertKind, CertRecord, CertStatus, Crl, KeyAlgorithm, Names, SecretKeyPem};
+use crate::pki::{
+    self, CertDetails, CertKind, CertRecord, CertStatus, Crl, KeyAlgorithm, Names, SecretKeyPem,
+};
 use crate::proto as pb;
 use crate::proto::certs_service_client::CertsServiceClient;
 use crate::proto::pki_service_client::PkiServiceClient;
@@ -28,10 +30,14 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The socket's permissions keep this user out.
-    #[error("permission denied on {0}: only root, berthd's user and members of its control group may use it (see control.group)")]
+    #[error(
+        "permission denied on {0}: only root, berthd's user and members of its control group may use it (see control.group)"
+    )]
     SocketPermission(PathBuf),
     /// The TLS files for a remote daemon are missing or unreadable.
-    #[error("cannot use the TLS files in {dir}: {reason}; they must hold ca.pem, cert.pem and key.pem (make them with `berth cert issue admin --name NAME --out DIR` on the daemon's host)")]
+    #[error(
+        "cannot use the TLS files in {dir}: {reason}; they must hold ca.pem, cert.pem and key.pem (make them with `berth cert issue admin --name NAME --out DIR` on the daemon's host)"
+    )]
     TlsFiles {
         /// The folder.
         dir: PathBuf,
@@ -74,8 +80,12 @@ fn status_message(s: &tonic::Status) -> String {
     match s.code() {
         Code::PermissionDenied => format!("permission denied: {msg}"),
         Code::Unauthenticated => format!("not authenticated: {msg}"),
-        Code::Unavailable => format!("berthd is unavailable ({msg}): is it running? start it with `berthd`"),
-        Code::Internal | Code::Unknown => format!("berthd failed: {msg} (see berthd's log for details)"),
+        Code::Unavailable => {
+            format!("berthd is unavailable ({msg}): is it running? start it with `berthd`")
+        }
+        Code::Internal | Code::Unknown => {
+            format!("berthd failed: {msg} (see berthd's log for details)")
+        }
         Code::DataLoss => format!("berthd's state is damaged: {msg}"),
         _ => msg.to_string(),
     }
@@ -103,9 +113,15 @@ impl Target {
         if let Some(p) = host.strip_prefix("unix://") {
             return Ok(Target::Unix(PathBuf::from(p)));
         }
-        let rest = host.strip_prefix("tcp://").ok_or_else(|| Error::InvalidHost(host.to_string()))?;
-        let (h, p) = rest.rsplit_once(':').ok_or_else(|| Error::InvalidHost(host.to_string()))?;
-        let port = p.parse::<u16>().map_err(|_| Error::InvalidHost(host.to_string()))?;
+        let rest = host
+            .strip_prefix("tcp://")
+            .ok_or_else(|| Error::InvalidHost(host.to_string()))?;
+        let (h, p) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| Error::InvalidHost(host.to_string()))?;
+        let port = p
+            .parse::<u16>()
+            .map_err(|_| Error::InvalidHost(host.to_string()))?;
         let h = h.trim_start_matches('[').trim_end_matches(']');
         if h.is_empty() {
             return Err(Error::InvalidHost(host.to_string()));
@@ -120,7 +136,9 @@ impl Target {
     fn describe(&self) -> String {
         match self {
             Target::Unix(p) => p.display().to_string(),
-            Target::Tcp { host, port, .. } if host.contains(':') => format!("tcp://[{host}]:{port}"),
+            Target::Tcp { host, port, .. } if host.contains(':') => {
+                format!("tcp://[{host}]:{port}")
+            }
             Target::Tcp { host, port, .. } => format!("tcp://{host}:{port}"),
         }
     }
@@ -197,7 +215,9 @@ impl Client {
                 // A plain connect first, to tell "not running" from "not allowed".
                 if let Err(e) = tokio::net::UnixStream::connect(path).await {
                     return Err(match e.kind() {
-                        std::io::ErrorKind::PermissionDenied => Error::SocketPermission(path.clone()),
+                        std::io::ErrorKind::PermissionDenied => {
+                            Error::SocketPermission(path.clone())
+                        }
                         _ => Error::Unreachable {
                             target: target.describe(),
                             source: e,
@@ -208,7 +228,11 @@ impl Client {
                 Endpoint::from_static("http://berthd.sock")
                     .connect_with_connector(tower::service_fn(move |_: Uri| {
                         let path = path.clone();
-                        async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+                        async move {
+                            Ok::<_, std::io::Error>(TokioIo::new(
+                                tokio::net::UnixStream::connect(path).await?,
+                            ))
+                        }
                     }))
                     .await
                     .map_err(|source| Error::Connect {
@@ -240,10 +264,12 @@ impl Client {
                         .and_then(|s| s.downcast_ref::<std::io::Error>())
                         .map(|e| std::io::Error::new(e.kind(), e.to_string()));
                     match io {
-                        Some(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => Error::Unreachable {
-                            target: target.describe(),
-                            source: io,
-                        },
+                        Some(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+                            Error::Unreachable {
+                                target: target.describe(),
+                                source: io,
+                            }
+                        }
                         _ => Error::Connect {
                             target: target.describe(),
                             source,
@@ -269,13 +295,21 @@ impl Client {
 
     /// berthd's version.
     pub async fn version(&self) -> Result<(String, String), Error> {
-        let r = self.system().version(pb::VersionRequest {}).await?.into_inner();
+        let r = self
+            .system()
+            .version(pb::VersionRequest {})
+            .await?
+            .into_inner();
         Ok((r.version, r.api_version))
     }
 
     /// True once berthd serves every service.
     pub async fn health(&self) -> Result<bool, Error> {
-        let r = self.system().health(pb::HealthRequest {}).await?.into_inner();
+        let r = self
+            .system()
+            .health(pb::HealthRequest {})
+            .await?
+            .into_inner();
         Ok(r.status == i32::from(pb::ServingStatus::Serving))
     }
 
@@ -284,9 +318,16 @@ impl Client {
         let r = self.system().info(pb::InfoRequest {}).await?.into_inner();
         let caller = match r.caller {
             Some(c) if c.transport == i32::from(pb::Transport::TcpMtls) => {
-                format!("{} (mutual TLS, serial {})", c.common_name, c.certificate_serial)
+                format!(
+                    "{} (mutual TLS, serial {})",
+                    c.common_name, c.certificate_serial
+                )
             }
-            Some(c) => format!("uid {} gid {} (unix socket)", c.uid.unwrap_or_default(), c.gid.unwrap_or_default()),
+            Some(c) => format!(
+                "uid {} gid {} (unix socket)",
+                c.uid.unwrap_or_default(),
+                c.gid.unwrap_or_default()
+            ),
             None => String::new(),
         };
         Ok(SystemInfo {
@@ -308,7 +349,9 @@ impl Client {
     /// The CA certificate (PEM) and its details.
     pub async fn ca(&self) -> Result<(String, CertDetails), Error> {
         let r = self.pki().get_ca(pb::GetCaRequest {}).await?.into_inner();
-        let d = r.details.ok_or_else(|| Error::Protocol("CA without details".into()))?;
+        let d = r
+            .details
+            .ok_or_else(|| Error::Protocol("CA without details".into()))?;
         Ok((r.certificate_pem, details_in(d)))
     }
 
@@ -325,7 +368,9 @@ impl Client {
             })
             .await?
             .into_inner();
-        let rec = r.certificate.ok_or_else(|| Error::Protocol("no certificate in the answer".into()))?;
+        let rec = r
+            .certificate
+            .ok_or_else(|| Error::Protocol("no certificate in the answer".into()))?;
         Ok(IssuedCert {
             record: record_in(rec)?,
             key: (!r.private_key_pem.is_empty()).then(|| SecretKeyPem::new(r.private_key_pem)),
@@ -334,7 +379,12 @@ impl Client {
     }
 
     /// Signs a CSR; returns the entry and the CA PEM.
-    pub async fn sign_csr(&self, csr: Vec<u8>, profile: CertKind, validity_days: Option<u32>) -> Result<(CertRecord, String), Error> {
+    pub async fn sign_csr(
+        &self,
+        csr: Vec<u8>,
+        profile: CertKind,
+        validity_days: Option<u32>,
+    ) -> Result<(CertRecord, String), Error> {
         let r = self
             .pki()
             .sign_csr(pb::SignCsrRequest {
@@ -344,16 +394,25 @@ impl Client {
             })
             .await?
             .into_inner();
-        let rec = r.certificate.ok_or_else(|| Error::Protocol("no certificate in the answer".into()))?;
+        let rec = r
+            .certificate
+            .ok_or_else(|| Error::Protocol("no certificate in the answer".into()))?;
         Ok((record_in(rec)?, r.ca_certificate_pem))
     }
 
     /// Lists issued certificates.
-    pub async fn list(&self, kind: Option<CertKind>, common_name: Option<String>) -> Result<Vec<CertRecord>, Error> {
+    pub async fn list(
+        &self,
+        kind: Option<CertKind>,
+        common_name: Option<String>,
+    ) -> Result<Vec<CertRecord>, Error> {
         let r = self
             .pki()
             .list_certificates(pb::ListCertificatesRequest {
-                kind: kind.map(kind_out).unwrap_or(pb::CertificateKind::Unspecified).into(),
+                kind: kind
+                    .map(kind_out)
+                    .unwrap_or(pb::CertificateKind::Unspecified)
+                    .into(),
                 common_name: common_name.unwrap_or_default(),
             })
             .await?
@@ -363,7 +422,11 @@ impl Client {
 
     /// Decodes certificates (PEM bundle or DER).
     pub async fn inspect(&self, data: Vec<u8>) -> Result<Vec<CertDetails>, Error> {
-        let r = self.pki().inspect_certificate(pb::InspectCertificateRequest { data }).await?.into_inner();
+        let r = self
+            .pki()
+            .inspect_certificate(pb::InspectCertificateRequest { data })
+            .await?
+            .into_inner();
         Ok(r.certificates.into_iter().map(details_in).collect())
     }
 
@@ -371,10 +434,15 @@ impl Client {
     pub async fn revoke(&self, serial: &str) -> Result<CertRecord, Error> {
         let r = self
             .pki()
-            .revoke_certificate(pb::RevokeCertificateRequest { serial: serial.to_string() })
+            .revoke_certificate(pb::RevokeCertificateRequest {
+                serial: serial.to_string(),
+            })
             .await?
             .into_inner();
-        record_in(r.certificate.ok_or_else(|| Error::Protocol("no certificate in the answer".into()))?)
+        record_in(
+            r.certificate
+                .ok_or_else(|| Error::Protocol("no certificate in the answer".into()))?,
+        )
     }
 
     /// The current CRL.
@@ -383,8 +451,14 @@ impl Client {
         Ok(Crl {
             pem: r.crl_pem,
             revoked_count: r.revoked_count as usize,
-            this_update: r.this_update.map(time_in).unwrap_or(OffsetDateTime::UNIX_EPOCH),
-            next_update: r.next_update.map(time_in).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            this_update: r
+                .this_update
+                .map(time_in)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            next_update: r
+                .next_update
+                .map(time_in)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
         })
     }
 
@@ -417,7 +491,12 @@ impl Client {
     }
 
     /// Removes the certs.d files berth wrote for a registry.
-    pub async fn certs_remove(&self, host: &str, containers: bool, dry_run: bool) -> Result<Vec<FileAction>, Error> {
+    pub async fn certs_remove(
+        &self,
+        host: &str,
+        containers: bool,
+        dry_run: bool,
+    ) -> Result<Vec<FileAction>, Error> {
         let r = self
             .certs()
             .remove_certs(pb::RemoveCertsRequest {
@@ -432,7 +511,11 @@ impl Client {
 
     /// Every certs.d entry.
     pub async fn certs_list(&self) -> Result<Vec<Entry>, Error> {
-        let r = self.certs().list_certs(pb::ListCertsRequest {}).await?.into_inner();
+        let r = self
+            .certs()
+            .list_certs(pb::ListCertsRequest {})
+            .await?
+            .into_inner();
         Ok(r.entries.into_iter().map(entry_in).collect())
     }
 
@@ -440,7 +523,9 @@ impl Client {
     pub async fn certs_verify(&self, host: &str) -> Result<Vec<Entry>, Error> {
         let r = self
             .certs()
-            .verify_certs(pb::VerifyCertsRequest { host: host.to_string() })
+            .verify_certs(pb::VerifyCertsRequest {
+                host: host.to_string(),
+            })
             .await?
             .into_inner();
         Ok(r.entries.into_iter().map(entry_in).collect())
@@ -507,7 +592,11 @@ fn names_in(n: Option<pb::Names>) -> Names {
         organizations: n.organizations,
         organizational_units: n.organizational_units,
         dns_names: n.dns_names,
-        ip_addresses: n.ip_addresses.iter().filter_map(|s| s.parse().ok()).collect(),
+        ip_addresses: n
+            .ip_addresses
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect(),
         uris: n.uris,
         emails: n.emails,
     }
@@ -518,8 +607,14 @@ fn record_in(r: pb::IssuedCertificate) -> Result<CertRecord, Error> {
         serial: r.serial,
         kind: kind_in(r.kind)?,
         names: names_in(r.names),
-        not_before: r.not_before.map(time_in).unwrap_or(OffsetDateTime::UNIX_EPOCH),
-        not_after: r.not_after.map(time_in).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        not_before: r
+            .not_before
+            .map(time_in)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        not_after: r
+            .not_after
+            .map(time_in)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
         fingerprint_sha256: r.fingerprint_sha256,
         revoked_at: r.revoked_at.map(time_in),
         key_held: r.key_held,
@@ -535,8 +630,14 @@ fn details_in(d: pb::CertificateDetails) -> CertDetails {
         issuer: d.issuer,
         serial: d.serial,
         names: names_in(d.names),
-        not_before: d.not_before.map(time_in).unwrap_or(OffsetDateTime::UNIX_EPOCH),
-        not_after: d.not_after.map(time_in).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        not_before: d
+            .not_before
+            .map(time_in)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        not_after: d
+            .not_after
+            .map(time_in)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
         is_ca: d.is_ca,
         key_usages: d.key_usages,
         extended_key_usages: d.extended_key_usages,
@@ -594,4 +695,3 @@ fn entry_in(e: pb::CertsEntry) -> Entry {
 pub fn inspect_offline(data: &[u8]) -> Result<Vec<CertDetails>, pki::Error> {
     pki::inspect_standalone(data)
 }
-

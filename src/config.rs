@@ -36,7 +36,9 @@ pub enum Error {
         message: String,
     },
     /// The file declares a version this build does not understand.
-    #[error("config file {path} has version = {found}; this berthd reads version = {CONFIG_VERSION}")]
+    #[error(
+        "config file {path} has version = {found}; this berthd reads version = {CONFIG_VERSION}"
+    )]
     Version {
         /// The config file.
         path: PathBuf,
@@ -288,9 +290,12 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let e = Config::from_toml("version = 1\n[control]\nsokcet = \"/x\"\n", Path::new("b.toml"))
-            .unwrap_err()
-            .to_string();
+        let e = Config::from_toml(
+            "version = 1\n[control]\nsokcet = \"/x\"\n",
+            Path::new("b.toml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("sokcet"), "{e}");
         assert!(e.contains("b.toml"), "{e}");
     }
@@ -319,8 +324,11 @@ mod tests {
 
     #[test]
     fn bad_listen_address() {
-        let e = Config::from_toml("version = 1\n[control]\nlisten = [\"0.0.0.0:1\"]\n", Path::new("c"))
-            .unwrap_err();
+        let e = Config::from_toml(
+            "version = 1\n[control]\nlisten = [\"0.0.0.0:1\"]\n",
+            Path::new("c"),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("tcp://"), "{e}");
     }
 }

@@ -2,9 +2,9 @@
 #![forbid(unsafe_code)]
 
 pub mod certsd;
+pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod fsutil;
 pub mod pki;
-pub mod daemon;
 pub mod proto;
-pub mod client;

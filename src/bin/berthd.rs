@@ -85,8 +85,11 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&flags.log).unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&flags.log).unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // One crypto provider, chosen before anything builds a TLS config.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -101,7 +104,12 @@ async fn main() -> anyhow::Result<()> {
         if listeners.tcp_addrs().is_empty() {
             "off (enable with --listen tcp://IP:PORT)".to_string()
         } else {
-            listeners.tcp_addrs().iter().map(|a| format!("tcp://{a}")).collect::<Vec<_>>().join(", ")
+            listeners
+                .tcp_addrs()
+                .iter()
+                .map(|a| format!("tcp://{a}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         },
         daemon.ca_fingerprint()
     );

@@ -56,12 +56,14 @@ impl tonic::service::Interceptor for Authorizer {
 
 fn authorize(req: &Request<()>, state: &State) -> Result<Caller, Status> {
     if let Some(info) = req.extensions().get::<UdsConnectInfo>() {
-        let cred = info
-            .peer_cred
-            .ok_or_else(|| Status::unauthenticated("berthd could not read the peer credentials of this connection"))?;
+        let cred = info.peer_cred.ok_or_else(|| {
+            Status::unauthenticated("berthd could not read the peer credentials of this connection")
+        })?;
         let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
         let p = &state.policy;
-        let in_group = p.group.is_some_and(|g| g == gid || pid.is_some_and(|pid| supplementary_groups(pid).contains(&g)));
+        let in_group = p.group.is_some_and(|g| {
+            g == gid || pid.is_some_and(|pid| supplementary_groups(pid).contains(&g))
+        });
         if uid == 0 || uid == p.own_uid || in_group {
             return Ok(Caller::Unix { uid, gid, pid });
         }
@@ -70,15 +72,20 @@ fn authorize(req: &Request<()>, state: &State) -> Result<Caller, Status> {
             (Some(name), Some(_)) => format!("add the user to group {name:?} or run as root"),
             _ => "run as root or as berthd's own user, or configure control.group".to_string(),
         };
-        return Err(Status::permission_denied(format!("uid {uid} may not use berthd: {hint}")));
+        return Err(Status::permission_denied(format!(
+            "uid {uid} may not use berthd: {hint}"
+        )));
     }
     if let Some(info) = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>() {
         let remote = info.get_ref().remote_addr();
-        let certs = info
-            .peer_certs()
-            .ok_or_else(|| Status::unauthenticated("a client certificate from the berth CA is required"))?;
-        let leaf = certs.first().ok_or_else(|| Status::unauthenticated("a client certificate from the berth CA is required"))?;
-        let (_, x) = X509Certificate::from_der(leaf).map_err(|_| Status::unauthenticated("unreadable client certificate"))?;
+        let certs = info.peer_certs().ok_or_else(|| {
+            Status::unauthenticated("a client certificate from the berth CA is required")
+        })?;
+        let leaf = certs.first().ok_or_else(|| {
+            Status::unauthenticated("a client certificate from the berth CA is required")
+        })?;
+        let (_, x) = X509Certificate::from_der(leaf)
+            .map_err(|_| Status::unauthenticated("unreadable client certificate"))?;
         let serial = hex::encode(x.raw_serial());
         let cn = x
             .subject()
@@ -92,7 +99,10 @@ fn authorize(req: &Request<()>, state: &State) -> Result<Caller, Status> {
             .get(&serial)
             .is_ok_and(|r| r.kind == CertKind::Admin && r.status() == CertStatus::Valid);
         if admin_cert || state.config.control.admins.iter().any(|a| *a == cn) {
-            return Ok(Caller::Tls { common_name: cn, serial });
+            return Ok(Caller::Tls {
+                common_name: cn,
+                serial,
+            });
         }
         tracing::warn!(cn = %cn, serial = %serial, remote = ?remote, "denied control request from a certificate outside the admin set");
         return Err(Status::permission_denied(format!(
@@ -107,9 +117,11 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Groups:"))
-                .map(|g| g.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
         })
         .unwrap_or_default()
 }

@@ -24,7 +24,10 @@ impl Listeners {
 
     /// The bound TCP addresses (with the real port when 0 was asked for).
     pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
-        self.tcp.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.tcp
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 }
 
@@ -51,14 +54,18 @@ pub(super) fn bind(cfg: &ControlConfig, group: Option<u32>) -> Result<Listeners,
         source,
     })?;
     let set_up = || -> Result<(), Error> {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(cfg.socket_mode)).map_err(|source| Error::Bind {
-            addr: path.display().to_string(),
-            source,
-        })?;
-        if let Some(gid) = group {
-            nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| Error::Bind {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(cfg.socket_mode)).map_err(
+            |source| Error::Bind {
                 addr: path.display().to_string(),
-                source: std::io::Error::from(e),
+                source,
+            },
+        )?;
+        if let Some(gid) = group {
+            nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| {
+                Error::Bind {
+                    addr: path.display().to_string(),
+                    source: std::io::Error::from(e),
+                }
             })?;
         }
         unix.set_nonblocking(true).map_err(|source| Error::Bind {
@@ -72,7 +79,8 @@ pub(super) fn bind(cfg: &ControlConfig, group: Option<u32>) -> Result<Listeners,
     }
     let mut tcp = Vec::new();
     for addr in &cfg.listen {
-        let l = std::net::TcpListener::bind(addr.0).and_then(|l| l.set_nonblocking(true).map(|()| l));
+        let l =
+            std::net::TcpListener::bind(addr.0).and_then(|l| l.set_nonblocking(true).map(|()| l));
         match l {
             Ok(l) => tcp.push(l),
             Err(source) => {

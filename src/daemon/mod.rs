@@ -46,7 +46,9 @@ use crate::{fsutil, proto};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Another berthd holds the lock on this state folder.
-    #[error("another berthd (pid {pid}) is using the state folder {state_dir}; stop it first, or start this one with --root DIR")]
+    #[error(
+        "another berthd (pid {pid}) is using the state folder {state_dir}; stop it first, or start this one with --root DIR"
+    )]
     AlreadyRunning {
         /// The contested folder.
         state_dir: PathBuf,
@@ -66,7 +68,9 @@ pub enum Error {
     #[error("a daemon is already listening on {0}; stop it or choose another --socket")]
     SocketInUse(PathBuf),
     /// The socket path is taken by something that is not a socket.
-    #[error("{0} exists and is not a socket; berthd will not delete it: move it away or choose another --socket")]
+    #[error(
+        "{0} exists and is not a socket; berthd will not delete it: move it away or choose another --socket"
+    )]
     NotASocket(PathBuf),
     /// Binding a listener failed.
     #[error("cannot listen on {addr}: {source}")]
@@ -78,7 +82,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// `control.group` names no group on this host.
-    #[error("control.group {0:?} is not a group on this host: create it (groupadd) or fix the config")]
+    #[error(
+        "control.group {0:?} is not a group on this host: create it (groupadd) or fix the config"
+    )]
     UnknownGroup(String),
     /// Building the TLS configuration failed.
     #[error("TLS setup failed: {0}")]
@@ -117,7 +123,8 @@ impl State {
     /// Rebuilds the TCP listener's TLS config (new CRL); a no-op without TCP listeners.
     pub(crate) fn reload_tls(&self) -> Result<(), tonic::Status> {
         if let Some(names) = self.control_names.get() {
-            let cfg = tls::control_config(&self.pki, names).map_err(|e| tonic::Status::internal(e.to_string()))?;
+            let cfg = tls::control_config(&self.pki, names)
+                .map_err(|e| tonic::Status::internal(e.to_string()))?;
             self.control_tls.store(Some(cfg));
         }
         Ok(())
@@ -132,7 +139,9 @@ pub struct Daemon {
 
 impl std::fmt::Debug for Daemon {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Daemon").field("state_dir", &self.state.config.state_dir).finish_non_exhaustive()
+        f.debug_struct("Daemon")
+            .field("state_dir", &self.state.config.state_dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -184,7 +193,11 @@ impl Daemon {
 
     /// Serves the control API on `listeners` until `shutdown` completes, then stops
     /// accepting, lets running requests finish and removes the socket file.
-    pub async fn serve(self, listeners: Listeners, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+    pub async fn serve(
+        self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), Error> {
         let state = self.state.clone();
         let tcp_addrs = listeners.tcp_addrs();
         let _ = state.tcp_addrs.set(tcp_addrs.clone());
@@ -192,24 +205,33 @@ impl Daemon {
         let mut servers = tokio::task::JoinSet::new();
 
         let socket = listeners.socket.clone();
-        let unix = tokio::net::UnixListener::from_std(listeners.unix).map_err(|source| Error::Bind {
-            addr: socket.display().to_string(),
-            source,
-        })?;
+        let unix =
+            tokio::net::UnixListener::from_std(listeners.unix).map_err(|source| Error::Bind {
+                addr: socket.display().to_string(),
+                source,
+            })?;
         servers.spawn(
-            router(&state)?.serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(stop_rx.clone())),
+            router(&state)?.serve_with_incoming_shutdown(
+                UnixListenerStream::new(unix),
+                stopped(stop_rx.clone()),
+            ),
         );
 
         if !listeners.tcp.is_empty() {
             let names = tls::control_names(&tcp_addrs, &state.config.control.tls_names);
-            state.control_tls.store(Some(tls::control_config(&state.pki, &names)?));
+            state
+                .control_tls
+                .store(Some(tls::control_config(&state.pki, &names)?));
             let _ = state.control_names.set(names);
             for l in listeners.tcp {
                 let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
                 let l = TcpListener::from_std(l).map_err(|source| Error::Bind { addr, source })?;
                 let (tx, rx) = mpsc::channel(64);
                 tokio::spawn(accept_tls(l, state.clone(), tx, stop_rx.clone()));
-                servers.spawn(router(&state)?.serve_with_incoming_shutdown(ReceiverStream::new(rx), stopped(stop_rx.clone())));
+                servers.spawn(router(&state)?.serve_with_incoming_shutdown(
+                    ReceiverStream::new(rx),
+                    stopped(stop_rx.clone()),
+                ));
             }
         }
         tracing::info!(socket = %socket.display(), tcp = ?tcp_addrs, "berthd serving");
@@ -231,13 +253,21 @@ impl Daemon {
 }
 
 fn router(state: &Arc<State>) -> Result<Router, Error> {
-    let authz = auth::Authorizer { state: state.clone() };
+    let authz = auth::Authorizer {
+        state: state.clone(),
+    };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     // Every berth service is ready once the router exists; report them all as serving.
     tokio::spawn(async move {
-        health_reporter.set_serving::<SystemServiceServer<service::SystemSvc>>().await;
-        health_reporter.set_serving::<PkiServiceServer<service::PkiSvc>>().await;
-        health_reporter.set_serving::<CertsServiceServer<service::CertsSvc>>().await;
+        health_reporter
+            .set_serving::<SystemServiceServer<service::SystemSvc>>()
+            .await;
+        health_reporter
+            .set_serving::<PkiServiceServer<service::PkiSvc>>()
+            .await;
+        health_reporter
+            .set_serving::<CertsServiceServer<service::CertsSvc>>()
+            .await;
     });
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -246,15 +276,21 @@ fn router(state: &Arc<State>) -> Result<Router, Error> {
         .map_err(|e| Error::Tls(format!("reflection: {e}")))?;
     Ok(Server::builder()
         .add_service(InterceptedService::new(
-            SystemServiceServer::new(service::SystemSvc { state: state.clone() }),
+            SystemServiceServer::new(service::SystemSvc {
+                state: state.clone(),
+            }),
             authz.clone(),
         ))
         .add_service(InterceptedService::new(
-            PkiServiceServer::new(service::PkiSvc { state: state.clone() }),
+            PkiServiceServer::new(service::PkiSvc {
+                state: state.clone(),
+            }),
             authz.clone(),
         ))
         .add_service(InterceptedService::new(
-            CertsServiceServer::new(service::CertsSvc { state: state.clone() }),
+            CertsServiceServer::new(service::CertsSvc {
+                state: state.clone(),
+            }),
             authz.clone(),
         ))
         .add_service(InterceptedService::new(health, authz.clone()))
@@ -286,7 +322,9 @@ async fn accept_tls(
             },
             _ = stop.changed() => return,
         };
-        let Some(cfg) = state.control_tls.load_full() else { return };
+        let Some(cfg) = state.control_tls.load_full() else {
+            return;
+        };
         let acceptor = TlsAcceptor::from(cfg);
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -294,7 +332,9 @@ async fn accept_tls(
                 Ok(Ok(tls)) => {
                     let _ = tx.send(Ok(tls)).await;
                 }
-                Ok(Err(e)) => tracing::warn!(peer = %peer, error = %e, "control TLS handshake refused"),
+                Ok(Err(e)) => {
+                    tracing::warn!(peer = %peer, error = %e, "control TLS handshake refused")
+                }
                 Err(_) => tracing::warn!(peer = %peer, "control TLS handshake timed out"),
             }
         });

@@ -11,7 +11,9 @@ fn fs_status(e: &fsutil::Error) -> Status {
     match e.io_kind() {
         // The daemon's environment, not the caller, is at fault: say which path.
         Some(ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem) => {
-            Status::failed_precondition(format!("{e} (berthd lacks the rights; run it as root or move the folder in its config)"))
+            Status::failed_precondition(format!(
+                "{e} (berthd lacks the rights; run it as root or move the folder in its config)"
+            ))
         }
         _ => Status::internal(e.to_string()),
     }

@@ -20,7 +20,10 @@ pub(crate) const CONTROL_CN: &str = "berthd control";
 pub(super) fn control_names(listen: &[SocketAddr], extra: &[String]) -> Names {
     let mut n = Names {
         dns_names: vec!["localhost".to_string()],
-        ip_addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)],
+        ip_addresses: vec![
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ],
         ..Names::default()
     };
     if let Ok(h) = nix::unistd::gethostname() {
@@ -64,10 +67,12 @@ pub(super) fn control_config(pki: &Pki, names: &Names) -> Result<Arc<ServerConfi
         .build()
         .map_err(|e| Error::Tls(format!("client verifier: {e}")))?;
     let chain = vec![
-        CertificateDer::from_pem_slice(record.certificate_pem.as_bytes()).map_err(|e| Error::Tls(e.to_string()))?,
+        CertificateDer::from_pem_slice(record.certificate_pem.as_bytes())
+            .map_err(|e| Error::Tls(e.to_string()))?,
         CertificateDer::from(pki.ca().cert_der().to_vec()),
     ];
-    let key = PrivateKeyDer::from_pem_slice(key.secret_pem().as_bytes()).map_err(|e| Error::Tls(format!("server key: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key.secret_pem().as_bytes())
+        .map_err(|e| Error::Tls(format!("server key: {e}")))?;
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(e.to_string()))?

@@ -9,10 +9,17 @@ use super::{Ca, CertKind, Error};
 /// Verifies the CSR's self-signature, keeps only its public key, subject and SANs, and
 /// signs it with `profile`. rcgen would copy the CSR's basicConstraints (CA:TRUE included),
 /// key usages and EKUs; `apply_profile` overwrites all of them.
-pub(super) fn sign(csr: &[u8], profile: CertKind, serial: &[u8], days: u32, ca: &Ca) -> Result<Vec<u8>, Error> {
+pub(super) fn sign(
+    csr: &[u8],
+    profile: CertKind,
+    serial: &[u8],
+    days: u32,
+    ca: &Ca,
+) -> Result<Vec<u8>, Error> {
     let der = if csr.trim_ascii_start().starts_with(b"-----BEGIN") {
-        CertificateSigningRequestDer::from_pem_slice(csr)
-            .map_err(|_| Error::InvalidCsr("no CERTIFICATE REQUEST block in the PEM input".into()))?
+        CertificateSigningRequestDer::from_pem_slice(csr).map_err(|_| {
+            Error::InvalidCsr("no CERTIFICATE REQUEST block in the PEM input".into())
+        })?
     } else {
         CertificateSigningRequestDer::from(csr.to_vec())
     };
@@ -46,14 +53,20 @@ pub(super) fn sign(csr: &[u8], profile: CertKind, serial: &[u8], days: u32, ca: 
             ));
         }
         CertKind::Client | CertKind::Admin if !has_cn => {
-            return Err(Error::MissingName("the CSR has no subject common name; a client certificate needs one"));
+            return Err(Error::MissingName(
+                "the CSR has no subject common name; a client certificate needs one",
+            ));
         }
         _ => {}
     }
     let alg = req.public_key.algorithm();
-    let rsa = [&rcgen::PKCS_RSA_SHA256, &rcgen::PKCS_RSA_SHA384, &rcgen::PKCS_RSA_SHA512]
-        .into_iter()
-        .any(|a| a == alg);
+    let rsa = [
+        &rcgen::PKCS_RSA_SHA256,
+        &rcgen::PKCS_RSA_SHA384,
+        &rcgen::PKCS_RSA_SHA512,
+    ]
+    .into_iter()
+    .any(|a| a == alg);
     apply_profile(&mut req.params, profile, rsa, serial, days, ca)?;
     Ok(req.signed_by(ca.issuer())?.der().to_vec())
 }

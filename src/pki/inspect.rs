@@ -51,7 +51,9 @@ pub struct CertDetails {
 /// Splits input into DER certificates: every CERTIFICATE block of a PEM bundle, or the
 /// whole input as one DER certificate.
 pub fn parse_certificates(data: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
-    if data.trim_ascii_start().starts_with(b"-----BEGIN") || data.windows(10).any(|w| w == b"-----BEGIN") {
+    if data.trim_ascii_start().starts_with(b"-----BEGIN")
+        || data.windows(10).any(|w| w == b"-----BEGIN")
+    {
         let certs = CertificateDer::pem_slice_iter(data)
             .map(|c| c.map(|c| c.to_vec()))
             .collect::<Result<Vec<_>, _>>()
@@ -112,15 +114,24 @@ fn base64_encode(data: &[u8]) -> String {
 
 /// Decodes one DER certificate. With `ca`, it says whether the berth CA signed it and asks
 /// `revoked(serial)` whether the CA revoked it.
-pub(super) fn details(der: &[u8], ca: Option<&Ca>, revoked: impl Fn(&str) -> bool) -> Result<CertDetails, Error> {
-    let (_, x) = X509Certificate::from_der(der).map_err(|e| Error::InvalidCertificate(e.to_string()))?;
+pub(super) fn details(
+    der: &[u8],
+    ca: Option<&Ca>,
+    revoked: impl Fn(&str) -> bool,
+) -> Result<CertDetails, Error> {
+    let (_, x) =
+        X509Certificate::from_der(der).map_err(|e| Error::InvalidCertificate(e.to_string()))?;
     let serial = hex::encode(x.raw_serial());
     let names = names(&x);
-    let self_signed = x.subject().as_raw() == x.issuer().as_raw() && x.verify_signature(None).is_ok();
+    let self_signed =
+        x.subject().as_raw() == x.issuer().as_raw() && x.verify_signature(None).is_ok();
     let chains_to_berth_ca = ca.is_some_and(|ca| signed_by(&x, der, ca));
     let not_before = x.validity().not_before.to_datetime();
     let not_after = x.validity().not_after.to_datetime();
-    let status = if chains_to_berth_ca && der != ca.map(|c| c.cert_der()).unwrap_or_default() && revoked(&serial) {
+    let status = if chains_to_berth_ca
+        && der != ca.map(|c| c.cert_der()).unwrap_or_default()
+        && revoked(&serial)
+    {
         CertStatus::Revoked
     } else {
         CertStatus::by_clock(not_before, not_after)
@@ -157,7 +168,11 @@ pub(super) fn details(der: &[u8], ca: Option<&Ca>, revoked: impl Fn(&str) -> boo
                     (ku.encipher_only(), "encipherOnly"),
                     (ku.decipher_only(), "decipherOnly"),
                 ];
-                d.key_usages = flags.iter().filter(|(on, _)| *on).map(|(_, n)| n.to_string()).collect();
+                d.key_usages = flags
+                    .iter()
+                    .filter(|(on, _)| *on)
+                    .map(|(_, n)| n.to_string())
+                    .collect();
             }
             ParsedExtension::ExtendedKeyUsage(eku) => {
                 let flags = [
@@ -169,8 +184,13 @@ pub(super) fn details(der: &[u8], ca: Option<&Ca>, revoked: impl Fn(&str) -> boo
                     (eku.time_stamping, "timeStamping"),
                     (eku.ocsp_signing, "OCSPSigning"),
                 ];
-                d.extended_key_usages = flags.iter().filter(|(on, _)| *on).map(|(_, n)| n.to_string()).collect();
-                d.extended_key_usages.extend(eku.other.iter().map(|o| o.to_id_string()));
+                d.extended_key_usages = flags
+                    .iter()
+                    .filter(|(on, _)| *on)
+                    .map(|(_, n)| n.to_string())
+                    .collect();
+                d.extended_key_usages
+                    .extend(eku.other.iter().map(|o| o.to_id_string()));
             }
             _ => {}
         }
@@ -185,7 +205,8 @@ fn signed_by(x: &X509Certificate<'_>, der: &[u8], ca: &Ca) -> bool {
     let Ok((_, ca_x)) = X509Certificate::from_der(ca.cert_der()) else {
         return false;
     };
-    x.issuer().as_raw() == ca_x.subject().as_raw() && x.verify_signature(Some(ca_x.public_key())).is_ok()
+    x.issuer().as_raw() == ca_x.subject().as_raw()
+        && x.verify_signature(Some(ca_x.public_key())).is_ok()
 }
 
 fn names(x: &X509Certificate<'_>) -> Names {
@@ -193,7 +214,10 @@ fn names(x: &X509Certificate<'_>) -> Names {
         it.filter_map(|a| a.as_str().ok().map(str::to_string)).collect()
     };
     let mut n = Names {
-        common_name: strings(&mut x.subject().iter_common_name()).into_iter().next().unwrap_or_default(),
+        common_name: strings(&mut x.subject().iter_common_name())
+            .into_iter()
+            .next()
+            .unwrap_or_default(),
         organizations: strings(&mut x.subject().iter_organization()),
         organizational_units: strings(&mut x.subject().iter_organizational_unit()),
         ..Names::default()
@@ -281,6 +305,9 @@ mod tests {
     fn garbage_is_refused() {
         assert!(parse_certificates(b"").is_err());
         assert!(parse_certificates(b"hello").is_err());
-        assert!(parse_certificates(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err());
+        assert!(
+            parse_certificates(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+                .is_err()
+        );
     }
 }

@@ -40,7 +40,9 @@ pub(super) fn apply_profile(
     ca: &Ca,
 ) -> Result<(), Error> {
     if days == 0 {
-        return Err(Error::InvalidRequest("validity must be at least 1 day".into()));
+        return Err(Error::InvalidRequest(
+            "validity must be at least 1 day".into(),
+        ));
     }
     p.is_ca = IsCa::ExplicitNoCa;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -170,7 +172,13 @@ pub(super) fn check_dns(d: &str, allow_wildcard: bool) -> Result<(), Error> {
     }
     let body = match d.strip_prefix("*.") {
         Some(rest) if allow_wildcard => rest,
-        Some(_) => return Err(invalid(F, d, "wildcards are only allowed in server certificates")),
+        Some(_) => {
+            return Err(invalid(
+                F,
+                d,
+                "wildcards are only allowed in server certificates",
+            ));
+        }
         None => d,
     };
     for label in body.split('.') {
@@ -180,8 +188,15 @@ pub(super) fn check_dns(d: &str, allow_wildcard: bool) -> Result<(), Error> {
         if label.len() > 63 {
             return Err(invalid(F, d, "a label is longer than 63 characters"));
         }
-        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(invalid(F, d, "only letters, digits, '-' and '_' are allowed (no ports, paths or spaces)"));
+        if !label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                F,
+                d,
+                "only letters, digits, '-' and '_' are allowed (no ports, paths or spaces)",
+            ));
         }
         if label.starts_with('-') || label.ends_with('-') {
             return Err(invalid(F, d, "a label cannot start or end with '-'"));
@@ -205,14 +220,26 @@ fn check_dn_value(field: &'static str, v: &str) -> Result<(), Error> {
 
 fn check_uri(u: &str) -> Result<(), Error> {
     let Some((scheme, rest)) = u.split_once(':') else {
-        return Err(invalid("URI", u, "missing scheme, e.g. spiffe://example.org/ci"));
+        return Err(invalid(
+            "URI",
+            u,
+            "missing scheme, e.g. spiffe://example.org/ci",
+        ));
     };
-    let scheme_ok = scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    let scheme_ok = scheme
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
     if !scheme_ok || rest.is_empty() {
         return Err(invalid("URI", u, "not of the form scheme:rest"));
     }
-    if !u.is_ascii() || u.chars().any(|c| c.is_ascii_whitespace() || c.is_ascii_control()) {
+    if !u.is_ascii()
+        || u.chars()
+            .any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
+    {
         return Err(invalid("URI", u, "must be ASCII without spaces"));
     }
     Ok(())
@@ -223,7 +250,8 @@ fn check_email(e: &str) -> Result<(), Error> {
         Some((local, domain))
             if !local.is_empty() && e.is_ascii() && !e.contains(char::is_whitespace) =>
         {
-            check_dns(domain, false).map_err(|_| invalid("email", e, "the domain is not a valid DNS name"))
+            check_dns(domain, false)
+                .map_err(|_| invalid("email", e, "the domain is not a valid DNS name"))
         }
         _ => Err(invalid("email", e, "expected local@domain")),
     }
@@ -243,7 +271,10 @@ mod tests {
 
     #[test]
     fn server_needs_a_san_and_gets_a_cn() {
-        assert!(matches!(validate(CertKind::Server, &names("x")), Err(Error::MissingName(_))));
+        assert!(matches!(
+            validate(CertKind::Server, &names("x")),
+            Err(Error::MissingName(_))
+        ));
         let mut n = names("");
         n.dns_names = vec!["Registry.Example.Internal.".into()];
         let v = validate(CertKind::Server, &n).unwrap();
@@ -253,7 +284,10 @@ mod tests {
 
     #[test]
     fn client_needs_a_name() {
-        assert!(matches!(validate(CertKind::Client, &names("  ")), Err(Error::MissingName(_))));
+        assert!(matches!(
+            validate(CertKind::Client, &names("  ")),
+            Err(Error::MissingName(_))
+        ));
         assert!(validate(CertKind::Admin, &names("ops")).is_ok());
     }
 

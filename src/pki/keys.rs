@@ -144,7 +144,10 @@ mod tests {
         for a in KeyAlgorithm::ALL {
             assert_eq!(a.name().parse::<KeyAlgorithm>().unwrap(), a);
         }
-        assert_eq!("RSA_2048".parse::<KeyAlgorithm>().unwrap(), KeyAlgorithm::Rsa2048);
+        assert_eq!(
+            "RSA_2048".parse::<KeyAlgorithm>().unwrap(),
+            KeyAlgorithm::Rsa2048
+        );
         assert!("dsa".parse::<KeyAlgorithm>().is_err());
     }
 

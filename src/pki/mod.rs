@@ -62,7 +62,9 @@ pub enum Error {
     InvalidCsr(String),
     /// The CSR's self-signature does not verify: it was tampered with or is not the
     /// requester's key.
-    #[error("CSR signature does not verify: the request was altered or was not signed by its own key")]
+    #[error(
+        "CSR signature does not verify: the request was altered or was not signed by its own key"
+    )]
     CsrSignature,
     /// The bytes hold no certificate berth can decode.
     #[error("invalid certificate: {0}")]
@@ -74,14 +76,18 @@ pub enum Error {
     #[error("certificate {0} is already revoked")]
     AlreadyRevoked(String),
     /// An unknown key algorithm name.
-    #[error("unknown key algorithm {0:?}: use ecdsa-p256, ecdsa-p384, ed25519, rsa2048, rsa3072 or rsa4096")]
+    #[error(
+        "unknown key algorithm {0:?}: use ecdsa-p256, ecdsa-p384, ed25519, rsa2048, rsa3072 or rsa4096"
+    )]
     UnknownKeyAlgorithm(String),
     /// Key generation failed.
     #[error("key generation failed: {0}")]
     KeyGeneration(String),
     /// The index file exists but cannot be parsed; berthd refuses to start rather than
     /// overwrite it.
-    #[error("certificate index {path} is corrupt ({reason}); berthd will not overwrite it: restore it from a backup or move it away")]
+    #[error(
+        "certificate index {path} is corrupt ({reason}); berthd will not overwrite it: restore it from a backup or move it away"
+    )]
     CorruptIndex {
         /// The index file.
         path: PathBuf,
@@ -287,7 +293,9 @@ pub struct Pki {
 
 impl std::fmt::Debug for Pki {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pki").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("Pki")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -326,18 +334,33 @@ impl Pki {
         let key = spec.key_algorithm.generate()?;
         let mut store = self.lock();
         let serial = store.fresh_serial()?;
-        let params = issue::leaf_params(spec.kind, &spec.names, spec.key_algorithm, &serial, days, &self.ca)?;
+        let params = issue::leaf_params(
+            spec.kind,
+            &spec.names,
+            spec.key_algorithm,
+            &serial,
+            days,
+            &self.ca,
+        )?;
         let cert = params.signed_by(&key, self.ca.issuer())?;
         let secret = SecretKeyPem::new(key.serialize_pem());
         let record = self.record(spec.kind, cert.der(), spec.hold_key, false)?;
         store.insert(record.clone(), spec.hold_key.then_some(&secret))?;
         tracing::info!(serial = %record.serial, kind = spec.kind.name(), cn = %record.names.common_name, "issued certificate");
-        Ok(Issued { record, key: secret })
+        Ok(Issued {
+            record,
+            key: secret,
+        })
     }
 
     /// Signs a CSR with a fixed profile. The CSR contributes only its public key and names:
     /// CA rights, key usages and EKUs come from the profile. The key is never seen here.
-    pub fn sign_csr(&self, csr: &[u8], profile: CertKind, validity_days: Option<u32>) -> Result<CertRecord, Error> {
+    pub fn sign_csr(
+        &self,
+        csr: &[u8],
+        profile: CertKind,
+        validity_days: Option<u32>,
+    ) -> Result<CertRecord, Error> {
         let days = validity_days.unwrap_or(self.default_validity_days);
         let mut store = self.lock();
         let serial = store.fresh_serial()?;
@@ -354,7 +377,12 @@ impl Pki {
             .records()
             .iter()
             .filter(|r| filter.kind.is_none_or(|k| r.kind == k))
-            .filter(|r| filter.common_name.as_deref().is_none_or(|cn| r.names.common_name == cn))
+            .filter(|r| {
+                filter
+                    .common_name
+                    .as_deref()
+                    .is_none_or(|cn| r.names.common_name == cn)
+            })
             .cloned()
             .collect()
     }
@@ -373,7 +401,9 @@ impl Pki {
     pub fn held_key(&self, serial: &str) -> Result<SecretKeyPem, Error> {
         let serial = normalize_serial(serial)?;
         let store = self.lock();
-        let rec = store.find(&serial).ok_or_else(|| Error::NotFound(serial.clone()))?;
+        let rec = store
+            .find(&serial)
+            .ok_or_else(|| Error::NotFound(serial.clone()))?;
         if !rec.key_held {
             return Err(Error::InvalidRequest(format!(
                 "berthd does not hold the key of certificate {serial}"
@@ -388,17 +418,32 @@ impl Pki {
             .records()
             .iter()
             .rev()
-            .find(|r| r.kind == kind && r.names.common_name == cn && r.key_held && r.status() == CertStatus::Valid)
+            .find(|r| {
+                r.kind == kind
+                    && r.names.common_name == cn
+                    && r.key_held
+                    && r.status() == CertStatus::Valid
+            })
             .cloned()
     }
 
     /// A server certificate for one of berthd's own listeners. It is reused across restarts
     /// and replaced when less than a third of its life is left, when it was revoked, or
     /// when the names it must carry changed. berthd holds its key.
-    pub fn service_identity(&self, common_name: &str, names: &Names) -> Result<(CertRecord, SecretKeyPem), Error> {
+    pub fn service_identity(
+        &self,
+        common_name: &str,
+        names: &Names,
+    ) -> Result<(CertRecord, SecretKeyPem), Error> {
         let covers = |r: &CertRecord| {
-            names.dns_names.iter().all(|d| r.names.dns_names.contains(d))
-                && names.ip_addresses.iter().all(|ip| r.names.ip_addresses.contains(ip))
+            names
+                .dns_names
+                .iter()
+                .all(|d| r.names.dns_names.contains(d))
+                && names
+                    .ip_addresses
+                    .iter()
+                    .all(|ip| r.names.ip_addresses.contains(ip))
         };
         let current = self
             .list(&ListFilter {
@@ -407,7 +452,12 @@ impl Pki {
             })
             .into_iter()
             .rev()
-            .find(|r| r.key_held && r.status() == CertStatus::Valid && r.life_left() > 1.0 / 3.0 && covers(r));
+            .find(|r| {
+                r.key_held
+                    && r.status() == CertStatus::Valid
+                    && r.life_left() > 1.0 / 3.0
+                    && covers(r)
+            });
         if let Some(r) = current {
             let key = self.held_key(&r.serial)?;
             return Ok((r, key));
@@ -454,7 +504,13 @@ impl Pki {
             .collect()
     }
 
-    fn record(&self, kind: CertKind, der: &[u8], key_held: bool, from_csr: bool) -> Result<CertRecord, Error> {
+    fn record(
+        &self,
+        kind: CertKind,
+        der: &[u8],
+        key_held: bool,
+        from_csr: bool,
+    ) -> Result<CertRecord, Error> {
         let d = inspect::details(der, None, |_| false)?;
         Ok(CertRecord {
             serial: d.serial,

@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams, SerialNumber};
+use rcgen::{
+    CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams, SerialNumber,
+};
 use rustls_pki_types::{CertificateRevocationListDer, pem::PemObject};
 use serde::Serialize;
 use time::{Duration, OffsetDateTime};
@@ -39,13 +41,20 @@ impl Crl {
             .map_err(|e| Error::InvalidCertificate(format!("CRL: {e}")))
     }
 
-    pub(super) fn sign_and_write(dir: &Path, ca: &Ca, records: &[CertRecord], number: u64) -> Result<(), Error> {
+    pub(super) fn sign_and_write(
+        dir: &Path,
+        ca: &Ca,
+        records: &[CertRecord],
+        number: u64,
+    ) -> Result<(), Error> {
         let now = OffsetDateTime::now_utc();
         let revoked_certs = records
             .iter()
             .filter_map(|r| Some((r, r.revoked_at?)))
             .map(|(r, at)| {
-                let serial = hex::decode(&r.serial).map_err(|_| Error::InvalidRequest(format!("bad serial {} in index", r.serial)))?;
+                let serial = hex::decode(&r.serial).map_err(|_| {
+                    Error::InvalidRequest(format!("bad serial {} in index", r.serial))
+                })?;
                 Ok(RevokedCertParams {
                     serial_number: SerialNumber::from_slice(&serial),
                     revocation_time: at,
@@ -76,7 +85,10 @@ impl Crl {
         let (_, crl) = CertificateRevocationList::from_der(&der)
             .map_err(|e| Error::InvalidCertificate(format!("{}: {e}", path.display())))?;
         let this_update = crl.last_update().to_datetime();
-        let next_update = crl.next_update().map(|t| t.to_datetime()).unwrap_or(this_update + CRL_LIFETIME);
+        let next_update = crl
+            .next_update()
+            .map(|t| t.to_datetime())
+            .unwrap_or(this_update + CRL_LIFETIME);
         Ok(Crl {
             revoked_count: records.iter().filter(|r| r.revoked_at.is_some()).count(),
             pem,

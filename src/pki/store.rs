@@ -31,10 +31,11 @@ impl Store {
         let path = dir.join("index.json");
         let index = match std::fs::read(&path) {
             Ok(bytes) => {
-                let index: IndexFile = serde_json::from_slice(&bytes).map_err(|e| Error::CorruptIndex {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
+                let index: IndexFile =
+                    serde_json::from_slice(&bytes).map_err(|e| Error::CorruptIndex {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
                 if index.version != INDEX_VERSION {
                     return Err(Error::CorruptIndex {
                         path,
@@ -90,9 +91,17 @@ impl Store {
 
     /// Records a certificate: its key first (so an index entry that says `key_held` always
     /// has its key), then the index.
-    pub(super) fn insert(&mut self, record: CertRecord, key: Option<&SecretKeyPem>) -> Result<(), Error> {
+    pub(super) fn insert(
+        &mut self,
+        record: CertRecord,
+        key: Option<&SecretKeyPem>,
+    ) -> Result<(), Error> {
         if let Some(key) = key {
-            fsutil::write_atomic(&self.key_path(&record.serial), key.secret_pem().as_bytes(), 0o600)?;
+            fsutil::write_atomic(
+                &self.key_path(&record.serial),
+                key.secret_pem().as_bytes(),
+                0o600,
+            )?;
         }
         let mut next = self.index.clone();
         next.certificates.push(record);
@@ -135,7 +144,8 @@ impl Store {
     }
 
     fn save(&mut self, next: IndexFile) -> Result<(), Error> {
-        let json = serde_json::to_vec_pretty(&next).map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        let json =
+            serde_json::to_vec_pretty(&next).map_err(|e| Error::InvalidRequest(e.to_string()))?;
         fsutil::write_atomic(&self.dir.join("index.json"), &json, 0o644)?;
         self.index = next;
         Ok(())

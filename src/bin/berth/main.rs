@@ -1,1 +1,158 @@
-fn main(){}
+//! berth: the command line for berthd. It talks to the daemon over its unix socket (or a
+//! remote daemon over mutual TLS) and prints tables, or JSON with `--json`.
+
+mod cmd;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use berth::client::{Client, Target};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+/// berth manages a private registry's CA, certificates and docker certs.d folders through
+/// berthd.
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, about, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every command shares.
+#[derive(Debug, Args)]
+struct Global {
+    /// berthd's unix socket.
+    #[arg(long, global = true, env = "BERTH_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// A remote berthd, e.g. tcp://host:2376 (mutual TLS with --tls-dir), or unix:///path.
+    #[arg(
+        id = "daemon_host",
+        long = "host",
+        short = 'H',
+        global = true,
+        env = "BERTH_HOST",
+        value_name = "URL"
+    )]
+    daemon_host: Option<String>,
+    /// Folder with ca.pem, cert.pem and key.pem for --host tcp://… [default: ~/.berth]
+    #[arg(long, global = true, env = "BERTH_CERT_PATH", value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The daemon: version, health, where things are.
+    #[command(subcommand)]
+    System(cmd::system::SystemCmd),
+    /// The certificate authority.
+    #[command(subcommand)]
+    Ca(cmd::ca::CaCmd),
+    /// Issue, sign, list, inspect and revoke certificates.
+    #[command(subcommand)]
+    Cert(cmd::cert::CertCmd),
+    /// docker and containers certs.d folders.
+    #[command(subcommand)]
+    Certs(cmd::certs::CertsCmd),
+    /// Print shell completions, e.g. `berth completions bash > /etc/bash_completion.d/berth`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+impl Global {
+    fn target(&self) -> Result<Target, berth::client::Error> {
+        let tls_dir = self.tls_dir.clone().unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join(".berth")
+        });
+        match (&self.daemon_host, &self.socket) {
+            (Some(h), _) => Target::parse(h, &tls_dir),
+            (None, Some(s)) => Ok(Target::Unix(s.clone())),
+            (None, None) => Ok(Target::Unix(berth::config::default_socket_path())),
+        }
+    }
+
+    /// Connects to berthd, with the client's hint when it is not there.
+    async fn connect(&self) -> Result<Client, berth::client::Error> {
+        Client::connect(&self.target()?).await
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let g = &cli.global;
+    match cli.command {
+        Command::System(c) => cmd::system::run(g, c).await,
+        Command::Ca(c) => cmd::ca::run(g, c).await,
+        Command::Cert(c) => cmd::cert::run(g, c).await,
+        Command::Certs(c) => cmd::certs::run(g, c).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            let mut source = e.source();
+            while let Some(s) = source {
+                // A daemon answer is already spelled out in the message above.
+                let text = s.to_string();
+                if s.downcast_ref::<tonic::Status>().is_none() && !e.to_string().contains(&text) {
+                    eprintln!("  caused by: {text}");
+                }
+                source = s.source();
+            }
+            if let Some(hint) = hint(&e) {
+                eprintln!("hint: {hint}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What to try next after berthd refused a request, by the class of refusal.
+fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    use tonic::Code;
+    let code = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<berth::client::Error>())?
+        .code()?;
+    match code {
+        Code::InvalidArgument => Some(
+            "fix the value named above; `berth <command> --help` lists what each option accepts",
+        ),
+        Code::NotFound => Some("`berth cert ls` and `berth certs ls` show what exists"),
+        Code::AlreadyExists => {
+            Some("pass --force to replace files berth did not write, after checking them")
+        }
+        Code::PermissionDenied => Some(
+            "run as root, as berthd's user or as a member of its control group; remote callers need an admin certificate (`berth cert issue admin`)",
+        ),
+        _ => None,
+    }
+}

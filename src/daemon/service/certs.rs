@@ -18,7 +18,10 @@ pub(crate) struct CertsSvc {
 
 #[tonic::async_trait]
 impl CertsService for CertsSvc {
-    async fn install_certs(&self, req: Request<pb::InstallCertsRequest>) -> Result<Response<pb::InstallCertsResponse>, Status> {
+    async fn install_certs(
+        &self,
+        req: Request<pb::InstallCertsRequest>,
+    ) -> Result<Response<pb::InstallCertsResponse>, Status> {
         let r = req.into_inner();
         let install = InstallRequest {
             host: r.host.parse::<HostPort>()?,
@@ -33,11 +36,18 @@ impl CertsService for CertsSvc {
             actions: convert::actions_out(&out.actions),
             client_serial: out.client_serial.unwrap_or_default(),
             issued_client: out.issued_client,
-            directories: out.directories.iter().map(|d| d.display().to_string()).collect(),
+            directories: out
+                .directories
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect(),
         }))
     }
 
-    async fn remove_certs(&self, req: Request<pb::RemoveCertsRequest>) -> Result<Response<pb::RemoveCertsResponse>, Status> {
+    async fn remove_certs(
+        &self,
+        req: Request<pb::RemoveCertsRequest>,
+    ) -> Result<Response<pb::RemoveCertsResponse>, Status> {
         let r = req.into_inner();
         let host = r.host.parse::<HostPort>()?;
         let state = self.state.clone();
@@ -47,7 +57,10 @@ impl CertsService for CertsSvc {
         }))
     }
 
-    async fn list_certs(&self, _: Request<pb::ListCertsRequest>) -> Result<Response<pb::ListCertsResponse>, Status> {
+    async fn list_certs(
+        &self,
+        _: Request<pb::ListCertsRequest>,
+    ) -> Result<Response<pb::ListCertsResponse>, Status> {
         let state = self.state.clone();
         let entries = blocking(move || state.certsd.list(&state.pki)).await?;
         Ok(Response::new(pb::ListCertsResponse {
@@ -55,7 +68,10 @@ impl CertsService for CertsSvc {
         }))
     }
 
-    async fn verify_certs(&self, req: Request<pb::VerifyCertsRequest>) -> Result<Response<pb::VerifyCertsResponse>, Status> {
+    async fn verify_certs(
+        &self,
+        req: Request<pb::VerifyCertsRequest>,
+    ) -> Result<Response<pb::VerifyCertsResponse>, Status> {
         let host = req.into_inner().host.parse::<HostPort>()?;
         let state = self.state.clone();
         let entries = blocking(move || state.certsd.verify(&host, &state.pki)).await?;

@@ -43,14 +43,18 @@ pub(super) fn kind_in(k: i32, what: &str) -> Result<Option<CertKind>, Status> {
 
 pub(super) fn key_algorithm_in(k: i32) -> Result<KeyAlgorithm, Status> {
     use pb::KeyAlgorithm as P;
-    Ok(match P::try_from(k).map_err(|_| Status::invalid_argument(format!("unknown key algorithm {k}")))? {
-        P::Unspecified | P::EcdsaP256 => KeyAlgorithm::EcdsaP256,
-        P::EcdsaP384 => KeyAlgorithm::EcdsaP384,
-        P::Ed25519 => KeyAlgorithm::Ed25519,
-        P::Rsa2048 => KeyAlgorithm::Rsa2048,
-        P::Rsa3072 => KeyAlgorithm::Rsa3072,
-        P::Rsa4096 => KeyAlgorithm::Rsa4096,
-    })
+    Ok(
+        match P::try_from(k)
+            .map_err(|_| Status::invalid_argument(format!("unknown key algorithm {k}")))?
+        {
+            P::Unspecified | P::EcdsaP256 => KeyAlgorithm::EcdsaP256,
+            P::EcdsaP384 => KeyAlgorithm::EcdsaP384,
+            P::Ed25519 => KeyAlgorithm::Ed25519,
+            P::Rsa2048 => KeyAlgorithm::Rsa2048,
+            P::Rsa3072 => KeyAlgorithm::Rsa3072,
+            P::Rsa4096 => KeyAlgorithm::Rsa4096,
+        },
+    )
 }
 
 fn status_out(s: CertStatus) -> pb::CertificateStatus {
@@ -81,7 +85,9 @@ pub(super) fn names_in(n: Option<pb::Names>) -> Result<pki::Names, Status> {
         .iter()
         .map(|s| {
             s.trim().parse::<IpAddr>().map_err(|_| {
-                Status::invalid_argument(format!("invalid IP address {s:?}: expected e.g. 10.0.0.5 or fd00::5"))
+                Status::invalid_argument(format!(
+                    "invalid IP address {s:?}: expected e.g. 10.0.0.5 or fd00::5"
+                ))
             })
         })
         .collect::<Result<_, _>>()?;
@@ -142,7 +148,10 @@ pub(super) fn caller_out(c: &Caller) -> pb::Caller {
             pid: *pid,
             ..Default::default()
         },
-        Caller::Tls { common_name, serial } => pb::Caller {
+        Caller::Tls {
+            common_name,
+            serial,
+        } => pb::Caller {
             transport: pb::Transport::TcpMtls.into(),
             common_name: common_name.clone(),
             certificate_serial: serial.clone(),

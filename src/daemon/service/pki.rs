@@ -17,7 +17,10 @@ pub(crate) struct PkiSvc {
 
 #[tonic::async_trait]
 impl PkiService for PkiSvc {
-    async fn get_ca(&self, _: Request<pb::GetCaRequest>) -> Result<Response<pb::GetCaResponse>, Status> {
+    async fn get_ca(
+        &self,
+        _: Request<pb::GetCaRequest>,
+    ) -> Result<Response<pb::GetCaResponse>, Status> {
         let ca = self.state.pki.ca();
         let details = self.state.pki.inspect(ca.cert_der())?;
         Ok(Response::new(pb::GetCaResponse {
@@ -31,8 +34,9 @@ impl PkiService for PkiSvc {
         req: Request<pb::IssueCertificateRequest>,
     ) -> Result<Response<pb::IssueCertificateResponse>, Status> {
         let r = req.into_inner();
-        let kind = convert::kind_in(r.kind, "certificate kind")?
-            .ok_or_else(|| Status::invalid_argument("certificate kind is required: server, client or admin"))?;
+        let kind = convert::kind_in(r.kind, "certificate kind")?.ok_or_else(|| {
+            Status::invalid_argument("certificate kind is required: server, client or admin")
+        })?;
         let spec = IssueSpec {
             kind,
             names: convert::names_in(r.names)?,
@@ -59,7 +63,10 @@ impl PkiService for PkiSvc {
         }))
     }
 
-    async fn sign_csr(&self, req: Request<pb::SignCsrRequest>) -> Result<Response<pb::SignCsrResponse>, Status> {
+    async fn sign_csr(
+        &self,
+        req: Request<pb::SignCsrRequest>,
+    ) -> Result<Response<pb::SignCsrResponse>, Status> {
         let r = req.into_inner();
         let profile = convert::kind_in(r.profile, "profile")?
             .ok_or_else(|| Status::invalid_argument("profile is required: server or client"))?;
@@ -81,7 +88,13 @@ impl PkiService for PkiSvc {
             kind: convert::kind_in(r.kind, "certificate kind")?,
             common_name: (!r.common_name.is_empty()).then_some(r.common_name),
         };
-        let certificates = self.state.pki.list(&filter).iter().map(convert::record_out).collect();
+        let certificates = self
+            .state
+            .pki
+            .list(&filter)
+            .iter()
+            .map(convert::record_out)
+            .collect();
         Ok(Response::new(pb::ListCertificatesResponse { certificates }))
     }
 
@@ -109,7 +122,10 @@ impl PkiService for PkiSvc {
         }))
     }
 
-    async fn get_crl(&self, _: Request<pb::GetCrlRequest>) -> Result<Response<pb::GetCrlResponse>, Status> {
+    async fn get_crl(
+        &self,
+        _: Request<pb::GetCrlRequest>,
+    ) -> Result<Response<pb::GetCrlResponse>, Status> {
         let crl = self.state.pki.crl()?;
         Ok(Response::new(pb::GetCrlResponse {
             crl_pem: crl.pem,

@@ -17,20 +17,29 @@ pub(crate) struct SystemSvc {
 
 #[tonic::async_trait]
 impl SystemService for SystemSvc {
-    async fn version(&self, _: Request<pb::VersionRequest>) -> Result<Response<pb::VersionResponse>, Status> {
+    async fn version(
+        &self,
+        _: Request<pb::VersionRequest>,
+    ) -> Result<Response<pb::VersionResponse>, Status> {
         Ok(Response::new(pb::VersionResponse {
             version: env!("CARGO_PKG_VERSION").to_string(),
             api_version: "berth.v1".to_string(),
         }))
     }
 
-    async fn health(&self, _: Request<pb::HealthRequest>) -> Result<Response<pb::HealthResponse>, Status> {
+    async fn health(
+        &self,
+        _: Request<pb::HealthRequest>,
+    ) -> Result<Response<pb::HealthResponse>, Status> {
         Ok(Response::new(pb::HealthResponse {
             status: pb::ServingStatus::Serving.into(),
         }))
     }
 
-    async fn info(&self, req: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
+    async fn info(
+        &self,
+        req: Request<pb::InfoRequest>,
+    ) -> Result<Response<pb::InfoResponse>, Status> {
         let s = &self.state;
         let ca = s.pki.ca();
         Ok(Response::new(pb::InfoResponse {
@@ -38,7 +47,13 @@ impl SystemService for SystemSvc {
             state_dir: s.config.state_dir.display().to_string(),
             socket_path: s.config.control.socket.display().to_string(),
             tcp_listeners: s.tcp_addrs().iter().map(|a| format!("tcp://{a}")).collect(),
-            ca_subject: s.pki.inspect(ca.cert_der()).ok().and_then(|d| d.into_iter().next()).map(|d| d.subject).unwrap_or_default(),
+            ca_subject: s
+                .pki
+                .inspect(ca.cert_der())
+                .ok()
+                .and_then(|d| d.into_iter().next())
+                .map(|d| d.subject)
+                .unwrap_or_default(),
             ca_fingerprint_sha256: ca.fingerprint(),
             ca_not_after: ca.not_after().ok().map(convert::ts),
             docker_certs_root: s.config.certsd.docker_root.display().to_string(),

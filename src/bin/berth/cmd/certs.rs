@@ -1,0 +1,204 @@
+//! `berth certs`: the certs.d folders docker, podman and skopeo read client TLS files from.
+
+use std::process::ExitCode;
+
+use berth::certsd::{ActionKind, Entry, FileAction};
+use clap::Subcommand;
+use serde::Serialize;
+
+use crate::Global;
+use crate::output::{self, Table};
+
+/// `berth certs …`
+#[derive(Debug, Subcommand)]
+pub enum CertsCmd {
+    /// Install ca.crt (and client.cert/client.key with --client) for a registry.
+    Install {
+        /// The registry as docker names it: host or host:port (port 443 is left out).
+        host: String,
+        /// Also install this client's certificate and key (issued now if berthd has none).
+        #[arg(long, value_name = "NAME")]
+        client: Option<String>,
+        /// Also write the containers (podman, skopeo, buildah) certs.d folder.
+        #[arg(long)]
+        containers: bool,
+        /// Print what would change and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Replace files berth did not write.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Every certs.d entry: its CA, client certificate, expiry and problems.
+    Ls,
+    /// Delete the files berth wrote for a registry (files changed since are kept).
+    #[command(alias = "rm")]
+    Remove {
+        /// The registry, as given to install.
+        host: String,
+        /// Also the containers certs.d folder.
+        #[arg(long)]
+        containers: bool,
+        /// Print what would be deleted and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check a registry's certs.d entries the way docker would read them; exit 1 on problems.
+    Verify {
+        /// The registry.
+        host: String,
+    },
+}
+
+#[derive(Serialize)]
+struct PlanJson<'a> {
+    dry_run: bool,
+    actions: &'a [FileAction],
+}
+
+/// Runs a `certs` command.
+pub async fn run(g: &Global, cmd: CertsCmd) -> anyhow::Result<ExitCode> {
+    let client = g.connect().await?;
+    match cmd {
+        CertsCmd::Install {
+            host,
+            client: name,
+            containers,
+            dry_run,
+            force,
+        } => {
+            let outcome = client
+                .certs_install(&host, name.as_deref(), containers, dry_run, force)
+                .await?;
+            if g.json {
+                output::json(&outcome)?;
+            } else {
+                if dry_run {
+                    println!("dry run: nothing was changed");
+                }
+                if outcome.issued_client
+                    && let Some(n) = &name
+                {
+                    let verb = if dry_run { "would issue" } else { "issued" };
+                    println!("{verb} a client certificate for {n:?}");
+                }
+                print_actions(&outcome.actions, dry_run);
+                if !dry_run {
+                    for d in &outcome.directories {
+                        println!(
+                            "docker, podman and skopeo now trust {host} with {}",
+                            d.display()
+                        );
+                    }
+                }
+            }
+        }
+        CertsCmd::Ls => {
+            let entries = client.certs_list().await?;
+            if g.json {
+                output::json(&entries)?;
+            } else {
+                print_entries(&entries);
+            }
+        }
+        CertsCmd::Remove {
+            host,
+            containers,
+            dry_run,
+        } => {
+            let actions = client.certs_remove(&host, containers, dry_run).await?;
+            if g.json {
+                output::json(&PlanJson {
+                    dry_run,
+                    actions: &actions,
+                })?;
+            } else {
+                if dry_run {
+                    println!("dry run: nothing was changed");
+                }
+                print_actions(&actions, dry_run);
+            }
+        }
+        CertsCmd::Verify { host } => {
+            let entries = client.certs_verify(&host).await?;
+            let problems: usize = entries.iter().map(|e| e.problems.len()).sum();
+            if g.json {
+                output::json(&entries)?;
+            } else {
+                print_entries(&entries);
+                for e in &entries {
+                    for p in &e.problems {
+                        println!("problem: {}: {p}", e.directory.display());
+                    }
+                }
+                if problems == 0 {
+                    println!("ok: {host} is set up the way docker expects");
+                }
+            }
+            if problems > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_actions(actions: &[FileAction], dry_run: bool) {
+    let mut t = Table::new(&["ACTION", "MODE", "PATH"]);
+    for a in actions {
+        let verb = if dry_run && a.kind != ActionKind::Unchanged {
+            format!("would {}", a.kind.verb())
+        } else {
+            a.kind.verb().to_string()
+        };
+        let mode = if a.mode == 0 {
+            "-".to_string()
+        } else {
+            format!("{:04o}", a.mode)
+        };
+        t.row(vec![verb, mode, a.path.display().to_string()]);
+    }
+    t.print();
+}
+
+fn print_entries(entries: &[Entry]) {
+    let mut t = Table::new(&[
+        "ROOT", "HOST", "CA", "CLIENT", "EXPIRES", "BERTH", "PROBLEMS",
+    ]);
+    for e in entries {
+        let ca = match e.cas.as_slice() {
+            [] => "-".to_string(),
+            [one] => one.subject.clone(),
+            many => format!("{} CAs", many.len()),
+        };
+        let client = e
+            .clients
+            .first()
+            .map(|c| c.subject.clone())
+            .unwrap_or_else(|| "-".to_string());
+        let expires = e
+            .clients
+            .iter()
+            .chain(e.cas.iter())
+            .filter_map(|c| c.not_after)
+            .min()
+            .map(|t| format!("{} ({})", output::date(t), output::relative(t)))
+            .unwrap_or_else(|| "-".to_string());
+        let berth_ca = e.cas.iter().any(|c| c.berth_ca);
+        t.row(vec![
+            e.root.name().to_string(),
+            e.host.clone(),
+            ca,
+            client,
+            expires,
+            match (e.managed, berth_ca) {
+                (true, _) => "managed",
+                (false, true) => "berth CA",
+                (false, false) => "no",
+            }
+            .to_string(),
+            e.problems.len().to_string(),
+        ]);
+    }
+    t.print();
+}
