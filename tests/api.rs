@@ -1,0 +1,713 @@
+//! The control API end to end: a real berthd on a temp root, driven through the library
+//! client over the unix socket and over TCP with mutual TLS, checked with openssl and a real
+//! rustls handshake.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use berth::client::{Client, IssueRequest, IssuedCert, Target};
+use berth::config::{Config, ListenAddr};
+use berth::pki::{CertKind, CertStatus, KeyAlgorithm, Names};
+use common::{TestDaemon, fixture, openssl_text, openssl_verify};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+
+fn names(cn: &str) -> Names {
+    Names {
+        common_name: cn.to_string(),
+        ..Names::default()
+    }
+}
+
+async fn issue(client: &Client, kind: CertKind, names: Names, alg: KeyAlgorithm) -> IssuedCert {
+    client
+        .issue(IssueRequest {
+            kind,
+            names,
+            validity_days: None,
+            key_algorithm: alg,
+            return_key: true,
+        })
+        .await
+        .unwrap()
+}
+
+fn write(dir: &Path, name: &str, content: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, content).unwrap();
+    p
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn issued_certificates_verify_with_openssl_and_survive_restart() {
+    let d = TestDaemon::start();
+    let c = d.client().await;
+    let out = common::temp_dir();
+
+    let server = issue(
+        &c,
+        CertKind::Server,
+        Names {
+            common_name: "registry.example.internal".into(),
+            dns_names: vec!["registry.example.internal".into()],
+            ip_addresses: vec!["10.0.0.5".parse().unwrap(), "::1".parse().unwrap()],
+            ..Names::default()
+        },
+        KeyAlgorithm::EcdsaP256,
+    )
+    .await;
+    let client = issue(
+        &c,
+        CertKind::Client,
+        Names {
+            common_name: "ci-bot".into(),
+            organizations: vec!["builders".into()],
+            organizational_units: vec!["ci".into()],
+            uris: vec!["spiffe://example.internal/ci".into()],
+            emails: vec!["ci@example.internal".into()],
+            ..Names::default()
+        },
+        KeyAlgorithm::EcdsaP384,
+    )
+    .await;
+    let admin = issue(&c, CertKind::Admin, names("ops"), KeyAlgorithm::Ed25519).await;
+    let rsa = issue(&c, CertKind::Client, names("legacy"), KeyAlgorithm::Rsa2048).await;
+
+    let ca = write(out.path(), "ca.pem", &server.ca_pem);
+    for (name, cert) in [("server", &server), ("client", &client), ("admin", &admin), ("rsa", &rsa)] {
+        let p = write(out.path(), &format!("{name}.pem"), &cert.record.certificate_pem);
+        openssl_verify(&ca, &p);
+        assert!(cert.key.is_some(), "{name}: the key was asked for");
+    }
+    let text = openssl_text(&out.path().join("server.pem"));
+    assert!(text.contains("DNS:registry.example.internal"), "{text}");
+    assert!(text.contains("IP Address:10.0.0.5"), "{text}");
+    assert!(text.contains("TLS Web Server Authentication"), "{text}");
+    assert!(!text.contains("TLS Web Client Authentication"), "{text}");
+    assert!(text.contains("CA:FALSE"), "{text}");
+    let text = openssl_text(&out.path().join("client.pem"));
+    assert!(text.contains("CN = ci-bot"), "{text}");
+    assert!(text.contains("O = builders") && text.contains("OU = ci"), "{text}");
+    assert!(text.contains("URI:spiffe://example.internal/ci"), "{text}");
+    assert!(text.contains("email:ci@example.internal"), "{text}");
+    assert!(text.contains("TLS Web Client Authentication"), "{text}");
+    assert!(!text.contains("TLS Web Server Authentication"), "{text}");
+    assert!(text.contains("secp384r1") || text.contains("P-384"), "{text}");
+    let text = openssl_text(&out.path().join("rsa.pem"));
+    assert!(text.contains("2048 bit"), "{text}");
+    assert!(text.contains("Key Encipherment"), "{text}");
+
+    // Default validity is 90 days; the CA is ECDSA P-256 for 10 years.
+    let days = (server.record.not_after - time::OffsetDateTime::now_utc()).whole_days();
+    assert!((89..=90).contains(&days), "{days}");
+    let (ca_pem, ca_details) = c.ca().await.unwrap();
+    assert_eq!(ca_pem, server.ca_pem);
+    assert!(ca_details.is_ca && ca_details.key_algorithm.contains("P-256"), "{ca_details:?}");
+    let ca_days = (ca_details.not_after - time::OffsetDateTime::now_utc()).whole_days();
+    assert!((3640..=3650).contains(&ca_days), "{ca_days}");
+    let state = &d.config.state_dir;
+    assert_eq!(mode(&state.join("pki/ca.key")), 0o600);
+
+    // Serials: random, at least 64 bits, unique.
+    let mut serials = HashSet::new();
+    for _ in 0..20 {
+        let r = issue(&c, CertKind::Client, names("many"), KeyAlgorithm::EcdsaP256).await;
+        assert!(r.record.serial.len() >= 16, "{}", r.record.serial);
+        assert!(serials.insert(r.record.serial));
+    }
+    // Client keys are held 0600 for certs install; server and admin keys are not kept.
+    assert_eq!(mode(&state.join(format!("pki/keys/{}.key", client.record.serial))), 0o600);
+    assert!(!state.join(format!("pki/keys/{}.key", server.record.serial)).exists());
+    assert!(!state.join(format!("pki/keys/{}.key", admin.record.serial)).exists());
+
+    let listed = c.list(None, None).await.unwrap();
+    assert_eq!(listed.len(), 24);
+    let only_admin = c.list(Some(CertKind::Admin), None).await.unwrap();
+    assert_eq!(only_admin.len(), 1);
+    assert_eq!(only_admin[0].names.common_name, "ops");
+    drop(c);
+
+    // The index survives a restart.
+    let (dir, cfg) = d.stop();
+    let d = TestDaemon::start_in(dir, cfg).unwrap();
+    let c = d.client().await;
+    let again = c.list(None, None).await.unwrap();
+    assert_eq!(again.len(), 24);
+    let (ca_again, _) = c.ca().await.unwrap();
+    assert_eq!(ca_again, ca_pem, "the CA is created once, then reused");
+    let rec = again.iter().find(|r| r.serial == client.record.serial).unwrap();
+    assert_eq!(rec.names, client.record.names);
+    assert_eq!(rec.status(), CertStatus::Valid);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_keys_are_only_returned_to_the_caller_who_asks() {
+    let d = TestDaemon::start();
+    let c = d.client().await;
+    let err = c
+        .issue(IssueRequest {
+            kind: CertKind::Server,
+            names: Names {
+                common_name: "x.example".into(),
+                dns_names: vec!["x.example".into()],
+                ..Names::default()
+            },
+            validity_days: Some(30),
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            return_key: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(Code::InvalidArgument), "{err}");
+    // A client certificate without return_key: berthd keeps the key, the caller gets none.
+    let held = c
+        .issue(IssueRequest {
+            kind: CertKind::Client,
+            names: names("held"),
+            validity_days: Some(7),
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            return_key: false,
+        })
+        .await
+        .unwrap();
+    assert!(held.key.is_none());
+    assert!(held.record.key_held);
+    let days = (held.record.not_after - time::OffsetDateTime::now_utc()).whole_days();
+    assert!((6..=7).contains(&days));
+}
+
+fn csr(cn: &str) -> (String, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["should-not-matter.example".to_string()]).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    // A CSR asking to be a CA must not get one.
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let req = params.serialize_request(&key).unwrap();
+    (req.pem().unwrap(), key)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn csr_signing_keeps_the_key_with_the_caller_and_rejects_bad_signatures() {
+    let d = TestDaemon::start();
+    let c = d.client().await;
+    let out = common::temp_dir();
+    let (pem, _key) = csr("csr-client");
+    let (rec, ca_pem) = c.sign_csr(pem.clone().into_bytes(), CertKind::Client, None).await.unwrap();
+    assert!(rec.from_csr && !rec.key_held);
+    assert!(!d.config.state_dir.join(format!("pki/keys/{}.key", rec.serial)).exists());
+    let ca = write(out.path(), "ca.pem", &ca_pem);
+    let cert = write(out.path(), "signed.pem", &rec.certificate_pem);
+    openssl_verify(&ca, &cert);
+    let text = openssl_text(&cert);
+    assert!(text.contains("CA:FALSE"), "{text}");
+    assert!(text.contains("TLS Web Client Authentication"), "{text}");
+    assert!(text.contains("CN = csr-client"), "{text}");
+
+    // An openssl-made CSR, server profile.
+    let key = out.path().join("o.key");
+    let req = out.path().join("o.csr");
+    let o = common::run(
+        std::process::Command::new("openssl")
+            .args(["req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=openssl.example"])
+            .args(["-addext", "subjectAltName=DNS:openssl.example"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&req),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (rec, _) = c.sign_csr(std::fs::read(&req).unwrap(), CertKind::Server, Some(10)).await.unwrap();
+    let cert = write(out.path(), "server.pem", &rec.certificate_pem);
+    openssl_verify(&ca, &cert);
+    let text = openssl_text(&cert);
+    assert!(text.contains("DNS:openssl.example") && text.contains("TLS Web Server Authentication"), "{text}");
+
+    // Tamper with the signed part of a DER CSR: the self-signature no longer verifies.
+    let der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let mut bytes = der.as_ref().to_vec();
+    let at = bytes.windows(10).position(|w| w == b"csr-client").unwrap();
+    bytes[at] = b'X';
+    let err = c.sign_csr(bytes, CertKind::Client, None).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::InvalidArgument), "{err}");
+    assert!(err.to_string().contains("signature"), "{err}");
+    let err = c.sign_csr(b"not a csr".to_vec(), CertKind::Client, None).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::InvalidArgument), "{err}");
+    // An admin may keep its key on its own machine too.
+    let (admin, _) = c.sign_csr(pem.into_bytes(), CertKind::Admin, None).await.unwrap();
+    assert_eq!(admin.kind, CertKind::Admin);
+    // Nothing was recorded for the refused requests.
+    assert_eq!(c.list(None, None).await.unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inspect_reads_foreign_certificates_in_pem_and_der() {
+    let d = TestDaemon::start();
+    let c = d.client().await;
+    let pem = c.inspect(std::fs::read(fixture("rsa-leaf.crt")).unwrap()).await.unwrap();
+    let der = c.inspect(std::fs::read(fixture("rsa-leaf.der")).unwrap()).await.unwrap();
+    assert_eq!(pem, der);
+    let leaf = &pem[0];
+    assert_eq!(leaf.names.common_name, "fixture.example");
+    assert_eq!(leaf.names.dns_names, ["fixture.example", "www.fixture.example"]);
+    assert_eq!(leaf.names.ip_addresses, ["192.0.2.10".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(leaf.extended_key_usages, ["serverAuth"]);
+    assert!(leaf.key_algorithm.contains("RSA") && leaf.key_algorithm.contains("2048"), "{}", leaf.key_algorithm);
+    assert!(!leaf.chains_to_berth_ca && !leaf.self_signed && !leaf.is_ca);
+
+    let root = &c.inspect(std::fs::read(fixture("rsa-ca.crt")).unwrap()).await.unwrap()[0];
+    assert!(root.is_ca && root.self_signed && !root.chains_to_berth_ca);
+    assert!(root.key_algorithm.contains("3072"), "{}", root.key_algorithm);
+
+    let expired = &c.inspect(std::fs::read(fixture("expired.crt")).unwrap()).await.unwrap()[0];
+    assert_eq!(expired.status, CertStatus::Expired);
+    assert_eq!(expired.extended_key_usages, ["clientAuth"]);
+
+    let chain = c.inspect(std::fs::read(fixture("chain.pem")).unwrap()).await.unwrap();
+    assert_eq!(chain.len(), 2);
+    assert!(!chain[0].is_ca && chain[1].is_ca);
+    assert_eq!(chain[0].issuer, chain[1].subject);
+    assert!(chain[1].key_algorithm.contains("P-384"), "{}", chain[1].key_algorithm);
+
+    let eku = &c.inspect(std::fs::read(fixture("wrong-eku.crt")).unwrap()).await.unwrap()[0];
+    assert_eq!(eku.extended_key_usages, ["codeSigning"]);
+
+    let ed = &c.inspect(std::fs::read(fixture("ed25519-selfsigned.crt")).unwrap()).await.unwrap()[0];
+    assert!(ed.key_algorithm.contains("Ed25519") && ed.self_signed, "{ed:?}");
+
+    // A berth certificate chains to the berth CA, and its revocation shows.
+    let mine = issue(&c, CertKind::Client, names("me"), KeyAlgorithm::EcdsaP256).await;
+    let got = &c.inspect(mine.record.certificate_pem.clone().into_bytes()).await.unwrap()[0];
+    assert!(got.chains_to_berth_ca);
+    assert_eq!(got.status, CertStatus::Valid);
+    c.revoke(&mine.record.serial).await.unwrap();
+    let got = &c.inspect(mine.record.certificate_pem.into_bytes()).await.unwrap()[0];
+    assert_eq!(got.status, CertStatus::Revoked);
+
+    // The same decoder works offline for the CLI.
+    let offline = berth::client::inspect_offline(&std::fs::read(fixture("rsa-leaf.der")).unwrap()).unwrap();
+    assert_eq!(offline[0].names, leaf.names);
+
+    let err = c.inspect(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_vec()).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::InvalidArgument), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revocation_is_recorded_in_the_crl_and_index() {
+    let d = TestDaemon::start();
+    let c = d.client().await;
+    let a = issue(&c, CertKind::Client, names("a"), KeyAlgorithm::EcdsaP256).await;
+    let before = c.crl().await.unwrap();
+    assert_eq!(before.revoked_count, 0);
+    let rec = c.revoke(&a.record.serial.to_uppercase()).await.unwrap();
+    assert_eq!(rec.status(), CertStatus::Revoked);
+    let err = c.revoke(&a.record.serial).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::FailedPrecondition), "{err}");
+    let err = c.revoke("00ff").await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::NotFound), "{err}");
+    let crl = c.crl().await.unwrap();
+    assert_eq!(crl.revoked_count, 1);
+    let out = common::temp_dir();
+    let crl_path = write(out.path(), "crl.pem", &crl.pem);
+    let ca = write(out.path(), "ca.pem", &a.ca_pem);
+    let o = common::run(
+        std::process::Command::new("openssl")
+            .args(["crl", "-noout", "-text", "-in"])
+            .arg(&crl_path)
+            .arg("-CAfile")
+            .arg(&ca),
+    );
+    let text = (String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)).to_uppercase();
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("VERIFY OK"), "{text}");
+    assert!(text.contains(&a.record.serial.to_uppercase()), "{text}");
+    // openssl rejects the revoked certificate with the CRL.
+    let cert = write(out.path(), "a.pem", &a.record.certificate_pem);
+    let o = common::run(
+        std::process::Command::new("openssl")
+            .args(["verify", "-crl_check", "-CAfile"])
+            .arg(&ca)
+            .arg("-CRLfile")
+            .arg(&crl_path)
+            .arg(&cert),
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("revoked") || String::from_utf8_lossy(&o.stderr).contains("revoked"));
+}
+
+fn rustls_cert(pem: &str) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn berth_server_and_client_certificates_complete_a_rustls_mtls_handshake() {
+    let d = TestDaemon::start();
+    let c = d.client().await;
+    let server = issue(
+        &c,
+        CertKind::Server,
+        Names {
+            common_name: "localhost".into(),
+            dns_names: vec!["localhost".into()],
+            ip_addresses: vec!["127.0.0.1".parse().unwrap()],
+            ..Names::default()
+        },
+        KeyAlgorithm::EcdsaP256,
+    )
+    .await;
+    let client = issue(&c, CertKind::Client, names("ci-bot"), KeyAlgorithm::EcdsaP256).await;
+    let wrong = issue(&c, CertKind::Server, {
+        let mut n = names("not-a-client.example");
+        n.dns_names = vec!["not-a-client.example".into()];
+        n
+    }, KeyAlgorithm::EcdsaP256)
+    .await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_cert(&server.ca_pem).remove(0)).unwrap();
+    let roots = Arc::new(roots);
+    let verifier = rustls::server::WebPkiClientVerifier::builder(roots.clone()).build().unwrap();
+    let server_cfg = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            rustls_cert(&server.record.certificate_pem),
+            PrivateKeyDer::from_pem_slice(server.key.as_ref().unwrap().secret_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server_task = tokio::spawn(async move {
+        let mut results = Vec::new();
+        for _ in 0..2 {
+            let (tcp, _) = listener.accept().await.unwrap();
+            match acceptor.accept(tcp).await {
+                Ok(mut tls) => {
+                    let peer = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+                    let mut buf = [0u8; 4];
+                    tls.read_exact(&mut buf).await.unwrap();
+                    tls.write_all(b"pong").await.unwrap();
+                    tls.shutdown().await.unwrap();
+                    results.push(Ok(peer));
+                }
+                Err(e) => results.push(Err(e.to_string())),
+            }
+        }
+        results
+    });
+
+    let connect = |cert: &IssuedCert| {
+        let cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots.clone())
+            .with_client_auth_cert(
+                rustls_cert(&cert.record.certificate_pem),
+                PrivateKeyDer::from_pem_slice(cert.key.as_ref().unwrap().secret_pem().as_bytes()).unwrap(),
+            )
+            .unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await?;
+            tls.write_all(b"ping").await?;
+            let mut buf = [0u8; 4];
+            tls.read_exact(&mut buf).await?;
+            Ok::<_, std::io::Error>(buf)
+        }
+    };
+    assert_eq!(&connect(&client).await.unwrap(), b"pong");
+    // A serverAuth-only certificate offered as a client certificate is refused.
+    assert!(connect(&wrong).await.is_err());
+    let results = server_task.await.unwrap();
+    let peer = results[0].as_ref().unwrap();
+    assert_eq!(peer, &rustls_cert(&client.record.certificate_pem)[0].to_vec());
+    assert!(results[1].is_err(), "{:?}", results[1]);
+}
+
+fn tls_dir(dir: &Path, cert: &IssuedCert) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    write(dir, "ca.pem", &cert.ca_pem);
+    write(dir, "cert.pem", &cert.record.certificate_pem);
+    write(dir, "key.pem", cert.key.as_ref().unwrap().secret_pem());
+    dir.to_path_buf()
+}
+
+fn foreign_identity(dir: &Path, ca_pem: &str) -> std::path::PathBuf {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, "rogue CA");
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let issuer = rcgen::CertifiedIssuer::self_signed(p, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, "ops");
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    // It trusts the real berth CA for the server, but presents a rogue client certificate.
+    write(dir, "ca.pem", ca_pem);
+    write(dir, "cert.pem", &cert.pem());
+    write(dir, "key.pem", &key.serialize_pem());
+    dir.to_path_buf()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn remote_control_over_mtls_admits_admins_only() {
+    let d = TestDaemon::start_with(|cfg: &mut Config| {
+        cfg.control.listen = vec!["tcp://127.0.0.1:0".parse::<ListenAddr>().unwrap()];
+    });
+    let addr = d.tcp[0];
+    assert_ne!(addr.port(), 0);
+    let local = d.client().await;
+    let admin = issue(&local, CertKind::Admin, names("ops"), KeyAlgorithm::EcdsaP256).await;
+    let plain = issue(&local, CertKind::Client, names("ci-bot"), KeyAlgorithm::EcdsaP256).await;
+    let dirs = common::temp_dir();
+    let target = |dir: std::path::PathBuf| Target::Tcp {
+        host: "127.0.0.1".into(),
+        port: addr.port(),
+        tls_dir: dir,
+    };
+
+    let remote = Client::connect(&target(tls_dir(&dirs.path().join("ops"), &admin))).await.unwrap();
+    let info = remote.info().await.unwrap();
+    assert!(info.caller.contains("ops"), "{}", info.caller);
+    assert_eq!(info.tcp_listeners, vec![format!("tcp://{addr}")]);
+    let issued = remote
+        .issue(IssueRequest {
+            kind: CertKind::Client,
+            names: names("remote-made"),
+            validity_days: None,
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            return_key: true,
+        })
+        .await
+        .unwrap();
+    assert!(issued.key.is_some());
+
+    // A valid berth certificate that is not an admin: PermissionDenied.
+    let denied = Client::connect(&target(tls_dir(&dirs.path().join("ci"), &plain))).await.unwrap();
+    let err = denied.info().await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::PermissionDenied), "{err}");
+
+    // A certificate from another CA: the handshake fails, no RPC gets through.
+    let rogue = foreign_identity(&dirs.path().join("rogue"), &admin.ca_pem);
+    let rogue_result = match Client::connect(&target(rogue)).await {
+        Ok(c) => c.info().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert!(rogue_result.is_err());
+    assert_ne!(rogue_result.unwrap_err().code(), Some(Code::Ok));
+
+    // No client certificate at all: the server refuses the handshake.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_cert(&admin.ca_pem).remove(0)).unwrap();
+    let mut cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let no_cert = async {
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .await?;
+        // Under TLS 1.3 the refusal arrives with the first read.
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+        let mut buf = [0u8; 1];
+        let n = tls.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::Error::other("closed"));
+        }
+        Ok(())
+    };
+    assert!(no_cert.await.is_err());
+
+    // A revoked admin is refused from then on.
+    local.revoke(&admin.record.serial).await.unwrap();
+    let after = match Client::connect(&target(dirs.path().join("ops"))).await {
+        Ok(c) => c.info().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert!(after.is_err(), "a revoked admin certificate still works");
+
+    // Unix-socket callers are unaffected.
+    assert!(local.health().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certs_install_writes_docker_layout_with_safe_modes_and_removes_only_its_files() {
+    let d = TestDaemon::start();
+    let c = d.client().await;
+    let docker = d.docker_root().to_path_buf();
+    let containers = d.containers_root().to_path_buf();
+
+    // Dry run: a plan, no files.
+    let plan = c.certs_install("registry.example.internal:5443", Some("ci-bot"), true, true, false).await.unwrap();
+    assert!(plan.issued_client);
+    assert!(!plan.actions.is_empty());
+    assert!(!docker.join("registry.example.internal:5443").exists());
+    assert!(c.list(None, None).await.unwrap().is_empty(), "a dry run issues nothing");
+
+    let out = c.certs_install("registry.example.internal:5443", Some("ci-bot"), true, false, false).await.unwrap();
+    assert!(out.issued_client);
+    for root in [&docker, &containers] {
+        let dir = root.join("registry.example.internal:5443");
+        assert_eq!(mode(&dir.join("ca.crt")), 0o644);
+        assert_eq!(mode(&dir.join("client.cert")), 0o644);
+        assert_eq!(mode(&dir.join("client.key")), 0o600);
+        let ca = dir.join("ca.crt");
+        openssl_verify(&ca, &dir.join("client.cert"));
+        // The key belongs to the certificate.
+        let pubkey = |args: &[&str], f: &Path| {
+            let o = common::run(std::process::Command::new("openssl").args(args).arg(f));
+            assert!(o.status.success());
+            o.stdout
+        };
+        assert_eq!(
+            pubkey(&["x509", "-noout", "-pubkey", "-in"], &dir.join("client.cert")),
+            pubkey(&["pkey", "-pubout", "-in"], &dir.join("client.key"))
+        );
+        // No temp files left behind.
+        let names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+    }
+    // Installing again reuses the same client and changes nothing.
+    let again = c.certs_install("registry.example.internal:5443", Some("ci-bot"), false, false, false).await.unwrap();
+    assert!(!again.issued_client);
+    assert_eq!(again.client_serial, out.client_serial);
+    assert!(again.actions.iter().all(|a| a.kind == berth::certsd::ActionKind::Unchanged), "{:?}", again.actions);
+
+    // Port 443: the folder is the host alone, as docker looks it up.
+    c.certs_install("registry.example.internal:443", None, false, false, false).await.unwrap();
+    assert!(docker.join("registry.example.internal/ca.crt").exists());
+    assert!(!docker.join("registry.example.internal/client.key").exists());
+
+    // List and verify.
+    let entries = c.certs_list().await.unwrap();
+    assert_eq!(entries.len(), 3, "{entries:?}");
+    assert!(entries.iter().all(|e| e.managed && e.problems.is_empty()), "{entries:?}");
+    let v = c.certs_verify("registry.example.internal:5443").await.unwrap();
+    assert!(v.iter().all(|e| e.problems.is_empty()) && !v.is_empty());
+
+    // Files berth did not write are neither replaced nor removed.
+    let foreign = docker.join("other.example:5000");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("ca.crt"), std::fs::read(fixture("rsa-ca.crt")).unwrap()).unwrap();
+    let err = c.certs_install("other.example:5000", None, false, false, false).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::AlreadyExists), "{err}");
+    assert_eq!(std::fs::read(foreign.join("ca.crt")).unwrap(), std::fs::read(fixture("rsa-ca.crt")).unwrap());
+    let err = c.certs_remove("other.example:5000", false, false).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::NotFound), "{err}");
+    assert!(foreign.join("ca.crt").exists());
+    // A lone key is a problem docker would fail on; verify reports it.
+    std::fs::write(foreign.join("stray.key"), "x").unwrap();
+    let v = c.certs_verify("other.example:5000").await.unwrap();
+    assert!(v.iter().flat_map(|e| &e.problems).any(|p| p.contains("stray.key")), "{v:?}");
+
+    // Remove: an edited file is kept, and with it its pair.
+    let dir = docker.join("registry.example.internal:5443");
+    std::fs::write(dir.join("extra.crt"), "user file").unwrap();
+    let planned = c.certs_remove("registry.example.internal:5443", true, true).await.unwrap();
+    assert!(!planned.is_empty());
+    assert!(dir.join("client.key").exists(), "dry run deletes nothing");
+    c.certs_remove("registry.example.internal:5443", true, false).await.unwrap();
+    assert!(!dir.join("client.key").exists() && !dir.join("client.cert").exists() && !dir.join("ca.crt").exists());
+    assert!(dir.join("extra.crt").exists(), "a file berth did not write survives remove");
+    assert!(!containers.join("registry.example.internal:5443").exists(), "an emptied folder is removed");
+
+    let cdir = docker.join("registry.example.internal");
+    std::fs::write(cdir.join("ca.crt"), "edited by hand").unwrap();
+    let actions = c.certs_remove("registry.example.internal", false, false).await.unwrap();
+    assert!(actions.iter().any(|a| a.kind == berth::certsd::ActionKind::KeepModified), "{actions:?}");
+    assert_eq!(std::fs::read_to_string(cdir.join("ca.crt")).unwrap(), "edited by hand");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_get_clear_errors_and_change_nothing() {
+    let d = TestDaemon::start();
+    let c = d.client().await;
+    let bad_names = [
+        (CertKind::Server, Names { common_name: "x".into(), dns_names: vec!["bad name!".into()], ..Names::default() }),
+        (CertKind::Server, Names { common_name: "x".into(), dns_names: vec!["host:5000".into()], ..Names::default() }),
+        (CertKind::Server, Names { common_name: "x".into(), ..Names::default() }),
+        (CertKind::Client, names("")),
+        (CertKind::Client, Names { common_name: "u".into(), uris: vec!["not a uri".into()], ..Names::default() }),
+        (CertKind::Client, Names { common_name: "u".into(), emails: vec!["nobody".into()], ..Names::default() }),
+    ];
+    for (kind, n) in bad_names {
+        let err = c
+            .issue(IssueRequest { kind, names: n.clone(), validity_days: None, key_algorithm: KeyAlgorithm::EcdsaP256, return_key: true })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(Code::InvalidArgument), "{n:?}: {err}");
+        assert!(!err.to_string().is_empty());
+    }
+    let err = c
+        .issue(IssueRequest { kind: CertKind::Client, names: names("long"), validity_days: Some(100_000), key_algorithm: KeyAlgorithm::EcdsaP256, return_key: true })
+        .await;
+    // Validity beyond the CA is either clamped or refused, never past the CA's own expiry.
+    if let Ok(ok) = err {
+        let (_, ca) = c.ca().await.unwrap();
+        assert!(ok.record.not_after <= ca.not_after);
+    }
+    for host in ["registry.example.internal/v2", "https://registry.example.internal", "", "host:0", "host:99999", "bad host", "../../etc"] {
+        let err = c.certs_install(host, None, false, true, false).await.unwrap_err();
+        assert_eq!(err.code(), Some(Code::InvalidArgument), "{host:?}: {err}");
+        assert!(err.to_string().contains("host"), "{host:?}: {err}");
+    }
+    assert!(c.list(None, None).await.unwrap().iter().all(|r| r.names.common_name == "long"));
+    assert!(!d.docker_root().exists() || std::fs::read_dir(d.docker_root()).unwrap().next().is_none());
+}
+
+#[test]
+fn daemon_start_refuses_bad_config_state_and_a_second_daemon() {
+    common::crypto();
+    // Unknown config key: named in the error.
+    let err = Config::from_toml("version = 1\n[control]\nsockett = \"/tmp/x\"\n", Path::new("berthd.toml")).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("sockett") && msg.contains("berthd.toml"), "{msg}");
+    let err = Config::from_toml("version = 2\n", Path::new("berthd.toml")).unwrap_err();
+    assert!(err.to_string().contains("version"), "{err}");
+    let cfg = Config::from_toml("version = 1\n[pki]\ndefault_validity_days = 30\nca_key_algorithm = \"rsa3072\"\n", Path::new("b.toml")).unwrap();
+    assert_eq!(cfg.pki.default_validity_days, 30);
+    assert_eq!(cfg.pki.ca_key_algorithm, KeyAlgorithm::Rsa3072);
+
+    // Unusable state dir: its parent is a file (root ignores permission bits, so use that).
+    let dir = common::temp_dir();
+    std::fs::write(dir.path().join("file"), "x").unwrap();
+    let mut cfg = common::config(dir.path());
+    cfg.state_dir = dir.path().join("file/state");
+    let err = berth::daemon::Daemon::open(cfg).unwrap_err();
+    assert!(err.to_string().contains("file/state"), "{err}");
+
+    // A second daemon on the same state dir.
+    let first = TestDaemon::start();
+    let mut cfg = first.config.clone();
+    cfg.control.socket = first.dir.path().join("other.sock");
+    let err = berth::daemon::Daemon::open(cfg).unwrap_err();
+    assert!(matches!(err, berth::daemon::Error::AlreadyRunning { .. }), "{err}");
+    assert!(err.to_string().contains(&std::process::id().to_string()), "{err}");
+    // The first still serves.
+    let (dir, cfg) = first.stop();
+
+    // A stale socket from a dead daemon is removed on start; the lock is free again.
+    std::os::unix::net::UnixListener::bind(&cfg.control.socket).map(drop).unwrap();
+    let d = TestDaemon::start_in(dir, cfg.clone()).unwrap();
+    let (dir, cfg) = d.stop();
+    assert!(!cfg.control.socket.exists(), "the socket is removed on shutdown");
+
+    // A corrupt index: refuse to start, name the file, leave it as it was.
+    let index = cfg.state_dir.join("pki/index.json");
+    assert!(index.exists());
+    std::fs::write(&index, b"{\"version\": 1, \"certificates\": [tru").unwrap();
+    let err = berth::daemon::Daemon::open(cfg.clone()).unwrap_err();
+    assert!(err.to_string().contains("index.json"), "{err}");
+    assert_eq!(std::fs::read(&index).unwrap(), b"{\"version\": 1, \"certificates\": [tru");
+    drop(dir);
+}

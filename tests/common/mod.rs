@@ -1,0 +1,187 @@
+//! A real berthd for tests: in-process, on a temp `--root`, temp certs.d roots, TCP on
+//! ephemeral ports, ready when Health answers.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use berth::client::{Client, Target};
+use berth::config::Config;
+use berth::daemon::Daemon;
+use tempfile::TempDir;
+
+/// Installs the one crypto provider berth uses, once per test binary.
+pub fn crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A temp folder the test owns; world-traversable so another uid can reach a socket in it.
+pub fn temp_dir() -> TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::Builder::new().prefix("berth-test-").tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+/// The config a test daemon runs with: everything under `dir`.
+pub fn config(dir: &Path) -> Config {
+    let mut cfg = Config::default();
+    cfg.set_root(&dir.join("state"));
+    cfg.certsd.docker_root = dir.join("docker-certs.d");
+    cfg.certsd.containers_root = dir.join("containers-certs.d");
+    cfg
+}
+
+/// A running daemon; dropping it stops the daemon and waits for it.
+pub struct TestDaemon {
+    /// Everything the daemon writes lives here (unless the test moved it).
+    pub dir: TempDir,
+    /// The config it runs with.
+    pub config: Config,
+    /// The control socket.
+    pub socket: PathBuf,
+    /// The TCP listeners' real addresses.
+    pub tcp: Vec<SocketAddr>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestDaemon {
+    /// A daemon with the test defaults.
+    pub fn start() -> TestDaemon {
+        Self::start_with(|_| {})
+    }
+
+    /// A daemon whose config `f` adjusts first.
+    pub fn start_with(f: impl FnOnce(&mut Config)) -> TestDaemon {
+        let dir = temp_dir();
+        let mut cfg = config(dir.path());
+        f(&mut cfg);
+        Self::start_in(dir, cfg).unwrap()
+    }
+
+    /// Starts on an existing folder and config (restarts, error cases).
+    pub fn start_in(dir: TempDir, config: Config) -> Result<TestDaemon, berth::daemon::Error> {
+        crypto();
+        let daemon = Daemon::open(config.clone())?;
+        let listeners = daemon.bind()?;
+        let socket = listeners.socket_path().to_path_buf();
+        let tcp = listeners.tcp_addrs();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let probe = socket.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let server = tokio::spawn(daemon.serve(listeners, async {
+                    let _ = stop_rx.await;
+                }));
+                let _ = ready_tx.send(wait_healthy(&probe).await);
+                match server.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => panic!("berthd stopped with an error: {e}"),
+                    Err(e) => panic!("berthd task failed: {e}"),
+                }
+            });
+        });
+        ready_rx.recv().unwrap().unwrap();
+        Ok(TestDaemon {
+            dir,
+            config,
+            socket,
+            tcp,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// A library client on the unix socket.
+    pub async fn client(&self) -> Client {
+        Client::connect(&Target::Unix(self.socket.clone())).await.unwrap()
+    }
+
+    /// Stops the daemon and gives back its folder and config, for a restart.
+    pub fn stop(mut self) -> (TempDir, Config) {
+        self.shutdown();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        (dir, self.config.clone())
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+
+    /// docker's certs.d root of this daemon.
+    pub fn docker_root(&self) -> &Path {
+        &self.config.certsd.docker_root
+    }
+
+    /// containers' certs.d root of this daemon.
+    pub fn containers_root(&self) -> &Path {
+        &self.config.certsd.containers_root
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Polls Health until it says serving, with a deadline so a broken daemon fails the test
+/// instead of hanging it.
+async fn wait_healthy(socket: &Path) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match Client::connect(&Target::Unix(socket.to_path_buf())).await {
+            Ok(c) => match c.health().await {
+                Ok(true) => return Ok(()),
+                Ok(false) => last = "not serving yet".into(),
+                Err(e) => last = e.to_string(),
+            },
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(format!("berthd never became healthy: {last}"))
+}
+
+/// Runs a command, panicking with its output when it cannot be started.
+pub fn run(cmd: &mut std::process::Command) -> std::process::Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// `openssl verify -CAfile ca [-untrusted chain] cert` succeeds.
+pub fn openssl_verify(ca: &Path, cert: &Path) {
+    let out = run(std::process::Command::new("openssl").arg("verify").arg("-CAfile").arg(ca).arg(cert));
+    assert!(
+        out.status.success(),
+        "openssl verify failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `openssl x509 -text -noout` of a certificate file.
+pub fn openssl_text(cert: &Path) -> String {
+    let out = run(std::process::Command::new("openssl").args(["x509", "-text", "-noout", "-in"]).arg(cert));
+    assert!(out.status.success(), "openssl x509 failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The fixtures folder made by certs/gen.sh.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("certs").join(name)
+}
