@@ -1,0 +1,341 @@
+//! The `berth` and `berthd` binaries as a user runs them: the issue's walk-through, errors
+//! and hints, and authorisation of another uid on the socket (the CLI is spawned as that uid).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TestDaemon, fixture, openssl_verify};
+use serde_json::Value;
+
+const NOBODY: u32 = 65534;
+
+fn berth(socket: &Path, cwd: &Path, args: &[&str]) -> Output {
+    common::run(
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(args)
+            .env("BERTH_SOCKET", socket)
+            .env_remove("BERTH_HOST")
+            .current_dir(cwd)
+            .stdin(Stdio::null()),
+    )
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn failed(out: &Output) -> String {
+    assert!(!out.status.success(), "expected a failure, got: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(out.stdout.is_empty() || !String::from_utf8_lossy(&out.stderr).is_empty());
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_str(&ok(out)).unwrap()
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn the_walkthrough_works_through_the_cli() {
+    let d = TestDaemon::start();
+    let cwd = common::temp_dir();
+    let w = cwd.path();
+    let run = |args: &[&str]| berth(&d.socket, w, args);
+
+    let info = ok(&run(&["system", "info"]));
+    assert!(info.contains(&d.socket.display().to_string()), "{info}");
+    assert!(info.contains("CA fingerprint"), "{info}");
+    let info = json(&run(&["system", "info", "--json"]));
+    assert_eq!(info["state_dir"], d.config.state_dir.display().to_string());
+    let fp = info["ca_fingerprint_sha256"].as_str().unwrap().to_string();
+    assert_eq!(fp.len(), 95, "{fp}");
+    assert_eq!(ok(&run(&["system", "health"])).trim(), "serving");
+    assert!(ok(&run(&["system", "version"])).contains(env!("CARGO_PKG_VERSION")));
+
+    let ca = ok(&run(&["ca", "show"]));
+    assert!(ca.contains("-----BEGIN CERTIFICATE-----") && ca.contains(&fp), "{ca}");
+    let ca_pem = ok(&run(&["ca", "show", "--pem"]));
+    assert!(ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+
+    // Server: written to ./<name> by default, key 0600; a second run refuses to overwrite.
+    let out = ok(&run(&["cert", "issue", "server", "--dns", "registry.example.internal", "--ip", "10.0.0.5"]));
+    assert!(out.contains("registry.example.internal"), "{out}");
+    let sdir = w.join("registry.example.internal");
+    assert_eq!(mode(&sdir.join("key.pem")), 0o600);
+    assert_eq!(mode(&sdir.join("cert.pem")), 0o644);
+    openssl_verify(&sdir.join("ca.pem"), &sdir.join("cert.pem"));
+    let text = common::openssl_text(&sdir.join("cert.pem"));
+    assert!(text.contains("IP Address:10.0.0.5") && text.contains("TLS Web Server Authentication"), "{text}");
+    let key_before = std::fs::read(sdir.join("key.pem")).unwrap();
+    let err = failed(&run(&["cert", "issue", "server", "--dns", "registry.example.internal"]));
+    assert!(err.contains("already exists") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(sdir.join("key.pem")).unwrap(), key_before, "the key survives a refused overwrite");
+
+    // Client in certs.d naming, admin in docker --tlsverify naming.
+    ok(&run(&["cert", "issue", "client", "--name", "ci-bot", "--org", "builders", "--out", "./ci-bot"]));
+    let cdir = w.join("ci-bot");
+    assert_eq!(mode(&cdir.join("client.key")), 0o600);
+    openssl_verify(&cdir.join("ca.crt"), &cdir.join("client.cert"));
+    assert!(common::openssl_text(&cdir.join("client.cert")).contains("O = builders"));
+    ok(&run(&["cert", "issue", "admin", "--name", "ops", "--out", "./ops"]));
+    for f in ["ca.pem", "cert.pem", "key.pem"] {
+        assert!(w.join("ops").join(f).exists(), "{f}");
+    }
+
+    // CSR signing: the key never leaves this folder.
+    let o = common::run(
+        Command::new("openssl")
+            .args(["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"])
+            .args(["-subj", "/CN=csr-bot", "-keyout", "req.key", "-out", "req.pem"])
+            .current_dir(w),
+    );
+    assert!(o.status.success());
+    ok(&run(&["cert", "sign", "--csr", "req.pem", "--profile", "client", "--out", "signed.pem"]));
+    openssl_verify(&cdir.join("ca.crt"), &w.join("signed.pem"));
+
+    let ls = json(&run(&["cert", "ls", "--json"]));
+    let ls = ls.as_array().unwrap();
+    assert_eq!(ls.len(), 4, "{ls:?}");
+    let kinds: Vec<&str> = ls.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["server", "client", "admin", "client"]);
+    let table = ok(&run(&["cert", "ls"]));
+    for h in ["SERIAL", "KIND", "SUBJECT", "SANS", "NOT AFTER", "STATUS"] {
+        assert!(table.contains(h), "{table}");
+    }
+    assert!(table.contains("DNS:registry.example.internal,IP:10.0.0.5"), "{table}");
+
+    // Inspect: a certificate berth did not make, and one it did.
+    let foreign = ok(&run(&["cert", "inspect", fixture("rsa-leaf.der").to_str().unwrap()]));
+    assert!(foreign.contains("CN=fixture.example") && foreign.contains("RSA 2048"), "{foreign}");
+    assert!(foreign.contains("berth CA       no"), "{foreign}");
+    let mine = json(&run(&["cert", "inspect", "--json", "signed.pem"]));
+    assert_eq!(mine[0]["certificates"][0]["chains_to_berth_ca"], true);
+    let expired = json(&run(&["cert", "inspect", "--json", fixture("expired.crt").to_str().unwrap()]));
+    assert_eq!(expired[0]["certificates"][0]["status"], "expired");
+
+    // Revoke by the serial `cert ls` shows.
+    let serial = ls[3]["serial"].as_str().unwrap();
+    ok(&run(&["cert", "revoke", serial]));
+    let ls = json(&run(&["cert", "ls", "--json", "--kind", "client"]));
+    assert_eq!(ls[1]["revoked_at"].is_string(), true, "{ls}");
+    assert!(ok(&run(&["cert", "ls"])).contains("revoked"));
+
+    // certs.d: dry run, install, list, verify, remove.
+    let host = "registry.example.internal:5443";
+    let plan = ok(&run(&["certs", "install", host, "--client", "ci-bot", "--containers", "--dry-run"]));
+    assert!(plan.contains("would create") && plan.contains("client.key"), "{plan}");
+    assert!(!d.docker_root().join(host).exists());
+    ok(&run(&["certs", "install", host, "--client", "ci-bot", "--containers"]));
+    for root in [d.docker_root(), d.containers_root()] {
+        assert_eq!(mode(&root.join(host).join("client.key")), 0o600);
+        assert_eq!(mode(&root.join(host).join("ca.crt")), 0o644);
+    }
+    // The installed pair is the ci-bot certificate issued earlier, not a new one.
+    assert_eq!(std::fs::read(d.docker_root().join(host).join("client.cert")).unwrap(), std::fs::read(cdir.join("client.cert")).unwrap());
+    let entries = json(&run(&["certs", "ls", "--json"]));
+    assert_eq!(entries.as_array().unwrap().len(), 2, "{entries}");
+    let table = ok(&run(&["certs", "ls"]));
+    assert!(table.contains(host) && table.contains("CN=ci-bot"), "{table}");
+    ok(&run(&["certs", "verify", host]));
+    std::fs::write(d.docker_root().join(host).join("stray.key"), "x").unwrap();
+    let out = run(&["certs", "verify", host]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("stray.key"));
+    std::fs::remove_file(d.docker_root().join(host).join("stray.key")).unwrap();
+    ok(&run(&["certs", "remove", host, "--containers"]));
+    assert!(!d.docker_root().join(host).exists());
+    assert!(!d.containers_root().join(host).exists());
+
+    let comp = ok(&run(&["completions", "bash"]));
+    assert!(comp.contains("berth") && comp.contains("certs"), "{}", &comp[..200.min(comp.len())]);
+}
+
+#[test]
+fn errors_say_what_to_do() {
+    let d = TestDaemon::start();
+    let cwd = common::temp_dir();
+    let run = |args: &[&str]| berth(&d.socket, cwd.path(), args);
+
+    let err = failed(&run(&["certs", "install", "https://registry.example.internal/v2"]));
+    assert!(err.contains("host[:port]"), "{err}");
+    assert!(err.contains("hint:"), "{err}");
+    let err = failed(&run(&["cert", "issue", "client", "--name", ""]));
+    assert!(err.contains("--name"), "{err}");
+    let err = failed(&run(&["cert", "issue", "server", "--dns", "bad name"]));
+    assert!(err.contains("bad name"), "{err}");
+    let err = failed(&run(&["cert", "issue", "server"]));
+    assert!(err.contains("--dns"), "{err}");
+    std::fs::write(cwd.path().join("junk.pem"), "junk").unwrap();
+    let err = failed(&run(&["cert", "sign", "--csr", "junk.pem", "--profile", "client"]));
+    assert!(err.contains("CSR"), "{err}");
+    let err = failed(&run(&["cert", "revoke", "00ff"]));
+    assert!(err.contains("00ff") && err.contains("berth cert ls"), "{err}");
+    let err = failed(&run(&["cert", "inspect", "junk.pem"]));
+    assert!(err.contains("junk.pem"), "{err}");
+    assert!(cwd.path().read_dir().unwrap().count() == 1, "nothing but junk.pem was written");
+
+    // Nobody home: the message names the socket and says how to start berthd.
+    let gone = cwd.path().join("no-such.sock");
+    let err = failed(&berth(&gone, cwd.path(), &["system", "info"]));
+    assert!(err.contains(&format!("cannot reach berthd at {}: is it running? start it with `berthd`", gone.display())), "{err}");
+    // Inspect still works without a daemon, and says so.
+    let out = berth(&gone, cwd.path(), &["cert", "inspect", fixture("chain.pem").to_str().unwrap()]);
+    let text = ok(&out);
+    assert!(text.contains("[1]") && text.contains("Fixture Intermediate"), "{text}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("decoding locally"));
+    let err = failed(&common::run(
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["--host", "tcp://127.0.0.1:1", "--tls-dir"])
+            .arg(cwd.path().join("none"))
+            .args(["system", "info"]),
+    ));
+    assert!(err.contains("ca.pem") && err.contains("berth cert issue admin"), "{err}");
+}
+
+/// The CLI binary where another uid can execute it.
+fn binary_for_others(dir: &Path) -> PathBuf {
+    let bin = dir.join("berth");
+    std::fs::copy(env!("CARGO_BIN_EXE_berth"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+fn as_nobody(bin: &Path, socket: &Path, cwd: &Path, gid: u32) -> Output {
+    common::run(
+        Command::new(bin)
+            .args(["system", "info", "--json"])
+            .env("BERTH_SOCKET", socket)
+            .env("HOME", cwd)
+            .current_dir(cwd)
+            .uid(NOBODY)
+            // std drops root's supplementary groups when it sets the uid.
+            .gid(gid),
+    )
+}
+
+#[test]
+fn other_users_are_refused_unless_in_the_control_group() {
+    if !nix::unistd::Uid::effective().is_root() {
+        panic!("this test spawns the CLI as uid {NOBODY} and must run as root (CI does)");
+    }
+    let cwd = common::temp_dir();
+    let bin = binary_for_others(cwd.path());
+
+    // A world-writable socket, so the daemon's own check is what refuses.
+    let d = TestDaemon::start_with(|cfg| {
+        cfg.control.socket = cfg.state_dir.parent().unwrap().join("run/berthd.sock");
+        cfg.control.socket_mode = 0o666;
+    });
+    let out = as_nobody(&bin, &d.socket, cwd.path(), NOBODY);
+    let err = failed(&out);
+    assert!(err.contains("permission denied") && err.contains(&format!("uid {NOBODY}")), "{err}");
+    assert!(err.contains("hint:"), "{err}");
+    drop(d);
+
+    // The default 0660 socket: the kernel refuses, and the CLI says why.
+    let d = TestDaemon::start_with(|cfg| {
+        cfg.control.socket = cfg.state_dir.parent().unwrap().join("run/berthd.sock");
+    });
+    assert_eq!(mode(&d.socket), 0o660);
+    let err = failed(&as_nobody(&bin, &d.socket, cwd.path(), NOBODY));
+    assert!(err.contains("permission denied on") && err.contains("control.group"), "{err}");
+    drop(d);
+
+    // Members of the configured group get in: the socket is chowned to it.
+    let d = TestDaemon::start_with(|cfg| {
+        cfg.control.socket = cfg.state_dir.parent().unwrap().join("run/berthd.sock");
+        cfg.control.group = Some(NOBODY.to_string());
+    });
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&d.socket).unwrap().gid(), NOBODY);
+    let out = as_nobody(&bin, &d.socket, cwd.path(), NOBODY);
+    let v: Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert!(v["caller"].as_str().unwrap().contains(&format!("uid {NOBODY}")), "{v}");
+}
+
+/// Waits for a condition with a deadline instead of sleeping a fixed time.
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn berthd_starts_with_flags_refuses_a_second_copy_and_stops_on_sigterm() {
+    let dir = common::temp_dir();
+    let root = dir.path().join("root");
+    let berthd = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_berthd"))
+            .arg("--root")
+            .arg(&root)
+            .arg("--certs-d")
+            .arg(dir.path().join("docker"))
+            .arg("--containers-certs-d")
+            .arg(dir.path().join("containers"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = berthd(&[]);
+    let socket = root.join("berthd.sock");
+    wait_for("berthd to serve", || berth(&socket, dir.path(), &["system", "health"]).status.success());
+    let info = json(&berth(&socket, dir.path(), &["system", "info", "--json"]));
+    assert_eq!(info["docker_certs_root"], dir.path().join("docker").display().to_string());
+    assert_eq!(mode(&root.join("pki/ca.key")), 0o600);
+    assert_eq!(mode(&socket), 0o660);
+
+    let second = berthd(&[]).wait_with_output().unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("another berthd") && err.contains(&first.id().to_string()), "{err}");
+
+    assert!(common::run(Command::new("kill").args(["-TERM", &first.id().to_string()])).status.success());
+    let status = first.wait().unwrap();
+    assert!(status.success(), "berthd exits 0 on SIGTERM: {status:?}");
+    assert!(!socket.exists(), "the socket is removed on shutdown");
+
+    // A config file with an unknown key: refused, the key named.
+    let cfg = dir.path().join("berthd.toml");
+    std::fs::write(&cfg, "version = 1\n[pki]\nca_validty_days = 10\n").unwrap();
+    let out = berthd(&["--config", cfg.to_str().unwrap()]).wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ca_validty_days"), "{err}");
+
+    // A file where the state folder should be.
+    let blocked = dir.path().join("blocked");
+    std::fs::write(&blocked, "").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_berthd"))
+        .arg("--root")
+        .arg(blocked.join("sub"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("blocked/sub"), "{err}");
+}
