@@ -13,7 +13,10 @@ use berth::daemon::Daemon;
 use berth::pki::{CertKind, KeyAlgorithm, Names};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -80,7 +83,10 @@ async fn main() {
     lat.sort();
     let n = lat.len();
     println!("issue {n} {alg} client certificates over the unix socket, {parallel} caller(s)");
-    println!("  throughput  {:.1} certs/s", n as f64 / elapsed.as_secs_f64());
+    println!(
+        "  throughput  {:.1} certs/s",
+        n as f64 / elapsed.as_secs_f64()
+    );
     println!("  total       {:.2?}", elapsed);
     println!("  p50         {:.2?}", percentile(&lat, 0.50));
     println!("  p99         {:.2?}", percentile(&lat, 0.99));

@@ -658,6 +658,9 @@ fn plan_install(
     Ok(plan)
 }
 
+/// A file's content and mode before an install replaced it, to put back on failure.
+type Previous = (Vec<u8>, u32);
+
 /// Writes the planned files: all are staged first, then renamed into place in order. If a
 /// rename fails, the files already renamed get their old content back (or are deleted), so
 /// the entry is never left with a certificate and someone else's key.
@@ -690,7 +693,7 @@ fn apply_install(dir: &Path, files: &[DesiredFile<'_>], plan: &[FileAction]) -> 
             }
         }
     }
-    let mut done: Vec<(PathBuf, Option<(Vec<u8>, u32)>)> = Vec::new();
+    let mut done: Vec<(PathBuf, Option<Previous>)> = Vec::new();
     let mut iter = staged.into_iter();
     while let Some((tmp, path, old)) = iter.next() {
         if let Err(e) = fsutil::commit(&tmp, &path) {

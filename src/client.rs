@@ -14,6 +14,7 @@ use crate::pki::{
 };
 use crate::proto as pb;
 use crate::proto::certs_service_client::CertsServiceClient;
+use crate::proto::convert::{self, key_algorithm_out, kind_out, names_out, time_in};
 use crate::proto::pki_service_client::PkiServiceClient;
 use crate::proto::system_service_client::SystemServiceClient;
 
@@ -352,7 +353,7 @@ impl Client {
         let d = r
             .details
             .ok_or_else(|| Error::Protocol("CA without details".into()))?;
-        Ok((r.certificate_pem, details_in(d)))
+        Ok((r.certificate_pem, details_in(d)?))
     }
 
     /// Issues a certificate.
@@ -427,7 +428,7 @@ impl Client {
             .inspect_certificate(pb::InspectCertificateRequest { data })
             .await?
             .into_inner();
-        Ok(r.certificates.into_iter().map(details_in).collect())
+        r.certificates.into_iter().map(details_in).collect()
     }
 
     /// Revokes a certificate.
@@ -532,57 +533,12 @@ impl Client {
     }
 }
 
-fn time_in(t: prost_types::Timestamp) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp(t.seconds).unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
-fn kind_out(k: CertKind) -> pb::CertificateKind {
-    match k {
-        CertKind::Server => pb::CertificateKind::Server,
-        CertKind::Client => pb::CertificateKind::Client,
-        CertKind::Admin => pb::CertificateKind::Admin,
-    }
-}
-
 fn kind_in(k: i32) -> Result<CertKind, Error> {
-    match pb::CertificateKind::try_from(k) {
-        Ok(pb::CertificateKind::Server) => Ok(CertKind::Server),
-        Ok(pb::CertificateKind::Client) => Ok(CertKind::Client),
-        Ok(pb::CertificateKind::Admin) => Ok(CertKind::Admin),
-        _ => Err(Error::Protocol(format!("unknown certificate kind {k}"))),
-    }
+    convert::kind_in(k).ok_or_else(|| Error::Protocol(format!("unknown certificate kind {k}")))
 }
 
-fn key_algorithm_out(k: KeyAlgorithm) -> pb::KeyAlgorithm {
-    match k {
-        KeyAlgorithm::EcdsaP256 => pb::KeyAlgorithm::EcdsaP256,
-        KeyAlgorithm::EcdsaP384 => pb::KeyAlgorithm::EcdsaP384,
-        KeyAlgorithm::Ed25519 => pb::KeyAlgorithm::Ed25519,
-        KeyAlgorithm::Rsa2048 => pb::KeyAlgorithm::Rsa2048,
-        KeyAlgorithm::Rsa3072 => pb::KeyAlgorithm::Rsa3072,
-        KeyAlgorithm::Rsa4096 => pb::KeyAlgorithm::Rsa4096,
-    }
-}
-
-fn status_in(s: i32) -> CertStatus {
-    match pb::CertificateStatus::try_from(s) {
-        Ok(pb::CertificateStatus::Expired) => CertStatus::Expired,
-        Ok(pb::CertificateStatus::Revoked) => CertStatus::Revoked,
-        Ok(pb::CertificateStatus::NotYetValid) => CertStatus::NotYetValid,
-        _ => CertStatus::Valid,
-    }
-}
-
-fn names_out(n: &Names) -> pb::Names {
-    pb::Names {
-        common_name: n.common_name.clone(),
-        organizations: n.organizations.clone(),
-        organizational_units: n.organizational_units.clone(),
-        dns_names: n.dns_names.clone(),
-        ip_addresses: n.ip_addresses.iter().map(ToString::to_string).collect(),
-        uris: n.uris.clone(),
-        emails: n.emails.clone(),
-    }
+fn status_in(s: i32) -> Result<CertStatus, Error> {
+    convert::status_in(s).ok_or_else(|| Error::Protocol(format!("unknown certificate status {s}")))
 }
 
 fn names_in(n: Option<pb::Names>) -> Names {
@@ -624,8 +580,8 @@ fn record_in(r: pb::IssuedCertificate) -> Result<CertRecord, Error> {
     })
 }
 
-fn details_in(d: pb::CertificateDetails) -> CertDetails {
-    CertDetails {
+fn details_in(d: pb::CertificateDetails) -> Result<CertDetails, Error> {
+    Ok(CertDetails {
         subject: d.subject,
         issuer: d.issuer,
         serial: d.serial,
@@ -644,10 +600,10 @@ fn details_in(d: pb::CertificateDetails) -> CertDetails {
         signature_algorithm: d.signature_algorithm,
         key_algorithm: d.key_algorithm,
         fingerprint_sha256: d.fingerprint_sha256,
-        status: status_in(d.status),
+        status: status_in(d.status)?,
         chains_to_berth_ca: d.chains_to_berth_ca,
         self_signed: d.self_signed,
-    }
+    })
 }
 
 fn actions_in(a: Vec<pb::FileAction>) -> Vec<FileAction> {

@@ -1,4 +1,34 @@
 //! berth: secure-by-default private container registries.
+//!
+//! The library holds everything; the two binaries are thin edges over it. `berthd` turns
+//! flags and a config file into a [`config::Config`] and runs a [`daemon::Daemon`];
+//! `berth` parses a command line and drives a [`client::Client`].
+//!
+//! # Layout
+//!
+//! | module | role | may use |
+//! |---|---|---|
+//! | [`fsutil`] | atomic writes (temp file, fsync, rename, fsync dir), modes set at creation | std |
+//! | [`config`] | `Config` with embedded defaults, TOML `version = 1`, unknown keys rejected | `pki` key names |
+//! | [`pki`] | CA, issue, CSR signing, index, CRL, inspect (rcgen, x509-parser) | `fsutil` |
+//! | [`certsd`] | docker/containers `certs.d` installer: plan, stage, commit, record | `pki`, `fsutil` |
+//! | [`proto`] | generated tonic/prost code for `proto/berth/v1` (built by protox in build.rs) | — |
+//! | [`daemon`] | lock, listeners, peer authorisation, tonic services mapping domain errors to `Status` | everything above |
+//! | [`client`] | the control API seen as domain types, errors that say what to do | `proto`, domain types |
+//!
+//! Dependencies point inward: `pki`, `certsd`, `fsutil` and `config` never name tonic,
+//! prost, hyper or the daemon (`tests/layering.rs` enforces it), so they can be tested and
+//! reused without a transport.
+//!
+//! # How a request flows
+//!
+//! `berth cert issue client --name ci-bot` builds a [`client::IssueRequest`]; the client
+//! dials the unix socket; the daemon's interceptor reads the peer's uid/gid (SO_PEERCRED)
+//! and either records a `Caller` or answers PermissionDenied; the PKI service runs
+//! [`pki::Pki::issue`] on a blocking thread, which signs with the CA and writes the index
+//! and the held key through [`fsutil::write_atomic`]. A failure travels as `pki::Error` ->
+//! `tonic::Status` (one exhaustive mapping in the daemon) -> [`client::Error`] -> a CLI
+//! message with a hint.
 #![forbid(unsafe_code)]
 
 pub mod certsd;

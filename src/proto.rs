@@ -1,7 +1,13 @@
-//! Generated gRPC code for `proto/berth/v1`. Nothing hand-written lives here.
-#![allow(missing_docs, clippy::all, clippy::pedantic)]
+//! Generated gRPC code for `proto/berth/v1`, and the domain <-> wire mappings shared by the
+//! daemon and the client.
 
-tonic::include_proto!("berth.v1");
+pub(crate) mod convert;
+
+mod generated {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("berth.v1");
+}
+pub use generated::*;
 
 /// Encoded descriptors of every berth proto, served by gRPC reflection so `grpcurl` works
 /// without the .proto files.

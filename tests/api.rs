@@ -85,8 +85,17 @@ async fn issued_certificates_verify_with_openssl_and_survive_restart() {
     let rsa = issue(&c, CertKind::Client, names("legacy"), KeyAlgorithm::Rsa2048).await;
 
     let ca = write(out.path(), "ca.pem", &server.ca_pem);
-    for (name, cert) in [("server", &server), ("client", &client), ("admin", &admin), ("rsa", &rsa)] {
-        let p = write(out.path(), &format!("{name}.pem"), &cert.record.certificate_pem);
+    for (name, cert) in [
+        ("server", &server),
+        ("client", &client),
+        ("admin", &admin),
+        ("rsa", &rsa),
+    ] {
+        let p = write(
+            out.path(),
+            &format!("{name}.pem"),
+            &cert.record.certificate_pem,
+        );
         openssl_verify(&ca, &p);
         assert!(cert.key.is_some(), "{name}: the key was asked for");
     }
@@ -98,12 +107,18 @@ async fn issued_certificates_verify_with_openssl_and_survive_restart() {
     assert!(text.contains("CA:FALSE"), "{text}");
     let text = openssl_text(&out.path().join("client.pem"));
     assert!(text.contains("CN = ci-bot"), "{text}");
-    assert!(text.contains("O = builders") && text.contains("OU = ci"), "{text}");
+    assert!(
+        text.contains("O = builders") && text.contains("OU = ci"),
+        "{text}"
+    );
     assert!(text.contains("URI:spiffe://example.internal/ci"), "{text}");
     assert!(text.contains("email:ci@example.internal"), "{text}");
     assert!(text.contains("TLS Web Client Authentication"), "{text}");
     assert!(!text.contains("TLS Web Server Authentication"), "{text}");
-    assert!(text.contains("secp384r1") || text.contains("P-384"), "{text}");
+    assert!(
+        text.contains("secp384r1") || text.contains("P-384"),
+        "{text}"
+    );
     let text = openssl_text(&out.path().join("rsa.pem"));
     assert!(text.contains("2048 bit"), "{text}");
     assert!(text.contains("Key Encipherment"), "{text}");
@@ -113,7 +128,10 @@ async fn issued_certificates_verify_with_openssl_and_survive_restart() {
     assert!((89..=90).contains(&days), "{days}");
     let (ca_pem, ca_details) = c.ca().await.unwrap();
     assert_eq!(ca_pem, server.ca_pem);
-    assert!(ca_details.is_ca && ca_details.key_algorithm.contains("P-256"), "{ca_details:?}");
+    assert!(
+        ca_details.is_ca && ca_details.key_algorithm.contains("P-256"),
+        "{ca_details:?}"
+    );
     let ca_days = (ca_details.not_after - time::OffsetDateTime::now_utc()).whole_days();
     assert!((3640..=3650).contains(&ca_days), "{ca_days}");
     let state = &d.config.state_dir;
@@ -127,9 +145,20 @@ async fn issued_certificates_verify_with_openssl_and_survive_restart() {
         assert!(serials.insert(r.record.serial));
     }
     // Client keys are held 0600 for certs install; server and admin keys are not kept.
-    assert_eq!(mode(&state.join(format!("pki/keys/{}.key", client.record.serial))), 0o600);
-    assert!(!state.join(format!("pki/keys/{}.key", server.record.serial)).exists());
-    assert!(!state.join(format!("pki/keys/{}.key", admin.record.serial)).exists());
+    assert_eq!(
+        mode(&state.join(format!("pki/keys/{}.key", client.record.serial))),
+        0o600
+    );
+    assert!(
+        !state
+            .join(format!("pki/keys/{}.key", server.record.serial))
+            .exists()
+    );
+    assert!(
+        !state
+            .join(format!("pki/keys/{}.key", admin.record.serial))
+            .exists()
+    );
 
     let listed = c.list(None, None).await.unwrap();
     assert_eq!(listed.len(), 24);
@@ -146,7 +175,10 @@ async fn issued_certificates_verify_with_openssl_and_survive_restart() {
     assert_eq!(again.len(), 24);
     let (ca_again, _) = c.ca().await.unwrap();
     assert_eq!(ca_again, ca_pem, "the CA is created once, then reused");
-    let rec = again.iter().find(|r| r.serial == client.record.serial).unwrap();
+    let rec = again
+        .iter()
+        .find(|r| r.serial == client.record.serial)
+        .unwrap();
     assert_eq!(rec.names, client.record.names);
     assert_eq!(rec.status(), CertStatus::Valid);
 }
@@ -189,8 +221,11 @@ async fn server_keys_are_only_returned_to_the_caller_who_asks() {
 
 fn csr(cn: &str) -> (String, rcgen::KeyPair) {
     let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["should-not-matter.example".to_string()]).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    let mut params =
+        rcgen::CertificateParams::new(vec!["should-not-matter.example".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
     // A CSR asking to be a CA must not get one.
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let req = params.serialize_request(&key).unwrap();
@@ -203,9 +238,17 @@ async fn csr_signing_keeps_the_key_with_the_caller_and_rejects_bad_signatures() 
     let c = d.client().await;
     let out = common::temp_dir();
     let (pem, _key) = csr("csr-client");
-    let (rec, ca_pem) = c.sign_csr(pem.clone().into_bytes(), CertKind::Client, None).await.unwrap();
+    let (rec, ca_pem) = c
+        .sign_csr(pem.clone().into_bytes(), CertKind::Client, None)
+        .await
+        .unwrap();
     assert!(rec.from_csr && !rec.key_held);
-    assert!(!d.config.state_dir.join(format!("pki/keys/{}.key", rec.serial)).exists());
+    assert!(
+        !d.config
+            .state_dir
+            .join(format!("pki/keys/{}.key", rec.serial))
+            .exists()
+    );
     let ca = write(out.path(), "ca.pem", &ca_pem);
     let cert = write(out.path(), "signed.pem", &rec.certificate_pem);
     openssl_verify(&ca, &cert);
@@ -219,7 +262,15 @@ async fn csr_signing_keeps_the_key_with_the_caller_and_rejects_bad_signatures() 
     let req = out.path().join("o.csr");
     let o = common::run(
         std::process::Command::new("openssl")
-            .args(["req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=openssl.example"])
+            .args([
+                "req",
+                "-new",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=openssl.example",
+            ])
             .args(["-addext", "subjectAltName=DNS:openssl.example"])
             .arg("-keyout")
             .arg(&key)
@@ -227,24 +278,37 @@ async fn csr_signing_keeps_the_key_with_the_caller_and_rejects_bad_signatures() 
             .arg(&req),
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let (rec, _) = c.sign_csr(std::fs::read(&req).unwrap(), CertKind::Server, Some(10)).await.unwrap();
+    let (rec, _) = c
+        .sign_csr(std::fs::read(&req).unwrap(), CertKind::Server, Some(10))
+        .await
+        .unwrap();
     let cert = write(out.path(), "server.pem", &rec.certificate_pem);
     openssl_verify(&ca, &cert);
     let text = openssl_text(&cert);
-    assert!(text.contains("DNS:openssl.example") && text.contains("TLS Web Server Authentication"), "{text}");
+    assert!(
+        text.contains("DNS:openssl.example") && text.contains("TLS Web Server Authentication"),
+        "{text}"
+    );
 
     // Tamper with the signed part of a DER CSR: the self-signature no longer verifies.
-    let der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let der =
+        rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(pem.as_bytes()).unwrap();
     let mut bytes = der.as_ref().to_vec();
     let at = bytes.windows(10).position(|w| w == b"csr-client").unwrap();
     bytes[at] = b'X';
     let err = c.sign_csr(bytes, CertKind::Client, None).await.unwrap_err();
     assert_eq!(err.code(), Some(Code::InvalidArgument), "{err}");
     assert!(err.to_string().contains("signature"), "{err}");
-    let err = c.sign_csr(b"not a csr".to_vec(), CertKind::Client, None).await.unwrap_err();
+    let err = c
+        .sign_csr(b"not a csr".to_vec(), CertKind::Client, None)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(Code::InvalidArgument), "{err}");
     // An admin may keep its key on its own machine too.
-    let (admin, _) = c.sign_csr(pem.into_bytes(), CertKind::Admin, None).await.unwrap();
+    let (admin, _) = c
+        .sign_csr(pem.into_bytes(), CertKind::Admin, None)
+        .await
+        .unwrap();
     assert_eq!(admin.kind, CertKind::Admin);
     // Nothing was recorded for the refused requests.
     assert_eq!(c.list(None, None).await.unwrap().len(), 3);
@@ -254,51 +318,103 @@ async fn csr_signing_keeps_the_key_with_the_caller_and_rejects_bad_signatures() 
 async fn inspect_reads_foreign_certificates_in_pem_and_der() {
     let d = TestDaemon::start();
     let c = d.client().await;
-    let pem = c.inspect(std::fs::read(fixture("rsa-leaf.crt")).unwrap()).await.unwrap();
-    let der = c.inspect(std::fs::read(fixture("rsa-leaf.der")).unwrap()).await.unwrap();
+    let pem = c
+        .inspect(std::fs::read(fixture("rsa-leaf.crt")).unwrap())
+        .await
+        .unwrap();
+    let der = c
+        .inspect(std::fs::read(fixture("rsa-leaf.der")).unwrap())
+        .await
+        .unwrap();
     assert_eq!(pem, der);
     let leaf = &pem[0];
     assert_eq!(leaf.names.common_name, "fixture.example");
-    assert_eq!(leaf.names.dns_names, ["fixture.example", "www.fixture.example"]);
-    assert_eq!(leaf.names.ip_addresses, ["192.0.2.10".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(
+        leaf.names.dns_names,
+        ["fixture.example", "www.fixture.example"]
+    );
+    assert_eq!(
+        leaf.names.ip_addresses,
+        ["192.0.2.10".parse::<std::net::IpAddr>().unwrap()]
+    );
     assert_eq!(leaf.extended_key_usages, ["serverAuth"]);
-    assert!(leaf.key_algorithm.contains("RSA") && leaf.key_algorithm.contains("2048"), "{}", leaf.key_algorithm);
+    assert!(
+        leaf.key_algorithm.contains("RSA") && leaf.key_algorithm.contains("2048"),
+        "{}",
+        leaf.key_algorithm
+    );
     assert!(!leaf.chains_to_berth_ca && !leaf.self_signed && !leaf.is_ca);
 
-    let root = &c.inspect(std::fs::read(fixture("rsa-ca.crt")).unwrap()).await.unwrap()[0];
+    let root = &c
+        .inspect(std::fs::read(fixture("rsa-ca.crt")).unwrap())
+        .await
+        .unwrap()[0];
     assert!(root.is_ca && root.self_signed && !root.chains_to_berth_ca);
-    assert!(root.key_algorithm.contains("3072"), "{}", root.key_algorithm);
+    assert!(
+        root.key_algorithm.contains("3072"),
+        "{}",
+        root.key_algorithm
+    );
 
-    let expired = &c.inspect(std::fs::read(fixture("expired.crt")).unwrap()).await.unwrap()[0];
+    let expired = &c
+        .inspect(std::fs::read(fixture("expired.crt")).unwrap())
+        .await
+        .unwrap()[0];
     assert_eq!(expired.status, CertStatus::Expired);
     assert_eq!(expired.extended_key_usages, ["clientAuth"]);
 
-    let chain = c.inspect(std::fs::read(fixture("chain.pem")).unwrap()).await.unwrap();
+    let chain = c
+        .inspect(std::fs::read(fixture("chain.pem")).unwrap())
+        .await
+        .unwrap();
     assert_eq!(chain.len(), 2);
     assert!(!chain[0].is_ca && chain[1].is_ca);
     assert_eq!(chain[0].issuer, chain[1].subject);
-    assert!(chain[1].key_algorithm.contains("P-384"), "{}", chain[1].key_algorithm);
+    assert!(
+        chain[1].key_algorithm.contains("P-384"),
+        "{}",
+        chain[1].key_algorithm
+    );
 
-    let eku = &c.inspect(std::fs::read(fixture("wrong-eku.crt")).unwrap()).await.unwrap()[0];
+    let eku = &c
+        .inspect(std::fs::read(fixture("wrong-eku.crt")).unwrap())
+        .await
+        .unwrap()[0];
     assert_eq!(eku.extended_key_usages, ["codeSigning"]);
 
-    let ed = &c.inspect(std::fs::read(fixture("ed25519-selfsigned.crt")).unwrap()).await.unwrap()[0];
-    assert!(ed.key_algorithm.contains("Ed25519") && ed.self_signed, "{ed:?}");
+    let ed = &c
+        .inspect(std::fs::read(fixture("ed25519-selfsigned.crt")).unwrap())
+        .await
+        .unwrap()[0];
+    assert!(
+        ed.key_algorithm.contains("Ed25519") && ed.self_signed,
+        "{ed:?}"
+    );
 
     // A berth certificate chains to the berth CA, and its revocation shows.
     let mine = issue(&c, CertKind::Client, names("me"), KeyAlgorithm::EcdsaP256).await;
-    let got = &c.inspect(mine.record.certificate_pem.clone().into_bytes()).await.unwrap()[0];
+    let got = &c
+        .inspect(mine.record.certificate_pem.clone().into_bytes())
+        .await
+        .unwrap()[0];
     assert!(got.chains_to_berth_ca);
     assert_eq!(got.status, CertStatus::Valid);
     c.revoke(&mine.record.serial).await.unwrap();
-    let got = &c.inspect(mine.record.certificate_pem.into_bytes()).await.unwrap()[0];
+    let got = &c
+        .inspect(mine.record.certificate_pem.into_bytes())
+        .await
+        .unwrap()[0];
     assert_eq!(got.status, CertStatus::Revoked);
 
     // The same decoder works offline for the CLI.
-    let offline = berth::client::inspect_offline(&std::fs::read(fixture("rsa-leaf.der")).unwrap()).unwrap();
+    let offline =
+        berth::client::inspect_offline(&std::fs::read(fixture("rsa-leaf.der")).unwrap()).unwrap();
     assert_eq!(offline[0].names, leaf.names);
 
-    let err = c.inspect(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_vec()).await.unwrap_err();
+    let err = c
+        .inspect(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_vec())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(Code::InvalidArgument), "{err}");
 }
 
@@ -327,7 +443,9 @@ async fn revocation_is_recorded_in_the_crl_and_index() {
             .arg("-CAfile")
             .arg(&ca),
     );
-    let text = (String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)).to_uppercase();
+    let text = (String::from_utf8_lossy(&o.stdout).into_owned()
+        + &String::from_utf8_lossy(&o.stderr))
+        .to_uppercase();
     assert!(o.status.success(), "{text}");
     assert!(text.contains("VERIFY OK"), "{text}");
     assert!(text.contains(&a.record.serial.to_uppercase()), "{text}");
@@ -342,11 +460,16 @@ async fn revocation_is_recorded_in_the_crl_and_index() {
             .arg(&cert),
     );
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stdout).contains("revoked") || String::from_utf8_lossy(&o.stderr).contains("revoked"));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("revoked")
+            || String::from_utf8_lossy(&o.stderr).contains("revoked")
+    );
 }
 
 fn rustls_cert(pem: &str) -> Vec<CertificateDer<'static>> {
-    CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap()
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -365,23 +488,37 @@ async fn berth_server_and_client_certificates_complete_a_rustls_mtls_handshake()
         KeyAlgorithm::EcdsaP256,
     )
     .await;
-    let client = issue(&c, CertKind::Client, names("ci-bot"), KeyAlgorithm::EcdsaP256).await;
-    let wrong = issue(&c, CertKind::Server, {
-        let mut n = names("not-a-client.example");
-        n.dns_names = vec!["not-a-client.example".into()];
-        n
-    }, KeyAlgorithm::EcdsaP256)
+    let client = issue(
+        &c,
+        CertKind::Client,
+        names("ci-bot"),
+        KeyAlgorithm::EcdsaP256,
+    )
+    .await;
+    let wrong = issue(
+        &c,
+        CertKind::Server,
+        {
+            let mut n = names("not-a-client.example");
+            n.dns_names = vec!["not-a-client.example".into()];
+            n
+        },
+        KeyAlgorithm::EcdsaP256,
+    )
     .await;
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls_cert(&server.ca_pem).remove(0)).unwrap();
     let roots = Arc::new(roots);
-    let verifier = rustls::server::WebPkiClientVerifier::builder(roots.clone()).build().unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder(roots.clone())
+        .build()
+        .unwrap();
     let server_cfg = rustls::ServerConfig::builder()
         .with_client_cert_verifier(verifier)
         .with_single_cert(
             rustls_cert(&server.record.certificate_pem),
-            PrivateKeyDer::from_pem_slice(server.key.as_ref().unwrap().secret_pem().as_bytes()).unwrap(),
+            PrivateKeyDer::from_pem_slice(server.key.as_ref().unwrap().secret_pem().as_bytes())
+                .unwrap(),
         )
         .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
@@ -411,13 +548,16 @@ async fn berth_server_and_client_certificates_complete_a_rustls_mtls_handshake()
             .with_root_certificates(roots.clone())
             .with_client_auth_cert(
                 rustls_cert(&cert.record.certificate_pem),
-                PrivateKeyDer::from_pem_slice(cert.key.as_ref().unwrap().secret_pem().as_bytes()).unwrap(),
+                PrivateKeyDer::from_pem_slice(cert.key.as_ref().unwrap().secret_pem().as_bytes())
+                    .unwrap(),
             )
             .unwrap();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
         async move {
             let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let mut tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await?;
+            let mut tls = connector
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await?;
             tls.write_all(b"ping").await?;
             let mut buf = [0u8; 4];
             tls.read_exact(&mut buf).await?;
@@ -429,7 +569,10 @@ async fn berth_server_and_client_certificates_complete_a_rustls_mtls_handshake()
     assert!(connect(&wrong).await.is_err());
     let results = server_task.await.unwrap();
     let peer = results[0].as_ref().unwrap();
-    assert_eq!(peer, &rustls_cert(&client.record.certificate_pem)[0].to_vec());
+    assert_eq!(
+        peer,
+        &rustls_cert(&client.record.certificate_pem)[0].to_vec()
+    );
     assert!(results[1].is_err(), "{:?}", results[1]);
 }
 
@@ -444,7 +587,8 @@ fn tls_dir(dir: &Path, cert: &IssuedCert) -> std::path::PathBuf {
 fn foreign_identity(dir: &Path, ca_pem: &str) -> std::path::PathBuf {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(rcgen::DnType::CommonName, "rogue CA");
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "rogue CA");
     p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let issuer = rcgen::CertifiedIssuer::self_signed(p, ca_key).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
@@ -468,8 +612,20 @@ async fn remote_control_over_mtls_admits_admins_only() {
     let addr = d.tcp[0];
     assert_ne!(addr.port(), 0);
     let local = d.client().await;
-    let admin = issue(&local, CertKind::Admin, names("ops"), KeyAlgorithm::EcdsaP256).await;
-    let plain = issue(&local, CertKind::Client, names("ci-bot"), KeyAlgorithm::EcdsaP256).await;
+    let admin = issue(
+        &local,
+        CertKind::Admin,
+        names("ops"),
+        KeyAlgorithm::EcdsaP256,
+    )
+    .await;
+    let plain = issue(
+        &local,
+        CertKind::Client,
+        names("ci-bot"),
+        KeyAlgorithm::EcdsaP256,
+    )
+    .await;
     let dirs = common::temp_dir();
     let target = |dir: std::path::PathBuf| Target::Tcp {
         host: "127.0.0.1".into(),
@@ -477,7 +633,9 @@ async fn remote_control_over_mtls_admits_admins_only() {
         tls_dir: dir,
     };
 
-    let remote = Client::connect(&target(tls_dir(&dirs.path().join("ops"), &admin))).await.unwrap();
+    let remote = Client::connect(&target(tls_dir(&dirs.path().join("ops"), &admin)))
+        .await
+        .unwrap();
     let info = remote.info().await.unwrap();
     assert!(info.caller.contains("ops"), "{}", info.caller);
     assert_eq!(info.tcp_listeners, vec![format!("tcp://{addr}")]);
@@ -494,7 +652,9 @@ async fn remote_control_over_mtls_admits_admins_only() {
     assert!(issued.key.is_some());
 
     // A valid berth certificate that is not an admin: PermissionDenied.
-    let denied = Client::connect(&target(tls_dir(&dirs.path().join("ci"), &plain))).await.unwrap();
+    let denied = Client::connect(&target(tls_dir(&dirs.path().join("ci"), &plain)))
+        .await
+        .unwrap();
     let err = denied.info().await.unwrap_err();
     assert_eq!(err.code(), Some(Code::PermissionDenied), "{err}");
 
@@ -510,7 +670,9 @@ async fn remote_control_over_mtls_admits_admins_only() {
     // No client certificate at all: the server refuses the handshake.
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls_cert(&admin.ca_pem).remove(0)).unwrap();
-    let mut cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let no_cert = async {
@@ -548,13 +710,34 @@ async fn certs_install_writes_docker_layout_with_safe_modes_and_removes_only_its
     let containers = d.containers_root().to_path_buf();
 
     // Dry run: a plan, no files.
-    let plan = c.certs_install("registry.example.internal:5443", Some("ci-bot"), true, true, false).await.unwrap();
+    let plan = c
+        .certs_install(
+            "registry.example.internal:5443",
+            Some("ci-bot"),
+            true,
+            true,
+            false,
+        )
+        .await
+        .unwrap();
     assert!(plan.issued_client);
     assert!(!plan.actions.is_empty());
     assert!(!docker.join("registry.example.internal:5443").exists());
-    assert!(c.list(None, None).await.unwrap().is_empty(), "a dry run issues nothing");
+    assert!(
+        c.list(None, None).await.unwrap().is_empty(),
+        "a dry run issues nothing"
+    );
 
-    let out = c.certs_install("registry.example.internal:5443", Some("ci-bot"), true, false, false).await.unwrap();
+    let out = c
+        .certs_install(
+            "registry.example.internal:5443",
+            Some("ci-bot"),
+            true,
+            false,
+            false,
+        )
+        .await
+        .unwrap();
     assert!(out.issued_client);
     for root in [&docker, &containers] {
         let dir = root.join("registry.example.internal:5443");
@@ -570,62 +753,136 @@ async fn certs_install_writes_docker_layout_with_safe_modes_and_removes_only_its
             o.stdout
         };
         assert_eq!(
-            pubkey(&["x509", "-noout", "-pubkey", "-in"], &dir.join("client.cert")),
+            pubkey(
+                &["x509", "-noout", "-pubkey", "-in"],
+                &dir.join("client.cert")
+            ),
             pubkey(&["pkey", "-pubout", "-in"], &dir.join("client.key"))
         );
         // No temp files left behind.
-        let names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         assert_eq!(names.len(), 3, "{names:?}");
     }
     // Installing again reuses the same client and changes nothing.
-    let again = c.certs_install("registry.example.internal:5443", Some("ci-bot"), false, false, false).await.unwrap();
+    let again = c
+        .certs_install(
+            "registry.example.internal:5443",
+            Some("ci-bot"),
+            false,
+            false,
+            false,
+        )
+        .await
+        .unwrap();
     assert!(!again.issued_client);
     assert_eq!(again.client_serial, out.client_serial);
-    assert!(again.actions.iter().all(|a| a.kind == berth::certsd::ActionKind::Unchanged), "{:?}", again.actions);
+    assert!(
+        again
+            .actions
+            .iter()
+            .all(|a| a.kind == berth::certsd::ActionKind::Unchanged),
+        "{:?}",
+        again.actions
+    );
 
     // Port 443: the folder is the host alone, as docker looks it up.
-    c.certs_install("registry.example.internal:443", None, false, false, false).await.unwrap();
+    c.certs_install("registry.example.internal:443", None, false, false, false)
+        .await
+        .unwrap();
     assert!(docker.join("registry.example.internal/ca.crt").exists());
     assert!(!docker.join("registry.example.internal/client.key").exists());
 
     // List and verify.
     let entries = c.certs_list().await.unwrap();
     assert_eq!(entries.len(), 3, "{entries:?}");
-    assert!(entries.iter().all(|e| e.managed && e.problems.is_empty()), "{entries:?}");
-    let v = c.certs_verify("registry.example.internal:5443").await.unwrap();
+    assert!(
+        entries.iter().all(|e| e.managed && e.problems.is_empty()),
+        "{entries:?}"
+    );
+    let v = c
+        .certs_verify("registry.example.internal:5443")
+        .await
+        .unwrap();
     assert!(v.iter().all(|e| e.problems.is_empty()) && !v.is_empty());
 
     // Files berth did not write are neither replaced nor removed.
     let foreign = docker.join("other.example:5000");
     std::fs::create_dir_all(&foreign).unwrap();
-    std::fs::write(foreign.join("ca.crt"), std::fs::read(fixture("rsa-ca.crt")).unwrap()).unwrap();
-    let err = c.certs_install("other.example:5000", None, false, false, false).await.unwrap_err();
+    std::fs::write(
+        foreign.join("ca.crt"),
+        std::fs::read(fixture("rsa-ca.crt")).unwrap(),
+    )
+    .unwrap();
+    let err = c
+        .certs_install("other.example:5000", None, false, false, false)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(Code::AlreadyExists), "{err}");
-    assert_eq!(std::fs::read(foreign.join("ca.crt")).unwrap(), std::fs::read(fixture("rsa-ca.crt")).unwrap());
-    let err = c.certs_remove("other.example:5000", false, false).await.unwrap_err();
+    assert_eq!(
+        std::fs::read(foreign.join("ca.crt")).unwrap(),
+        std::fs::read(fixture("rsa-ca.crt")).unwrap()
+    );
+    let err = c
+        .certs_remove("other.example:5000", false, false)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(Code::NotFound), "{err}");
     assert!(foreign.join("ca.crt").exists());
     // A lone key is a problem docker would fail on; verify reports it.
     std::fs::write(foreign.join("stray.key"), "x").unwrap();
     let v = c.certs_verify("other.example:5000").await.unwrap();
-    assert!(v.iter().flat_map(|e| &e.problems).any(|p| p.contains("stray.key")), "{v:?}");
+    assert!(
+        v.iter()
+            .flat_map(|e| &e.problems)
+            .any(|p| p.contains("stray.key")),
+        "{v:?}"
+    );
 
     // Remove: an edited file is kept, and with it its pair.
     let dir = docker.join("registry.example.internal:5443");
     std::fs::write(dir.join("extra.crt"), "user file").unwrap();
-    let planned = c.certs_remove("registry.example.internal:5443", true, true).await.unwrap();
+    let planned = c
+        .certs_remove("registry.example.internal:5443", true, true)
+        .await
+        .unwrap();
     assert!(!planned.is_empty());
     assert!(dir.join("client.key").exists(), "dry run deletes nothing");
-    c.certs_remove("registry.example.internal:5443", true, false).await.unwrap();
-    assert!(!dir.join("client.key").exists() && !dir.join("client.cert").exists() && !dir.join("ca.crt").exists());
-    assert!(dir.join("extra.crt").exists(), "a file berth did not write survives remove");
-    assert!(!containers.join("registry.example.internal:5443").exists(), "an emptied folder is removed");
+    c.certs_remove("registry.example.internal:5443", true, false)
+        .await
+        .unwrap();
+    assert!(
+        !dir.join("client.key").exists()
+            && !dir.join("client.cert").exists()
+            && !dir.join("ca.crt").exists()
+    );
+    assert!(
+        dir.join("extra.crt").exists(),
+        "a file berth did not write survives remove"
+    );
+    assert!(
+        !containers.join("registry.example.internal:5443").exists(),
+        "an emptied folder is removed"
+    );
 
     let cdir = docker.join("registry.example.internal");
     std::fs::write(cdir.join("ca.crt"), "edited by hand").unwrap();
-    let actions = c.certs_remove("registry.example.internal", false, false).await.unwrap();
-    assert!(actions.iter().any(|a| a.kind == berth::certsd::ActionKind::KeepModified), "{actions:?}");
-    assert_eq!(std::fs::read_to_string(cdir.join("ca.crt")).unwrap(), "edited by hand");
+    let actions = c
+        .certs_remove("registry.example.internal", false, false)
+        .await
+        .unwrap();
+    assert!(
+        actions
+            .iter()
+            .any(|a| a.kind == berth::certsd::ActionKind::KeepModified),
+        "{actions:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(cdir.join("ca.crt")).unwrap(),
+        "edited by hand"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -633,48 +890,124 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     let d = TestDaemon::start();
     let c = d.client().await;
     let bad_names = [
-        (CertKind::Server, Names { common_name: "x".into(), dns_names: vec!["bad name!".into()], ..Names::default() }),
-        (CertKind::Server, Names { common_name: "x".into(), dns_names: vec!["host:5000".into()], ..Names::default() }),
-        (CertKind::Server, Names { common_name: "x".into(), ..Names::default() }),
+        (
+            CertKind::Server,
+            Names {
+                common_name: "x".into(),
+                dns_names: vec!["bad name!".into()],
+                ..Names::default()
+            },
+        ),
+        (
+            CertKind::Server,
+            Names {
+                common_name: "x".into(),
+                dns_names: vec!["host:5000".into()],
+                ..Names::default()
+            },
+        ),
+        (
+            CertKind::Server,
+            Names {
+                common_name: "x".into(),
+                ..Names::default()
+            },
+        ),
         (CertKind::Client, names("")),
-        (CertKind::Client, Names { common_name: "u".into(), uris: vec!["not a uri".into()], ..Names::default() }),
-        (CertKind::Client, Names { common_name: "u".into(), emails: vec!["nobody".into()], ..Names::default() }),
+        (
+            CertKind::Client,
+            Names {
+                common_name: "u".into(),
+                uris: vec!["not a uri".into()],
+                ..Names::default()
+            },
+        ),
+        (
+            CertKind::Client,
+            Names {
+                common_name: "u".into(),
+                emails: vec!["nobody".into()],
+                ..Names::default()
+            },
+        ),
     ];
     for (kind, n) in bad_names {
         let err = c
-            .issue(IssueRequest { kind, names: n.clone(), validity_days: None, key_algorithm: KeyAlgorithm::EcdsaP256, return_key: true })
+            .issue(IssueRequest {
+                kind,
+                names: n.clone(),
+                validity_days: None,
+                key_algorithm: KeyAlgorithm::EcdsaP256,
+                return_key: true,
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Some(Code::InvalidArgument), "{n:?}: {err}");
         assert!(!err.to_string().is_empty());
     }
     let err = c
-        .issue(IssueRequest { kind: CertKind::Client, names: names("long"), validity_days: Some(100_000), key_algorithm: KeyAlgorithm::EcdsaP256, return_key: true })
+        .issue(IssueRequest {
+            kind: CertKind::Client,
+            names: names("long"),
+            validity_days: Some(100_000),
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            return_key: true,
+        })
         .await;
     // Validity beyond the CA is either clamped or refused, never past the CA's own expiry.
     if let Ok(ok) = err {
         let (_, ca) = c.ca().await.unwrap();
         assert!(ok.record.not_after <= ca.not_after);
     }
-    for host in ["registry.example.internal/v2", "https://registry.example.internal", "", "host:0", "host:99999", "bad host", "../../etc"] {
-        let err = c.certs_install(host, None, false, true, false).await.unwrap_err();
+    for host in [
+        "registry.example.internal/v2",
+        "https://registry.example.internal",
+        "",
+        "host:0",
+        "host:99999",
+        "bad host",
+        "../../etc",
+    ] {
+        let err = c
+            .certs_install(host, None, false, true, false)
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Some(Code::InvalidArgument), "{host:?}: {err}");
         assert!(err.to_string().contains("host"), "{host:?}: {err}");
     }
-    assert!(c.list(None, None).await.unwrap().iter().all(|r| r.names.common_name == "long"));
-    assert!(!d.docker_root().exists() || std::fs::read_dir(d.docker_root()).unwrap().next().is_none());
+    assert!(
+        c.list(None, None)
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.names.common_name == "long")
+    );
+    assert!(
+        !d.docker_root().exists() || std::fs::read_dir(d.docker_root()).unwrap().next().is_none()
+    );
 }
 
 #[test]
 fn daemon_start_refuses_bad_config_state_and_a_second_daemon() {
     common::crypto();
     // Unknown config key: named in the error.
-    let err = Config::from_toml("version = 1\n[control]\nsockett = \"/tmp/x\"\n", Path::new("berthd.toml")).unwrap_err();
+    let err = Config::from_toml(
+        "version = 1\n[control]\nsockett = \"/tmp/x\"\n",
+        Path::new("berthd.toml"),
+    )
+    .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("sockett") && msg.contains("berthd.toml"), "{msg}");
+    assert!(
+        msg.contains("sockett") && msg.contains("berthd.toml"),
+        "{msg}"
+    );
     let err = Config::from_toml("version = 2\n", Path::new("berthd.toml")).unwrap_err();
     assert!(err.to_string().contains("version"), "{err}");
-    let cfg = Config::from_toml("version = 1\n[pki]\ndefault_validity_days = 30\nca_key_algorithm = \"rsa3072\"\n", Path::new("b.toml")).unwrap();
+    let cfg = Config::from_toml(
+        "version = 1\n[pki]\ndefault_validity_days = 30\nca_key_algorithm = \"rsa3072\"\n",
+        Path::new("b.toml"),
+    )
+    .unwrap();
     assert_eq!(cfg.pki.default_validity_days, 30);
     assert_eq!(cfg.pki.ca_key_algorithm, KeyAlgorithm::Rsa3072);
 
@@ -691,16 +1024,27 @@ fn daemon_start_refuses_bad_config_state_and_a_second_daemon() {
     let mut cfg = first.config.clone();
     cfg.control.socket = first.dir.path().join("other.sock");
     let err = berth::daemon::Daemon::open(cfg).unwrap_err();
-    assert!(matches!(err, berth::daemon::Error::AlreadyRunning { .. }), "{err}");
-    assert!(err.to_string().contains(&std::process::id().to_string()), "{err}");
+    assert!(
+        matches!(err, berth::daemon::Error::AlreadyRunning { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&std::process::id().to_string()),
+        "{err}"
+    );
     // The first still serves.
     let (dir, cfg) = first.stop();
 
     // A stale socket from a dead daemon is removed on start; the lock is free again.
-    std::os::unix::net::UnixListener::bind(&cfg.control.socket).map(drop).unwrap();
+    std::os::unix::net::UnixListener::bind(&cfg.control.socket)
+        .map(drop)
+        .unwrap();
     let d = TestDaemon::start_in(dir, cfg.clone()).unwrap();
     let (dir, cfg) = d.stop();
-    assert!(!cfg.control.socket.exists(), "the socket is removed on shutdown");
+    assert!(
+        !cfg.control.socket.exists(),
+        "the socket is removed on shutdown"
+    );
 
     // A corrupt index: refuse to start, name the file, leave it as it was.
     let index = cfg.state_dir.join("pki/index.json");
@@ -708,6 +1052,9 @@ fn daemon_start_refuses_bad_config_state_and_a_second_daemon() {
     std::fs::write(&index, b"{\"version\": 1, \"certificates\": [tru").unwrap();
     let err = berth::daemon::Daemon::open(cfg.clone()).unwrap_err();
     assert!(err.to_string().contains("index.json"), "{err}");
-    assert_eq!(std::fs::read(&index).unwrap(), b"{\"version\": 1, \"certificates\": [tru");
+    assert_eq!(
+        std::fs::read(&index).unwrap(),
+        b"{\"version\": 1, \"certificates\": [tru"
+    );
     drop(dir);
 }

@@ -38,7 +38,11 @@ fn ok(out: &Output) -> String {
 }
 
 fn failed(out: &Output) -> String {
-    assert!(!out.status.success(), "expected a failure, got: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "expected a failure, got: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(out.stdout.is_empty() || !String::from_utf8_lossy(&out.stderr).is_empty());
     String::from_utf8(out.stderr.clone()).unwrap()
 }
@@ -69,31 +73,62 @@ fn the_walkthrough_works_through_the_cli() {
     assert!(ok(&run(&["system", "version"])).contains(env!("CARGO_PKG_VERSION")));
 
     let ca = ok(&run(&["ca", "show"]));
-    assert!(ca.contains("-----BEGIN CERTIFICATE-----") && ca.contains(&fp), "{ca}");
+    assert!(
+        ca.contains("-----BEGIN CERTIFICATE-----") && ca.contains(&fp),
+        "{ca}"
+    );
     let ca_pem = ok(&run(&["ca", "show", "--pem"]));
     assert!(ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
 
     // Server: written to ./<name> by default, key 0600; a second run refuses to overwrite.
-    let out = ok(&run(&["cert", "issue", "server", "--dns", "registry.example.internal", "--ip", "10.0.0.5"]));
+    let out = ok(&run(&[
+        "cert",
+        "issue",
+        "server",
+        "--dns",
+        "registry.example.internal",
+        "--ip",
+        "10.0.0.5",
+    ]));
     assert!(out.contains("registry.example.internal"), "{out}");
     let sdir = w.join("registry.example.internal");
     assert_eq!(mode(&sdir.join("key.pem")), 0o600);
     assert_eq!(mode(&sdir.join("cert.pem")), 0o644);
     openssl_verify(&sdir.join("ca.pem"), &sdir.join("cert.pem"));
     let text = common::openssl_text(&sdir.join("cert.pem"));
-    assert!(text.contains("IP Address:10.0.0.5") && text.contains("TLS Web Server Authentication"), "{text}");
+    assert!(
+        text.contains("IP Address:10.0.0.5") && text.contains("TLS Web Server Authentication"),
+        "{text}"
+    );
     let key_before = std::fs::read(sdir.join("key.pem")).unwrap();
-    let err = failed(&run(&["cert", "issue", "server", "--dns", "registry.example.internal"]));
-    assert!(err.contains("already exists") && err.contains("--force"), "{err}");
-    assert_eq!(std::fs::read(sdir.join("key.pem")).unwrap(), key_before, "the key survives a refused overwrite");
+    let err = failed(&run(&[
+        "cert",
+        "issue",
+        "server",
+        "--dns",
+        "registry.example.internal",
+    ]));
+    assert!(
+        err.contains("already exists") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(sdir.join("key.pem")).unwrap(),
+        key_before,
+        "the key survives a refused overwrite"
+    );
 
     // Client in certs.d naming, admin in docker --tlsverify naming.
-    ok(&run(&["cert", "issue", "client", "--name", "ci-bot", "--org", "builders", "--out", "./ci-bot"]));
+    ok(&run(&[
+        "cert", "issue", "client", "--name", "ci-bot", "--org", "builders", "--out", "./ci-bot",
+    ]));
     let cdir = w.join("ci-bot");
     assert_eq!(mode(&cdir.join("client.key")), 0o600);
     openssl_verify(&cdir.join("ca.crt"), &cdir.join("client.cert"));
     assert!(common::openssl_text(&cdir.join("client.cert")).contains("O = builders"));
-    ok(&run(&["cert", "issue", "admin", "--name", "ops", "--out", "./ops"]));
+    ok(&run(&[
+        "cert", "issue", "admin", "--name", "ops", "--out", "./ops",
+    ]));
     for f in ["ca.pem", "cert.pem", "key.pem"] {
         assert!(w.join("ops").join(f).exists(), "{f}");
     }
@@ -101,12 +136,36 @@ fn the_walkthrough_works_through_the_cli() {
     // CSR signing: the key never leaves this folder.
     let o = common::run(
         Command::new("openssl")
-            .args(["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"])
-            .args(["-subj", "/CN=csr-bot", "-keyout", "req.key", "-out", "req.pem"])
+            .args([
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+            ])
+            .args([
+                "-subj",
+                "/CN=csr-bot",
+                "-keyout",
+                "req.key",
+                "-out",
+                "req.pem",
+            ])
             .current_dir(w),
     );
     assert!(o.status.success());
-    ok(&run(&["cert", "sign", "--csr", "req.pem", "--profile", "client", "--out", "signed.pem"]));
+    ok(&run(&[
+        "cert",
+        "sign",
+        "--csr",
+        "req.pem",
+        "--profile",
+        "client",
+        "--out",
+        "signed.pem",
+    ]));
     openssl_verify(&cdir.join("ca.crt"), &w.join("signed.pem"));
 
     let ls = json(&run(&["cert", "ls", "--json"]));
@@ -118,40 +177,79 @@ fn the_walkthrough_works_through_the_cli() {
     for h in ["SERIAL", "KIND", "SUBJECT", "SANS", "NOT AFTER", "STATUS"] {
         assert!(table.contains(h), "{table}");
     }
-    assert!(table.contains("DNS:registry.example.internal,IP:10.0.0.5"), "{table}");
+    assert!(
+        table.contains("DNS:registry.example.internal,IP:10.0.0.5"),
+        "{table}"
+    );
 
     // Inspect: a certificate berth did not make, and one it did.
-    let foreign = ok(&run(&["cert", "inspect", fixture("rsa-leaf.der").to_str().unwrap()]));
-    assert!(foreign.contains("CN=fixture.example") && foreign.contains("RSA 2048"), "{foreign}");
+    let foreign = ok(&run(&[
+        "cert",
+        "inspect",
+        fixture("rsa-leaf.der").to_str().unwrap(),
+    ]));
+    assert!(
+        foreign.contains("CN=fixture.example") && foreign.contains("RSA 2048"),
+        "{foreign}"
+    );
     assert!(foreign.contains("berth CA       no"), "{foreign}");
     let mine = json(&run(&["cert", "inspect", "--json", "signed.pem"]));
     assert_eq!(mine[0]["certificates"][0]["chains_to_berth_ca"], true);
-    let expired = json(&run(&["cert", "inspect", "--json", fixture("expired.crt").to_str().unwrap()]));
+    let expired = json(&run(&[
+        "cert",
+        "inspect",
+        "--json",
+        fixture("expired.crt").to_str().unwrap(),
+    ]));
     assert_eq!(expired[0]["certificates"][0]["status"], "expired");
 
     // Revoke by the serial `cert ls` shows.
     let serial = ls[3]["serial"].as_str().unwrap();
     ok(&run(&["cert", "revoke", serial]));
     let ls = json(&run(&["cert", "ls", "--json", "--kind", "client"]));
-    assert_eq!(ls[1]["revoked_at"].is_string(), true, "{ls}");
+    assert!(ls[1]["revoked_at"].is_string(), "{ls}");
     assert!(ok(&run(&["cert", "ls"])).contains("revoked"));
 
     // certs.d: dry run, install, list, verify, remove.
     let host = "registry.example.internal:5443";
-    let plan = ok(&run(&["certs", "install", host, "--client", "ci-bot", "--containers", "--dry-run"]));
-    assert!(plan.contains("would create") && plan.contains("client.key"), "{plan}");
+    let plan = ok(&run(&[
+        "certs",
+        "install",
+        host,
+        "--client",
+        "ci-bot",
+        "--containers",
+        "--dry-run",
+    ]));
+    assert!(
+        plan.contains("would create") && plan.contains("client.key"),
+        "{plan}"
+    );
     assert!(!d.docker_root().join(host).exists());
-    ok(&run(&["certs", "install", host, "--client", "ci-bot", "--containers"]));
+    ok(&run(&[
+        "certs",
+        "install",
+        host,
+        "--client",
+        "ci-bot",
+        "--containers",
+    ]));
     for root in [d.docker_root(), d.containers_root()] {
         assert_eq!(mode(&root.join(host).join("client.key")), 0o600);
         assert_eq!(mode(&root.join(host).join("ca.crt")), 0o644);
     }
     // The installed pair is the ci-bot certificate issued earlier, not a new one.
-    assert_eq!(std::fs::read(d.docker_root().join(host).join("client.cert")).unwrap(), std::fs::read(cdir.join("client.cert")).unwrap());
+    assert_eq!(
+        std::fs::read(d.docker_root().join(host).join("client.cert")).unwrap(),
+        std::fs::read(cdir.join("client.cert")).unwrap()
+    );
     let entries = json(&run(&["certs", "ls", "--json"]));
     assert_eq!(entries.as_array().unwrap().len(), 2, "{entries}");
     let table = ok(&run(&["certs", "ls"]));
-    assert!(table.contains(host) && table.contains("CN=ci-bot"), "{table}");
+    assert!(
+        table.contains(host) && table.contains("CN=ci-bot"),
+        "{table}"
+    );
     ok(&run(&["certs", "verify", host]));
     std::fs::write(d.docker_root().join(host).join("stray.key"), "x").unwrap();
     let out = run(&["certs", "verify", host]);
@@ -163,7 +261,11 @@ fn the_walkthrough_works_through_the_cli() {
     assert!(!d.containers_root().join(host).exists());
 
     let comp = ok(&run(&["completions", "bash"]));
-    assert!(comp.contains("berth") && comp.contains("certs"), "{}", &comp[..200.min(comp.len())]);
+    assert!(
+        comp.contains("berth") && comp.contains("certs"),
+        "{}",
+        &comp[..200.min(comp.len())]
+    );
 }
 
 #[test]
@@ -172,7 +274,11 @@ fn errors_say_what_to_do() {
     let cwd = common::temp_dir();
     let run = |args: &[&str]| berth(&d.socket, cwd.path(), args);
 
-    let err = failed(&run(&["certs", "install", "https://registry.example.internal/v2"]));
+    let err = failed(&run(&[
+        "certs",
+        "install",
+        "https://registry.example.internal/v2",
+    ]));
     assert!(err.contains("host[:port]"), "{err}");
     assert!(err.contains("hint:"), "{err}");
     let err = failed(&run(&["cert", "issue", "client", "--name", ""]));
@@ -182,22 +288,48 @@ fn errors_say_what_to_do() {
     let err = failed(&run(&["cert", "issue", "server"]));
     assert!(err.contains("--dns"), "{err}");
     std::fs::write(cwd.path().join("junk.pem"), "junk").unwrap();
-    let err = failed(&run(&["cert", "sign", "--csr", "junk.pem", "--profile", "client"]));
+    let err = failed(&run(&[
+        "cert",
+        "sign",
+        "--csr",
+        "junk.pem",
+        "--profile",
+        "client",
+    ]));
     assert!(err.contains("CSR"), "{err}");
     let err = failed(&run(&["cert", "revoke", "00ff"]));
-    assert!(err.contains("00ff") && err.contains("berth cert ls"), "{err}");
+    assert!(
+        err.contains("00ff") && err.contains("berth cert ls"),
+        "{err}"
+    );
     let err = failed(&run(&["cert", "inspect", "junk.pem"]));
     assert!(err.contains("junk.pem"), "{err}");
-    assert!(cwd.path().read_dir().unwrap().count() == 1, "nothing but junk.pem was written");
+    assert!(
+        cwd.path().read_dir().unwrap().count() == 1,
+        "nothing but junk.pem was written"
+    );
 
     // Nobody home: the message names the socket and says how to start berthd.
     let gone = cwd.path().join("no-such.sock");
     let err = failed(&berth(&gone, cwd.path(), &["system", "info"]));
-    assert!(err.contains(&format!("cannot reach berthd at {}: is it running? start it with `berthd`", gone.display())), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot reach berthd at {}: is it running? start it with `berthd`",
+            gone.display()
+        )),
+        "{err}"
+    );
     // Inspect still works without a daemon, and says so.
-    let out = berth(&gone, cwd.path(), &["cert", "inspect", fixture("chain.pem").to_str().unwrap()]);
+    let out = berth(
+        &gone,
+        cwd.path(),
+        &["cert", "inspect", fixture("chain.pem").to_str().unwrap()],
+    );
     let text = ok(&out);
-    assert!(text.contains("[1]") && text.contains("Fixture Intermediate"), "{text}");
+    assert!(
+        text.contains("[1]") && text.contains("Fixture Intermediate"),
+        "{text}"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("decoding locally"));
     let err = failed(&common::run(
         Command::new(env!("CARGO_BIN_EXE_berth"))
@@ -205,7 +337,10 @@ fn errors_say_what_to_do() {
             .arg(cwd.path().join("none"))
             .args(["system", "info"]),
     ));
-    assert!(err.contains("ca.pem") && err.contains("berth cert issue admin"), "{err}");
+    assert!(
+        err.contains("ca.pem") && err.contains("berth cert issue admin"),
+        "{err}"
+    );
 }
 
 /// The CLI binary where another uid can execute it.
@@ -244,7 +379,10 @@ fn other_users_are_refused_unless_in_the_control_group() {
     });
     let out = as_nobody(&bin, &d.socket, cwd.path(), NOBODY);
     let err = failed(&out);
-    assert!(err.contains("permission denied") && err.contains(&format!("uid {NOBODY}")), "{err}");
+    assert!(
+        err.contains("permission denied") && err.contains(&format!("uid {NOBODY}")),
+        "{err}"
+    );
     assert!(err.contains("hint:"), "{err}");
     drop(d);
 
@@ -254,7 +392,10 @@ fn other_users_are_refused_unless_in_the_control_group() {
     });
     assert_eq!(mode(&d.socket), 0o660);
     let err = failed(&as_nobody(&bin, &d.socket, cwd.path(), NOBODY));
-    assert!(err.contains("permission denied on") && err.contains("control.group"), "{err}");
+    assert!(
+        err.contains("permission denied on") && err.contains("control.group"),
+        "{err}"
+    );
     drop(d);
 
     // Members of the configured group get in: the socket is chowned to it.
@@ -266,7 +407,13 @@ fn other_users_are_refused_unless_in_the_control_group() {
     assert_eq!(std::fs::metadata(&d.socket).unwrap().gid(), NOBODY);
     let out = as_nobody(&bin, &d.socket, cwd.path(), NOBODY);
     let v: Value = serde_json::from_str(&ok(&out)).unwrap();
-    assert!(v["caller"].as_str().unwrap().contains(&format!("uid {NOBODY}")), "{v}");
+    assert!(
+        v["caller"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("uid {NOBODY}")),
+        "{v}"
+    );
 }
 
 /// Waits for a condition with a deadline instead of sleeping a fixed time.
@@ -302,18 +449,32 @@ fn berthd_starts_with_flags_refuses_a_second_copy_and_stops_on_sigterm() {
     };
     let mut first = berthd(&[]);
     let socket = root.join("berthd.sock");
-    wait_for("berthd to serve", || berth(&socket, dir.path(), &["system", "health"]).status.success());
+    wait_for("berthd to serve", || {
+        berth(&socket, dir.path(), &["system", "health"])
+            .status
+            .success()
+    });
     let info = json(&berth(&socket, dir.path(), &["system", "info", "--json"]));
-    assert_eq!(info["docker_certs_root"], dir.path().join("docker").display().to_string());
+    assert_eq!(
+        info["docker_certs_root"],
+        dir.path().join("docker").display().to_string()
+    );
     assert_eq!(mode(&root.join("pki/ca.key")), 0o600);
     assert_eq!(mode(&socket), 0o660);
 
     let second = berthd(&[]).wait_with_output().unwrap();
     assert!(!second.status.success());
     let err = String::from_utf8_lossy(&second.stderr);
-    assert!(err.contains("another berthd") && err.contains(&first.id().to_string()), "{err}");
+    assert!(
+        err.contains("another berthd") && err.contains(&first.id().to_string()),
+        "{err}"
+    );
 
-    assert!(common::run(Command::new("kill").args(["-TERM", &first.id().to_string()])).status.success());
+    assert!(
+        common::run(Command::new("kill").args(["-TERM", &first.id().to_string()]))
+            .status
+            .success()
+    );
     let status = first.wait().unwrap();
     assert!(status.success(), "berthd exits 0 on SIGTERM: {status:?}");
     assert!(!socket.exists(), "the socket is removed on shutdown");
@@ -321,7 +482,9 @@ fn berthd_starts_with_flags_refuses_a_second_copy_and_stops_on_sigterm() {
     // A config file with an unknown key: refused, the key named.
     let cfg = dir.path().join("berthd.toml");
     std::fs::write(&cfg, "version = 1\n[pki]\nca_validty_days = 10\n").unwrap();
-    let out = berthd(&["--config", cfg.to_str().unwrap()]).wait_with_output().unwrap();
+    let out = berthd(&["--config", cfg.to_str().unwrap()])
+        .wait_with_output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ca_validty_days"), "{err}");

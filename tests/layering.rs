@@ -1,5 +1,6 @@
-//! Dependencies point inward (ARCHITECTURE.md): the core modules never name a transport or
-//! the layers above them, so PKI and storage stay usable and testable without gRPC or HTTP.
+//! Structure that must not drift: dependencies point inward (ARCHITECTURE.md), so the core
+//! modules never name a transport or the layers above them; and the README's config example
+//! stays a valid config.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -17,7 +18,15 @@ const CORE: &[&str] = &[
 
 /// Crates and modules a core module must not name.
 const FORBIDDEN: &[&str] = &[
-    "tonic", "prost", "axum", "hyper", "tower", "http", "crate::proto", "crate::daemon", "crate::client",
+    "tonic",
+    "prost",
+    "axum",
+    "hyper",
+    "tower",
+    "http",
+    "crate::proto",
+    "crate::daemon",
+    "crate::client",
 ];
 
 fn rust_files(p: &Path, out: &mut Vec<PathBuf>) {
@@ -59,20 +68,45 @@ fn core_modules_do_not_name_transports_or_upper_layers() {
         for (n, line) in text.lines().enumerate() {
             for name in FORBIDDEN {
                 if names(line, name) {
-                    leaks.push(format!("{}:{}: {}", f.strip_prefix(root).unwrap().display(), n + 1, line.trim()));
+                    leaks.push(format!(
+                        "{}:{}: {}",
+                        f.strip_prefix(root).unwrap().display(),
+                        n + 1,
+                        line.trim()
+                    ));
                 }
             }
         }
     }
-    assert!(leaks.is_empty(), "core modules name outer layers:\n{}", leaks.join("\n"));
+    assert!(
+        leaks.is_empty(),
+        "core modules name outer layers:\n{}",
+        leaks.join("\n")
+    );
 }
 
 #[test]
 fn the_checker_catches_what_it_should() {
     assert!(names("use tonic::Status;", "tonic"));
-    assert!(names("    let s = crate::daemon::State::new();", "crate::daemon"));
+    assert!(names(
+        "    let s = crate::daemon::State::new();",
+        "crate::daemon"
+    ));
     assert!(names("use http;", "http"));
     assert!(!names("// see https://example", "http"));
     assert!(!names("let httpish = 1; // tonic::x", "http"));
     assert!(!names("let x = my_http::y;", "http"));
+}
+
+#[test]
+fn the_readme_config_example_parses() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("```toml\n").expect("README has a toml example") + "```toml\n".len();
+    let len = readme[start..].find("```").unwrap();
+    let cfg = berth::config::Config::from_toml(&readme[start..start + len], Path::new("README.md"))
+        .unwrap();
+    assert_eq!(cfg.control.socket_mode, 0o660);
+    assert_eq!(cfg.control.listen.len(), 1);
+    assert_eq!(cfg.pki.default_validity_days, 90);
 }

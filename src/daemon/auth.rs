@@ -98,7 +98,7 @@ fn authorize(req: &Request<()>, state: &State) -> Result<Caller, Status> {
             .pki
             .get(&serial)
             .is_ok_and(|r| r.kind == CertKind::Admin && r.status() == CertStatus::Valid);
-        if admin_cert || state.config.control.admins.iter().any(|a| *a == cn) {
+        if admin_cert || state.config.control.admins.contains(&cn) {
             return Ok(Caller::Tls {
                 common_name: cn,
                 serial,

@@ -20,7 +20,10 @@ pub fn crypto() {
 /// A temp folder the test owns; world-traversable so another uid can reach a socket in it.
 pub fn temp_dir() -> TempDir {
     use std::os::unix::fs::PermissionsExt;
-    let d = tempfile::Builder::new().prefix("berth-test-").tempdir().unwrap();
+    let d = tempfile::Builder::new()
+        .prefix("berth-test-")
+        .tempdir()
+        .unwrap();
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     d
 }
@@ -103,7 +106,9 @@ impl TestDaemon {
 
     /// A library client on the unix socket.
     pub async fn client(&self) -> Client {
-        Client::connect(&Target::Unix(self.socket.clone())).await.unwrap()
+        Client::connect(&Target::Unix(self.socket.clone()))
+            .await
+            .unwrap()
     }
 
     /// Stops the daemon and gives back its folder and config, for a restart.
@@ -160,12 +165,17 @@ async fn wait_healthy(socket: &Path) -> Result<(), String> {
 
 /// Runs a command, panicking with its output when it cannot be started.
 pub fn run(cmd: &mut std::process::Command) -> std::process::Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 /// `openssl verify -CAfile ca [-untrusted chain] cert` succeeds.
 pub fn openssl_verify(ca: &Path, cert: &Path) {
-    let out = run(std::process::Command::new("openssl").arg("verify").arg("-CAfile").arg(ca).arg(cert));
+    let out = run(std::process::Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(ca)
+        .arg(cert));
     assert!(
         out.status.success(),
         "openssl verify failed: {}{}",
@@ -176,12 +186,20 @@ pub fn openssl_verify(ca: &Path, cert: &Path) {
 
 /// `openssl x509 -text -noout` of a certificate file.
 pub fn openssl_text(cert: &Path) -> String {
-    let out = run(std::process::Command::new("openssl").args(["x509", "-text", "-noout", "-in"]).arg(cert));
-    assert!(out.status.success(), "openssl x509 failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = run(std::process::Command::new("openssl")
+        .args(["x509", "-text", "-noout", "-in"])
+        .arg(cert));
+    assert!(
+        out.status.success(),
+        "openssl x509 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
 /// The fixtures folder made by certs/gen.sh.
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("certs").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("certs")
+        .join(name)
 }

@@ -3,41 +3,24 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use time::OffsetDateTime;
 use tonic::Status;
 
 use super::super::auth::Caller;
 use crate::certsd::{self, ActionKind, Root};
-use crate::pki::{self, CertKind, CertStatus, KeyAlgorithm};
+use crate::pki::{self, CertKind, KeyAlgorithm};
 use crate::proto as pb;
-
-pub(super) fn ts(t: OffsetDateTime) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.unix_timestamp(),
-        nanos: 0,
-    }
-}
+pub(super) use crate::proto::convert::{self, kind_out, names_out, status_out, ts};
 
 fn path(p: &Path) -> String {
     p.display().to_string()
 }
 
-pub(super) fn kind_out(k: CertKind) -> pb::CertificateKind {
-    match k {
-        CertKind::Server => pb::CertificateKind::Server,
-        CertKind::Client => pb::CertificateKind::Client,
-        CertKind::Admin => pb::CertificateKind::Admin,
-    }
-}
-
-/// A kind from a request; UNSPECIFIED (or an unknown number) is refused with `what`.
+/// A kind from a request; UNSPECIFIED is `None`, an unknown number is refused with `what`.
 pub(super) fn kind_in(k: i32, what: &str) -> Result<Option<CertKind>, Status> {
-    match pb::CertificateKind::try_from(k) {
-        Ok(pb::CertificateKind::Server) => Ok(Some(CertKind::Server)),
-        Ok(pb::CertificateKind::Client) => Ok(Some(CertKind::Client)),
-        Ok(pb::CertificateKind::Admin) => Ok(Some(CertKind::Admin)),
-        Ok(pb::CertificateKind::Unspecified) => Ok(None),
-        Err(_) => Err(Status::invalid_argument(format!("unknown {what} {k}"))),
+    match convert::kind_in(k) {
+        Some(kind) => Ok(Some(kind)),
+        None if k == pb::CertificateKind::Unspecified as i32 => Ok(None),
+        None => Err(Status::invalid_argument(format!("unknown {what} {k}"))),
     }
 }
 
@@ -55,27 +38,6 @@ pub(super) fn key_algorithm_in(k: i32) -> Result<KeyAlgorithm, Status> {
             P::Rsa4096 => KeyAlgorithm::Rsa4096,
         },
     )
-}
-
-fn status_out(s: CertStatus) -> pb::CertificateStatus {
-    match s {
-        CertStatus::Valid => pb::CertificateStatus::Valid,
-        CertStatus::Expired => pb::CertificateStatus::Expired,
-        CertStatus::Revoked => pb::CertificateStatus::Revoked,
-        CertStatus::NotYetValid => pb::CertificateStatus::NotYetValid,
-    }
-}
-
-pub(super) fn names_out(n: &pki::Names) -> pb::Names {
-    pb::Names {
-        common_name: n.common_name.clone(),
-        organizations: n.organizations.clone(),
-        organizational_units: n.organizational_units.clone(),
-        dns_names: n.dns_names.clone(),
-        ip_addresses: n.ip_addresses.iter().map(ToString::to_string).collect(),
-        uris: n.uris.clone(),
-        emails: n.emails.clone(),
-    }
 }
 
 pub(super) fn names_in(n: Option<pb::Names>) -> Result<pki::Names, Status> {
