@@ -889,46 +889,29 @@ async fn certs_install_writes_docker_layout_with_safe_modes_and_removes_only_its
 async fn bad_requests_get_clear_errors_and_change_nothing() {
     let d = TestDaemon::start();
     let c = d.client().await;
+    let with = |cn: &str, f: fn(&mut Names)| {
+        let mut n = names(cn);
+        f(&mut n);
+        n
+    };
     let bad_names = [
         (
             CertKind::Server,
-            Names {
-                common_name: "x".into(),
-                dns_names: vec!["bad name!".into()],
-                ..Names::default()
-            },
+            with("x", |n| n.dns_names = vec!["bad name!".into()]),
         ),
         (
             CertKind::Server,
-            Names {
-                common_name: "x".into(),
-                dns_names: vec!["host:5000".into()],
-                ..Names::default()
-            },
+            with("x", |n| n.dns_names = vec!["host:5000".into()]),
         ),
-        (
-            CertKind::Server,
-            Names {
-                common_name: "x".into(),
-                ..Names::default()
-            },
-        ),
+        (CertKind::Server, names("x")),
         (CertKind::Client, names("")),
         (
             CertKind::Client,
-            Names {
-                common_name: "u".into(),
-                uris: vec!["not a uri".into()],
-                ..Names::default()
-            },
+            with("u", |n| n.uris = vec!["not a uri".into()]),
         ),
         (
             CertKind::Client,
-            Names {
-                common_name: "u".into(),
-                emails: vec!["nobody".into()],
-                ..Names::default()
-            },
+            with("u", |n| n.emails = vec!["nobody".into()]),
         ),
     ];
     for (kind, n) in bad_names {
