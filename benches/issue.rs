@@ -36,6 +36,7 @@ async fn main() {
     cfg.set_root(dir.path());
     cfg.certsd.docker_root = dir.path().join("docker");
     cfg.certsd.containers_root = dir.path().join("containers");
+    cfg.registry.enabled = false;
     let daemon = Daemon::open(cfg).unwrap();
     let listeners = daemon.bind().unwrap();
     let socket = listeners.socket_path().to_path_buf();

@@ -156,6 +156,10 @@ pub struct SystemInfo {
     pub socket: String,
     /// TCP mTLS listeners.
     pub tcp_listeners: Vec<String>,
+    /// Registry addresses (host:port), empty when the registry is off.
+    pub registry_listeners: Vec<String>,
+    /// Registry storage root.
+    pub registry_root: String,
     /// CA subject.
     pub ca_subject: String,
     /// CA SHA-256 fingerprint.
@@ -336,6 +340,8 @@ impl Client {
             state_dir: r.state_dir,
             socket: r.socket_path,
             tcp_listeners: r.tcp_listeners,
+            registry_listeners: r.registry_listeners,
+            registry_root: r.registry_root,
             ca_subject: r.ca_subject,
             ca_fingerprint_sha256: r.ca_fingerprint_sha256,
             ca_not_after: r.ca_not_after.map(time_in),

@@ -64,6 +64,52 @@ pub struct Config {
     pub pki: PkiConfig,
     /// Where the certs.d installer writes.
     pub certsd: CertsdConfig,
+    /// The embedded registry.
+    pub registry: RegistryConfig,
+}
+
+/// The embedded OCI registry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Serve the registry at all.
+    pub enabled: bool,
+    /// Addresses to listen on (mutual TLS always). Both loopbacks by default: dockerd never
+    /// sends a client certificate to 127.0.0.0/8, so docker users need `localhost` on `::1`
+    /// or a real host name.
+    pub listen: Vec<SocketAddr>,
+    /// Extra DNS names or IPs for the registry's server certificate, besides localhost,
+    /// 127.0.0.1, ::1, the host name and the listen addresses.
+    pub names: Vec<String>,
+    /// Storage root (registry:2's `rootdirectory`); default `<state_dir>/registry`.
+    pub root: Option<PathBuf>,
+    /// Allow DELETE of manifests, tags and blobs.
+    pub delete_enabled: bool,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            enabled: true,
+            listen: vec![
+                SocketAddr::from(([127, 0, 0, 1], 5443)),
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 5443)),
+            ],
+            names: Vec::new(),
+            root: None,
+            delete_enabled: true,
+        }
+    }
+}
+
+impl Config {
+    /// Where registry content lives.
+    pub fn registry_root(&self) -> PathBuf {
+        self.registry
+            .root
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("registry"))
+    }
 }
 
 /// The control API's listeners and who may use them.
@@ -153,6 +199,7 @@ impl Default for Config {
             control: ControlConfig::default(),
             pki: PkiConfig::default(),
             certsd: CertsdConfig::default(),
+            registry: RegistryConfig::default(),
         }
     }
 }

@@ -38,3 +38,4 @@ pub mod daemon;
 pub mod fsutil;
 pub mod pki;
 pub mod proto;
+pub mod registry;

@@ -440,6 +440,7 @@ fn berthd_starts_with_flags_refuses_a_second_copy_and_stops_on_sigterm() {
             .arg(dir.path().join("docker"))
             .arg("--containers-certs-d")
             .arg(dir.path().join("containers"))
+            .args(["--registry-listen", "127.0.0.1:0"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

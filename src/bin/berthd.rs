@@ -34,6 +34,15 @@ struct Flags {
     /// containers' (podman, skopeo) certs.d root.
     #[arg(long, value_name = "DIR")]
     containers_certs_d: Option<PathBuf>,
+    /// Registry address (repeatable) [default: 127.0.0.1:5443 and [::1]:5443].
+    #[arg(long, value_name = "IP:PORT")]
+    registry_listen: Vec<std::net::SocketAddr>,
+    /// Registry storage root (registry:2 layout) [default: <state>/registry].
+    #[arg(long, value_name = "DIR")]
+    registry_root: Option<PathBuf>,
+    /// Do not serve the embedded registry.
+    #[arg(long)]
+    no_registry: bool,
     /// Log filter, e.g. info or berth=debug (also RUST_LOG).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -61,6 +70,15 @@ fn config(flags: &Flags) -> anyhow::Result<Config> {
     }
     if let Some(d) = &flags.containers_certs_d {
         cfg.certsd.containers_root = d.clone();
+    }
+    if !flags.registry_listen.is_empty() {
+        cfg.registry.listen = flags.registry_listen.clone();
+    }
+    if let Some(d) = &flags.registry_root {
+        cfg.registry.root = Some(d.clone());
+    }
+    if flags.no_registry {
+        cfg.registry.enabled = false;
     }
     Ok(cfg)
 }
@@ -98,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
     let daemon = Daemon::open(cfg).context("berthd cannot start")?;
     let listeners = daemon.bind().context("berthd cannot start")?;
     eprintln!(
-        "berthd {} ready\n  socket:  {}\n  tcp:     {}\n  CA:      SHA256 {}",
+        "berthd {} ready\n  socket:   {}\n  tcp:      {}\n  registry: {}\n  CA:       SHA256 {}",
         env!("CARGO_PKG_VERSION"),
         socket.display(),
         if listeners.tcp_addrs().is_empty() {
@@ -110,6 +128,11 @@ async fn main() -> anyhow::Result<()> {
                 .map(|a| format!("tcp://{a}"))
                 .collect::<Vec<_>>()
                 .join(", ")
+        },
+        if listeners.registry_addrs().is_empty() {
+            "off".to_string()
+        } else {
+            listeners.registry_addrs().iter().map(|a| format!("https://{a}")).collect::<Vec<_>>().join(", ")
         },
         daemon.ca_fingerprint()
     );

@@ -14,12 +14,21 @@ pub struct Listeners {
     pub(super) unix: std::os::unix::net::UnixListener,
     pub(super) socket: PathBuf,
     pub(super) tcp: Vec<std::net::TcpListener>,
+    pub(super) registry: Vec<std::net::TcpListener>,
 }
 
 impl Listeners {
     /// The unix socket path.
     pub fn socket_path(&self) -> &Path {
         &self.socket
+    }
+
+    /// The bound registry addresses (with the real port when 0 was asked for).
+    pub fn registry_addrs(&self) -> Vec<SocketAddr> {
+        self.registry
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     /// The bound TCP addresses (with the real port when 0 was asked for).
@@ -96,7 +105,39 @@ pub(super) fn bind(cfg: &ControlConfig, group: Option<u32>) -> Result<Listeners,
         unix,
         socket: path.clone(),
         tcp,
+        registry: Vec::new(),
     })
+}
+
+/// Binds the registry's addresses. An address this host cannot have (no IPv6, say) is
+/// skipped with a warning as long as another one binds; an address in use is an error.
+pub(super) fn bind_registry(addrs: &[SocketAddr]) -> Result<Vec<std::net::TcpListener>, Error> {
+    let mut out = Vec::new();
+    let mut skipped = Vec::new();
+    for a in addrs {
+        match std::net::TcpListener::bind(a).and_then(|l| l.set_nonblocking(true).map(|()| l)) {
+            Ok(l) => out.push(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) => {
+                tracing::warn!(addr = %a, error = %e, "registry address unavailable on this host; skipped");
+                skipped.push((a, e));
+            }
+            Err(source) => {
+                return Err(Error::Bind {
+                    addr: format!("registry {a} (set registry.listen, or stop what holds the port)"),
+                    source,
+                });
+            }
+        }
+    }
+    if out.is_empty()
+        && let Some((a, source)) = skipped.into_iter().next()
+    {
+        return Err(Error::Bind {
+            addr: format!("registry {a}"),
+            source,
+        });
+    }
+    Ok(out)
 }
 
 /// Resolves `control.group` (a name or a numeric gid).

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use time::OffsetDateTime;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -37,6 +37,7 @@ pub use listen::Listeners;
 use crate::certsd::{self, Installer};
 use crate::config::Config;
 use crate::pki::{self, Names, Pki};
+use crate::registry::{self, Registry, Storage};
 use crate::proto::certs_service_server::CertsServiceServer;
 use crate::proto::pki_service_server::PkiServiceServer;
 use crate::proto::system_service_server::SystemServiceServer;
@@ -113,6 +114,11 @@ pub(crate) struct State {
     control_tls: ArcSwapOption<rustls::ServerConfig>,
     control_names: OnceLock<Names>,
     tcp_addrs: OnceLock<Vec<SocketAddr>>,
+    /// The embedded registry (served when `registry.enabled`).
+    pub registry: Registry,
+    registry_tls: OnceLock<Arc<ArcSwap<rustls::ServerConfig>>>,
+    registry_names: OnceLock<Names>,
+    registry_addrs: OnceLock<Vec<SocketAddr>>,
 }
 
 impl State {
@@ -120,12 +126,24 @@ impl State {
         self.tcp_addrs.get().cloned().unwrap_or_default()
     }
 
-    /// Rebuilds the TCP listener's TLS config (new CRL); a no-op without TCP listeners.
+    pub(crate) fn registry_addrs(&self) -> Vec<SocketAddr> {
+        self.registry_addrs.get().cloned().unwrap_or_default()
+    }
+
+    /// Rebuilds the TLS configs of the TCP listeners: a new CRL after a revocation, or a
+    /// renewed server certificate. No-op for listeners that are not running.
     pub(crate) fn reload_tls(&self) -> Result<(), tonic::Status> {
+        self.reload_tls_inner()
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+
+    fn reload_tls_inner(&self) -> Result<(), Error> {
         if let Some(names) = self.control_names.get() {
-            let cfg = tls::control_config(&self.pki, names)
-                .map_err(|e| tonic::Status::internal(e.to_string()))?;
-            self.control_tls.store(Some(cfg));
+            self.control_tls
+                .store(Some(tls::control_config(&self.pki, names)?));
+        }
+        if let (Some(names), Some(slot)) = (self.registry_names.get(), self.registry_tls.get()) {
+            slot.store(tls::registry_config(&self.pki, names)?);
         }
         Ok(())
     }
@@ -162,6 +180,9 @@ impl Daemon {
         let group = listen::resolve_group(config.control.group.as_deref())?;
         let pki = Pki::open(dir, &config.pki)?;
         let certsd = Installer::open(dir, &config.certsd)?;
+        let registry_root = config.registry_root();
+        fsutil::create_dir_all(&registry_root, 0o755)?;
+        let registry = Registry::new(Storage::new(&registry_root), config.registry.delete_enabled);
         tracing::info!(state_dir = %dir.display(), ca = %pki.ca().fingerprint(), "berthd state opened");
         Ok(Daemon {
             state: Arc::new(State {
@@ -176,6 +197,10 @@ impl Daemon {
                 control_tls: ArcSwapOption::empty(),
                 control_names: OnceLock::new(),
                 tcp_addrs: OnceLock::new(),
+                registry,
+                registry_tls: OnceLock::new(),
+                registry_names: OnceLock::new(),
+                registry_addrs: OnceLock::new(),
             }),
             _lock: lock,
         })
@@ -183,7 +208,18 @@ impl Daemon {
 
     /// Binds the configured listeners.
     pub fn bind(&self) -> Result<Listeners, Error> {
-        listen::bind(&self.state.config.control, self.state.policy.group)
+        let mut l = listen::bind(&self.state.config.control, self.state.policy.group)?;
+        let reg = &self.state.config.registry;
+        if reg.enabled {
+            match listen::bind_registry(&reg.listen) {
+                Ok(r) => l.registry = r,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&l.socket);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(l)
     }
 
     /// SHA-256 fingerprint of the CA, for the startup banner.
@@ -200,6 +236,8 @@ impl Daemon {
     ) -> Result<(), Error> {
         let state = self.state.clone();
         let tcp_addrs = listeners.tcp_addrs();
+        let registry_addrs = listeners.registry_addrs();
+        let _ = state.registry_addrs.set(registry_addrs.clone());
         let _ = state.tcp_addrs.set(tcp_addrs.clone());
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut servers = tokio::task::JoinSet::new();
@@ -218,7 +256,7 @@ impl Daemon {
         );
 
         if !listeners.tcp.is_empty() {
-            let names = tls::control_names(&tcp_addrs, &state.config.control.tls_names);
+            let names = tls::service_names(&tcp_addrs, &state.config.control.tls_names);
             state
                 .control_tls
                 .store(Some(tls::control_config(&state.pki, &names)?));
@@ -234,6 +272,22 @@ impl Daemon {
                 ));
             }
         }
+
+        let mut registry_tasks = tokio::task::JoinSet::new();
+        if !listeners.registry.is_empty() {
+            let names = tls::service_names(&registry_addrs, &state.config.registry.names);
+            let cfg = Arc::new(ArcSwap::new(tls::registry_config(&state.pki, &names)?));
+            let _ = state.registry_names.set(names);
+            let _ = state.registry_tls.set(cfg.clone());
+            let app = registry::http::router(state.registry.clone());
+            for l in listeners.registry {
+                let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                let l = TcpListener::from_std(l).map_err(|source| Error::Bind { addr, source })?;
+                registry_tasks.spawn(registry::http::tls::serve(l, cfg.clone(), app.clone(), stop_rx.clone()));
+            }
+            tracing::info!(addrs = ?registry_addrs, root = %state.registry.storage().root().display(), "registry serving (mutual TLS)");
+        }
+        registry_tasks.spawn(renew_certificates(state.clone(), stop_rx.clone()));
         tracing::info!(socket = %socket.display(), tcp = ?tcp_addrs, "berthd serving");
 
         let result = tokio::select! {
@@ -246,6 +300,7 @@ impl Daemon {
         };
         let _ = stop_tx.send(true);
         while servers.join_next().await.is_some() {}
+        while registry_tasks.join_next().await.is_some() {}
         let _ = std::fs::remove_file(&socket);
         tracing::info!("berthd stopped");
         result
@@ -295,6 +350,28 @@ fn router(state: &Arc<State>) -> Result<Router, Error> {
         ))
         .add_service(InterceptedService::new(health, authz.clone()))
         .add_service(InterceptedService::new(reflection, authz)))
+}
+
+/// How often berthd checks whether its own server certificates need renewing.
+const RENEW_CHECK: Duration = Duration::from_secs(3600);
+
+/// Renews the listeners' server certificates once less than a third of their life is left
+/// (the PKI decides; this only asks regularly), until stopped.
+async fn renew_certificates(state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(RENEW_CHECK);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let st = state.clone();
+                let r = tokio::task::spawn_blocking(move || st.reload_tls_inner()).await;
+                if let Ok(Err(e)) = r {
+                    tracing::error!(error = %e, "renewing berthd's server certificates failed");
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {

@@ -15,9 +15,12 @@ use crate::pki::{self, Names, Pki};
 /// Common name of berthd's control listener certificate.
 pub(crate) const CONTROL_CN: &str = "berthd control";
 
-/// The names a client may dial the control listener by: loopback, the host name, the
-/// listen addresses and whatever the config adds.
-pub(super) fn control_names(listen: &[SocketAddr], extra: &[String]) -> Names {
+/// Common name of the embedded registry's certificate.
+pub(crate) const REGISTRY_CN: &str = "berth registry";
+
+/// The names a client may dial a berthd listener by: loopback, the host name, the listen
+/// addresses and whatever the config adds.
+pub(super) fn service_names(listen: &[SocketAddr], extra: &[String]) -> Names {
     let mut n = Names {
         dns_names: vec!["localhost".to_string()],
         ip_addresses: vec![
@@ -52,10 +55,22 @@ pub(super) fn control_names(listen: &[SocketAddr], extra: &[String]) -> Names {
     n
 }
 
-/// Builds the rustls config: ring provider only, client certificate required, CRL enforced.
-/// Called again after every revocation so the next handshake sees the new CRL.
+/// The control listener's config: gRPC, so HTTP/2 only.
 pub(super) fn control_config(pki: &Pki, names: &Names) -> Result<Arc<ServerConfig>, Error> {
-    let (record, key) = pki.service_identity(CONTROL_CN, names)?;
+    server_config(pki, CONTROL_CN, names, &[b"h2"])
+}
+
+/// The registry's config: docker speaks HTTP/1.1, others HTTP/2.
+pub(super) fn registry_config(pki: &Pki, names: &Names) -> Result<Arc<ServerConfig>, Error> {
+    server_config(pki, REGISTRY_CN, names, &[b"h2", b"http/1.1"])
+}
+
+/// Builds a rustls config: ring provider only, client certificate from the berth CA
+/// required, CRL enforced, server certificate issued (or renewed once a third of its life
+/// is left) by the CA. Called again after every revocation so the next handshake sees the
+/// new CRL.
+fn server_config(pki: &Pki, cn: &str, names: &Names, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, Error> {
+    let (record, key) = pki.service_identity(cn, names)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -79,6 +94,6 @@ pub(super) fn control_config(pki: &Pki, names: &Names) -> Result<Arc<ServerConfi
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| Error::Tls(e.to_string()))?;
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
 }

@@ -34,6 +34,10 @@ pub fn config(dir: &Path) -> Config {
     cfg.set_root(&dir.join("state"));
     cfg.certsd.docker_root = dir.join("docker-certs.d");
     cfg.certsd.containers_root = dir.join("containers-certs.d");
+    // Off unless a test asks (it issues its own server certificate, which would change
+    // what PKI tests count); when on, an ephemeral port, so tests never collide.
+    cfg.registry.enabled = false;
+    cfg.registry.listen = vec!["127.0.0.1:0".parse().unwrap()];
     cfg
 }
 
@@ -47,6 +51,8 @@ pub struct TestDaemon {
     pub socket: PathBuf,
     /// The TCP listeners' real addresses.
     pub tcp: Vec<SocketAddr>,
+    /// The registry's real addresses.
+    pub registry: Vec<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -55,6 +61,11 @@ impl TestDaemon {
     /// A daemon with the test defaults.
     pub fn start() -> TestDaemon {
         Self::start_with(|_| {})
+    }
+
+    /// A daemon serving the registry on an ephemeral loopback port.
+    pub fn with_registry() -> TestDaemon {
+        Self::start_with(|c| c.registry.enabled = true)
     }
 
     /// A daemon whose config `f` adjusts first.
@@ -72,6 +83,7 @@ impl TestDaemon {
         let listeners = daemon.bind()?;
         let socket = listeners.socket_path().to_path_buf();
         let tcp = listeners.tcp_addrs();
+        let registry = listeners.registry_addrs();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
         let probe = socket.clone();
@@ -99,6 +111,7 @@ impl TestDaemon {
             config,
             socket,
             tcp,
+            registry,
             stop: Some(stop_tx),
             thread: Some(thread),
         })

@@ -47,6 +47,8 @@ impl SystemService for SystemSvc {
             state_dir: s.config.state_dir.display().to_string(),
             socket_path: s.config.control.socket.display().to_string(),
             tcp_listeners: s.tcp_addrs().iter().map(|a| format!("tcp://{a}")).collect(),
+            registry_listeners: s.registry_addrs().iter().map(ToString::to_string).collect(),
+            registry_root: s.registry.storage().root().display().to_string(),
             ca_subject: s
                 .pki
                 .inspect(ca.cert_der())

@@ -41,6 +41,8 @@ pub async fn run(g: &Global, cmd: SystemCmd) -> anyhow::Result<ExitCode> {
                     ("state dir", info.state_dir.clone()),
                     ("socket", info.socket.clone()),
                     ("tcp", output::list(&info.tcp_listeners)),
+                    ("registry", output::list(&info.registry_listeners)),
+                    ("registry root", info.registry_root.clone()),
                     ("CA subject", info.ca_subject.clone()),
                     (
                         "CA fingerprint",

@@ -1,0 +1,108 @@
+//! `/v2/...` paths to routes. Repository names contain `/`, so one wildcard route feeds this
+//! parser, which reads the path from its end: the last components say what is asked for,
+//! everything before them is the name.
+
+use crate::registry::reference::{Digest, Reference, RepoName};
+use crate::registry::reference::Error as RefError;
+
+/// What a path asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `/v2/`
+    Base,
+    /// `/v2/_catalog`
+    Catalog,
+    /// `/v2/<name>/tags/list`
+    Tags(RepoName),
+    /// `/v2/<name>/manifests/<reference>`
+    Manifest(RepoName, Reference),
+    /// `/v2/<name>/blobs/<digest>`
+    Blob(RepoName, Digest),
+    /// `/v2/<name>/blobs/uploads/`
+    UploadStart(RepoName),
+    /// `/v2/<name>/blobs/uploads/<id>`
+    Upload(RepoName, String),
+    /// `/v2/<name>/referrers/<digest>`
+    Referrers(RepoName, Digest),
+}
+
+/// Why a path is not a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    /// No endpoint has this shape.
+    NotFound,
+    /// The shape is right but a part is malformed.
+    Invalid(RefError),
+}
+
+impl From<RefError> for RouteError {
+    fn from(e: RefError) -> RouteError {
+        RouteError::Invalid(e)
+    }
+}
+
+/// Parses the part of the path after `/v2/`.
+pub fn parse(rest: &str) -> Result<Route, RouteError> {
+    if rest.is_empty() {
+        return Ok(Route::Base);
+    }
+    if rest == "_catalog" {
+        return Ok(Route::Catalog);
+    }
+    let trailing_slash = rest.ends_with('/');
+    let segs: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    let n = segs.len();
+    let name = |upto: usize| -> Result<RepoName, RouteError> {
+        if upto == 0 {
+            return Err(RouteError::NotFound);
+        }
+        Ok(segs[..upto].join("/").parse::<RepoName>()?)
+    };
+    if n >= 3 && segs[n - 2] == "blobs" && segs[n - 1] == "uploads" {
+        return Ok(Route::UploadStart(name(n - 2)?));
+    }
+    if trailing_slash {
+        return Err(RouteError::NotFound);
+    }
+    if n >= 3 && segs[n - 2] == "tags" && segs[n - 1] == "list" {
+        return Ok(Route::Tags(name(n - 2)?));
+    }
+    if n >= 4 && segs[n - 3] == "blobs" && segs[n - 2] == "uploads" {
+        return Ok(Route::Upload(name(n - 3)?, segs[n - 1].to_string()));
+    }
+    if n >= 3 {
+        match segs[n - 2] {
+            "manifests" => return Ok(Route::Manifest(name(n - 2)?, segs[n - 1].parse()?)),
+            "blobs" => return Ok(Route::Blob(name(n - 2)?, segs[n - 1].parse()?)),
+            "referrers" => return Ok(Route::Referrers(name(n - 2)?, segs[n - 1].parse()?)),
+            _ => {}
+        }
+    }
+    Err(RouteError::NotFound)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn names_with_slashes_and_keywords() {
+        assert_eq!(parse("").unwrap(), Route::Base);
+        assert_eq!(parse("_catalog").unwrap(), Route::Catalog);
+        assert!(matches!(parse("a/b/c/tags/list").unwrap(), Route::Tags(n) if n.as_str() == "a/b/c"));
+        assert!(matches!(parse("blobs/manifests/latest").unwrap(), Route::Manifest(n, _) if n.as_str() == "blobs"));
+        assert!(matches!(parse(&format!("team/blobs/blobs/{D}")).unwrap(), Route::Blob(n, _) if n.as_str() == "team/blobs"));
+        assert!(matches!(parse("team/app/blobs/uploads/").unwrap(), Route::UploadStart(n) if n.as_str() == "team/app"));
+        assert!(matches!(parse("team/app/blobs/uploads").unwrap(), Route::UploadStart(_)));
+        assert!(matches!(parse("team/app/blobs/uploads/abc").unwrap(), Route::Upload(_, id) if id == "abc"));
+        assert!(matches!(parse(&format!("x/referrers/{D}")).unwrap(), Route::Referrers(..)));
+        assert_eq!(parse("Team/app/tags/list"), Err(RouteError::Invalid(RefError::Name("Team/app".into()))));
+        assert!(matches!(parse("team/manifests/bad:digest"), Err(RouteError::Invalid(RefError::Digest(_)))));
+        assert!(matches!(parse("team/manifests/-bad"), Err(RouteError::Invalid(RefError::Tag(_)))));
+        assert_eq!(parse("nothing"), Err(RouteError::NotFound));
+        assert_eq!(parse("tags/list"), Err(RouteError::NotFound));
+    }
+}

@@ -1,0 +1,220 @@
+//! Blob uploads: `_uploads/<uuid>/data` grows chunk by chunk while a SHA-256 state follows
+//! it, so finishing a multi-gigabyte layer does not read it again. Finishing verifies the
+//! digest, fsyncs, and renames the data into `blobs/`: content is visible only once whole
+//! and correct. Chunks are serialised per upload; different uploads run in parallel.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+use super::{Storage, blocking, io, remove_dir_all_if_exists, write_link};
+use crate::fsutil;
+use crate::registry::Error;
+use crate::registry::reference::{Algorithm, Digest, Hasher, RepoName};
+
+/// Per-upload state kept in memory between chunks.
+#[derive(Debug)]
+pub(super) struct State {
+    /// SHA-256 of the bytes so far; `None` when unknown (berthd restarted mid-upload), in
+    /// which case finishing hashes the file.
+    hasher: Option<Hasher>,
+    /// Bytes the hasher has seen.
+    size: u64,
+}
+
+/// Where an upload stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadStatus {
+    /// Upload id (a UUID).
+    pub id: String,
+    /// Bytes received.
+    pub size: u64,
+}
+
+const CHUNK: usize = 256 * 1024;
+
+/// Upload ids are UUIDs; anything else is unknown (and never becomes a path).
+fn parse_id(id: &str) -> Result<String, Error> {
+    uuid::Uuid::parse_str(id)
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|_| Error::UploadUnknown(id.to_string()))
+}
+
+impl Storage {
+    fn data_path(&self, name: &RepoName, id: &str) -> PathBuf {
+        self.paths().upload_dir(name, id).join("data")
+    }
+
+    fn state(&self, id: &str, size: u64) -> Arc<tokio::sync::Mutex<State>> {
+        let mut map = self.inner.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(id.to_string())
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Mutex::new(State {
+                    // Only a fresh upload has a hash state that matches its data.
+                    hasher: (size == 0).then(|| Algorithm::Sha256.hasher()),
+                    size,
+                }))
+            })
+            .clone()
+    }
+
+    fn forget(&self, id: &str) {
+        let mut map = self.inner.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(id);
+    }
+
+    /// Starts an upload: an empty `data` file and a `startedat` stamp.
+    pub async fn start_upload(&self, name: &RepoName) -> Result<UploadStatus, Error> {
+        let id = uuid::Uuid::new_v4().hyphenated().to_string();
+        let dir = self.paths().upload_dir(name, &id);
+        let started = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
+        blocking(move || {
+            fsutil::create_dir_all(&dir, 0o755)?;
+            fsutil::write_atomic(&dir.join("startedat"), started.as_bytes(), 0o644)?;
+            std::fs::File::create(dir.join("data")).map_err(io("create", &dir.join("data")))?;
+            Ok(())
+        })
+        .await?;
+        self.state(&id, 0);
+        Ok(UploadStatus { id, size: 0 })
+    }
+
+    /// Bytes received so far.
+    pub async fn upload_status(&self, name: &RepoName, id: &str) -> Result<UploadStatus, Error> {
+        let id = parse_id(id)?;
+        let path = self.data_path(name, &id);
+        match tokio::fs::metadata(&path).await {
+            Ok(m) => Ok(UploadStatus { id, size: m.len() }),
+            Err(_) => Err(Error::UploadUnknown(id)),
+        }
+    }
+
+    /// Appends a chunk streamed from `body`. With `start`, the chunk must begin exactly
+    /// where the upload ends (out-of-order chunks are refused, nothing written).
+    pub async fn append(
+        &self,
+        name: &RepoName,
+        id: &str,
+        start: Option<u64>,
+        body: &mut (impl AsyncRead + Unpin + ?Sized),
+    ) -> Result<UploadStatus, Error> {
+        let id = parse_id(id)?;
+        let path = self.data_path(name, &id);
+        let size = match tokio::fs::metadata(&path).await {
+            Ok(m) => m.len(),
+            Err(_) => return Err(Error::UploadUnknown(id)),
+        };
+        let state = self.state(&id, size);
+        let mut st = state.lock().await;
+        // Re-read under the lock: another chunk may have landed meanwhile.
+        let size = tokio::fs::metadata(&path).await.map_err(io("stat", &path))?.len();
+        if let Some(s) = start
+            && s != size
+        {
+            return Err(Error::RangeInvalid { start: s, size });
+        }
+        if st.size != size {
+            st.hasher = None;
+        }
+        let mut file = tokio::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .await
+            .map_err(io("open", &path))?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut written = 0u64;
+        loop {
+            let n = match body.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    // Keep what arrived whole; the client can resume from the reported size.
+                    file.flush().await.map_err(io("write", &path))?;
+                    st.hasher = None;
+                    return Err(Error::Body(e.to_string()));
+                }
+            };
+            file.write_all(&buf[..n]).await.map_err(io("write", &path))?;
+            if let Some(h) = st.hasher.as_mut() {
+                h.update(&buf[..n]);
+            }
+            written += n as u64;
+        }
+        file.flush().await.map_err(io("write", &path))?;
+        st.size = size + written;
+        Ok(UploadStatus { id, size: st.size })
+    }
+
+    /// Finishes an upload: verifies `digest`, then moves the data into `blobs/` and links
+    /// it into the repository. On a mismatch the upload is discarded and nothing becomes
+    /// visible.
+    pub async fn finish_upload(&self, name: &RepoName, id: &str, digest: &Digest) -> Result<u64, Error> {
+        let id = parse_id(id)?;
+        let path = self.data_path(name, &id);
+        let size = match tokio::fs::metadata(&path).await {
+            Ok(m) => m.len(),
+            Err(_) => return Err(Error::UploadUnknown(id)),
+        };
+        let state = self.state(&id, size);
+        let st = state.lock().await;
+        let actual = match (&st.hasher, digest.algorithm()) {
+            (Some(h), Algorithm::Sha256) if st.size == size => h.clone().finish(),
+            _ => hash_file(&path, digest.algorithm()).await?,
+        };
+        if actual != *digest {
+            drop(st);
+            self.cancel_upload(name, &id).await?;
+            return Err(Error::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        let p = self.paths().clone();
+        let (name2, d) = (name.clone(), digest.clone());
+        let dir = self.paths().upload_dir(name, &id);
+        blocking(move || {
+            let f = std::fs::File::open(&path).map_err(io("open", &path))?;
+            f.sync_all().map_err(io("fsync", &path))?;
+            let target = p.blob_data(&d);
+            if !target.is_file() {
+                fsutil::create_dir_all(&p.blob_dir(&d), 0o755)?;
+                std::fs::rename(&path, &target).map_err(io("move into place", &target))?;
+                let dir = std::fs::File::open(p.blob_dir(&d)).map_err(io("open", &p.blob_dir(&d)))?;
+                dir.sync_all().map_err(io("fsync", &p.blob_dir(&d)))?;
+            }
+            write_link(&p.layer_link(&name2, &d), &d)?;
+            remove_dir_all_if_exists(&dir)?;
+            Ok(())
+        })
+        .await?;
+        drop(st);
+        self.forget(&id);
+        Ok(size)
+    }
+
+    /// Discards an upload.
+    pub async fn cancel_upload(&self, name: &RepoName, id: &str) -> Result<(), Error> {
+        let id = parse_id(id)?;
+        let dir = self.paths().upload_dir(name, &id);
+        let removed = blocking(move || remove_dir_all_if_exists(&dir)).await?;
+        self.forget(&id);
+        if removed { Ok(()) } else { Err(Error::UploadUnknown(id)) }
+    }
+}
+
+async fn hash_file(path: &std::path::Path, alg: Algorithm) -> Result<Digest, Error> {
+    let mut f = tokio::fs::File::open(path).await.map_err(io("open", path))?;
+    let mut h = alg.hasher();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = f.read(&mut buf).await.map_err(io("read", path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finish())
+}

@@ -1,0 +1,672 @@
+//! The registry's HTTP API at the router (every endpoint, status, header and error code,
+//! with `oneshot` on a real temp storage root) and over loopback mutual TLS (who gets in).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use berth::registry::{Digest, Registry, Storage, http};
+use http_body_util::BodyExt;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tower::ServiceExt;
+
+struct Resp {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn h(&self, name: &str) -> &str {
+        self.headers.get(name).map(|v| v.to_str().unwrap()).unwrap_or("")
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
+    /// The OCI error code of an error response.
+    fn code(&self) -> String {
+        let v = self.json();
+        v["errors"][0]["code"].as_str().unwrap().to_string()
+    }
+}
+
+struct Api {
+    _dir: TempDir,
+    app: Router,
+    storage: Storage,
+}
+
+impl Api {
+    fn new() -> Api {
+        let dir = common::temp_dir();
+        let storage = Storage::new(dir.path());
+        let app = http::router(Registry::new(storage.clone(), true));
+        Api { _dir: dir, app, storage }
+    }
+
+    async fn call(&self, method: Method, uri: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Resp {
+        let mut b = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let resp = self.app.clone().oneshot(b.body(Body::from(body)).unwrap()).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+        assert_eq!(headers.get("docker-distribution-api-version").unwrap(), "registry/2.0");
+        Resp { status, headers, body }
+    }
+
+    async fn get(&self, uri: &str) -> Resp {
+        self.call(Method::GET, uri, &[], Vec::new()).await
+    }
+
+    /// Monolithic upload; returns the digest.
+    async fn push_blob(&self, repo: &str, data: &[u8]) -> Digest {
+        let d = Digest::sha256_of(data);
+        let r = self.call(Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={d}"), &[], data.to_vec()).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+        d
+    }
+
+    async fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> Resp {
+        self.call(
+            Method::PUT,
+            &format!("/v2/{repo}/manifests/{reference}"),
+            &[("content-type", media_type)],
+            body.to_vec(),
+        )
+        .await
+    }
+}
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+fn image_manifest(media_type: &str, config: &Digest, config_len: usize, layers: &[(&Digest, usize)]) -> Vec<u8> {
+    let layer_type = if media_type == DOCKER_MANIFEST {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    } else {
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    };
+    let config_type = if media_type == DOCKER_MANIFEST {
+        "application/vnd.docker.container.image.v1+json"
+    } else {
+        "application/vnd.oci.image.config.v1+json"
+    };
+    serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "config": {"mediaType": config_type, "digest": config.to_string(), "size": config_len},
+        "layers": layers.iter().map(|(d, n)| json!({"mediaType": layer_type, "digest": d.to_string(), "size": n})).collect::<Vec<_>>(),
+    }))
+    .unwrap()
+}
+
+/// Pushes config + one layer + manifest under `tag`; returns the manifest digest.
+async fn push_image(api: &Api, repo: &str, tag: &str, seed: &str) -> (Digest, Vec<u8>) {
+    let config = format!("{{\"architecture\":\"amd64\",\"os\":\"linux\",\"seed\":\"{seed}\"}}");
+    let layer = format!("layer bytes {seed}").repeat(100);
+    let c = api.push_blob(repo, config.as_bytes()).await;
+    let l = api.push_blob(repo, layer.as_bytes()).await;
+    let m = image_manifest(OCI_MANIFEST, &c, config.len(), &[(&l, layer.len())]);
+    let r = api.put_manifest(repo, tag, OCI_MANIFEST, &m).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+    (Digest::sha256_of(&m), m)
+}
+
+#[tokio::test]
+async fn base_endpoint_and_unknown_routes() {
+    let api = Api::new();
+    for uri in ["/v2/", "/v2"] {
+        let r = api.get(uri).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let r = api.call(Method::HEAD, "/v2/", &[], Vec::new()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = api.get("/v2/nothing").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = api.get("/other").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // A route that exists, with a method it does not take.
+    let r = api.call(Method::POST, "/v2/team/app/tags/list", &[], Vec::new()).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"));
+}
+
+#[tokio::test]
+async fn blobs_monolithic_head_get_and_ranges() {
+    let api = Api::new();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let d = Digest::sha256_of(&data);
+    let r = api.call(Method::POST, &format!("/v2/team/app/blobs/uploads/?digest={d}"), &[], data.clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.h("location"), format!("/v2/team/app/blobs/{d}"));
+    assert_eq!(r.h("docker-content-digest"), d.to_string());
+
+    let r = api.call(Method::HEAD, &format!("/v2/team/app/blobs/{d}"), &[], Vec::new()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.h("content-length"), "100000");
+    assert_eq!(r.h("docker-content-digest"), d.to_string());
+    assert!(r.body.is_empty());
+    let r = api.get(&format!("/v2/team/app/blobs/{d}")).await;
+    assert_eq!((r.status, r.body.len()), (StatusCode::OK, data.len()));
+    assert_eq!(r.body, data);
+    assert_eq!(r.h("content-type"), "application/octet-stream");
+
+    let r = api.call(Method::GET, &format!("/v2/team/app/blobs/{d}"), &[("range", "bytes=10-19")], Vec::new()).await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.body, &data[10..20]);
+    assert_eq!(r.h("content-range"), "bytes 10-19/100000");
+    assert_eq!(r.h("content-length"), "10");
+    let r = api.call(Method::GET, &format!("/v2/team/app/blobs/{d}"), &[("range", "bytes=-5")], Vec::new()).await;
+    assert_eq!((r.status, r.body.as_slice()), (StatusCode::PARTIAL_CONTENT, &data[99_995..]));
+    let r = api.call(Method::GET, &format!("/v2/team/app/blobs/{d}"), &[("range", "bytes=99990-")], Vec::new()).await;
+    assert_eq!(r.body, &data[99_990..]);
+    let r = api.call(Method::GET, &format!("/v2/team/app/blobs/{d}"), &[("range", "bytes=100000-")], Vec::new()).await;
+    assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(r.h("content-range"), "bytes */100000");
+    assert_eq!(r.code(), "RANGE_INVALID");
+
+    // The blob belongs to team/app only.
+    let r = api.get(&format!("/v2/other/blobs/{d}")).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"));
+    let unknown = Digest::sha256_of(b"nope");
+    let r = api.call(Method::HEAD, &format!("/v2/team/app/blobs/{unknown}"), &[], Vec::new()).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // Stored exactly where registry:2 keeps it.
+    let path = api.storage.paths().blob_data(&d);
+    assert_eq!(std::fs::read(path).unwrap(), data);
+}
+
+#[tokio::test]
+async fn chunked_uploads_in_order_status_and_out_of_order() {
+    let api = Api::new();
+    let r = api.call(Method::POST, "/v2/team/app/blobs/uploads/", &[], Vec::new()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let loc = r.h("location").to_string();
+    assert!(loc.starts_with("/v2/team/app/blobs/uploads/"), "{loc}");
+    assert_eq!(r.h("range"), "0-0");
+    let id = r.h("docker-upload-uuid").to_string();
+    assert!(loc.ends_with(&id));
+    assert_eq!(r.h("content-length"), "0");
+
+    let r = api.call(Method::PATCH, &loc, &[("content-range", "0-9"), ("content-type", "application/octet-stream")], b"0123456789".to_vec()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(r.h("range"), "0-9");
+    assert_eq!(r.h("location"), loc);
+    // Out of order: refused with 416 and the current range; nothing appended.
+    let r = api.call(Method::PATCH, &loc, &[("content-range", "20-29")], b"abcdefghij".to_vec()).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID"));
+    assert_eq!(r.h("range"), "0-9");
+    let r = api.get(&loc).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(r.h("range"), "0-9");
+    assert_eq!(r.h("docker-upload-uuid"), id);
+    // A chunk without Content-Range is appended (docker sends those).
+    let r = api.call(Method::PATCH, &loc, &[], b"abcde".to_vec()).await;
+    assert_eq!(r.h("range"), "0-14");
+    // Upload state on disk is registry:2's.
+    assert!(api.storage.paths().upload_dir(&"team/app".parse().unwrap(), &id).join("startedat").is_file());
+
+    let whole = b"0123456789abcdeFINAL";
+    let d = Digest::sha256_of(whole);
+    let r = api.call(Method::PUT, &format!("{loc}?digest={d}"), &[("content-range", "15-19")], b"FINAL".to_vec()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.h("location"), format!("/v2/team/app/blobs/{d}"));
+    assert_eq!(r.h("docker-content-digest"), d.to_string());
+    assert_eq!(api.get(&format!("/v2/team/app/blobs/{d}")).await.body, whole);
+    // The session is gone, and its folder with it.
+    let r = api.get(&loc).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"));
+    assert!(!api.storage.paths().upload_dir(&"team/app".parse().unwrap(), &id).exists());
+}
+
+#[tokio::test]
+async fn digest_mismatch_makes_nothing_visible() {
+    let api = Api::new();
+    let wrong = Digest::sha256_of(b"something else");
+    let r = api.call(Method::POST, &format!("/v2/team/app/blobs/uploads/?digest={wrong}"), &[], b"payload".to_vec()).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"));
+    assert_eq!(api.get(&format!("/v2/team/app/blobs/{wrong}")).await.status, StatusCode::NOT_FOUND);
+    assert!(!api.storage.paths().blob_data(&wrong).exists());
+    assert!(!api.storage.paths().blob_data(&Digest::sha256_of(b"payload")).exists());
+
+    let r = api.call(Method::POST, "/v2/team/app/blobs/uploads/", &[], Vec::new()).await;
+    let loc = r.h("location").to_string();
+    api.call(Method::PATCH, &loc, &[], b"payload".to_vec()).await;
+    let r = api.call(Method::PUT, &format!("{loc}?digest={wrong}"), &[("content-length", "0")], Vec::new()).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"));
+    assert_eq!(api.get(&loc).await.status, StatusCode::NOT_FOUND);
+    // Missing or malformed digest on PUT.
+    let r = api.call(Method::POST, "/v2/team/app/blobs/uploads/", &[], Vec::new()).await;
+    let loc = r.h("location").to_string();
+    let r = api.call(Method::PUT, &loc, &[], Vec::new()).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"));
+    let r = api.call(Method::PUT, &format!("{loc}?digest=sha256:123"), &[], Vec::new()).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"));
+    // Cancel.
+    let r = api.call(Method::DELETE, &loc, &[], Vec::new()).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = api.call(Method::DELETE, &loc, &[], Vec::new()).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"));
+    let r = api.call(Method::PATCH, "/v2/team/app/blobs/uploads/not-a-uuid", &[], b"x".to_vec()).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"));
+}
+
+#[tokio::test]
+async fn sha512_blobs_and_cross_repository_mount() {
+    let api = Api::new();
+    let data = b"sha512 content".to_vec();
+    let d = Digest::of(berth::registry::reference::Algorithm::Sha512, &data);
+    let r = api.call(Method::POST, &format!("/v2/a/blobs/uploads/?digest={d}"), &[], data.clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(api.get(&format!("/v2/a/blobs/{d}")).await.body, data);
+
+    let d2 = api.push_blob("a", b"shared layer").await;
+    let r = api.call(Method::POST, &format!("/v2/b/blobs/uploads/?mount={d2}&from=a"), &[], Vec::new()).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.h("location"), format!("/v2/b/blobs/{d2}"));
+    assert_eq!(api.get(&format!("/v2/b/blobs/{d2}")).await.body, b"shared layer");
+    // Cannot mount: an upload session instead (202).
+    let r = api.call(Method::POST, &format!("/v2/c/blobs/uploads/?mount={d2}&from=nowhere"), &[], Vec::new()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert!(r.h("location").starts_with("/v2/c/blobs/uploads/"));
+    let r = api.call(Method::POST, "/v2/c/blobs/uploads/?mount=sha256:bad&from=a", &[], Vec::new()).await;
+    assert_eq!(r.code(), "DIGEST_INVALID");
+}
+
+#[tokio::test]
+async fn manifests_by_tag_and_digest_with_exact_bytes_and_types() {
+    let api = Api::new();
+    let config = b"{\"os\":\"linux\"}";
+    let c = api.push_blob("team/app", config).await;
+    let l = api.push_blob("team/app", b"layer").await;
+    let m = image_manifest(DOCKER_MANIFEST, &c, config.len(), &[(&l, 5)]);
+    let md = Digest::sha256_of(&m);
+    let r = api.put_manifest("team/app", "1.0", DOCKER_MANIFEST, &m).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.h("location"), format!("/v2/team/app/manifests/{md}"));
+    assert_eq!(r.h("docker-content-digest"), md.to_string());
+    for reference in ["1.0".to_string(), md.to_string()] {
+        let r = api.get(&format!("/v2/team/app/manifests/{reference}")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.body, m, "exact bytes");
+        assert_eq!(r.h("content-type"), DOCKER_MANIFEST);
+        assert_eq!(r.h("docker-content-digest"), md.to_string());
+        let r = api.call(Method::HEAD, &format!("/v2/team/app/manifests/{reference}"), &[], Vec::new()).await;
+        assert_eq!((r.status, r.h("content-length")), (StatusCode::OK, m.len().to_string().as_str()));
+        assert!(r.body.is_empty());
+    }
+    // Pretty-printed bytes hash differently and are kept exactly.
+    let pretty = serde_json::to_vec_pretty(&serde_json::from_slice::<Value>(&m).unwrap()).unwrap();
+    let pd = Digest::sha256_of(&pretty);
+    let r = api.put_manifest("team/app", &pd.to_string(), DOCKER_MANIFEST, &pretty).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(api.get(&format!("/v2/team/app/manifests/{pd}")).await.body, pretty);
+    // PUT by a digest the bytes do not hash to.
+    let r = api.put_manifest("team/app", &md.to_string(), DOCKER_MANIFEST, &pretty).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"));
+
+    // Missing blobs.
+    let ghost = Digest::sha256_of(b"ghost");
+    let bad = image_manifest(OCI_MANIFEST, &c, config.len(), &[(&ghost, 5)]);
+    let r = api.put_manifest("team/app", "bad", OCI_MANIFEST, &bad).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"));
+    assert_eq!(r.json()["errors"][0]["detail"]["digest"], ghost.to_string());
+    // A blob of another repository does not count.
+    let bad = image_manifest(OCI_MANIFEST, &c, config.len(), &[(&l, 5)]);
+    let r = api.put_manifest("other/app", "x", OCI_MANIFEST, &bad).await;
+    assert_eq!(r.code(), "MANIFEST_BLOB_UNKNOWN");
+    // Malformed, mismatched type, schema 1, too large.
+    for (ct, body) in [
+        (OCI_MANIFEST, b"{not json".to_vec()),
+        (OCI_INDEX, m.clone()),
+        ("application/vnd.docker.distribution.manifest.v1+prettyjws", br#"{"schemaVersion":1}"#.to_vec()),
+    ] {
+        let r = api.put_manifest("team/app", "bad", ct, &body).await;
+        assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"), "{ct}");
+    }
+    let huge = vec![b' '; 4 * 1024 * 1024 + 1];
+    let r = api.put_manifest("team/app", "huge", OCI_MANIFEST, &huge).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Nothing refused became a tag.
+    let tags = api.get("/v2/team/app/tags/list").await.json();
+    assert_eq!(tags, json!({"name": "team/app", "tags": ["1.0"]}));
+    // Unknown manifest and unknown repository.
+    let r = api.get("/v2/team/app/manifests/nope").await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"));
+    let r = api.get("/v2/nobody/manifests/latest").await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::NOT_FOUND, "NAME_UNKNOWN"));
+}
+
+#[tokio::test]
+async fn indexes_need_their_children() {
+    let api = Api::new();
+    let (amd, amd_bytes) = push_image(&api, "multi", "amd64", "a").await;
+    let (arm, arm_bytes) = push_image(&api, "multi", "arm64", "b").await;
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": amd.to_string(), "size": amd_bytes.len(), "platform": {"architecture": "amd64", "os": "linux"}},
+            {"mediaType": OCI_MANIFEST, "digest": arm.to_string(), "size": arm_bytes.len(), "platform": {"architecture": "arm64", "os": "linux"}},
+        ]
+    }))
+    .unwrap();
+    let r = api.put_manifest("multi", "latest", OCI_INDEX, &index).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let r = api.get("/v2/multi/manifests/latest").await;
+    assert_eq!((r.h("content-type"), r.body.clone()), (OCI_INDEX, index));
+    let ghost = Digest::sha256_of(b"ghost manifest");
+    let bad = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [{"mediaType": OCI_MANIFEST, "digest": ghost.to_string(), "size": 3}]})).unwrap();
+    let r = api.put_manifest("multi", "bad", OCI_INDEX, &bad).await;
+    assert_eq!(r.code(), "MANIFEST_BLOB_UNKNOWN");
+}
+
+#[tokio::test]
+async fn tags_and_catalog_paginate_with_link() {
+    let api = Api::new();
+    for (repo, tag) in [("b/x", "t1"), ("a", "t1"), ("c", "t1")] {
+        push_image(&api, repo, tag, repo).await;
+    }
+    for tag in ["v3", "v1", "v2", "latest"] {
+        push_image(&api, "a", tag, tag).await;
+    }
+    let r = api.get("/v2/_catalog").await;
+    assert_eq!(r.json(), json!({"repositories": ["a", "b/x", "c"]}));
+    assert_eq!(r.h("link"), "");
+    let r = api.get("/v2/_catalog?n=2").await;
+    assert_eq!(r.json(), json!({"repositories": ["a", "b/x"]}));
+    assert_eq!(r.h("link"), "</v2/_catalog?last=b/x&n=2>; rel=\"next\"");
+    let r = api.get("/v2/_catalog?n=2&last=b/x").await;
+    assert_eq!(r.json(), json!({"repositories": ["c"]}));
+    assert_eq!(r.h("link"), "");
+
+    let r = api.get("/v2/a/tags/list").await;
+    assert_eq!(r.json()["tags"], json!(["latest", "t1", "v1", "v2", "v3"]));
+    let r = api.get("/v2/a/tags/list?n=2&last=t1").await;
+    assert_eq!(r.json()["tags"], json!(["v1", "v2"]));
+    assert_eq!(r.h("link"), "</v2/a/tags/list?last=v2&n=2>; rel=\"next\"");
+    let r = api.get("/v2/a/tags/list?n=0").await;
+    assert_eq!(r.json()["tags"], json!([]));
+    let r = api.get("/v2/a/tags/list?n=-1").await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"));
+    let r = api.get("/v2/zzz/tags/list").await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::NOT_FOUND, "NAME_UNKNOWN"));
+}
+
+#[tokio::test]
+async fn referrers_list_manifests_by_subject_with_filter() {
+    let api = Api::new();
+    let (subject, subject_bytes) = push_image(&api, "app", "1.0", "s").await;
+    let empty = api.push_blob("app", b"{}").await;
+    let sig = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.example.signature",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty.to_string(), "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty.to_string(), "size": 2}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject.to_string(), "size": subject_bytes.len()},
+        "annotations": {"org.example.by": "ci"},
+    }))
+    .unwrap();
+    let sig_digest = Digest::sha256_of(&sig);
+    let r = api.put_manifest("app", &sig_digest.to_string(), OCI_MANIFEST, &sig).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.h("oci-subject"), subject.to_string());
+    let sbom = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.example.sbom", "digest": empty.to_string(), "size": 2},
+        "layers": [],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject.to_string(), "size": subject_bytes.len()},
+    }))
+    .unwrap();
+    assert_eq!(api.put_manifest("app", "sbom", OCI_MANIFEST, &sbom).await.status, StatusCode::CREATED);
+
+    let r = api.get(&format!("/v2/app/referrers/{subject}")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.h("content-type"), OCI_INDEX);
+    assert_eq!(r.h("oci-filters-applied"), "");
+    let v = r.json();
+    assert_eq!(v["schemaVersion"], 2);
+    let mut types: Vec<String> = v["manifests"].as_array().unwrap().iter().map(|m| m["artifactType"].as_str().unwrap().to_string()).collect();
+    types.sort();
+    assert_eq!(types, ["application/vnd.example.sbom", "application/vnd.example.signature"]);
+    let r = api.get(&format!("/v2/app/referrers/{subject}?artifactType=application/vnd.example.signature")).await;
+    assert_eq!(r.h("oci-filters-applied"), "artifactType");
+    let v = r.json();
+    assert_eq!(v["manifests"].as_array().unwrap().len(), 1);
+    assert_eq!(v["manifests"][0]["digest"], sig_digest.to_string());
+    assert_eq!(v["manifests"][0]["size"], sig.len());
+    assert_eq!(v["manifests"][0]["annotations"]["org.example.by"], "ci");
+    // No referrers: an empty index, still 200.
+    let r = api.get(&format!("/v2/app/referrers/{sig_digest}")).await;
+    assert_eq!((r.status, r.json()["manifests"].clone()), (StatusCode::OK, json!([])));
+    let r = api.get("/v2/app/referrers/sha256:nothex").await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"));
+}
+
+#[tokio::test]
+async fn deletes_of_tags_manifests_and_blobs() {
+    let api = Api::new();
+    let (d, _) = push_image(&api, "app", "1.0", "x").await;
+    let r = api.put_manifest("app", "also", OCI_MANIFEST, &api.get("/v2/app/manifests/1.0").await.body).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    // Untag.
+    let r = api.call(Method::DELETE, "/v2/app/manifests/also", &[], Vec::new()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(api.get("/v2/app/manifests/also").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(api.get(&format!("/v2/app/manifests/{d}")).await.status, StatusCode::OK);
+    // Delete by digest: the manifest and the tags pointing at it go.
+    let r = api.call(Method::DELETE, &format!("/v2/app/manifests/{d}"), &[], Vec::new()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(api.get(&format!("/v2/app/manifests/{d}")).await.code(), "MANIFEST_UNKNOWN");
+    assert_eq!(api.get("/v2/app/manifests/1.0").await.code(), "MANIFEST_UNKNOWN");
+    assert_eq!(api.get("/v2/app/tags/list").await.json()["tags"], json!([]));
+    let r = api.call(Method::DELETE, &format!("/v2/app/manifests/{d}"), &[], Vec::new()).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"));
+    // Blobs.
+    let b = api.push_blob("app", b"blob to delete").await;
+    let r = api.call(Method::DELETE, &format!("/v2/app/blobs/{b}"), &[], Vec::new()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(api.call(Method::HEAD, &format!("/v2/app/blobs/{b}"), &[], Vec::new()).await.status, StatusCode::NOT_FOUND);
+    let r = api.call(Method::DELETE, &format!("/v2/app/blobs/{b}"), &[], Vec::new()).await;
+    assert_eq!(r.code(), "BLOB_UNKNOWN");
+
+    // With deletes switched off.
+    let dir = common::temp_dir();
+    let app = http::router(Registry::new(Storage::new(dir.path()), false));
+    let r = app
+        .oneshot(Request::builder().method(Method::DELETE).uri(format!("/v2/app/manifests/{d}")).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn malformed_names_tags_and_digests_are_client_errors() {
+    let api = Api::new();
+    for (uri, code) in [
+        ("/v2/Team/App/tags/list", "NAME_INVALID"),
+        ("/v2/a//b/tags/list", "NAME_INVALID"),
+        ("/v2/app/manifests/-bad", "TAG_INVALID"),
+        ("/v2/app/manifests/sha256:zz", "DIGEST_INVALID"),
+        ("/v2/app/blobs/md5:d41d8cd98f00b204e9800998ecf8427e", "DIGEST_INVALID"),
+    ] {
+        let r = api.get(uri).await;
+        assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, code), "{uri}");
+        assert!(r.json()["errors"][0]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert_eq!(r.h("content-type"), "application/json");
+    }
+    // An encoded path escape never reaches storage.
+    let r = api.get("/v2/app/blobs/sha256:..%2F..%2Fetc").await;
+    assert!(r.status.is_client_error(), "{}", r.status);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_pushes_of_one_blob_and_one_tag_are_safe() {
+    let api = Arc::new(Api::new());
+    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 241) as u8).collect();
+    let d = Digest::sha256_of(&data);
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let (api, data) = (api.clone(), data.clone());
+        tasks.push(tokio::spawn(async move {
+            // Chunked, so the uploads interleave on disk.
+            let r = api.call(Method::POST, "/v2/race/blobs/uploads/", &[], Vec::new()).await;
+            let loc = r.h("location").to_string();
+            for (i, chunk) in data.chunks(300_000).enumerate() {
+                let start = i * 300_000;
+                let range = format!("{}-{}", start, start + chunk.len() - 1);
+                let r = api.call(Method::PATCH, &loc, &[("content-range", &range)], chunk.to_vec()).await;
+                assert_eq!(r.status, StatusCode::ACCEPTED);
+            }
+            let d = Digest::sha256_of(&data);
+            api.call(Method::PUT, &format!("{loc}?digest={d}"), &[("content-length", "0")], Vec::new()).await.status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::CREATED);
+    }
+    assert_eq!(api.get(&format!("/v2/race/blobs/{d}")).await.body, data);
+
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move { push_image(&api, "race", "latest", &i.to_string()).await.0 }));
+    }
+    let mut pushed = Vec::new();
+    for t in tasks {
+        pushed.push(t.await.unwrap());
+    }
+    let r = api.get("/v2/race/manifests/latest").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let current = Digest::sha256_of(&r.body);
+    assert!(pushed.contains(&current));
+    for d in &pushed {
+        assert_eq!(api.get(&format!("/v2/race/manifests/{d}")).await.status, StatusCode::OK);
+    }
+}
+
+// ---- over loopback mutual TLS ----
+
+fn client_config(ca_pem: &str, identity: Option<(&str, &str)>, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
+    let b = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let mut cfg = match identity {
+        Some((cert, key)) => b
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap(),
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => b.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    Arc::new(cfg)
+}
+
+/// GET over TLS with hyper (HTTP/1.1 or HTTP/2 per ALPN); the status, or the error.
+async fn tls_get(addr: std::net::SocketAddr, cfg: Arc<rustls::ClientConfig>, path: &str) -> Result<(StatusCode, Vec<u8>), String> {
+    let h2 = cfg.alpn_protocols.first().is_some_and(|p| p == b"h2");
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let req = Request::builder()
+        .uri(path)
+        .header(header::HOST, "localhost")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = if h2 {
+        let (mut send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        send.send_request(req).await.map_err(|e| e.to_string())?
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        send.send_request(req).await.map_err(|e| e.to_string())?
+    };
+    let status = resp.status();
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes().to_vec();
+    Ok((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_clients_with_a_valid_berth_certificate_reach_http() {
+    use berth::client::IssueRequest;
+    use berth::pki::{CertKind, KeyAlgorithm, Names};
+    let d = common::TestDaemon::with_registry();
+    let addr = d.registry[0];
+    let c = d.client().await;
+    let info = c.info().await.unwrap();
+    assert_eq!(info.registry_listeners, vec![addr.to_string()]);
+    let me = c
+        .issue(IssueRequest {
+            kind: CertKind::Client,
+            names: Names { common_name: "me".into(), ..Names::default() },
+            validity_days: None,
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            return_key: true,
+        })
+        .await
+        .unwrap();
+    let key = me.key.as_ref().unwrap().secret_pem().to_string();
+    let ca = me.ca_pem.clone();
+
+    for alpn in [&b"http/1.1"[..], &b"h2"[..]] {
+        let (status, body) = tls_get(addr, client_config(&ca, Some((&me.record.certificate_pem, &key)), alpn), "/v2/").await.unwrap();
+        assert_eq!((status, body.as_slice()), (StatusCode::OK, &b"{}"[..]));
+    }
+    // The registry's certificate covers localhost and the loopback addresses.
+    let (rec, _) = {
+        let list = c.list(Some(CertKind::Server), Some("berth registry".into())).await.unwrap();
+        (list[0].clone(), ())
+    };
+    assert!(rec.names.dns_names.contains(&"localhost".to_string()));
+    assert!(rec.names.ip_addresses.contains(&"127.0.0.1".parse().unwrap()));
+    assert!(rec.names.ip_addresses.contains(&"::1".parse().unwrap()));
+    assert!(d.config.state_dir.join(format!("pki/keys/{}.key", rec.serial)).exists());
+
+    // No certificate.
+    assert!(tls_get(addr, client_config(&ca, None, b"http/1.1"), "/v2/").await.is_err());
+    // Another CA's certificate.
+    let rogue_key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let rogue_ca = rcgen::CertifiedIssuer::self_signed(p, rogue_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, "me");
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let leaf = p.signed_by(&leaf_key, &rogue_ca).unwrap();
+    assert!(tls_get(addr, client_config(&ca, Some((&leaf.pem(), &leaf_key.serialize_pem())), b"http/1.1"), "/v2/").await.is_err());
+    // An expired certificate from the berth CA itself (signed here with the CA's key).
+    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(d.config.state_dir.join("pki/ca.key")).unwrap()).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca, ca_key).unwrap();
+    let old_key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, "old");
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2020, 2, 1);
+    let old = p.signed_by(&old_key, &issuer).unwrap();
+    assert!(tls_get(addr, client_config(&ca, Some((&old.pem(), &old_key.serialize_pem())), b"http/1.1"), "/v2/").await.is_err());
+    // A revoked certificate: refused from the next connection on.
+    c.revoke(&me.record.serial).await.unwrap();
+    assert!(tls_get(addr, client_config(&ca, Some((&me.record.certificate_pem, &key)), b"http/1.1"), "/v2/").await.is_err());
+}
