@@ -1,0 +1,344 @@
+//! Real clients against the embedded registry: skopeo pushes and pulls through mutual TLS
+//! with the files `berth certs install` wrote, and Debian's `docker-registry`
+//! (distribution 2.8) serves what berth stored and the other way round.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth::registry::Digest;
+use common::TestDaemon;
+use serde_json::{Value, json};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// An OCI image layout on disk, built here so tests need no network.
+struct Layout {
+    dir: PathBuf,
+}
+
+impl Layout {
+    fn new(dir: &Path) -> Layout {
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        Layout { dir: dir.to_path_buf() }
+    }
+
+    fn blob(&self, data: &[u8]) -> (Digest, usize) {
+        let d = Digest::sha256_of(data);
+        std::fs::write(self.dir.join("blobs/sha256").join(d.hex()), data).unwrap();
+        (d, data.len())
+    }
+
+    /// A gzip tar layer holding one file of pseudo-random bytes.
+    fn layer(&self, name: &str, size: usize, seed: u32) -> ((Digest, usize), Digest) {
+        let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+        let content: Vec<u8> = (0..size)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        let mut tar = Vec::new();
+        let mut header = [0u8; 512];
+        header[..name.len()].copy_from_slice(name.as_bytes());
+        header[100..108].copy_from_slice(b"0000644\0");
+        header[108..116].copy_from_slice(b"0000000\0");
+        header[116..124].copy_from_slice(b"0000000\0");
+        header[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+        header[136..148].copy_from_slice(b"00000000000\0");
+        header[156] = b'0';
+        header[257..263].copy_from_slice(b"ustar\0");
+        header[263..265].copy_from_slice(b"00");
+        header[148..156].copy_from_slice(b"        ");
+        let sum: u32 = header.iter().map(|&b| b as u32).sum();
+        header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        tar.extend_from_slice(&header);
+        tar.extend_from_slice(&content);
+        tar.resize(tar.len().div_ceil(512) * 512 + 1024, 0);
+        let diff_id = Digest::sha256_of(&tar);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        (self.blob(&gz.finish().unwrap()), diff_id)
+    }
+
+    /// An image manifest for one platform; returns its descriptor.
+    fn image(&self, arch: &str, seed: u32) -> Value {
+        let (layer, diff_id) = self.layer(&format!("file-{arch}"), 200_000 + seed as usize, seed);
+        let config = serde_json::to_vec(&json!({
+            "architecture": arch, "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]},
+            "config": {"Cmd": ["/file"]}
+        }))
+        .unwrap();
+        let (c, cs) = self.blob(&config);
+        let m = serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": c.to_string(), "size": cs},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer.0.to_string(), "size": layer.1}],
+        }))
+        .unwrap();
+        let (md, ms) = self.blob(&m);
+        json!({"mediaType": OCI_MANIFEST, "digest": md.to_string(), "size": ms, "platform": {"architecture": arch, "os": "linux"}})
+    }
+
+    /// Writes index.json naming each entry by its ref.
+    fn refs(&self, entries: Vec<(&str, Value)>) {
+        let manifests: Vec<Value> = entries
+            .into_iter()
+            .map(|(name, mut d)| {
+                d["annotations"] = json!({"org.opencontainers.image.ref.name": name});
+                d.as_object_mut().unwrap().remove("platform");
+                d
+            })
+            .collect();
+        std::fs::write(self.dir.join("index.json"), serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": manifests})).unwrap()).unwrap();
+    }
+
+    /// A multi-platform index blob over two images.
+    fn multi(&self) -> Value {
+        let a = self.image("amd64", 7);
+        let b = self.image("arm64", 8);
+        let idx = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [a, b]})).unwrap();
+        let (d, s) = self.blob(&idx);
+        json!({"mediaType": OCI_INDEX, "digest": d.to_string(), "size": s})
+    }
+}
+
+/// Every blob of a layout hashes to its file name.
+fn assert_blobs_verify(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir.join("blobs/sha256")).unwrap() {
+        let e = e.unwrap();
+        let data = std::fs::read(e.path()).unwrap();
+        assert_eq!(Digest::sha256_of(&data).hex(), e.file_name().to_string_lossy(), "{}", e.path().display());
+        n += 1;
+    }
+    n
+}
+
+fn policy(dir: &Path) -> PathBuf {
+    let p = dir.join("policy.json");
+    std::fs::write(&p, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).unwrap();
+    p
+}
+
+fn skopeo(policy: &Path, args: &[&str]) -> String {
+    let out = common::run(
+        Command::new("skopeo")
+            .arg("--policy")
+            .arg(policy)
+            .args(args)
+            .stdin(Stdio::null()),
+    );
+    assert!(
+        out.status.success(),
+        "skopeo {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn skopeo_fails(policy: &Path, args: &[&str]) -> String {
+    let out = common::run(Command::new("skopeo").arg("--policy").arg(policy).args(args).stdin(Stdio::null()));
+    assert!(!out.status.success(), "skopeo {args:?} should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A daemon with its registry, and the certs.d folder `berth certs install` made for it.
+async fn registry_with_certs() -> (TestDaemon, String, PathBuf) {
+    let d = TestDaemon::with_registry();
+    let host = format!("localhost:{}", d.registry[0].port());
+    let c = d.client().await;
+    c.certs_install(&host, Some("e2e"), true, false, false).await.unwrap();
+    let certs = d.docker_root().join(&host);
+    for f in ["ca.crt", "client.cert", "client.key"] {
+        assert!(certs.join(f).is_file(), "{f}");
+        assert!(d.containers_root().join(&host).join(f).is_file(), "{f}");
+    }
+    (d, host, certs)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn skopeo_pushes_and_pulls_through_mtls_with_installed_certs() {
+    let (d, host, certs) = registry_with_certs().await;
+    let work = common::temp_dir();
+    let pol = policy(work.path());
+    let src = Layout::new(&work.path().join("src"));
+    let single = src.image("amd64", 1);
+    let multi = src.multi();
+    src.refs(vec![("single", single.clone()), ("multi", multi.clone())]);
+    let src_dir = src.dir.display().to_string();
+    let cert_dir = certs.display().to_string();
+    let containers_dir = d.containers_root().join(&host).display().to_string();
+
+    // OCI image.
+    skopeo(&pol, &["copy", "--dest-cert-dir", &cert_dir, &format!("oci:{src_dir}:single"), &format!("docker://{host}/team/app:1.0")]);
+    let back = work.path().join("back");
+    skopeo(&pol, &["copy", "--src-cert-dir", &containers_dir, &format!("docker://{host}/team/app:1.0"), &format!("oci:{}:1.0", back.display())]);
+    assert!(assert_blobs_verify(&back) >= 3);
+    let index: Value = serde_json::from_slice(&std::fs::read(back.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"][0]["digest"], single["digest"], "the manifest came back byte for byte");
+
+    // Docker schema 2 image.
+    skopeo(&pol, &["copy", "--format", "v2s2", "--dest-cert-dir", &cert_dir, &format!("oci:{src_dir}:single"), &format!("docker://{host}/team/docker:1.0")]);
+    let raw = skopeo(&pol, &["inspect", "--raw", "--cert-dir", &cert_dir, &format!("docker://{host}/team/docker:1.0")]);
+    let m: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(m["mediaType"], "application/vnd.docker.distribution.manifest.v2+json");
+    let back2 = work.path().join("back2");
+    skopeo(&pol, &["copy", "--src-cert-dir", &cert_dir, &format!("docker://{host}/team/docker:1.0"), &format!("oci:{}:x", back2.display())]);
+    assert_blobs_verify(&back2);
+
+    // Multi-platform index, all platforms.
+    skopeo(&pol, &["copy", "--all", "--dest-cert-dir", &cert_dir, &format!("oci:{src_dir}:multi"), &format!("docker://{host}/team/multi:1.0")]);
+    let raw = skopeo(&pol, &["inspect", "--raw", "--cert-dir", &cert_dir, &format!("docker://{host}/team/multi:1.0")]);
+    let idx: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(idx["manifests"].as_array().unwrap().len(), 2);
+    assert_eq!(Digest::sha256_of(raw.as_bytes()).to_string(), multi["digest"]);
+    let back3 = work.path().join("back3");
+    skopeo(&pol, &["copy", "--all", "--src-cert-dir", &cert_dir, &format!("docker://{host}/team/multi:1.0"), &format!("oci:{}:m", back3.display())]);
+    assert!(assert_blobs_verify(&back3) >= 7);
+    let tags = skopeo(&pol, &["list-tags", "--cert-dir", &cert_dir, &format!("docker://{host}/team/app")]);
+    assert!(tags.contains("\"1.0\""), "{tags}");
+
+    // Without the client certificate the registry is closed: only the CA, no key pair.
+    let ca_only = work.path().join("ca-only");
+    std::fs::create_dir_all(&ca_only).unwrap();
+    std::fs::copy(certs.join("ca.crt"), ca_only.join("ca.crt")).unwrap();
+    let err = skopeo_fails(&pol, &["inspect", "--cert-dir", &ca_only.display().to_string(), &format!("docker://{host}/team/app:1.0")]);
+    assert!(!err.is_empty());
+}
+
+/// Debian's docker-registry on a free loopback port over `root`, plain HTTP.
+struct DockerRegistry {
+    child: Child,
+    addr: String,
+    _config: tempfile::TempDir,
+}
+
+impl DockerRegistry {
+    fn start(root: &Path) -> DockerRegistry {
+        let bin = which("docker-registry").unwrap_or_else(|| {
+            panic!("docker-registry is not installed: apt-get install -y docker-registry (.ci/run does)")
+        });
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = common::temp_dir();
+        let file = config.path().join("config.yml");
+        std::fs::write(
+            &file,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                root.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let r = DockerRegistry { child, addr, _config: config };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !r.answers() {
+            assert!(Instant::now() < deadline, "docker-registry did not start on {}", r.addr);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    /// GET /v2/ answers 200.
+    fn answers(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(&self.addr) else { return false };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        if s.write_all(format!("GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr).as_bytes()).is_err() {
+            return false;
+        }
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf);
+        buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200")
+    }
+}
+
+impl Drop for DockerRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(cmd)).find(|p| p.is_file())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn data_moves_between_berth_and_docker_registry_in_both_directions() {
+    let work = common::temp_dir();
+    let pol = policy(work.path());
+    let src = Layout::new(&work.path().join("src"));
+    let single = src.image("amd64", 3);
+    let multi = src.multi();
+    src.refs(vec![("single", single.clone()), ("multi", multi.clone())]);
+    let src_dir = src.dir.display().to_string();
+
+    // berth writes, docker-registry serves.
+    let berth_root = work.path().join("berth-data");
+    let d = TestDaemon::start_with(|c| {
+        c.registry.enabled = true;
+        c.registry.root = Some(berth_root.clone());
+    });
+    let host = format!("localhost:{}", d.registry[0].port());
+    d.client().await.certs_install(&host, Some("interop"), false, false, false).await.unwrap();
+    let certs = d.docker_root().join(&host).display().to_string();
+    skopeo(&pol, &["copy", "--dest-cert-dir", &certs, &format!("oci:{src_dir}:single"), &format!("docker://{host}/interop/app:1.0")]);
+    skopeo(&pol, &["copy", "--all", "--dest-cert-dir", &certs, &format!("oci:{src_dir}:multi"), &format!("docker://{host}/interop/multi:2.0")]);
+    drop(d);
+    let reg = DockerRegistry::start(&berth_root);
+    let out = work.path().join("from-docker-registry");
+    skopeo(&pol, &["copy", "--src-tls-verify=false", &format!("docker://{}/interop/app:1.0", reg.addr), &format!("oci:{}:a", out.display())]);
+    assert_blobs_verify(&out);
+    let raw = skopeo(&pol, &["inspect", "--raw", "--tls-verify=false", &format!("docker://{}/interop/multi:2.0", reg.addr)]);
+    assert_eq!(Digest::sha256_of(raw.as_bytes()).to_string(), multi["digest"]);
+    let raw = skopeo(&pol, &["inspect", "--raw", "--tls-verify=false", &format!("docker://{}/interop/app:1.0", reg.addr)]);
+    assert_eq!(Digest::sha256_of(raw.as_bytes()).to_string(), single["digest"]);
+    let tags = skopeo(&pol, &["list-tags", "--tls-verify=false", &format!("docker://{}/interop/multi", reg.addr)]);
+    assert!(tags.contains("\"2.0\""), "{tags}");
+    drop(reg);
+
+    // docker-registry writes, berth serves.
+    let theirs = work.path().join("registry-data");
+    std::fs::create_dir_all(&theirs).unwrap();
+    let reg = DockerRegistry::start(&theirs);
+    skopeo(&pol, &["copy", "--dest-tls-verify=false", &format!("oci:{src_dir}:single"), &format!("docker://{}/from/them:1.0", reg.addr)]);
+    skopeo(&pol, &["copy", "--all", "--dest-tls-verify=false", &format!("oci:{src_dir}:multi"), &format!("docker://{}/from/multi:1.0", reg.addr)]);
+    drop(reg);
+    let d = TestDaemon::start_with(|c| {
+        c.registry.enabled = true;
+        c.registry.root = Some(theirs.clone());
+    });
+    let host = format!("localhost:{}", d.registry[0].port());
+    d.client().await.certs_install(&host, Some("interop"), false, false, false).await.unwrap();
+    let certs = d.docker_root().join(&host).display().to_string();
+    let out = work.path().join("from-berth");
+    skopeo(&pol, &["copy", "--src-cert-dir", &certs, &format!("docker://{host}/from/them:1.0"), &format!("oci:{}:a", out.display())]);
+    assert_blobs_verify(&out);
+    let raw = skopeo(&pol, &["inspect", "--raw", "--cert-dir", &certs, &format!("docker://{host}/from/multi:1.0")]);
+    assert_eq!(Digest::sha256_of(raw.as_bytes()).to_string(), multi["digest"]);
+    let out2 = work.path().join("from-berth-multi");
+    skopeo(&pol, &["copy", "--all", "--src-cert-dir", &certs, &format!("docker://{host}/from/multi:1.0"), &format!("oci:{}:m", out2.display())]);
+    assert!(assert_blobs_verify(&out2) >= 7);
+    let tags = skopeo(&pol, &["list-tags", "--cert-dir", &certs, &format!("docker://{host}/from/them")]);
+    assert!(tags.contains("\"1.0\""), "{tags}");
+}
