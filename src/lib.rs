@@ -12,7 +12,8 @@
 //! | [`config`] | `Config` with embedded defaults, TOML `version = 1`, unknown keys rejected | `pki` key names |
 //! | [`pki`] | CA, issue, CSR signing, index, CRL, inspect (rcgen, x509-parser) | `fsutil` |
 //! | [`certsd`] | docker/containers `certs.d` installer: plan, stage, commit, record | `pki`, `fsutil` |
-//! | [`proto`] | generated tonic/prost code for `proto/berth/v1` (built by protox in build.rs) | — |
+//! | [`registry`] | embedded OCI registry: names/digests, manifests, registry:2-layout storage, and `registry::http` (axum, OCI error table, rustls with client identity) | `fsutil`, `pki` (identity decoding) |
+//! | [`proto`] | generated tonic/prost code for `proto/berth/v1` (built by protox in build.rs), and the wire mappings both ends share | — |
 //! | [`daemon`] | lock, listeners, peer authorisation, tonic services mapping domain errors to `Status` | everything above |
 //! | [`client`] | the control API seen as domain types, errors that say what to do | `proto`, domain types |
 //!
@@ -29,6 +30,15 @@
 //! and the held key through [`fsutil::write_atomic`]. A failure travels as `pki::Error` ->
 //! `tonic::Status` (one exhaustive mapping in the daemon) -> [`client::Error`] -> a CLI
 //! message with a hint.
+//!
+//! `skopeo copy ... docker://localhost:5443/team/app:1.0`: the registry listener completes a
+//! rustls handshake that requires a client certificate from the berth CA (and checks the
+//! CRL); the verified certificate becomes a `ClientIdentity` on every request; the single
+//! `/v2/{*rest}` route is parsed into a `Route` (names contain `/`); the handler calls
+//! [`registry::Registry`], whose storage streams the body to `_uploads/<id>/data` while
+//! hashing, then verifies, fsyncs and renames into `blobs/`; the handler sets `Location`,
+//! `Docker-Content-Digest` and `Range`. Errors travel `registry::Error` -> the OCI error
+//! table (one exhaustive match) -> `{"errors":[...]}` with the right status.
 #![forbid(unsafe_code)]
 
 pub mod certsd;

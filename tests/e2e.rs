@@ -27,7 +27,9 @@ impl Layout {
     fn new(dir: &Path) -> Layout {
         std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
         std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-        Layout { dir: dir.to_path_buf() }
+        Layout {
+            dir: dir.to_path_buf(),
+        }
     }
 
     fn blob(&self, data: &[u8]) -> (Digest, usize) {
@@ -100,14 +102,21 @@ impl Layout {
                 d
             })
             .collect();
-        std::fs::write(self.dir.join("index.json"), serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": manifests})).unwrap()).unwrap();
+        std::fs::write(
+            self.dir.join("index.json"),
+            serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": manifests})).unwrap(),
+        )
+        .unwrap();
     }
 
     /// A multi-platform index blob over two images.
     fn multi(&self) -> Value {
         let a = self.image("amd64", 7);
         let b = self.image("arm64", 8);
-        let idx = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [a, b]})).unwrap();
+        let idx = serde_json::to_vec(
+            &json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [a, b]}),
+        )
+        .unwrap();
         let (d, s) = self.blob(&idx);
         json!({"mediaType": OCI_INDEX, "digest": d.to_string(), "size": s})
     }
@@ -119,7 +128,12 @@ fn assert_blobs_verify(dir: &Path) -> usize {
     for e in std::fs::read_dir(dir.join("blobs/sha256")).unwrap() {
         let e = e.unwrap();
         let data = std::fs::read(e.path()).unwrap();
-        assert_eq!(Digest::sha256_of(&data).hex(), e.file_name().to_string_lossy(), "{}", e.path().display());
+        assert_eq!(
+            Digest::sha256_of(&data).hex(),
+            e.file_name().to_string_lossy(),
+            "{}",
+            e.path().display()
+        );
         n += 1;
     }
     n
@@ -149,7 +163,13 @@ fn skopeo(policy: &Path, args: &[&str]) -> String {
 }
 
 fn skopeo_fails(policy: &Path, args: &[&str]) -> String {
-    let out = common::run(Command::new("skopeo").arg("--policy").arg(policy).args(args).stdin(Stdio::null()));
+    let out = common::run(
+        Command::new("skopeo")
+            .arg("--policy")
+            .arg(policy)
+            .args(args)
+            .stdin(Stdio::null()),
+    );
     assert!(!out.status.success(), "skopeo {args:?} should have failed");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -159,7 +179,9 @@ async fn registry_with_certs() -> (TestDaemon, String, PathBuf) {
     let d = TestDaemon::with_registry();
     let host = format!("localhost:{}", d.registry[0].port());
     let c = d.client().await;
-    c.certs_install(&host, Some("e2e"), true, false, false).await.unwrap();
+    c.certs_install(&host, Some("e2e"), true, false, false)
+        .await
+        .unwrap();
     let certs = d.docker_root().join(&host);
     for f in ["ca.crt", "client.cert", "client.key"] {
         assert!(certs.join(f).is_file(), "{f}");
@@ -182,39 +204,141 @@ async fn skopeo_pushes_and_pulls_through_mtls_with_installed_certs() {
     let containers_dir = d.containers_root().join(&host).display().to_string();
 
     // OCI image.
-    skopeo(&pol, &["copy", "--dest-cert-dir", &cert_dir, &format!("oci:{src_dir}:single"), &format!("docker://{host}/team/app:1.0")]);
+    skopeo(
+        &pol,
+        &[
+            "copy",
+            "--dest-cert-dir",
+            &cert_dir,
+            &format!("oci:{src_dir}:single"),
+            &format!("docker://{host}/team/app:1.0"),
+        ],
+    );
     let back = work.path().join("back");
-    skopeo(&pol, &["copy", "--src-cert-dir", &containers_dir, &format!("docker://{host}/team/app:1.0"), &format!("oci:{}:1.0", back.display())]);
+    skopeo(
+        &pol,
+        &[
+            "copy",
+            "--src-cert-dir",
+            &containers_dir,
+            &format!("docker://{host}/team/app:1.0"),
+            &format!("oci:{}:1.0", back.display()),
+        ],
+    );
     assert!(assert_blobs_verify(&back) >= 3);
-    let index: Value = serde_json::from_slice(&std::fs::read(back.join("index.json")).unwrap()).unwrap();
-    assert_eq!(index["manifests"][0]["digest"], single["digest"], "the manifest came back byte for byte");
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(back.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index["manifests"][0]["digest"], single["digest"],
+        "the manifest came back byte for byte"
+    );
 
     // Docker schema 2 image.
-    skopeo(&pol, &["copy", "--format", "v2s2", "--dest-cert-dir", &cert_dir, &format!("oci:{src_dir}:single"), &format!("docker://{host}/team/docker:1.0")]);
-    let raw = skopeo(&pol, &["inspect", "--raw", "--cert-dir", &cert_dir, &format!("docker://{host}/team/docker:1.0")]);
+    skopeo(
+        &pol,
+        &[
+            "copy",
+            "--format",
+            "v2s2",
+            "--dest-cert-dir",
+            &cert_dir,
+            &format!("oci:{src_dir}:single"),
+            &format!("docker://{host}/team/docker:1.0"),
+        ],
+    );
+    let raw = skopeo(
+        &pol,
+        &[
+            "inspect",
+            "--raw",
+            "--cert-dir",
+            &cert_dir,
+            &format!("docker://{host}/team/docker:1.0"),
+        ],
+    );
     let m: Value = serde_json::from_str(&raw).unwrap();
-    assert_eq!(m["mediaType"], "application/vnd.docker.distribution.manifest.v2+json");
+    assert_eq!(
+        m["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
     let back2 = work.path().join("back2");
-    skopeo(&pol, &["copy", "--src-cert-dir", &cert_dir, &format!("docker://{host}/team/docker:1.0"), &format!("oci:{}:x", back2.display())]);
+    skopeo(
+        &pol,
+        &[
+            "copy",
+            "--src-cert-dir",
+            &cert_dir,
+            &format!("docker://{host}/team/docker:1.0"),
+            &format!("oci:{}:x", back2.display()),
+        ],
+    );
     assert_blobs_verify(&back2);
 
     // Multi-platform index, all platforms.
-    skopeo(&pol, &["copy", "--all", "--dest-cert-dir", &cert_dir, &format!("oci:{src_dir}:multi"), &format!("docker://{host}/team/multi:1.0")]);
-    let raw = skopeo(&pol, &["inspect", "--raw", "--cert-dir", &cert_dir, &format!("docker://{host}/team/multi:1.0")]);
+    skopeo(
+        &pol,
+        &[
+            "copy",
+            "--all",
+            "--dest-cert-dir",
+            &cert_dir,
+            &format!("oci:{src_dir}:multi"),
+            &format!("docker://{host}/team/multi:1.0"),
+        ],
+    );
+    let raw = skopeo(
+        &pol,
+        &[
+            "inspect",
+            "--raw",
+            "--cert-dir",
+            &cert_dir,
+            &format!("docker://{host}/team/multi:1.0"),
+        ],
+    );
     let idx: Value = serde_json::from_str(&raw).unwrap();
     assert_eq!(idx["manifests"].as_array().unwrap().len(), 2);
-    assert_eq!(Digest::sha256_of(raw.as_bytes()).to_string(), multi["digest"]);
+    assert_eq!(
+        Digest::sha256_of(raw.as_bytes()).to_string(),
+        multi["digest"]
+    );
     let back3 = work.path().join("back3");
-    skopeo(&pol, &["copy", "--all", "--src-cert-dir", &cert_dir, &format!("docker://{host}/team/multi:1.0"), &format!("oci:{}:m", back3.display())]);
+    skopeo(
+        &pol,
+        &[
+            "copy",
+            "--all",
+            "--src-cert-dir",
+            &cert_dir,
+            &format!("docker://{host}/team/multi:1.0"),
+            &format!("oci:{}:m", back3.display()),
+        ],
+    );
     assert!(assert_blobs_verify(&back3) >= 7);
-    let tags = skopeo(&pol, &["list-tags", "--cert-dir", &cert_dir, &format!("docker://{host}/team/app")]);
+    let tags = skopeo(
+        &pol,
+        &[
+            "list-tags",
+            "--cert-dir",
+            &cert_dir,
+            &format!("docker://{host}/team/app"),
+        ],
+    );
     assert!(tags.contains("\"1.0\""), "{tags}");
 
     // Without the client certificate the registry is closed: only the CA, no key pair.
     let ca_only = work.path().join("ca-only");
     std::fs::create_dir_all(&ca_only).unwrap();
     std::fs::copy(certs.join("ca.crt"), ca_only.join("ca.crt")).unwrap();
-    let err = skopeo_fails(&pol, &["inspect", "--cert-dir", &ca_only.display().to_string(), &format!("docker://{host}/team/app:1.0")]);
+    let err = skopeo_fails(
+        &pol,
+        &[
+            "inspect",
+            "--cert-dir",
+            &ca_only.display().to_string(),
+            &format!("docker://{host}/team/app:1.0"),
+        ],
+    );
     assert!(!err.is_empty());
 }
 
@@ -230,7 +354,11 @@ impl DockerRegistry {
         let bin = which("docker-registry").unwrap_or_else(|| {
             panic!("docker-registry is not installed: apt-get install -y docker-registry (.ci/run does)")
         });
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let addr = format!("127.0.0.1:{port}");
         let config = common::temp_dir();
         let file = config.path().join("config.yml");
@@ -250,10 +378,18 @@ impl DockerRegistry {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let r = DockerRegistry { child, addr, _config: config };
+        let r = DockerRegistry {
+            child,
+            addr,
+            _config: config,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !r.answers() {
-            assert!(Instant::now() < deadline, "docker-registry did not start on {}", r.addr);
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not start on {}",
+                r.addr
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         r
@@ -261,9 +397,13 @@ impl DockerRegistry {
 
     /// GET /v2/ answers 200.
     fn answers(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(&self.addr) else { return false };
+        let Ok(mut s) = TcpStream::connect(&self.addr) else {
+            return false;
+        };
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        if s.write_all(format!("GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr).as_bytes()).is_err() {
+        if s.write_all(format!("GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr).as_bytes())
+            .is_err()
+        {
             return false;
         }
         let mut buf = String::new();
@@ -280,7 +420,11 @@ impl Drop for DockerRegistry {
 }
 
 fn which(cmd: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(cmd)).find(|p| p.is_file())
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(cmd))
+        .find(|p| p.is_file())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -300,20 +444,80 @@ async fn data_moves_between_berth_and_docker_registry_in_both_directions() {
         c.registry.root = Some(berth_root.clone());
     });
     let host = format!("localhost:{}", d.registry[0].port());
-    d.client().await.certs_install(&host, Some("interop"), false, false, false).await.unwrap();
+    d.client()
+        .await
+        .certs_install(&host, Some("interop"), false, false, false)
+        .await
+        .unwrap();
     let certs = d.docker_root().join(&host).display().to_string();
-    skopeo(&pol, &["copy", "--dest-cert-dir", &certs, &format!("oci:{src_dir}:single"), &format!("docker://{host}/interop/app:1.0")]);
-    skopeo(&pol, &["copy", "--all", "--dest-cert-dir", &certs, &format!("oci:{src_dir}:multi"), &format!("docker://{host}/interop/multi:2.0")]);
+    skopeo(
+        &pol,
+        &[
+            "copy",
+            "--dest-cert-dir",
+            &certs,
+            &format!("oci:{src_dir}:single"),
+            &format!("docker://{host}/interop/app:1.0"),
+        ],
+    );
+    skopeo(
+        &pol,
+        &[
+            "copy",
+            "--all",
+            "--dest-cert-dir",
+            &certs,
+            &format!("oci:{src_dir}:multi"),
+            &format!("docker://{host}/interop/multi:2.0"),
+        ],
+    );
     drop(d);
     let reg = DockerRegistry::start(&berth_root);
     let out = work.path().join("from-docker-registry");
-    skopeo(&pol, &["copy", "--src-tls-verify=false", &format!("docker://{}/interop/app:1.0", reg.addr), &format!("oci:{}:a", out.display())]);
+    skopeo(
+        &pol,
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{}/interop/app:1.0", reg.addr),
+            &format!("oci:{}:a", out.display()),
+        ],
+    );
     assert_blobs_verify(&out);
-    let raw = skopeo(&pol, &["inspect", "--raw", "--tls-verify=false", &format!("docker://{}/interop/multi:2.0", reg.addr)]);
-    assert_eq!(Digest::sha256_of(raw.as_bytes()).to_string(), multi["digest"]);
-    let raw = skopeo(&pol, &["inspect", "--raw", "--tls-verify=false", &format!("docker://{}/interop/app:1.0", reg.addr)]);
-    assert_eq!(Digest::sha256_of(raw.as_bytes()).to_string(), single["digest"]);
-    let tags = skopeo(&pol, &["list-tags", "--tls-verify=false", &format!("docker://{}/interop/multi", reg.addr)]);
+    let raw = skopeo(
+        &pol,
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{}/interop/multi:2.0", reg.addr),
+        ],
+    );
+    assert_eq!(
+        Digest::sha256_of(raw.as_bytes()).to_string(),
+        multi["digest"]
+    );
+    let raw = skopeo(
+        &pol,
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{}/interop/app:1.0", reg.addr),
+        ],
+    );
+    assert_eq!(
+        Digest::sha256_of(raw.as_bytes()).to_string(),
+        single["digest"]
+    );
+    let tags = skopeo(
+        &pol,
+        &[
+            "list-tags",
+            "--tls-verify=false",
+            &format!("docker://{}/interop/multi", reg.addr),
+        ],
+    );
     assert!(tags.contains("\"2.0\""), "{tags}");
     drop(reg);
 
@@ -321,24 +525,84 @@ async fn data_moves_between_berth_and_docker_registry_in_both_directions() {
     let theirs = work.path().join("registry-data");
     std::fs::create_dir_all(&theirs).unwrap();
     let reg = DockerRegistry::start(&theirs);
-    skopeo(&pol, &["copy", "--dest-tls-verify=false", &format!("oci:{src_dir}:single"), &format!("docker://{}/from/them:1.0", reg.addr)]);
-    skopeo(&pol, &["copy", "--all", "--dest-tls-verify=false", &format!("oci:{src_dir}:multi"), &format!("docker://{}/from/multi:1.0", reg.addr)]);
+    skopeo(
+        &pol,
+        &[
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("oci:{src_dir}:single"),
+            &format!("docker://{}/from/them:1.0", reg.addr),
+        ],
+    );
+    skopeo(
+        &pol,
+        &[
+            "copy",
+            "--all",
+            "--dest-tls-verify=false",
+            &format!("oci:{src_dir}:multi"),
+            &format!("docker://{}/from/multi:1.0", reg.addr),
+        ],
+    );
     drop(reg);
     let d = TestDaemon::start_with(|c| {
         c.registry.enabled = true;
         c.registry.root = Some(theirs.clone());
     });
     let host = format!("localhost:{}", d.registry[0].port());
-    d.client().await.certs_install(&host, Some("interop"), false, false, false).await.unwrap();
+    d.client()
+        .await
+        .certs_install(&host, Some("interop"), false, false, false)
+        .await
+        .unwrap();
     let certs = d.docker_root().join(&host).display().to_string();
     let out = work.path().join("from-berth");
-    skopeo(&pol, &["copy", "--src-cert-dir", &certs, &format!("docker://{host}/from/them:1.0"), &format!("oci:{}:a", out.display())]);
+    skopeo(
+        &pol,
+        &[
+            "copy",
+            "--src-cert-dir",
+            &certs,
+            &format!("docker://{host}/from/them:1.0"),
+            &format!("oci:{}:a", out.display()),
+        ],
+    );
     assert_blobs_verify(&out);
-    let raw = skopeo(&pol, &["inspect", "--raw", "--cert-dir", &certs, &format!("docker://{host}/from/multi:1.0")]);
-    assert_eq!(Digest::sha256_of(raw.as_bytes()).to_string(), multi["digest"]);
+    let raw = skopeo(
+        &pol,
+        &[
+            "inspect",
+            "--raw",
+            "--cert-dir",
+            &certs,
+            &format!("docker://{host}/from/multi:1.0"),
+        ],
+    );
+    assert_eq!(
+        Digest::sha256_of(raw.as_bytes()).to_string(),
+        multi["digest"]
+    );
     let out2 = work.path().join("from-berth-multi");
-    skopeo(&pol, &["copy", "--all", "--src-cert-dir", &certs, &format!("docker://{host}/from/multi:1.0"), &format!("oci:{}:m", out2.display())]);
+    skopeo(
+        &pol,
+        &[
+            "copy",
+            "--all",
+            "--src-cert-dir",
+            &certs,
+            &format!("docker://{host}/from/multi:1.0"),
+            &format!("oci:{}:m", out2.display()),
+        ],
+    );
     assert!(assert_blobs_verify(&out2) >= 7);
-    let tags = skopeo(&pol, &["list-tags", "--cert-dir", &certs, &format!("docker://{host}/from/them")]);
+    let tags = skopeo(
+        &pol,
+        &[
+            "list-tags",
+            "--cert-dir",
+            &certs,
+            &format!("docker://{host}/from/them"),
+        ],
+    );
     assert!(tags.contains("\"1.0\""), "{tags}");
 }

@@ -25,7 +25,10 @@ struct Resp {
 
 impl Resp {
     fn h(&self, name: &str) -> &str {
-        self.headers.get(name).map(|v| v.to_str().unwrap()).unwrap_or("")
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
     }
 
     fn json(&self) -> Value {
@@ -50,20 +53,48 @@ impl Api {
         let dir = common::temp_dir();
         let storage = Storage::new(dir.path());
         let app = http::router(Registry::new(storage.clone(), true));
-        Api { _dir: dir, app, storage }
+        Api {
+            _dir: dir,
+            app,
+            storage,
+        }
     }
 
-    async fn call(&self, method: Method, uri: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Resp {
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Resp {
         let mut b = Request::builder().method(method).uri(uri);
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        let resp = self.app.clone().oneshot(b.body(Body::from(body)).unwrap()).await.unwrap();
+        let resp = self
+            .app
+            .clone()
+            .oneshot(b.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
-        assert_eq!(headers.get("docker-distribution-api-version").unwrap(), "registry/2.0");
-        Resp { status, headers, body }
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        assert_eq!(
+            headers.get("docker-distribution-api-version").unwrap(),
+            "registry/2.0"
+        );
+        Resp {
+            status,
+            headers,
+            body,
+        }
     }
 
     async fn get(&self, uri: &str) -> Resp {
@@ -73,12 +104,30 @@ impl Api {
     /// Monolithic upload; returns the digest.
     async fn push_blob(&self, repo: &str, data: &[u8]) -> Digest {
         let d = Digest::sha256_of(data);
-        let r = self.call(Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={d}"), &[], data.to_vec()).await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+        let r = self
+            .call(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+                &[],
+                data.to_vec(),
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::CREATED,
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
         d
     }
 
-    async fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> Resp {
+    async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> Resp {
         self.call(
             Method::PUT,
             &format!("/v2/{repo}/manifests/{reference}"),
@@ -93,7 +142,12 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
-fn image_manifest(media_type: &str, config: &Digest, config_len: usize, layers: &[(&Digest, usize)]) -> Vec<u8> {
+fn image_manifest(
+    media_type: &str,
+    config: &Digest,
+    config_len: usize,
+    layers: &[(&Digest, usize)],
+) -> Vec<u8> {
     let layer_type = if media_type == DOCKER_MANIFEST {
         "application/vnd.docker.image.rootfs.diff.tar.gzip"
     } else {
@@ -121,7 +175,12 @@ async fn push_image(api: &Api, repo: &str, tag: &str, seed: &str) -> (Digest, Ve
     let l = api.push_blob(repo, layer.as_bytes()).await;
     let m = image_manifest(OCI_MANIFEST, &c, config.len(), &[(&l, layer.len())]);
     let r = api.put_manifest(repo, tag, OCI_MANIFEST, &m).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     (Digest::sha256_of(&m), m)
 }
 
@@ -139,8 +198,13 @@ async fn base_endpoint_and_unknown_routes() {
     let r = api.get("/other").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     // A route that exists, with a method it does not take.
-    let r = api.call(Method::POST, "/v2/team/app/tags/list", &[], Vec::new()).await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"));
+    let r = api
+        .call(Method::POST, "/v2/team/app/tags/list", &[], Vec::new())
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED")
+    );
 }
 
 #[tokio::test]
@@ -148,12 +212,26 @@ async fn blobs_monolithic_head_get_and_ranges() {
     let api = Api::new();
     let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let d = Digest::sha256_of(&data);
-    let r = api.call(Method::POST, &format!("/v2/team/app/blobs/uploads/?digest={d}"), &[], data.clone()).await;
+    let r = api
+        .call(
+            Method::POST,
+            &format!("/v2/team/app/blobs/uploads/?digest={d}"),
+            &[],
+            data.clone(),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED);
     assert_eq!(r.h("location"), format!("/v2/team/app/blobs/{d}"));
     assert_eq!(r.h("docker-content-digest"), d.to_string());
 
-    let r = api.call(Method::HEAD, &format!("/v2/team/app/blobs/{d}"), &[], Vec::new()).await;
+    let r = api
+        .call(
+            Method::HEAD,
+            &format!("/v2/team/app/blobs/{d}"),
+            &[],
+            Vec::new(),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.h("content-length"), "100000");
     assert_eq!(r.h("docker-content-digest"), d.to_string());
@@ -163,25 +241,66 @@ async fn blobs_monolithic_head_get_and_ranges() {
     assert_eq!(r.body, data);
     assert_eq!(r.h("content-type"), "application/octet-stream");
 
-    let r = api.call(Method::GET, &format!("/v2/team/app/blobs/{d}"), &[("range", "bytes=10-19")], Vec::new()).await;
+    let r = api
+        .call(
+            Method::GET,
+            &format!("/v2/team/app/blobs/{d}"),
+            &[("range", "bytes=10-19")],
+            Vec::new(),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(r.body, &data[10..20]);
     assert_eq!(r.h("content-range"), "bytes 10-19/100000");
     assert_eq!(r.h("content-length"), "10");
-    let r = api.call(Method::GET, &format!("/v2/team/app/blobs/{d}"), &[("range", "bytes=-5")], Vec::new()).await;
-    assert_eq!((r.status, r.body.as_slice()), (StatusCode::PARTIAL_CONTENT, &data[99_995..]));
-    let r = api.call(Method::GET, &format!("/v2/team/app/blobs/{d}"), &[("range", "bytes=99990-")], Vec::new()).await;
+    let r = api
+        .call(
+            Method::GET,
+            &format!("/v2/team/app/blobs/{d}"),
+            &[("range", "bytes=-5")],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (StatusCode::PARTIAL_CONTENT, &data[99_995..])
+    );
+    let r = api
+        .call(
+            Method::GET,
+            &format!("/v2/team/app/blobs/{d}"),
+            &[("range", "bytes=99990-")],
+            Vec::new(),
+        )
+        .await;
     assert_eq!(r.body, &data[99_990..]);
-    let r = api.call(Method::GET, &format!("/v2/team/app/blobs/{d}"), &[("range", "bytes=100000-")], Vec::new()).await;
+    let r = api
+        .call(
+            Method::GET,
+            &format!("/v2/team/app/blobs/{d}"),
+            &[("range", "bytes=100000-")],
+            Vec::new(),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(r.h("content-range"), "bytes */100000");
     assert_eq!(r.code(), "RANGE_INVALID");
 
     // The blob belongs to team/app only.
     let r = api.get(&format!("/v2/other/blobs/{d}")).await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"));
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::NOT_FOUND, "BLOB_UNKNOWN")
+    );
     let unknown = Digest::sha256_of(b"nope");
-    let r = api.call(Method::HEAD, &format!("/v2/team/app/blobs/{unknown}"), &[], Vec::new()).await;
+    let r = api
+        .call(
+            Method::HEAD,
+            &format!("/v2/team/app/blobs/{unknown}"),
+            &[],
+            Vec::new(),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     // Stored exactly where registry:2 keeps it.
     let path = api.storage.paths().blob_data(&d);
@@ -191,7 +310,9 @@ async fn blobs_monolithic_head_get_and_ranges() {
 #[tokio::test]
 async fn chunked_uploads_in_order_status_and_out_of_order() {
     let api = Api::new();
-    let r = api.call(Method::POST, "/v2/team/app/blobs/uploads/", &[], Vec::new()).await;
+    let r = api
+        .call(Method::POST, "/v2/team/app/blobs/uploads/", &[], Vec::new())
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     let loc = r.h("location").to_string();
     assert!(loc.starts_with("/v2/team/app/blobs/uploads/"), "{loc}");
@@ -200,13 +321,33 @@ async fn chunked_uploads_in_order_status_and_out_of_order() {
     assert!(loc.ends_with(&id));
     assert_eq!(r.h("content-length"), "0");
 
-    let r = api.call(Method::PATCH, &loc, &[("content-range", "0-9"), ("content-type", "application/octet-stream")], b"0123456789".to_vec()).await;
+    let r = api
+        .call(
+            Method::PATCH,
+            &loc,
+            &[
+                ("content-range", "0-9"),
+                ("content-type", "application/octet-stream"),
+            ],
+            b"0123456789".to_vec(),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     assert_eq!(r.h("range"), "0-9");
     assert_eq!(r.h("location"), loc);
     // Out of order: refused with 416 and the current range; nothing appended.
-    let r = api.call(Method::PATCH, &loc, &[("content-range", "20-29")], b"abcdefghij".to_vec()).await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID"));
+    let r = api
+        .call(
+            Method::PATCH,
+            &loc,
+            &[("content-range", "20-29")],
+            b"abcdefghij".to_vec(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID")
+    );
     assert_eq!(r.h("range"), "0-9");
     let r = api.get(&loc).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
@@ -216,51 +357,139 @@ async fn chunked_uploads_in_order_status_and_out_of_order() {
     let r = api.call(Method::PATCH, &loc, &[], b"abcde".to_vec()).await;
     assert_eq!(r.h("range"), "0-14");
     // Upload state on disk is registry:2's.
-    assert!(api.storage.paths().upload_dir(&"team/app".parse().unwrap(), &id).join("startedat").is_file());
+    assert!(
+        api.storage
+            .paths()
+            .upload_dir(&"team/app".parse().unwrap(), &id)
+            .join("startedat")
+            .is_file()
+    );
 
     let whole = b"0123456789abcdeFINAL";
     let d = Digest::sha256_of(whole);
-    let r = api.call(Method::PUT, &format!("{loc}?digest={d}"), &[("content-range", "15-19")], b"FINAL".to_vec()).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+    let r = api
+        .call(
+            Method::PUT,
+            &format!("{loc}?digest={d}"),
+            &[("content-range", "15-19")],
+            b"FINAL".to_vec(),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     assert_eq!(r.h("location"), format!("/v2/team/app/blobs/{d}"));
     assert_eq!(r.h("docker-content-digest"), d.to_string());
-    assert_eq!(api.get(&format!("/v2/team/app/blobs/{d}")).await.body, whole);
+    assert_eq!(
+        api.get(&format!("/v2/team/app/blobs/{d}")).await.body,
+        whole
+    );
     // The session is gone, and its folder with it.
     let r = api.get(&loc).await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"));
-    assert!(!api.storage.paths().upload_dir(&"team/app".parse().unwrap(), &id).exists());
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN")
+    );
+    assert!(
+        !api.storage
+            .paths()
+            .upload_dir(&"team/app".parse().unwrap(), &id)
+            .exists()
+    );
 }
 
 #[tokio::test]
 async fn digest_mismatch_makes_nothing_visible() {
     let api = Api::new();
     let wrong = Digest::sha256_of(b"something else");
-    let r = api.call(Method::POST, &format!("/v2/team/app/blobs/uploads/?digest={wrong}"), &[], b"payload".to_vec()).await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"));
-    assert_eq!(api.get(&format!("/v2/team/app/blobs/{wrong}")).await.status, StatusCode::NOT_FOUND);
+    let r = api
+        .call(
+            Method::POST,
+            &format!("/v2/team/app/blobs/uploads/?digest={wrong}"),
+            &[],
+            b"payload".to_vec(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
+    );
+    assert_eq!(
+        api.get(&format!("/v2/team/app/blobs/{wrong}")).await.status,
+        StatusCode::NOT_FOUND
+    );
     assert!(!api.storage.paths().blob_data(&wrong).exists());
-    assert!(!api.storage.paths().blob_data(&Digest::sha256_of(b"payload")).exists());
+    assert!(
+        !api.storage
+            .paths()
+            .blob_data(&Digest::sha256_of(b"payload"))
+            .exists()
+    );
 
-    let r = api.call(Method::POST, "/v2/team/app/blobs/uploads/", &[], Vec::new()).await;
+    let r = api
+        .call(Method::POST, "/v2/team/app/blobs/uploads/", &[], Vec::new())
+        .await;
     let loc = r.h("location").to_string();
-    api.call(Method::PATCH, &loc, &[], b"payload".to_vec()).await;
-    let r = api.call(Method::PUT, &format!("{loc}?digest={wrong}"), &[("content-length", "0")], Vec::new()).await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"));
+    api.call(Method::PATCH, &loc, &[], b"payload".to_vec())
+        .await;
+    let r = api
+        .call(
+            Method::PUT,
+            &format!("{loc}?digest={wrong}"),
+            &[("content-length", "0")],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
+    );
     assert_eq!(api.get(&loc).await.status, StatusCode::NOT_FOUND);
     // Missing or malformed digest on PUT.
-    let r = api.call(Method::POST, "/v2/team/app/blobs/uploads/", &[], Vec::new()).await;
+    let r = api
+        .call(Method::POST, "/v2/team/app/blobs/uploads/", &[], Vec::new())
+        .await;
     let loc = r.h("location").to_string();
     let r = api.call(Method::PUT, &loc, &[], Vec::new()).await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"));
-    let r = api.call(Method::PUT, &format!("{loc}?digest=sha256:123"), &[], Vec::new()).await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"));
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
+    );
+    let r = api
+        .call(
+            Method::PUT,
+            &format!("{loc}?digest=sha256:123"),
+            &[],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
+    );
     // Cancel.
     let r = api.call(Method::DELETE, &loc, &[], Vec::new()).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     let r = api.call(Method::DELETE, &loc, &[], Vec::new()).await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"));
-    let r = api.call(Method::PATCH, "/v2/team/app/blobs/uploads/not-a-uuid", &[], b"x".to_vec()).await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"));
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN")
+    );
+    let r = api
+        .call(
+            Method::PATCH,
+            "/v2/team/app/blobs/uploads/not-a-uuid",
+            &[],
+            b"x".to_vec(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN")
+    );
 }
 
 #[tokio::test]
@@ -268,20 +497,56 @@ async fn sha512_blobs_and_cross_repository_mount() {
     let api = Api::new();
     let data = b"sha512 content".to_vec();
     let d = Digest::of(berth::registry::reference::Algorithm::Sha512, &data);
-    let r = api.call(Method::POST, &format!("/v2/a/blobs/uploads/?digest={d}"), &[], data.clone()).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+    let r = api
+        .call(
+            Method::POST,
+            &format!("/v2/a/blobs/uploads/?digest={d}"),
+            &[],
+            data.clone(),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     assert_eq!(api.get(&format!("/v2/a/blobs/{d}")).await.body, data);
 
     let d2 = api.push_blob("a", b"shared layer").await;
-    let r = api.call(Method::POST, &format!("/v2/b/blobs/uploads/?mount={d2}&from=a"), &[], Vec::new()).await;
+    let r = api
+        .call(
+            Method::POST,
+            &format!("/v2/b/blobs/uploads/?mount={d2}&from=a"),
+            &[],
+            Vec::new(),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED);
     assert_eq!(r.h("location"), format!("/v2/b/blobs/{d2}"));
-    assert_eq!(api.get(&format!("/v2/b/blobs/{d2}")).await.body, b"shared layer");
+    assert_eq!(
+        api.get(&format!("/v2/b/blobs/{d2}")).await.body,
+        b"shared layer"
+    );
     // Cannot mount: an upload session instead (202).
-    let r = api.call(Method::POST, &format!("/v2/c/blobs/uploads/?mount={d2}&from=nowhere"), &[], Vec::new()).await;
+    let r = api
+        .call(
+            Method::POST,
+            &format!("/v2/c/blobs/uploads/?mount={d2}&from=nowhere"),
+            &[],
+            Vec::new(),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     assert!(r.h("location").starts_with("/v2/c/blobs/uploads/"));
-    let r = api.call(Method::POST, "/v2/c/blobs/uploads/?mount=sha256:bad&from=a", &[], Vec::new()).await;
+    let r = api
+        .call(
+            Method::POST,
+            "/v2/c/blobs/uploads/?mount=sha256:bad&from=a",
+            &[],
+            Vec::new(),
+        )
+        .await;
     assert_eq!(r.code(), "DIGEST_INVALID");
 }
 
@@ -293,35 +558,64 @@ async fn manifests_by_tag_and_digest_with_exact_bytes_and_types() {
     let l = api.push_blob("team/app", b"layer").await;
     let m = image_manifest(DOCKER_MANIFEST, &c, config.len(), &[(&l, 5)]);
     let md = Digest::sha256_of(&m);
-    let r = api.put_manifest("team/app", "1.0", DOCKER_MANIFEST, &m).await;
+    let r = api
+        .put_manifest("team/app", "1.0", DOCKER_MANIFEST, &m)
+        .await;
     assert_eq!(r.status, StatusCode::CREATED);
     assert_eq!(r.h("location"), format!("/v2/team/app/manifests/{md}"));
     assert_eq!(r.h("docker-content-digest"), md.to_string());
     for reference in ["1.0".to_string(), md.to_string()] {
-        let r = api.get(&format!("/v2/team/app/manifests/{reference}")).await;
+        let r = api
+            .get(&format!("/v2/team/app/manifests/{reference}"))
+            .await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.body, m, "exact bytes");
         assert_eq!(r.h("content-type"), DOCKER_MANIFEST);
         assert_eq!(r.h("docker-content-digest"), md.to_string());
-        let r = api.call(Method::HEAD, &format!("/v2/team/app/manifests/{reference}"), &[], Vec::new()).await;
-        assert_eq!((r.status, r.h("content-length")), (StatusCode::OK, m.len().to_string().as_str()));
+        let r = api
+            .call(
+                Method::HEAD,
+                &format!("/v2/team/app/manifests/{reference}"),
+                &[],
+                Vec::new(),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.h("content-length")),
+            (StatusCode::OK, m.len().to_string().as_str())
+        );
         assert!(r.body.is_empty());
     }
     // Pretty-printed bytes hash differently and are kept exactly.
     let pretty = serde_json::to_vec_pretty(&serde_json::from_slice::<Value>(&m).unwrap()).unwrap();
     let pd = Digest::sha256_of(&pretty);
-    let r = api.put_manifest("team/app", &pd.to_string(), DOCKER_MANIFEST, &pretty).await;
+    let r = api
+        .put_manifest("team/app", &pd.to_string(), DOCKER_MANIFEST, &pretty)
+        .await;
     assert_eq!(r.status, StatusCode::CREATED);
-    assert_eq!(api.get(&format!("/v2/team/app/manifests/{pd}")).await.body, pretty);
+    assert_eq!(
+        api.get(&format!("/v2/team/app/manifests/{pd}")).await.body,
+        pretty
+    );
     // PUT by a digest the bytes do not hash to.
-    let r = api.put_manifest("team/app", &md.to_string(), DOCKER_MANIFEST, &pretty).await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"));
+    let r = api
+        .put_manifest("team/app", &md.to_string(), DOCKER_MANIFEST, &pretty)
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
+    );
 
     // Missing blobs.
     let ghost = Digest::sha256_of(b"ghost");
     let bad = image_manifest(OCI_MANIFEST, &c, config.len(), &[(&ghost, 5)]);
-    let r = api.put_manifest("team/app", "bad", OCI_MANIFEST, &bad).await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"));
+    let r = api
+        .put_manifest("team/app", "bad", OCI_MANIFEST, &bad)
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN")
+    );
     assert_eq!(r.json()["errors"][0]["detail"]["digest"], ghost.to_string());
     // A blob of another repository does not count.
     let bad = image_manifest(OCI_MANIFEST, &c, config.len(), &[(&l, 5)]);
@@ -331,22 +625,37 @@ async fn manifests_by_tag_and_digest_with_exact_bytes_and_types() {
     for (ct, body) in [
         (OCI_MANIFEST, b"{not json".to_vec()),
         (OCI_INDEX, m.clone()),
-        ("application/vnd.docker.distribution.manifest.v1+prettyjws", br#"{"schemaVersion":1}"#.to_vec()),
+        (
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+            br#"{"schemaVersion":1}"#.to_vec(),
+        ),
     ] {
         let r = api.put_manifest("team/app", "bad", ct, &body).await;
-        assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"), "{ct}");
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"),
+            "{ct}"
+        );
     }
     let huge = vec![b' '; 4 * 1024 * 1024 + 1];
-    let r = api.put_manifest("team/app", "huge", OCI_MANIFEST, &huge).await;
+    let r = api
+        .put_manifest("team/app", "huge", OCI_MANIFEST, &huge)
+        .await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
     // Nothing refused became a tag.
     let tags = api.get("/v2/team/app/tags/list").await.json();
     assert_eq!(tags, json!({"name": "team/app", "tags": ["1.0"]}));
     // Unknown manifest and unknown repository.
     let r = api.get("/v2/team/app/manifests/nope").await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"));
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN")
+    );
     let r = api.get("/v2/nobody/manifests/latest").await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::NOT_FOUND, "NAME_UNKNOWN"));
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::NOT_FOUND, "NAME_UNKNOWN")
+    );
 }
 
 #[tokio::test]
@@ -400,9 +709,15 @@ async fn tags_and_catalog_paginate_with_link() {
     let r = api.get("/v2/a/tags/list?n=0").await;
     assert_eq!(r.json()["tags"], json!([]));
     let r = api.get("/v2/a/tags/list?n=-1").await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID"));
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID")
+    );
     let r = api.get("/v2/zzz/tags/list").await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::NOT_FOUND, "NAME_UNKNOWN"));
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::NOT_FOUND, "NAME_UNKNOWN")
+    );
 }
 
 #[tokio::test]
@@ -421,7 +736,9 @@ async fn referrers_list_manifests_by_subject_with_filter() {
     }))
     .unwrap();
     let sig_digest = Digest::sha256_of(&sig);
-    let r = api.put_manifest("app", &sig_digest.to_string(), OCI_MANIFEST, &sig).await;
+    let r = api
+        .put_manifest("app", &sig_digest.to_string(), OCI_MANIFEST, &sig)
+        .await;
     assert_eq!(r.status, StatusCode::CREATED);
     assert_eq!(r.h("oci-subject"), subject.to_string());
     let sbom = serde_json::to_vec(&json!({
@@ -432,7 +749,12 @@ async fn referrers_list_manifests_by_subject_with_filter() {
         "subject": {"mediaType": OCI_MANIFEST, "digest": subject.to_string(), "size": subject_bytes.len()},
     }))
     .unwrap();
-    assert_eq!(api.put_manifest("app", "sbom", OCI_MANIFEST, &sbom).await.status, StatusCode::CREATED);
+    assert_eq!(
+        api.put_manifest("app", "sbom", OCI_MANIFEST, &sbom)
+            .await
+            .status,
+        StatusCode::CREATED
+    );
 
     let r = api.get(&format!("/v2/app/referrers/{subject}")).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -440,10 +762,25 @@ async fn referrers_list_manifests_by_subject_with_filter() {
     assert_eq!(r.h("oci-filters-applied"), "");
     let v = r.json();
     assert_eq!(v["schemaVersion"], 2);
-    let mut types: Vec<String> = v["manifests"].as_array().unwrap().iter().map(|m| m["artifactType"].as_str().unwrap().to_string()).collect();
+    let mut types: Vec<String> = v["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["artifactType"].as_str().unwrap().to_string())
+        .collect();
     types.sort();
-    assert_eq!(types, ["application/vnd.example.sbom", "application/vnd.example.signature"]);
-    let r = api.get(&format!("/v2/app/referrers/{subject}?artifactType=application/vnd.example.signature")).await;
+    assert_eq!(
+        types,
+        [
+            "application/vnd.example.sbom",
+            "application/vnd.example.signature"
+        ]
+    );
+    let r = api
+        .get(&format!(
+            "/v2/app/referrers/{subject}?artifactType=application/vnd.example.signature"
+        ))
+        .await;
     assert_eq!(r.h("oci-filters-applied"), "artifactType");
     let v = r.json();
     assert_eq!(v["manifests"].as_array().unwrap().len(), 1);
@@ -452,43 +789,112 @@ async fn referrers_list_manifests_by_subject_with_filter() {
     assert_eq!(v["manifests"][0]["annotations"]["org.example.by"], "ci");
     // No referrers: an empty index, still 200.
     let r = api.get(&format!("/v2/app/referrers/{sig_digest}")).await;
-    assert_eq!((r.status, r.json()["manifests"].clone()), (StatusCode::OK, json!([])));
+    assert_eq!(
+        (r.status, r.json()["manifests"].clone()),
+        (StatusCode::OK, json!([]))
+    );
     let r = api.get("/v2/app/referrers/sha256:nothex").await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"));
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
+    );
 }
 
 #[tokio::test]
 async fn deletes_of_tags_manifests_and_blobs() {
     let api = Api::new();
     let (d, _) = push_image(&api, "app", "1.0", "x").await;
-    let r = api.put_manifest("app", "also", OCI_MANIFEST, &api.get("/v2/app/manifests/1.0").await.body).await;
+    let r = api
+        .put_manifest(
+            "app",
+            "also",
+            OCI_MANIFEST,
+            &api.get("/v2/app/manifests/1.0").await.body,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED);
     // Untag.
-    let r = api.call(Method::DELETE, "/v2/app/manifests/also", &[], Vec::new()).await;
+    let r = api
+        .call(Method::DELETE, "/v2/app/manifests/also", &[], Vec::new())
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
-    assert_eq!(api.get("/v2/app/manifests/also").await.status, StatusCode::NOT_FOUND);
-    assert_eq!(api.get(&format!("/v2/app/manifests/{d}")).await.status, StatusCode::OK);
+    assert_eq!(
+        api.get("/v2/app/manifests/also").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.get(&format!("/v2/app/manifests/{d}")).await.status,
+        StatusCode::OK
+    );
     // Delete by digest: the manifest and the tags pointing at it go.
-    let r = api.call(Method::DELETE, &format!("/v2/app/manifests/{d}"), &[], Vec::new()).await;
+    let r = api
+        .call(
+            Method::DELETE,
+            &format!("/v2/app/manifests/{d}"),
+            &[],
+            Vec::new(),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
-    assert_eq!(api.get(&format!("/v2/app/manifests/{d}")).await.code(), "MANIFEST_UNKNOWN");
-    assert_eq!(api.get("/v2/app/manifests/1.0").await.code(), "MANIFEST_UNKNOWN");
+    assert_eq!(
+        api.get(&format!("/v2/app/manifests/{d}")).await.code(),
+        "MANIFEST_UNKNOWN"
+    );
+    assert_eq!(
+        api.get("/v2/app/manifests/1.0").await.code(),
+        "MANIFEST_UNKNOWN"
+    );
     assert_eq!(api.get("/v2/app/tags/list").await.json()["tags"], json!([]));
-    let r = api.call(Method::DELETE, &format!("/v2/app/manifests/{d}"), &[], Vec::new()).await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"));
+    let r = api
+        .call(
+            Method::DELETE,
+            &format!("/v2/app/manifests/{d}"),
+            &[],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN")
+    );
     // Blobs.
     let b = api.push_blob("app", b"blob to delete").await;
-    let r = api.call(Method::DELETE, &format!("/v2/app/blobs/{b}"), &[], Vec::new()).await;
+    let r = api
+        .call(
+            Method::DELETE,
+            &format!("/v2/app/blobs/{b}"),
+            &[],
+            Vec::new(),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
-    assert_eq!(api.call(Method::HEAD, &format!("/v2/app/blobs/{b}"), &[], Vec::new()).await.status, StatusCode::NOT_FOUND);
-    let r = api.call(Method::DELETE, &format!("/v2/app/blobs/{b}"), &[], Vec::new()).await;
+    assert_eq!(
+        api.call(Method::HEAD, &format!("/v2/app/blobs/{b}"), &[], Vec::new())
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let r = api
+        .call(
+            Method::DELETE,
+            &format!("/v2/app/blobs/{b}"),
+            &[],
+            Vec::new(),
+        )
+        .await;
     assert_eq!(r.code(), "BLOB_UNKNOWN");
 
     // With deletes switched off.
     let dir = common::temp_dir();
     let app = http::router(Registry::new(Storage::new(dir.path()), false));
     let r = app
-        .oneshot(Request::builder().method(Method::DELETE).uri(format!("/v2/app/manifests/{d}")).body(Body::empty()).unwrap())
+        .oneshot(
+            Request::builder()
+                .method(Method::DELETE)
+                .uri(format!("/v2/app/manifests/{d}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
@@ -500,13 +906,24 @@ async fn malformed_names_tags_and_digests_are_client_errors() {
     for (uri, code) in [
         ("/v2/Team/App/tags/list", "NAME_INVALID"),
         ("/v2/a//b/tags/list", "NAME_INVALID"),
-        ("/v2/app/manifests/-bad", "TAG_INVALID"),
+        ("/v2/app/manifests/-bad", "MANIFEST_INVALID"),
         ("/v2/app/manifests/sha256:zz", "DIGEST_INVALID"),
-        ("/v2/app/blobs/md5:d41d8cd98f00b204e9800998ecf8427e", "DIGEST_INVALID"),
+        (
+            "/v2/app/blobs/md5:d41d8cd98f00b204e9800998ecf8427e",
+            "DIGEST_INVALID",
+        ),
     ] {
         let r = api.get(uri).await;
-        assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, code), "{uri}");
-        assert!(r.json()["errors"][0]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (StatusCode::BAD_REQUEST, code),
+            "{uri}"
+        );
+        assert!(
+            r.json()["errors"][0]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
         assert_eq!(r.h("content-type"), "application/json");
     }
     // An encoded path escape never reaches storage.
@@ -524,16 +941,32 @@ async fn concurrent_pushes_of_one_blob_and_one_tag_are_safe() {
         let (api, data) = (api.clone(), data.clone());
         tasks.push(tokio::spawn(async move {
             // Chunked, so the uploads interleave on disk.
-            let r = api.call(Method::POST, "/v2/race/blobs/uploads/", &[], Vec::new()).await;
+            let r = api
+                .call(Method::POST, "/v2/race/blobs/uploads/", &[], Vec::new())
+                .await;
             let loc = r.h("location").to_string();
             for (i, chunk) in data.chunks(300_000).enumerate() {
                 let start = i * 300_000;
                 let range = format!("{}-{}", start, start + chunk.len() - 1);
-                let r = api.call(Method::PATCH, &loc, &[("content-range", &range)], chunk.to_vec()).await;
+                let r = api
+                    .call(
+                        Method::PATCH,
+                        &loc,
+                        &[("content-range", &range)],
+                        chunk.to_vec(),
+                    )
+                    .await;
                 assert_eq!(r.status, StatusCode::ACCEPTED);
             }
             let d = Digest::sha256_of(&data);
-            api.call(Method::PUT, &format!("{loc}?digest={d}"), &[("content-length", "0")], Vec::new()).await.status
+            api.call(
+                Method::PUT,
+                &format!("{loc}?digest={d}"),
+                &[("content-length", "0")],
+                Vec::new(),
+            )
+            .await
+            .status
         }));
     }
     for t in tasks {
@@ -544,7 +977,9 @@ async fn concurrent_pushes_of_one_blob_and_one_tag_are_safe() {
     let mut tasks = Vec::new();
     for i in 0..8 {
         let api = api.clone();
-        tasks.push(tokio::spawn(async move { push_image(&api, "race", "latest", &i.to_string()).await.0 }));
+        tasks.push(tokio::spawn(async move {
+            push_image(&api, "race", "latest", &i.to_string()).await.0
+        }));
     }
     let mut pushed = Vec::new();
     for t in tasks {
@@ -555,20 +990,31 @@ async fn concurrent_pushes_of_one_blob_and_one_tag_are_safe() {
     let current = Digest::sha256_of(&r.body);
     assert!(pushed.contains(&current));
     for d in &pushed {
-        assert_eq!(api.get(&format!("/v2/race/manifests/{d}")).await.status, StatusCode::OK);
+        assert_eq!(
+            api.get(&format!("/v2/race/manifests/{d}")).await.status,
+            StatusCode::OK
+        );
     }
 }
 
 // ---- over loopback mutual TLS ----
 
-fn client_config(ca_pem: &str, identity: Option<(&str, &str)>, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
+fn client_config(
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+    alpn: &[u8],
+) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
     let b = rustls::ClientConfig::builder().with_root_certificates(roots);
     let mut cfg = match identity {
         Some((cert, key)) => b
             .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap(),
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap(),
                 PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
             )
             .unwrap(),
@@ -579,9 +1025,15 @@ fn client_config(ca_pem: &str, identity: Option<(&str, &str)>, alpn: &[u8]) -> A
 }
 
 /// GET over TLS with hyper (HTTP/1.1 or HTTP/2 per ALPN); the status, or the error.
-async fn tls_get(addr: std::net::SocketAddr, cfg: Arc<rustls::ClientConfig>, path: &str) -> Result<(StatusCode, Vec<u8>), String> {
+async fn tls_get(
+    addr: std::net::SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    path: &str,
+) -> Result<(StatusCode, Vec<u8>), String> {
     let h2 = cfg.alpn_protocols.first().is_some_and(|p| p == b"h2");
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let tls = tokio_rustls::TlsConnector::from(cfg)
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
@@ -593,16 +1045,27 @@ async fn tls_get(addr: std::net::SocketAddr, cfg: Arc<rustls::ClientConfig>, pat
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();
     let resp = if h2 {
-        let (mut send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.map_err(|e| e.to_string())?;
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         send.send_request(req).await.map_err(|e| e.to_string())?
     } else {
-        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         send.send_request(req).await.map_err(|e| e.to_string())?
     };
     let status = resp.status();
-    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes().to_vec();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes()
+        .to_vec();
     Ok((status, body))
 }
 
@@ -618,7 +1081,10 @@ async fn only_clients_with_a_valid_berth_certificate_reach_http() {
     let me = c
         .issue(IssueRequest {
             kind: CertKind::Client,
-            names: Names { common_name: "me".into(), ..Names::default() },
+            names: Names {
+                common_name: "me".into(),
+                ..Names::default()
+            },
             validity_days: None,
             key_algorithm: KeyAlgorithm::EcdsaP256,
             return_key: true,
@@ -629,21 +1095,43 @@ async fn only_clients_with_a_valid_berth_certificate_reach_http() {
     let ca = me.ca_pem.clone();
 
     for alpn in [&b"http/1.1"[..], &b"h2"[..]] {
-        let (status, body) = tls_get(addr, client_config(&ca, Some((&me.record.certificate_pem, &key)), alpn), "/v2/").await.unwrap();
+        let (status, body) = tls_get(
+            addr,
+            client_config(&ca, Some((&me.record.certificate_pem, &key)), alpn),
+            "/v2/",
+        )
+        .await
+        .unwrap();
         assert_eq!((status, body.as_slice()), (StatusCode::OK, &b"{}"[..]));
     }
     // The registry's certificate covers localhost and the loopback addresses.
     let (rec, _) = {
-        let list = c.list(Some(CertKind::Server), Some("berth registry".into())).await.unwrap();
+        let list = c
+            .list(Some(CertKind::Server), Some("berth registry".into()))
+            .await
+            .unwrap();
         (list[0].clone(), ())
     };
     assert!(rec.names.dns_names.contains(&"localhost".to_string()));
-    assert!(rec.names.ip_addresses.contains(&"127.0.0.1".parse().unwrap()));
+    assert!(
+        rec.names
+            .ip_addresses
+            .contains(&"127.0.0.1".parse().unwrap())
+    );
     assert!(rec.names.ip_addresses.contains(&"::1".parse().unwrap()));
-    assert!(d.config.state_dir.join(format!("pki/keys/{}.key", rec.serial)).exists());
+    assert!(
+        d.config
+            .state_dir
+            .join(format!("pki/keys/{}.key", rec.serial))
+            .exists()
+    );
 
     // No certificate.
-    assert!(tls_get(addr, client_config(&ca, None, b"http/1.1"), "/v2/").await.is_err());
+    assert!(
+        tls_get(addr, client_config(&ca, None, b"http/1.1"), "/v2/")
+            .await
+            .is_err()
+    );
     // Another CA's certificate.
     let rogue_key = rcgen::KeyPair::generate().unwrap();
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -654,9 +1142,24 @@ async fn only_clients_with_a_valid_berth_certificate_reach_http() {
     p.distinguished_name.push(rcgen::DnType::CommonName, "me");
     p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let leaf = p.signed_by(&leaf_key, &rogue_ca).unwrap();
-    assert!(tls_get(addr, client_config(&ca, Some((&leaf.pem(), &leaf_key.serialize_pem())), b"http/1.1"), "/v2/").await.is_err());
+    assert!(
+        tls_get(
+            addr,
+            client_config(
+                &ca,
+                Some((&leaf.pem(), &leaf_key.serialize_pem())),
+                b"http/1.1"
+            ),
+            "/v2/"
+        )
+        .await
+        .is_err()
+    );
     // An expired certificate from the berth CA itself (signed here with the CA's key).
-    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(d.config.state_dir.join("pki/ca.key")).unwrap()).unwrap();
+    let ca_key = rcgen::KeyPair::from_pem(
+        &std::fs::read_to_string(d.config.state_dir.join("pki/ca.key")).unwrap(),
+    )
+    .unwrap();
     let issuer = rcgen::Issuer::from_ca_cert_pem(&ca, ca_key).unwrap();
     let old_key = rcgen::KeyPair::generate().unwrap();
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -665,8 +1168,28 @@ async fn only_clients_with_a_valid_berth_certificate_reach_http() {
     p.not_before = rcgen::date_time_ymd(2020, 1, 1);
     p.not_after = rcgen::date_time_ymd(2020, 2, 1);
     let old = p.signed_by(&old_key, &issuer).unwrap();
-    assert!(tls_get(addr, client_config(&ca, Some((&old.pem(), &old_key.serialize_pem())), b"http/1.1"), "/v2/").await.is_err());
+    assert!(
+        tls_get(
+            addr,
+            client_config(
+                &ca,
+                Some((&old.pem(), &old_key.serialize_pem())),
+                b"http/1.1"
+            ),
+            "/v2/"
+        )
+        .await
+        .is_err()
+    );
     // A revoked certificate: refused from the next connection on.
     c.revoke(&me.record.serial).await.unwrap();
-    assert!(tls_get(addr, client_config(&ca, Some((&me.record.certificate_pem, &key)), b"http/1.1"), "/v2/").await.is_err());
+    assert!(
+        tls_get(
+            addr,
+            client_config(&ca, Some((&me.record.certificate_pem, &key)), b"http/1.1"),
+            "/v2/"
+        )
+        .await
+        .is_err()
+    );
 }

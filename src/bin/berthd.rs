@@ -99,6 +99,17 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
+/// "tcp://a, tcp://b", or `none` when the list is empty.
+fn addrs(list: &[std::net::SocketAddr], scheme: &str, none: &str) -> String {
+    if list.is_empty() {
+        return none.to_string();
+    }
+    list.iter()
+        .map(|a| format!("{scheme}{a}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
@@ -119,21 +130,12 @@ async fn main() -> anyhow::Result<()> {
         "berthd {} ready\n  socket:   {}\n  tcp:      {}\n  registry: {}\n  CA:       SHA256 {}",
         env!("CARGO_PKG_VERSION"),
         socket.display(),
-        if listeners.tcp_addrs().is_empty() {
-            "off (enable with --listen tcp://IP:PORT)".to_string()
-        } else {
-            listeners
-                .tcp_addrs()
-                .iter()
-                .map(|a| format!("tcp://{a}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        },
-        if listeners.registry_addrs().is_empty() {
-            "off".to_string()
-        } else {
-            listeners.registry_addrs().iter().map(|a| format!("https://{a}")).collect::<Vec<_>>().join(", ")
-        },
+        addrs(
+            &listeners.tcp_addrs(),
+            "tcp://",
+            "off (enable with --listen tcp://IP:PORT)"
+        ),
+        addrs(&listeners.registry_addrs(), "https://", "off"),
         daemon.ca_fingerprint()
     );
     daemon.serve(listeners, shutdown_signal()).await?;

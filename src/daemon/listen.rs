@@ -117,13 +117,18 @@ pub(super) fn bind_registry(addrs: &[SocketAddr]) -> Result<Vec<std::net::TcpLis
     for a in addrs {
         match std::net::TcpListener::bind(a).and_then(|l| l.set_nonblocking(true).map(|()| l)) {
             Ok(l) => out.push(l),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrNotAvailable
+                    || e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) =>
+            {
                 tracing::warn!(addr = %a, error = %e, "registry address unavailable on this host; skipped");
                 skipped.push((a, e));
             }
             Err(source) => {
                 return Err(Error::Bind {
-                    addr: format!("registry {a} (set registry.listen, or stop what holds the port)"),
+                    addr: format!(
+                        "registry {a} (set registry.listen, or stop what holds the port)"
+                    ),
                     source,
                 });
             }

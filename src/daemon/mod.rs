@@ -37,10 +37,10 @@ pub use listen::Listeners;
 use crate::certsd::{self, Installer};
 use crate::config::Config;
 use crate::pki::{self, Names, Pki};
-use crate::registry::{self, Registry, Storage};
 use crate::proto::certs_service_server::CertsServiceServer;
 use crate::proto::pki_service_server::PkiServiceServer;
 use crate::proto::system_service_server::SystemServiceServer;
+use crate::registry::{self, Registry, Storage};
 use crate::{fsutil, proto};
 
 /// Why the daemon could not start or stopped with an error.
@@ -283,7 +283,12 @@ impl Daemon {
             for l in listeners.registry {
                 let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
                 let l = TcpListener::from_std(l).map_err(|source| Error::Bind { addr, source })?;
-                registry_tasks.spawn(registry::http::tls::serve(l, cfg.clone(), app.clone(), stop_rx.clone()));
+                registry_tasks.spawn(registry::http::tls::serve(
+                    l,
+                    cfg.clone(),
+                    app.clone(),
+                    stop_rx.clone(),
+                ));
             }
             tracing::info!(addrs = ?registry_addrs, root = %state.registry.storage().root().display(), "registry serving (mutual TLS)");
         }

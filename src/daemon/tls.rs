@@ -69,7 +69,12 @@ pub(super) fn registry_config(pki: &Pki, names: &Names) -> Result<Arc<ServerConf
 /// required, CRL enforced, server certificate issued (or renewed once a third of its life
 /// is left) by the CA. Called again after every revocation so the next handshake sees the
 /// new CRL.
-fn server_config(pki: &Pki, cn: &str, names: &Names, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, Error> {
+fn server_config(
+    pki: &Pki,
+    cn: &str,
+    names: &Names,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, Error> {
     let (record, key) = pki.service_identity(cn, names)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();

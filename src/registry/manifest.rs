@@ -73,14 +73,19 @@ impl Manifest {
     /// Parses and checks a manifest body. `content_type` is the request's Content-Type;
     /// when the body also names a media type, the two must agree.
     pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<Manifest, Error> {
-        let v: Value =
-            serde_json::from_slice(body).map_err(|e| Error::Invalid(format!("manifest is not valid JSON: {e}")))?;
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| Error::Invalid(format!("manifest is not valid JSON: {e}")))?;
         let obj = v
             .as_object()
             .ok_or_else(|| Error::Invalid("manifest must be a JSON object".into()))?;
         match obj.get("schemaVersion").and_then(Value::as_u64) {
             Some(2) => {}
-            Some(1) => return Err(Error::Invalid("docker schema 1 manifests are not supported: push with a current client".into())),
+            Some(1) => {
+                return Err(Error::Invalid(
+                    "docker schema 1 manifests are not supported: push with a current client"
+                        .into(),
+                ));
+            }
             _ => return Err(Error::Invalid("manifest needs \"schemaVersion\": 2".into())),
         }
         let declared = match obj.get("mediaType") {
@@ -90,10 +95,14 @@ impl Manifest {
         };
         let header = content_type
             .map(|c| c.split(';').next().unwrap_or("").trim())
-            .filter(|c| !c.is_empty() && *c != "application/json" && *c != "application/octet-stream");
+            .filter(|c| {
+                !c.is_empty() && *c != "application/json" && *c != "application/octet-stream"
+            });
         let media_type = match (declared, header) {
             (Some(d), Some(h)) if d != h => {
-                return Err(Error::Invalid(format!("Content-Type {h} does not match the manifest's mediaType {d}")));
+                return Err(Error::Invalid(format!(
+                    "Content-Type {h} does not match the manifest's mediaType {d}"
+                )));
             }
             (Some(d), _) => d.to_string(),
             (None, Some(h)) => h.to_string(),
@@ -110,7 +119,10 @@ impl Manifest {
             }
         };
         let annotations = annotations(obj.get("annotations"), "manifest")?;
-        let subject = obj.get("subject").map(|s| descriptor(s, "subject")).transpose()?;
+        let subject = obj
+            .get("subject")
+            .map(|s| descriptor(s, "subject"))
+            .transpose()?;
         let mut artifact_type = match obj.get("artifactType") {
             None => None,
             Some(Value::String(s)) => Some(s.clone()),
@@ -126,12 +138,19 @@ impl Manifest {
                     artifact_type = Some(config.media_type.clone());
                 }
                 let layers = match obj.get("layers") {
-                    Some(Value::Array(a)) => a.iter().map(|l| descriptor(l, "layer")).collect::<Result<Vec<_>, _>>()?,
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .map(|l| descriptor(l, "layer"))
+                        .collect::<Result<Vec<_>, _>>()?,
                     Some(_) => return Err(Error::Invalid("layers must be an array".into())),
-                    None => return Err(Error::Invalid("image manifest has no layers array".into())),
+                    None => {
+                        return Err(Error::Invalid("image manifest has no layers array".into()));
+                    }
                 };
                 if obj.contains_key("manifests") {
-                    return Err(Error::Invalid("an image manifest cannot list manifests".into()));
+                    return Err(Error::Invalid(
+                        "an image manifest cannot list manifests".into(),
+                    ));
                 }
                 let mut blobs = vec![config];
                 blobs.extend(layers);
@@ -139,7 +158,10 @@ impl Manifest {
             }
             Kind::Index => {
                 let list = match obj.get("manifests") {
-                    Some(Value::Array(a)) => a.iter().map(|m| descriptor(m, "manifest entry")).collect::<Result<Vec<_>, _>>()?,
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .map(|m| descriptor(m, "manifest entry"))
+                        .collect::<Result<Vec<_>, _>>()?,
                     _ => return Err(Error::Invalid("index needs a manifests array".into())),
                 };
                 (Vec::new(), list)
@@ -170,7 +192,11 @@ pub fn detect_media_type(body: &[u8]) -> String {
     if let Some(m) = v.get("mediaType").and_then(Value::as_str) {
         return m.to_string();
     }
-    if v.get("manifests").is_some() { OCI_INDEX.to_string() } else { OCI_MANIFEST.to_string() }
+    if v.get("manifests").is_some() {
+        OCI_INDEX.to_string()
+    } else {
+        OCI_MANIFEST.to_string()
+    }
 }
 
 fn descriptor(v: &Value, what: &str) -> Result<Descriptor, Error> {
@@ -189,10 +215,11 @@ fn descriptor(v: &Value, what: &str) -> Result<Descriptor, Error> {
     let digest = digest
         .parse::<Digest>()
         .map_err(|e| Error::Invalid(format!("{what} descriptor: {e}")))?;
-    let size = o
-        .get("size")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| Error::Invalid(format!("{what} descriptor needs a non-negative integer size")))?;
+    let size = o.get("size").and_then(Value::as_u64).ok_or_else(|| {
+        Error::Invalid(format!(
+            "{what} descriptor needs a non-negative integer size"
+        ))
+    })?;
     let urls = match o.get("urls") {
         None => Vec::new(),
         Some(Value::Array(a)) => a
@@ -200,9 +227,16 @@ fn descriptor(v: &Value, what: &str) -> Result<Descriptor, Error> {
             .map(|u| u.as_str().map(str::to_string))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| Error::Invalid(format!("{what} descriptor: urls must be strings")))?,
-        Some(_) => return Err(Error::Invalid(format!("{what} descriptor: urls must be an array"))),
+        Some(_) => {
+            return Err(Error::Invalid(format!(
+                "{what} descriptor: urls must be an array"
+            )));
+        }
     };
-    let artifact_type = o.get("artifactType").and_then(Value::as_str).map(str::to_string);
+    let artifact_type = o
+        .get("artifactType")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     Ok(Descriptor {
         media_type,
         digest,
@@ -217,7 +251,9 @@ fn annotations(v: Option<&Value>, what: &str) -> Result<Option<Map<String, Value
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(m)) if m.values().all(Value::is_string) => Ok(Some(m.clone())),
-        Some(_) => Err(Error::Invalid(format!("{what} annotations must map strings to strings"))),
+        Some(_) => Err(Error::Invalid(format!(
+            "{what} annotations must map strings to strings"
+        ))),
     }
 }
 
@@ -237,9 +273,14 @@ mod tests {
         assert_eq!(p.kind, Kind::Image);
         assert_eq!(p.blobs.len(), 2);
         assert_eq!(p.required_blobs().count(), 1);
-        assert_eq!(p.artifact_type.as_deref(), Some("application/vnd.oci.image.config.v1+json"));
+        assert_eq!(
+            p.artifact_type.as_deref(),
+            Some("application/vnd.oci.image.config.v1+json")
+        );
         assert!(p.subject.is_some());
-        let i = format!(r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{D}","size":3}}]}}"#);
+        let i = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{D}","size":3}}]}}"#
+        );
         let p = Manifest::parse(i.as_bytes(), None).unwrap();
         assert_eq!((p.kind, p.media_type.as_str()), (Kind::Index, OCI_INDEX));
         let p = Manifest::parse(i.as_bytes(), Some(DOCKER_LIST)).unwrap();
@@ -253,8 +294,12 @@ mod tests {
             "[]".to_string(),
             r#"{"schemaVersion":1}"#.to_string(),
             format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","layers":[]}}"#),
-            format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"c","digest":"sha256:zz","size":1}},"layers":[]}}"#),
-            format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"c","digest":"{D}","size":-1}},"layers":[]}}"#),
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"c","digest":"sha256:zz","size":1}},"layers":[]}}"#
+            ),
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"c","digest":"{D}","size":-1}},"layers":[]}}"#
+            ),
             r#"{"schemaVersion":2,"mediaType":"text/plain"}"#.to_string(),
         ] {
             assert!(Manifest::parse(bad.as_bytes(), None).is_err(), "{bad}");

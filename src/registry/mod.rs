@@ -119,7 +119,11 @@ pub fn paginate(all: Vec<String>, n: Option<usize>, last: Option<&str>) -> Page 
     match n {
         Some(n) if n < rest.len() => Page {
             items: rest[..n].to_vec(),
-            next_after: if n == 0 { None } else { rest.get(n - 1).cloned() },
+            next_after: if n == 0 {
+                None
+            } else {
+                rest.get(n - 1).cloned()
+            },
         },
         _ => Page {
             items: rest.to_vec(),
@@ -222,12 +226,20 @@ impl Registry {
     }
 
     /// A manifest by tag or digest.
-    pub async fn manifest(&self, name: &RepoName, reference: &Reference) -> Result<StoredManifest, Error> {
+    pub async fn manifest(
+        &self,
+        name: &RepoName,
+        reference: &Reference,
+    ) -> Result<StoredManifest, Error> {
         self.storage.manifest(name, reference).await
     }
 
     /// Deletes a manifest (by digest, with every tag pointing at it) or untags (by tag).
-    pub async fn delete_manifest(&self, name: &RepoName, reference: &Reference) -> Result<(), Error> {
+    pub async fn delete_manifest(
+        &self,
+        name: &RepoName,
+        reference: &Reference,
+    ) -> Result<(), Error> {
         if !self.delete_enabled {
             return Err(Error::DeleteDisabled);
         }
@@ -256,7 +268,9 @@ impl Registry {
     ) -> Result<(Value, bool), Error> {
         let mut entries = Vec::new();
         for (digest, bytes) in self.storage.manifests_of(name).await? {
-            let Ok(m) = Manifest::parse(&bytes, None) else { continue };
+            let Ok(m) = Manifest::parse(&bytes, None) else {
+                continue;
+            };
             let Some(s) = &m.subject else { continue };
             if s.digest != *subject {
                 continue;

@@ -77,7 +77,9 @@ impl Code {
     /// The HTTP status distribution answers with.
     pub fn status(self) -> StatusCode {
         match self {
-            Code::BlobUnknown | Code::BlobUploadUnknown | Code::BlobUploadInvalid => StatusCode::NOT_FOUND,
+            Code::BlobUnknown | Code::BlobUploadUnknown | Code::BlobUploadInvalid => {
+                StatusCode::NOT_FOUND
+            }
             Code::ManifestUnknown | Code::NameUnknown => StatusCode::NOT_FOUND,
             Code::DigestInvalid
             | Code::ManifestBlobUnknown
@@ -109,7 +111,7 @@ pub struct ApiError {
     /// Status when not the code's own.
     pub status: Option<StatusCode>,
     /// Extra header (Content-Range on 416, Range on an out-of-order chunk).
-    pub header: Option<(header::HeaderName, HeaderValue)>,
+    pub header: Option<Box<(header::HeaderName, HeaderValue)>>,
 }
 
 impl ApiError {
@@ -139,7 +141,7 @@ impl ApiError {
     /// The same error with a header.
     pub fn with_header(mut self, name: header::HeaderName, value: String) -> ApiError {
         if let Ok(v) = HeaderValue::from_str(&value) {
-            self.header = Some((name, v));
+            self.header = Some(Box::new((name, v)));
         }
         self
     }
@@ -154,7 +156,7 @@ impl IntoResponse for ApiError {
         }
         let body = json!({ "errors": [err] }).to_string();
         let mut resp = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
-        if let Some((k, v)) = self.header {
+        if let Some((k, v)) = self.header.map(|b| *b) {
             resp.headers_mut().insert(k, v);
         }
         resp
@@ -162,10 +164,13 @@ impl IntoResponse for ApiError {
 }
 
 impl From<reference::Error> for ApiError {
+    /// A malformed tag in a URL is a malformed manifest reference: MANIFEST_INVALID.
+    /// TAG_INVALID keeps its table meaning, a schema 1 manifest whose tag differs from the
+    /// URL, which berth never accepts in the first place.
     fn from(e: reference::Error) -> ApiError {
         let code = match &e {
             reference::Error::Name(_) => Code::NameInvalid,
-            reference::Error::Tag(_) => Code::TagInvalid,
+            reference::Error::Tag(_) => Code::ManifestInvalid,
             reference::Error::Digest(_) => Code::DigestInvalid,
         };
         ApiError::new(code, e.to_string())
@@ -177,27 +182,36 @@ impl From<Error> for ApiError {
         let msg = e.to_string();
         match e {
             Error::Reference(r) => r.into(),
-            Error::NameUnknown(n) => ApiError::new(Code::NameUnknown, msg).with_detail(json!({ "name": n.as_str() })),
-            Error::ManifestUnknown { .. } => ApiError::new(Code::ManifestUnknown, msg),
-            Error::BlobUnknown(d) => ApiError::new(Code::BlobUnknown, msg).with_detail(json!({ "digest": d.to_string() })),
-            Error::UploadUnknown(_) => ApiError::new(Code::BlobUploadUnknown, msg),
-            Error::DigestMismatch { expected, .. } => {
-                ApiError::new(Code::DigestInvalid, msg).with_detail(json!({ "digest": expected.to_string() }))
+            Error::NameUnknown(n) => {
+                ApiError::new(Code::NameUnknown, msg).with_detail(json!({ "name": n.as_str() }))
             }
+            Error::ManifestUnknown { .. } => ApiError::new(Code::ManifestUnknown, msg),
+            Error::BlobUnknown(d) => ApiError::new(Code::BlobUnknown, msg)
+                .with_detail(json!({ "digest": d.to_string() })),
+            Error::UploadUnknown(_) => ApiError::new(Code::BlobUploadUnknown, msg),
+            Error::DigestMismatch { expected, .. } => ApiError::new(Code::DigestInvalid, msg)
+                .with_detail(json!({ "digest": expected.to_string() })),
             Error::DigestMissing => ApiError::new(Code::DigestInvalid, msg),
             Error::RangeInvalid { size, .. } => {
-                let range = if size == 0 { "0-0".to_string() } else { format!("0-{}", size - 1) };
+                let range = if size == 0 {
+                    "0-0".to_string()
+                } else {
+                    format!("0-{}", size - 1)
+                };
                 ApiError::new(Code::RangeInvalid, msg).with_header(header::RANGE, range)
             }
             Error::SizeInvalid(_) => ApiError::new(Code::SizeInvalid, msg),
             Error::ManifestInvalid(_) => ApiError::new(Code::ManifestInvalid, msg),
-            Error::ManifestBlobUnknown(d) => {
-                ApiError::new(Code::ManifestBlobUnknown, msg).with_detail(json!({ "digest": d.to_string() }))
+            Error::ManifestBlobUnknown(d) => ApiError::new(Code::ManifestBlobUnknown, msg)
+                .with_detail(json!({ "digest": d.to_string() })),
+            Error::ManifestTooLarge { .. } => {
+                ApiError::new(Code::SizeInvalid, msg).with_status(StatusCode::PAYLOAD_TOO_LARGE)
             }
-            Error::ManifestTooLarge { .. } => ApiError::new(Code::SizeInvalid, msg).with_status(StatusCode::PAYLOAD_TOO_LARGE),
             Error::PaginationInvalid(_) => ApiError::new(Code::PaginationNumberInvalid, msg),
             Error::DeleteDisabled => ApiError::new(Code::Unsupported, msg),
-            Error::Body(_) => ApiError::new(Code::BlobUploadInvalid, msg).with_status(StatusCode::BAD_REQUEST),
+            Error::Body(_) => {
+                ApiError::new(Code::BlobUploadInvalid, msg).with_status(StatusCode::BAD_REQUEST)
+            }
             Error::Io { .. } | Error::Fs(_) => {
                 tracing::error!(error = %msg, "registry storage failure");
                 ApiError::new(Code::Unknown, "storage failure; see berthd's log")

@@ -41,16 +41,25 @@ pub(super) struct Head {
 pub(super) async fn handle(reg: &Registry, route: Route, req: Req) -> Result<Response> {
     let m = req.head.method.clone();
     match (route, m) {
-        (Route::Base, Method::GET | Method::HEAD) => Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{}").into_response()),
+        (Route::Base, Method::GET | Method::HEAD) => Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            "{}",
+        )
+            .into_response()),
         (Route::Catalog, Method::GET) => catalog(reg, &req.head).await,
         (Route::Tags(name), Method::GET) => tags(reg, &name, &req.head).await,
-        (Route::Manifest(name, r), Method::GET | Method::HEAD) => get_manifest(reg, &name, &r, &req.head).await,
+        (Route::Manifest(name, r), Method::GET | Method::HEAD) => {
+            get_manifest(reg, &name, &r, &req.head).await
+        }
         (Route::Manifest(name, r), Method::PUT) => put_manifest(reg, &name, &r, req).await,
         (Route::Manifest(name, r), Method::DELETE) => {
             reg.delete_manifest(&name, &r).await?;
             Ok(accepted())
         }
-        (Route::Blob(name, d), Method::GET | Method::HEAD) => get_blob(reg, &name, &d, &req.head).await,
+        (Route::Blob(name, d), Method::GET | Method::HEAD) => {
+            get_blob(reg, &name, &d, &req.head).await
+        }
         (Route::Blob(name, d), Method::DELETE) => {
             reg.delete_blob(&name, &d).await?;
             Ok(accepted())
@@ -58,7 +67,12 @@ pub(super) async fn handle(reg: &Registry, route: Route, req: Req) -> Result<Res
         (Route::UploadStart(name), Method::POST) => start_upload(reg, &name, req).await,
         (Route::Upload(name, id), Method::GET) => {
             let st = reg.storage().upload_status(&name, &id).await?;
-            Ok(upload_response(StatusCode::NO_CONTENT, &name, &st.id, st.size))
+            Ok(upload_response(
+                StatusCode::NO_CONTENT,
+                &name,
+                &st.id,
+                st.size,
+            ))
         }
         (Route::Upload(name, id), Method::PATCH) => patch_upload(reg, &name, &id, req).await,
         (Route::Upload(name, id), Method::PUT) => put_upload(reg, &name, &id, req).await,
@@ -67,7 +81,10 @@ pub(super) async fn handle(reg: &Registry, route: Route, req: Req) -> Result<Res
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         (Route::Referrers(name, d), Method::GET) => referrers(reg, &name, &d, &req.head).await,
-        (_, m) => Err(ApiError::new(Code::Unsupported, format!("{m} is not supported on this endpoint"))),
+        (_, m) => Err(ApiError::new(
+            Code::Unsupported,
+            format!("{m} is not supported on this endpoint"),
+        )),
     }
 }
 
@@ -95,7 +112,11 @@ fn pagination(req: &Head) -> Result<(Option<usize>, Option<String>)> {
         None => None,
         Some(v) => Some(
             v.parse::<usize>()
-                .map_err(|_| ApiError::from(Error::PaginationInvalid(format!("n must be a non-negative integer, not {v:?}"))))?
+                .map_err(|_| {
+                    ApiError::from(Error::PaginationInvalid(format!(
+                        "n must be a non-negative integer, not {v:?}"
+                    )))
+                })?
                 .min(MAX_PAGE),
         ),
     };
@@ -114,7 +135,9 @@ fn link_next(base: &str, n: Option<usize>, last: &str) -> String {
 fn percent(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => (b as char).to_string(),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -137,15 +160,28 @@ async fn tags(reg: &Registry, name: &RepoName, req: &Head) -> Result<Response> {
     let page = paginate(all, n.or(Some(MAX_PAGE)), last.as_deref());
     let mut resp = axum::Json(json!({ "name": name.as_str(), "tags": page.items })).into_response();
     if let Some(after) = page.next_after {
-        set(&mut resp, "link", &link_next(&format!("/v2/{name}/tags/list"), n, &after));
+        set(
+            &mut resp,
+            "link",
+            &link_next(&format!("/v2/{name}/tags/list"), n, &after),
+        );
     }
     Ok(resp)
 }
 
-async fn get_manifest(reg: &Registry, name: &RepoName, r: &Reference, req: &Head) -> Result<Response> {
+async fn get_manifest(
+    reg: &Registry,
+    name: &RepoName,
+    r: &Reference,
+    req: &Head,
+) -> Result<Response> {
     let m = reg.manifest(name, r).await?;
     let len = m.bytes.len();
-    let body = if req.method == Method::HEAD { Body::empty() } else { Body::from(m.bytes) };
+    let body = if req.method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from(m.bytes)
+    };
     let mut resp = (StatusCode::OK, body).into_response();
     set(&mut resp, "content-type", &m.media_type);
     set(&mut resp, "content-length", &len.to_string());
@@ -154,22 +190,42 @@ async fn get_manifest(reg: &Registry, name: &RepoName, r: &Reference, req: &Head
     Ok(resp)
 }
 
-async fn put_manifest(reg: &Registry, name: &RepoName, r: &Reference, req: Req) -> Result<Response> {
+async fn put_manifest(
+    reg: &Registry,
+    name: &RepoName,
+    r: &Reference,
+    req: Req,
+) -> Result<Response> {
     let content_type = header_str(&req.head.headers, &header::CONTENT_TYPE).map(str::to_string);
-    if let Some(len) = header_str(&req.head.headers, &header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok())
+    if let Some(len) =
+        header_str(&req.head.headers, &header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok())
         && len > MAX_MANIFEST_BYTES
     {
-        return Err(Error::ManifestTooLarge { limit: MAX_MANIFEST_BYTES }.into());
+        return Err(Error::ManifestTooLarge {
+            limit: MAX_MANIFEST_BYTES,
+        }
+        .into());
     }
     let mut body = Vec::new();
     let mut rd = reader(req.body).take(MAX_MANIFEST_BYTES as u64 + 1);
-    rd.read_to_end(&mut body).await.map_err(|e| ApiError::from(Error::Body(e.to_string())))?;
+    rd.read_to_end(&mut body)
+        .await
+        .map_err(|e| ApiError::from(Error::Body(e.to_string())))?;
     if body.len() > MAX_MANIFEST_BYTES {
-        return Err(Error::ManifestTooLarge { limit: MAX_MANIFEST_BYTES }.into());
+        return Err(Error::ManifestTooLarge {
+            limit: MAX_MANIFEST_BYTES,
+        }
+        .into());
     }
-    let put = reg.put_manifest(name, r, body, content_type.as_deref()).await?;
+    let put = reg
+        .put_manifest(name, r, body, content_type.as_deref())
+        .await?;
     let mut resp = (StatusCode::CREATED, [(header::CONTENT_LENGTH, "0")]).into_response();
-    set(&mut resp, "location", &format!("/v2/{name}/manifests/{}", put.digest));
+    set(
+        &mut resp,
+        "location",
+        &format!("/v2/{name}/manifests/{}", put.digest),
+    );
     set(&mut resp, "docker-content-digest", &put.digest.to_string());
     if let Some(s) = put.subject {
         set(&mut resp, "oci-subject", &s.to_string());
@@ -190,7 +246,13 @@ fn byte_range(h: Option<&str>, size: u64) -> std::result::Result<Option<(u64, u6
     let (start, end) = match (a.is_empty(), b.is_empty()) {
         (false, _) => {
             let start: u64 = a.parse().map_err(|_| ())?;
-            let end = if b.is_empty() { size.saturating_sub(1) } else { b.parse::<u64>().map_err(|_| ())?.min(size.saturating_sub(1)) };
+            let end = if b.is_empty() {
+                size.saturating_sub(1)
+            } else {
+                b.parse::<u64>()
+                    .map_err(|_| ())?
+                    .min(size.saturating_sub(1))
+            };
             (start, end)
         }
         (true, false) => {
@@ -212,8 +274,11 @@ async fn get_blob(reg: &Registry, name: &RepoName, d: &Digest, req: &Head) -> Re
     let mut blob = reg.storage().open_blob(name, d).await?;
     let size = blob.size;
     let range = byte_range(header_str(&req.headers, &header::RANGE), size).map_err(|()| {
-        ApiError::new(Code::RangeInvalid, format!("requested range is not within the blob's {size} bytes"))
-            .with_header(header::CONTENT_RANGE, format!("bytes */{size}"))
+        ApiError::new(
+            Code::RangeInvalid,
+            format!("requested range is not within the blob's {size} bytes"),
+        )
+        .with_header(header::CONTENT_RANGE, format!("bytes */{size}"))
     })?;
     let (status, start, len) = match range {
         Some((s, e)) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
@@ -237,14 +302,22 @@ async fn get_blob(reg: &Registry, name: &RepoName, d: &Digest, req: &Head) -> Re
     set(&mut resp, "accept-ranges", "bytes");
     set(&mut resp, "etag", &format!("\"{d}\""));
     if status == StatusCode::PARTIAL_CONTENT {
-        set(&mut resp, "content-range", &format!("bytes {start}-{}/{size}", start + len - 1));
+        set(
+            &mut resp,
+            "content-range",
+            &format!("bytes {start}-{}/{size}", start + len - 1),
+        );
     }
     Ok(resp)
 }
 
 fn upload_response(status: StatusCode, name: &RepoName, id: &str, size: u64) -> Response {
     let mut resp = (status, [(header::CONTENT_LENGTH, "0")]).into_response();
-    set(&mut resp, "location", &format!("/v2/{name}/blobs/uploads/{id}"));
+    set(
+        &mut resp,
+        "location",
+        &format!("/v2/{name}/blobs/uploads/{id}"),
+    );
     set(&mut resp, "range", &format!("0-{}", size.saturating_sub(1)));
     set(&mut resp, "docker-upload-uuid", id);
     resp
@@ -266,7 +339,12 @@ fn digest_param(req: &Head, key: &str) -> Result<Option<Digest>> {
 
 async fn start_upload(reg: &Registry, name: &RepoName, req: Req) -> Result<Response> {
     if let Some(d) = digest_param(&req.head, "mount")? {
-        let from = req.head.query.get("from").map(|f| f.parse::<RepoName>()).transpose()?;
+        let from = req
+            .head
+            .query
+            .get("from")
+            .map(|f| f.parse::<RepoName>())
+            .transpose()?;
         if let Some(from) = from
             && reg.storage().mount(name, &from, &d).await?
         {
@@ -279,7 +357,9 @@ async fn start_upload(reg: &Registry, name: &RepoName, req: Req) -> Result<Respo
     if let Some(d) = digest_param(&req.head, "digest")? {
         // Monolithic upload: the whole blob is in this request.
         let result = async {
-            reg.storage().append(name, &st.id, Some(0), &mut reader(req.body)).await?;
+            reg.storage()
+                .append(name, &st.id, Some(0), &mut reader(req.body))
+                .await?;
             reg.storage().finish_upload(name, &st.id, &d).await
         }
         .await;
@@ -297,8 +377,17 @@ fn content_range(h: &HeaderMap) -> Result<Option<(u64, u64)>> {
     let Some(v) = header_str(h, &header::CONTENT_RANGE) else {
         return Ok(None);
     };
-    let v = v.trim().trim_start_matches("bytes").trim().trim_end_matches("/*");
-    let bad = || ApiError::new(Code::RangeInvalid, format!("malformed Content-Range {v:?}: expected START-END"));
+    let v = v
+        .trim()
+        .trim_start_matches("bytes")
+        .trim()
+        .trim_end_matches("/*");
+    let bad = || {
+        ApiError::new(
+            Code::RangeInvalid,
+            format!("malformed Content-Range {v:?}: expected START-END"),
+        )
+    };
     let (a, b) = v.split_once('-').ok_or_else(bad)?;
     let a: u64 = a.trim().parse().map_err(|_| bad())?;
     let b: u64 = b.trim().parse().map_err(|_| bad())?;
@@ -310,7 +399,10 @@ fn content_range(h: &HeaderMap) -> Result<Option<(u64, u64)>> {
 
 async fn patch_upload(reg: &Registry, name: &RepoName, id: &str, req: Req) -> Result<Response> {
     let range = content_range(&req.head.headers)?;
-    let st = reg.storage().append(name, id, range.map(|r| r.0), &mut reader(req.body)).await?;
+    let st = reg
+        .storage()
+        .append(name, id, range.map(|r| r.0), &mut reader(req.body))
+        .await?;
     if let Some((a, b)) = range
         && st.size != b + 1
     {
@@ -324,7 +416,9 @@ async fn put_upload(reg: &Registry, name: &RepoName, id: &str, req: Req) -> Resu
     let range = content_range(&req.head.headers)?;
     let has_body = header_str(&req.head.headers, &header::CONTENT_LENGTH).is_none_or(|l| l != "0");
     if has_body || range.is_some() {
-        reg.storage().append(name, id, range.map(|r| r.0), &mut reader(req.body)).await?;
+        reg.storage()
+            .append(name, id, range.map(|r| r.0), &mut reader(req.body))
+            .await?;
     }
     reg.storage().finish_upload(name, id, &d).await?;
     Ok(blob_created(name, &d))

@@ -88,9 +88,12 @@ async fn run(
 }
 
 async fn not_found() -> Response {
-    ApiError::new(Code::Unsupported, "no such endpoint in the distribution API")
-        .with_status(axum::http::StatusCode::NOT_FOUND)
-        .into_response()
+    ApiError::new(
+        Code::Unsupported,
+        "no such endpoint in the distribution API",
+    )
+    .with_status(axum::http::StatusCode::NOT_FOUND)
+    .into_response()
 }
 
 /// Adds `Docker-Distribution-API-Version` to every answer and logs each request with the

@@ -27,7 +27,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts connections on `listener` until `stop` turns true, handshaking each with the
 /// current config in `tls` (swapped on renewal or revocation; new connections see it).
-pub async fn serve(listener: TcpListener, tls: Arc<ArcSwap<ServerConfig>>, app: Router, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<ArcSwap<ServerConfig>>,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+) {
     let local = listener.local_addr().ok();
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -52,7 +57,12 @@ pub async fn serve(listener: TcpListener, tls: Arc<ArcSwap<ServerConfig>>, app: 
     conns.shutdown().await;
 }
 
-async fn connection(acceptor: TlsAcceptor, tcp: tokio::net::TcpStream, peer: SocketAddr, app: Router) {
+async fn connection(
+    acceptor: TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    app: Router,
+) {
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -89,7 +99,10 @@ async fn connection(acceptor: TlsAcceptor, tcp: tokio::net::TcpStream, peer: Soc
 
 /// The identity in a verified client certificate.
 pub fn identity(der: &[u8]) -> Option<ClientIdentity> {
-    let d = crate::pki::inspect_standalone(der).ok()?.into_iter().next()?;
+    let d = crate::pki::inspect_standalone(der)
+        .ok()?
+        .into_iter()
+        .next()?;
     let n = &d.names;
     let mut sans: Vec<String> = n.dns_names.iter().map(|x| format!("DNS:{x}")).collect();
     sans.extend(n.ip_addresses.iter().map(|x| format!("IP:{x}")));

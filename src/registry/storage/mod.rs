@@ -40,7 +40,10 @@ struct Inner {
     uploads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<upload::State>>>>,
 }
 
-pub(crate) fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+pub(crate) fn io<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> Error + 'a {
     move |source| Error::Io {
         op,
         path: path.to_path_buf(),
@@ -49,12 +52,16 @@ pub(crate) fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::E
 }
 
 /// Runs blocking file work off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Io {
-        op: "finish a storage task for",
-        path: PathBuf::new(),
-        source: std::io::Error::other(e.to_string()),
-    })?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Io {
+            op: "finish a storage task for",
+            path: PathBuf::new(),
+            source: std::io::Error::other(e.to_string()),
+        })?
 }
 
 /// Writes a link file (the digest, no newline) atomically, creating its folder.
@@ -70,7 +77,12 @@ fn write_link(path: &Path, d: &Digest) -> Result<(), Error> {
 fn read_link(path: &Path) -> Result<Option<Digest>, Error> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(s.trim().parse().ok()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::NotADirectory => Ok(None),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.kind() == std::io::ErrorKind::NotADirectory =>
+        {
+            Ok(None)
+        }
         Err(e) => Err(io("read link", path)(e)),
     }
 }
@@ -125,7 +137,9 @@ impl Storage {
 
     /// True when the repository has any content or upload.
     pub async fn repo_exists(&self, name: &RepoName) -> bool {
-        tokio::fs::metadata(self.paths().repo(name)).await.is_ok_and(|m| m.is_dir())
+        tokio::fs::metadata(self.paths().repo(name))
+            .await
+            .is_ok_and(|m| m.is_dir())
     }
 
     /// The size of a blob the repository may serve; `None` when it may not.
@@ -152,7 +166,9 @@ impl Storage {
         let path = self.paths().blob_data(d);
         let file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::BlobUnknown(d.clone())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::BlobUnknown(d.clone()));
+            }
             Err(e) => return Err(io("open", &path)(e)),
         };
         let size = file.metadata().await.map_err(io("stat", &path))?.len();
@@ -190,7 +206,11 @@ impl Storage {
     pub async fn has_manifest(&self, name: &RepoName, d: &Digest) -> Result<bool, Error> {
         let p = self.paths().clone();
         let (name, d) = (name.clone(), d.clone());
-        blocking(move || Ok(read_link(&p.revision_link(&name, &d))?.as_ref() == Some(&d) && p.blob_data(&d).is_file())).await
+        blocking(move || {
+            Ok(read_link(&p.revision_link(&name, &d))?.as_ref() == Some(&d)
+                && p.blob_data(&d).is_file())
+        })
+        .await
     }
 
     /// Stores manifest bytes as a blob, links the revision, records its media type and
@@ -205,7 +225,12 @@ impl Storage {
         tag: Option<&Tag>,
     ) -> Result<(), Error> {
         let p = self.paths().clone();
-        let (name, d, tag, media_type) = (name.clone(), d.clone(), tag.cloned(), media_type.to_string());
+        let (name, d, tag, media_type) = (
+            name.clone(),
+            d.clone(),
+            tag.cloned(),
+            media_type.to_string(),
+        );
         blocking(move || {
             let data = p.blob_data(&d);
             if !data.is_file() {
@@ -228,7 +253,11 @@ impl Storage {
     }
 
     /// A manifest by tag or digest.
-    pub async fn manifest(&self, name: &RepoName, reference: &Reference) -> Result<StoredManifest, Error> {
+    pub async fn manifest(
+        &self,
+        name: &RepoName,
+        reference: &Reference,
+    ) -> Result<StoredManifest, Error> {
         let p = self.paths().clone();
         let (name, reference) = (name.clone(), reference.clone());
         blocking(move || {
@@ -349,7 +378,9 @@ impl Storage {
             let mut out = Vec::new();
             for alg in subdirs(&p.revisions(&name))? {
                 for hex in subdirs(&p.revisions(&name).join(&alg))? {
-                    let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() else { continue };
+                    let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() else {
+                        continue;
+                    };
                     if read_link(&p.revision_link(&name, &d))?.as_ref() != Some(&d) {
                         continue;
                     }
@@ -364,14 +395,26 @@ impl Storage {
     }
 
     /// Reads a whole blob into memory; only for small content such as manifests or configs.
-    pub async fn read_small_blob(&self, name: &RepoName, d: &Digest, limit: u64) -> Result<Vec<u8>, Error> {
+    pub async fn read_small_blob(
+        &self,
+        name: &RepoName,
+        d: &Digest,
+        limit: u64,
+    ) -> Result<Vec<u8>, Error> {
         let b = self.open_blob(name, d).await?;
         if b.size > limit {
-            return Err(Error::SizeInvalid(format!("blob {d} is {} bytes, over the {limit} byte limit", b.size)));
+            return Err(Error::SizeInvalid(format!(
+                "blob {d} is {} bytes, over the {limit} byte limit",
+                b.size
+            )));
         }
         let mut out = Vec::with_capacity(b.size as usize);
         let path = self.paths().blob_data(d);
-        b.file.take(limit).read_to_end(&mut out).await.map_err(io("read", &path))?;
+        b.file
+            .take(limit)
+            .read_to_end(&mut out)
+            .await
+            .map_err(io("read", &path))?;
         Ok(out)
     }
 }
@@ -383,7 +426,11 @@ fn walk_repos(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(), Err
         if sub.starts_with('_') {
             continue;
         }
-        let name = if prefix.is_empty() { sub.clone() } else { format!("{prefix}/{sub}") };
+        let name = if prefix.is_empty() {
+            sub.clone()
+        } else {
+            format!("{prefix}/{sub}")
+        };
         let path = dir.join(&sub);
         if path.join("_manifests").is_dir() && name.parse::<RepoName>().is_ok() {
             out.push(name.clone());

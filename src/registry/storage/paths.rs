@@ -66,7 +66,11 @@ impl Paths {
 
     /// The link that lets a repository serve a blob.
     pub fn layer_link(&self, name: &RepoName, d: &Digest) -> PathBuf {
-        self.repo(name).join("_layers").join(d.algorithm().name()).join(d.hex()).join("link")
+        self.repo(name)
+            .join("_layers")
+            .join(d.algorithm().name())
+            .join(d.hex())
+            .join("link")
     }
 
     /// Folder of a repository's manifest revisions.
@@ -76,7 +80,10 @@ impl Paths {
 
     /// The link that makes a manifest part of a repository.
     pub fn revision_link(&self, name: &RepoName, d: &Digest) -> PathBuf {
-        self.revisions(name).join(d.algorithm().name()).join(d.hex()).join("link")
+        self.revisions(name)
+            .join(d.algorithm().name())
+            .join(d.hex())
+            .join("link")
     }
 
     /// Folder of a repository's tags.
@@ -96,7 +103,11 @@ impl Paths {
 
     /// History entry of a tag.
     pub fn tag_index(&self, name: &RepoName, tag: &Tag, d: &Digest) -> PathBuf {
-        self.tag_dir(name, tag).join("index").join(d.algorithm().name()).join(d.hex()).join("link")
+        self.tag_dir(name, tag)
+            .join("index")
+            .join(d.algorithm().name())
+            .join(d.hex())
+            .join("link")
     }
 
     /// Folder of a repository's uploads.
@@ -111,7 +122,10 @@ impl Paths {
 
     /// Recorded media type of a manifest.
     pub fn media_type(&self, d: &Digest) -> PathBuf {
-        self.v2.join("_berth/mediatypes").join(d.algorithm().name()).join(d.hex())
+        self.v2
+            .join("_berth/mediatypes")
+            .join(d.algorithm().name())
+            .join(d.hex())
     }
 }
 
@@ -123,26 +137,39 @@ mod tests {
     #[test]
     fn matches_registry_2() {
         let p = Paths::new(Path::new("/r"));
-        let d: Digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".parse().unwrap();
+        let d: Digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+            .parse()
+            .unwrap();
         let n: RepoName = "team/app".parse().unwrap();
         let t: Tag = "1.0".parse().unwrap();
         let h = d.hex();
-        assert_eq!(p.blob_data(&d), Path::new(&format!("/r/docker/registry/v2/blobs/sha256/e3/{h}/data")));
+        assert_eq!(
+            p.blob_data(&d),
+            Path::new(&format!("/r/docker/registry/v2/blobs/sha256/e3/{h}/data"))
+        );
         assert_eq!(
             p.layer_link(&n, &d),
-            Path::new(&format!("/r/docker/registry/v2/repositories/team/app/_layers/sha256/{h}/link"))
+            Path::new(&format!(
+                "/r/docker/registry/v2/repositories/team/app/_layers/sha256/{h}/link"
+            ))
         );
         assert_eq!(
             p.revision_link(&n, &d),
-            Path::new(&format!("/r/docker/registry/v2/repositories/team/app/_manifests/revisions/sha256/{h}/link"))
+            Path::new(&format!(
+                "/r/docker/registry/v2/repositories/team/app/_manifests/revisions/sha256/{h}/link"
+            ))
         );
         assert_eq!(
             p.tag_current(&n, &t),
-            Path::new("/r/docker/registry/v2/repositories/team/app/_manifests/tags/1.0/current/link")
+            Path::new(
+                "/r/docker/registry/v2/repositories/team/app/_manifests/tags/1.0/current/link"
+            )
         );
         assert_eq!(
             p.tag_index(&n, &t, &d),
-            Path::new(&format!("/r/docker/registry/v2/repositories/team/app/_manifests/tags/1.0/index/sha256/{h}/link"))
+            Path::new(&format!(
+                "/r/docker/registry/v2/repositories/team/app/_manifests/tags/1.0/index/sha256/{h}/link"
+            ))
         );
     }
 }

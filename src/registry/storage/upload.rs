@@ -61,6 +61,19 @@ impl Storage {
             .clone()
     }
 
+    /// An upload's id (normalised), data file and in-memory state; unknown uploads fail.
+    async fn open_upload(
+        &self,
+        name: &RepoName,
+        id: &str,
+    ) -> Result<(String, PathBuf, Arc<tokio::sync::Mutex<State>>), Error> {
+        let id = parse_id(id)?;
+        let path = self.data_path(name, &id);
+        let size = current_size(&path, &id).await?;
+        let state = self.state(&id, size);
+        Ok((id, path, state))
+    }
+
     fn forget(&self, id: &str) {
         let mut map = self.inner.uploads.lock().unwrap_or_else(|p| p.into_inner());
         map.remove(id);
@@ -70,7 +83,9 @@ impl Storage {
     pub async fn start_upload(&self, name: &RepoName) -> Result<UploadStatus, Error> {
         let id = uuid::Uuid::new_v4().hyphenated().to_string();
         let dir = self.paths().upload_dir(name, &id);
-        let started = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
+        let started = OffsetDateTime::now_utc()
+            .format(&Rfc3339)
+            .unwrap_or_default();
         blocking(move || {
             fsutil::create_dir_all(&dir, 0o755)?;
             fsutil::write_atomic(&dir.join("startedat"), started.as_bytes(), 0o644)?;
@@ -85,11 +100,8 @@ impl Storage {
     /// Bytes received so far.
     pub async fn upload_status(&self, name: &RepoName, id: &str) -> Result<UploadStatus, Error> {
         let id = parse_id(id)?;
-        let path = self.data_path(name, &id);
-        match tokio::fs::metadata(&path).await {
-            Ok(m) => Ok(UploadStatus { id, size: m.len() }),
-            Err(_) => Err(Error::UploadUnknown(id)),
-        }
+        let size = current_size(&self.data_path(name, &id), &id).await?;
+        Ok(UploadStatus { id, size })
     }
 
     /// Appends a chunk streamed from `body`. With `start`, the chunk must begin exactly
@@ -101,16 +113,10 @@ impl Storage {
         start: Option<u64>,
         body: &mut (impl AsyncRead + Unpin + ?Sized),
     ) -> Result<UploadStatus, Error> {
-        let id = parse_id(id)?;
-        let path = self.data_path(name, &id);
-        let size = match tokio::fs::metadata(&path).await {
-            Ok(m) => m.len(),
-            Err(_) => return Err(Error::UploadUnknown(id)),
-        };
-        let state = self.state(&id, size);
+        let (id, path, state) = self.open_upload(name, id).await?;
         let mut st = state.lock().await;
-        // Re-read under the lock: another chunk may have landed meanwhile.
-        let size = tokio::fs::metadata(&path).await.map_err(io("stat", &path))?.len();
+        // Read under the lock: another chunk may have landed meanwhile.
+        let size = current_size(&path, &id).await?;
         if let Some(s) = start
             && s != size
         {
@@ -137,7 +143,9 @@ impl Storage {
                     return Err(Error::Body(e.to_string()));
                 }
             };
-            file.write_all(&buf[..n]).await.map_err(io("write", &path))?;
+            file.write_all(&buf[..n])
+                .await
+                .map_err(io("write", &path))?;
             if let Some(h) = st.hasher.as_mut() {
                 h.update(&buf[..n]);
             }
@@ -151,15 +159,15 @@ impl Storage {
     /// Finishes an upload: verifies `digest`, then moves the data into `blobs/` and links
     /// it into the repository. On a mismatch the upload is discarded and nothing becomes
     /// visible.
-    pub async fn finish_upload(&self, name: &RepoName, id: &str, digest: &Digest) -> Result<u64, Error> {
-        let id = parse_id(id)?;
-        let path = self.data_path(name, &id);
-        let size = match tokio::fs::metadata(&path).await {
-            Ok(m) => m.len(),
-            Err(_) => return Err(Error::UploadUnknown(id)),
-        };
-        let state = self.state(&id, size);
+    pub async fn finish_upload(
+        &self,
+        name: &RepoName,
+        id: &str,
+        digest: &Digest,
+    ) -> Result<u64, Error> {
+        let (id, path, state) = self.open_upload(name, id).await?;
         let st = state.lock().await;
+        let size = current_size(&path, &id).await?;
         let actual = match (&st.hasher, digest.algorithm()) {
             (Some(h), Algorithm::Sha256) if st.size == size => h.clone().finish(),
             _ => hash_file(&path, digest.algorithm()).await?,
@@ -182,7 +190,8 @@ impl Storage {
             if !target.is_file() {
                 fsutil::create_dir_all(&p.blob_dir(&d), 0o755)?;
                 std::fs::rename(&path, &target).map_err(io("move into place", &target))?;
-                let dir = std::fs::File::open(p.blob_dir(&d)).map_err(io("open", &p.blob_dir(&d)))?;
+                let dir =
+                    std::fs::File::open(p.blob_dir(&d)).map_err(io("open", &p.blob_dir(&d)))?;
                 dir.sync_all().map_err(io("fsync", &p.blob_dir(&d)))?;
             }
             write_link(&p.layer_link(&name2, &d), &d)?;
@@ -201,12 +210,26 @@ impl Storage {
         let dir = self.paths().upload_dir(name, &id);
         let removed = blocking(move || remove_dir_all_if_exists(&dir)).await?;
         self.forget(&id);
-        if removed { Ok(()) } else { Err(Error::UploadUnknown(id)) }
+        if removed {
+            Ok(())
+        } else {
+            Err(Error::UploadUnknown(id))
+        }
+    }
+}
+
+/// Bytes in an upload's data file; a missing file means the upload is unknown.
+async fn current_size(path: &std::path::Path, id: &str) -> Result<u64, Error> {
+    match tokio::fs::metadata(path).await {
+        Ok(m) => Ok(m.len()),
+        Err(_) => Err(Error::UploadUnknown(id.to_string())),
     }
 }
 
 async fn hash_file(path: &std::path::Path, alg: Algorithm) -> Result<Digest, Error> {
-    let mut f = tokio::fs::File::open(path).await.map_err(io("open", path))?;
+    let mut f = tokio::fs::File::open(path)
+        .await
+        .map_err(io("open", path))?;
     let mut h = alg.hasher();
     let mut buf = vec![0u8; CHUNK];
     loop {
