@@ -293,7 +293,10 @@ async fn get_blob(reg: &Registry, name: &RepoName, d: &Digest, req: &Head) -> Re
                 .await
                 .map_err(|e| ApiError::from(Error::Body(e.to_string())))?;
         }
-        Body::from_stream(ReaderStream::with_capacity(blob.file.take(len), 256 * 1024))
+        Body::from_stream(ReaderStream::with_capacity(
+            blob.file.take(len),
+            1024 * 1024,
+        ))
     };
     let mut resp = (status, body).into_response();
     set(&mut resp, "content-type", "application/octet-stream");

@@ -34,7 +34,7 @@ pub struct UploadStatus {
     pub size: u64,
 }
 
-const CHUNK: usize = 256 * 1024;
+const CHUNK: usize = 1024 * 1024;
 
 /// Upload ids are UUIDs; anything else is unknown (and never becomes a path).
 fn parse_id(id: &str) -> Result<String, Error> {
@@ -130,29 +130,44 @@ impl Storage {
             .open(&path)
             .await
             .map_err(io("open", &path))?;
+        // Fill a large buffer before each write: request bodies arrive in small frames,
+        // and every file write is a hop to the blocking pool.
         let mut buf = vec![0u8; CHUNK];
+        let mut fill = 0;
         let mut written = 0u64;
+        let mut failed = None;
         loop {
-            let n = match body.read(&mut buf).await {
-                Ok(0) => break,
+            let n = match body.read(&mut buf[fill..]).await {
                 Ok(n) => n,
                 Err(e) => {
-                    // Keep what arrived whole; the client can resume from the reported size.
-                    file.flush().await.map_err(io("write", &path))?;
-                    st.hasher = None;
-                    return Err(Error::Body(e.to_string()));
+                    failed = Some(e);
+                    0
                 }
             };
-            file.write_all(&buf[..n])
-                .await
-                .map_err(io("write", &path))?;
-            if let Some(h) = st.hasher.as_mut() {
-                h.update(&buf[..n]);
+            fill += n;
+            if fill == buf.len() || n == 0 {
+                if fill > 0 {
+                    file.write_all(&buf[..fill])
+                        .await
+                        .map_err(io("write", &path))?;
+                    if let Some(h) = st.hasher.as_mut() {
+                        h.update(&buf[..fill]);
+                    }
+                    written += fill as u64;
+                    fill = 0;
+                }
+                if n == 0 {
+                    break;
+                }
             }
-            written += n as u64;
         }
         file.flush().await.map_err(io("write", &path))?;
         st.size = size + written;
+        if let Some(e) = failed {
+            // What arrived is kept; the client can resume from the reported size.
+            st.hasher = None;
+            return Err(Error::Body(e.to_string()));
+        }
         Ok(UploadStatus { id, size: st.size })
     }
 
