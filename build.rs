@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/berth/v1/system.proto",
         "proto/berth/v1/pki.proto",
         "proto/berth/v1/certs.proto",
+        "proto/berth/v1/registry.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
     // The encoded descriptor set feeds tonic-reflection, so grpcurl works without .proto files.

@@ -12,6 +12,9 @@ use crate::certsd::{ActionKind, CertFile, Entry, FileAction, InstallOutcome, Roo
 use crate::pki::{
     self, CertDetails, CertKind, CertRecord, CertStatus, Crl, KeyAlgorithm, Names, SecretKeyPem,
 };
+mod registry;
+pub use registry::RegistryStatus;
+
 use crate::proto as pb;
 use crate::proto::certs_service_client::CertsServiceClient;
 use crate::proto::convert::{self, key_algorithm_out, kind_out, names_out, time_in};

@@ -83,8 +83,10 @@ pub struct RegistryConfig {
     pub names: Vec<String>,
     /// Storage root (registry:2's `rootdirectory`); default `<state_dir>/registry`.
     pub root: Option<PathBuf>,
-    /// Allow DELETE of manifests, tags and blobs.
+    /// Allow DELETE of manifests, tags and blobs over HTTP (the control API can always).
     pub delete_enabled: bool,
+    /// Upload sessions idle longer than this many hours are purged (checked hourly).
+    pub upload_max_age_hours: u64,
 }
 
 impl Default for RegistryConfig {
@@ -98,6 +100,7 @@ impl Default for RegistryConfig {
             names: Vec::new(),
             root: None,
             delete_enabled: true,
+            upload_max_age_hours: 24,
         }
     }
 }

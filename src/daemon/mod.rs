@@ -39,6 +39,7 @@ use crate::config::Config;
 use crate::pki::{self, Names, Pki};
 use crate::proto::certs_service_server::CertsServiceServer;
 use crate::proto::pki_service_server::PkiServiceServer;
+use crate::proto::registry_service_server::RegistryServiceServer;
 use crate::proto::system_service_server::SystemServiceServer;
 use crate::registry::{self, Registry, Storage};
 use crate::{fsutil, proto};
@@ -293,6 +294,7 @@ impl Daemon {
             tracing::info!(addrs = ?registry_addrs, root = %state.registry.storage().root().display(), "registry serving (mutual TLS)");
         }
         registry_tasks.spawn(renew_certificates(state.clone(), stop_rx.clone()));
+        registry_tasks.spawn(purge_uploads(state.clone(), stop_rx.clone()));
         tracing::info!(socket = %socket.display(), tcp = ?tcp_addrs, "berthd serving");
 
         let result = tokio::select! {
@@ -328,6 +330,9 @@ fn router(state: &Arc<State>) -> Result<Router, Error> {
         health_reporter
             .set_serving::<CertsServiceServer<service::CertsSvc>>()
             .await;
+        health_reporter
+            .set_serving::<RegistryServiceServer<service::RegistrySvc>>()
+            .await;
     });
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -353,6 +358,12 @@ fn router(state: &Arc<State>) -> Result<Router, Error> {
             }),
             authz.clone(),
         ))
+        .add_service(InterceptedService::new(
+            RegistryServiceServer::new(service::RegistrySvc {
+                state: state.clone(),
+            }),
+            authz.clone(),
+        ))
         .add_service(InterceptedService::new(health, authz.clone()))
         .add_service(InterceptedService::new(reflection, authz)))
 }
@@ -372,6 +383,24 @@ async fn renew_certificates(state: Arc<State>, mut stop: watch::Receiver<bool>) 
                 let r = tokio::task::spawn_blocking(move || st.reload_tls_inner()).await;
                 if let Ok(Err(e)) = r {
                     tracing::error!(error = %e, "renewing berthd's server certificates failed");
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Purges upload sessions older than `registry.upload_max_age_hours`, hourly.
+async fn purge_uploads(state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    let max_age = Duration::from_secs(state.config.registry.upload_max_age_hours.saturating_mul(3600));
+    let mut tick = tokio::time::interval(RENEW_CHECK);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                match state.registry.storage().purge_uploads(Some(max_age), false).await {
+                    Ok(p) if !p.is_empty() => tracing::info!(purged = p.len(), "stale uploads purged"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "purging stale uploads failed"),
                 }
             }
             _ = stop.changed() => return,

@@ -5,7 +5,7 @@ use std::io::ErrorKind;
 
 use tonic::{Code, Status};
 
-use crate::{certsd, fsutil, pki};
+use crate::{certsd, fsutil, pki, registry};
 
 fn fs_status(e: &fsutil::Error) -> Status {
     match e.io_kind() {
@@ -51,6 +51,27 @@ impl From<certsd::Error> for Status {
             E::NotInstalled(_) => Code::NotFound,
             E::Client(_) => Code::FailedPrecondition,
             E::CorruptState { .. } => Code::DataLoss,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+impl From<registry::Error> for Status {
+    fn from(e: registry::Error) -> Status {
+        use registry::Error as E;
+        let code = match &e {
+            E::Reference(_)
+            | E::DigestMismatch { .. }
+            | E::DigestMissing
+            | E::SizeInvalid(_)
+            | E::ManifestInvalid(_)
+            | E::ManifestTooLarge { .. }
+            | E::PaginationInvalid(_) => Code::InvalidArgument,
+            E::NameUnknown(_) | E::ManifestUnknown { .. } | E::BlobUnknown(_) | E::UploadUnknown(_) => Code::NotFound,
+            E::ManifestBlobUnknown(_) | E::RangeInvalid { .. } | E::DeleteDisabled => Code::FailedPrecondition,
+            E::Body(_) => Code::Aborted,
+            E::Fs(f) => return fs_status(f),
+            E::Io { .. } => Code::Internal,
         };
         Status::new(code, e.to_string())
     }

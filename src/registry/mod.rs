@@ -5,7 +5,9 @@
 //! The registry shares one error enum between this module and `storage`, because every
 //! failure of either ends in the same OCI error table and must be mapped exhaustively.
 
+pub mod events;
 pub mod http;
+pub mod inspect;
 pub mod manifest;
 pub mod reference;
 pub mod storage;
@@ -157,6 +159,7 @@ pub struct PutManifest {
 pub struct Registry {
     storage: Storage,
     delete_enabled: bool,
+    events: events::Events,
 }
 
 impl Registry {
@@ -165,7 +168,13 @@ impl Registry {
         Registry {
             storage,
             delete_enabled,
+            events: events::Events::default(),
         }
+    }
+
+    /// The event channel.
+    pub fn events(&self) -> &events::Events {
+        &self.events
     }
 
     /// The storage underneath.
@@ -189,6 +198,7 @@ impl Registry {
             });
         }
         let m = Manifest::parse(&body, content_type)?;
+        let _guard = self.storage.manifest_write_guard().await;
         let digest = match reference {
             Reference::Digest(d) => {
                 let actual = Digest::of(d.algorithm(), &body);

@@ -287,6 +287,17 @@ impl fmt::Display for Reference {
     }
 }
 
+/// Parses `repo:tag`, `repo@digest` or `repo` (meaning `repo:latest`), as docker does.
+pub fn parse_image_ref(s: &str) -> Result<(RepoName, Reference), Error> {
+    if let Some((name, digest)) = s.split_once('@') {
+        return Ok((name.parse()?, Reference::Digest(digest.parse()?)));
+    }
+    match s.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => Ok((name.parse()?, Reference::Tag(tag.parse()?))),
+        _ => Ok((s.parse()?, Reference::Tag(Tag("latest".to_string())))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -59,6 +59,14 @@ enum Command {
     /// docker and containers certs.d folders.
     #[command(subcommand)]
     Certs(cmd::certs::CertsCmd),
+    /// The embedded registry: status, repositories, tags, gc, uploads, fsck.
+    #[command(subcommand)]
+    Registry(cmd::registry::RegistryCmd),
+    /// One image in the embedded registry: inspect, rm.
+    #[command(subcommand)]
+    Image(cmd::image::ImageCmd),
+    /// Live registry events (push, pull, delete), like `docker events`.
+    Events(cmd::events::EventsCmd),
     /// Print shell completions, e.g. `berth completions bash > /etc/bash_completion.d/berth`.
     Completions {
         /// The shell.
@@ -94,6 +102,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ca(c) => cmd::ca::run(g, c).await,
         Command::Cert(c) => cmd::cert::run(g, c).await,
         Command::Certs(c) => cmd::certs::run(g, c).await,
+        Command::Registry(c) => cmd::registry::run(g, c).await,
+        Command::Image(c) => cmd::image::run(g, c).await,
+        Command::Events(c) => cmd::events::run(g, c).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

@@ -3,10 +3,12 @@
 mod certs;
 mod convert;
 mod pki;
+mod registry;
 mod system;
 
 pub(crate) use certs::CertsSvc;
 pub(crate) use pki::PkiSvc;
+pub(crate) use registry::RegistrySvc;
 pub(crate) use system::SystemSvc;
 
 use tonic::Status;

@@ -16,6 +16,7 @@ use tokio_util::io::{ReaderStream, StreamReader};
 use super::errcode::{ApiError, Code};
 use super::route::Route;
 use crate::registry::reference::{Digest, Reference, RepoName};
+use crate::registry::events::{Action, Target};
 use crate::registry::{Error, MAX_MANIFEST_BYTES, Registry, manifest, paginate};
 
 /// The most entries one catalog or tags page returns.
@@ -30,11 +31,20 @@ pub(super) struct Req {
     pub body: Body,
 }
 
-/// Method, query and headers.
+/// Method, query, headers and who is asking.
 pub(super) struct Head {
     pub method: Method,
     pub query: HashMap<String, String>,
     pub headers: HeaderMap,
+    /// Client certificate CN, for events.
+    pub actor: String,
+}
+
+fn tag_of(r: &Reference) -> Option<String> {
+    match r {
+        Reference::Tag(t) => Some(t.to_string()),
+        Reference::Digest(_) => None,
+    }
 }
 
 /// Routes a parsed path and method to its handler.
@@ -55,6 +65,11 @@ pub(super) async fn handle(reg: &Registry, route: Route, req: Req) -> Result<Res
         (Route::Manifest(name, r), Method::PUT) => put_manifest(reg, &name, &r, req).await,
         (Route::Manifest(name, r), Method::DELETE) => {
             reg.delete_manifest(&name, &r).await?;
+            let (target, digest) = match &r {
+                Reference::Digest(d) => (Target::Manifest, Some(d.to_string())),
+                Reference::Tag(_) => (Target::Tag, None),
+            };
+            reg.events().emit(Action::Delete, target, name.as_str(), digest, tag_of(&r), &req.head.actor);
             Ok(accepted())
         }
         (Route::Blob(name, d), Method::GET | Method::HEAD) => {
@@ -62,6 +77,7 @@ pub(super) async fn handle(reg: &Registry, route: Route, req: Req) -> Result<Res
         }
         (Route::Blob(name, d), Method::DELETE) => {
             reg.delete_blob(&name, &d).await?;
+            reg.events().emit(Action::Delete, Target::Blob, name.as_str(), Some(d.to_string()), None, &req.head.actor);
             Ok(accepted())
         }
         (Route::UploadStart(name), Method::POST) => start_upload(reg, &name, req).await,
@@ -176,6 +192,9 @@ async fn get_manifest(
     req: &Head,
 ) -> Result<Response> {
     let m = reg.manifest(name, r).await?;
+    if req.method == Method::GET {
+        reg.events().emit(Action::Pull, Target::Manifest, name.as_str(), Some(m.digest.to_string()), tag_of(r), &req.actor);
+    }
     let len = m.bytes.len();
     let body = if req.method == Method::HEAD {
         Body::empty()
@@ -220,6 +239,14 @@ async fn put_manifest(
     let put = reg
         .put_manifest(name, r, body, content_type.as_deref())
         .await?;
+    reg.events().emit(
+        Action::Push,
+        Target::Manifest,
+        name.as_str(),
+        Some(put.digest.to_string()),
+        tag_of(r),
+        &req.head.actor,
+    );
     let mut resp = (StatusCode::CREATED, [(header::CONTENT_LENGTH, "0")]).into_response();
     set(
         &mut resp,
@@ -287,6 +314,9 @@ async fn get_blob(reg: &Registry, name: &RepoName, d: &Digest, req: &Head) -> Re
     let body = if req.method == Method::HEAD {
         Body::empty()
     } else {
+        if start == 0 {
+            reg.events().emit(Action::Pull, Target::Blob, name.as_str(), Some(d.to_string()), None, &req.actor);
+        }
         if start > 0 {
             blob.file
                 .seek(SeekFrom::Start(start))
@@ -326,7 +356,8 @@ fn upload_response(status: StatusCode, name: &RepoName, id: &str, size: u64) -> 
     resp
 }
 
-fn blob_created(name: &RepoName, d: &Digest) -> Response {
+fn blob_created(reg: &Registry, name: &RepoName, d: &Digest, actor: &str) -> Response {
+    reg.events().emit(Action::Push, Target::Blob, name.as_str(), Some(d.to_string()), None, actor);
     let mut resp = (StatusCode::CREATED, [(header::CONTENT_LENGTH, "0")]).into_response();
     set(&mut resp, "location", &format!("/v2/{name}/blobs/{d}"));
     set(&mut resp, "docker-content-digest", &d.to_string());
@@ -352,7 +383,7 @@ async fn start_upload(reg: &Registry, name: &RepoName, req: Req) -> Result<Respo
             && reg.storage().mount(name, &from, &d).await?
         {
             tracing::debug!(repo = %name, from = %from, digest = %d, "mounted blob");
-            return Ok(blob_created(name, &d));
+            return Ok(blob_created(reg, name, &d, &req.head.actor));
         }
         // Cannot mount: fall back to a normal upload session, as the spec asks.
     }
@@ -370,7 +401,7 @@ async fn start_upload(reg: &Registry, name: &RepoName, req: Req) -> Result<Respo
             let _ = reg.storage().cancel_upload(name, &st.id).await;
             return Err(e.into());
         }
-        return Ok(blob_created(name, &d));
+        return Ok(blob_created(reg, name, &d, &req.head.actor));
     }
     Ok(upload_response(StatusCode::ACCEPTED, name, &st.id, 0))
 }
@@ -424,7 +455,7 @@ async fn put_upload(reg: &Registry, name: &RepoName, id: &str, req: Req) -> Resu
             .await?;
     }
     reg.storage().finish_upload(name, id, &d).await?;
-    Ok(blob_created(name, &d))
+    Ok(blob_created(reg, name, &d, &req.head.actor))
 }
 
 async fn referrers(reg: &Registry, name: &RepoName, d: &Digest, req: &Head) -> Result<Response> {

@@ -73,11 +73,17 @@ async fn run(
         Err(RouteError::NotFound) => return not_found().await,
     };
     let (parts, body) = req.into_parts();
+    let actor = parts
+        .extensions
+        .get::<ClientIdentity>()
+        .map(|i| i.common_name.clone())
+        .unwrap_or_default();
     let r = handlers::Req {
         head: handlers::Head {
             method,
             query,
             headers: parts.headers,
+            actor,
         },
         body: Body::new(body),
     };

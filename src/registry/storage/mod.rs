@@ -2,6 +2,7 @@
 //! disk while they are hashed and become visible only by a rename after the digest checks
 //! out; links and manifests are written atomically. Storage never sees HTTP.
 
+pub mod gc;
 pub mod paths;
 mod upload;
 
@@ -12,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use tokio::io::AsyncReadExt;
 
 pub use paths::Paths;
-pub use upload::UploadStatus;
+pub use gc::{FsckReport, GcOptions, GcReport, RepoSummary, StorageStats};
+pub use upload::{UploadInfo, UploadStatus};
 
 use super::reference::{Digest, Reference, RepoName, Tag};
 use super::{Error, StoredManifest, manifest};
@@ -38,6 +40,8 @@ struct Inner {
     root: PathBuf,
     paths: Paths,
     uploads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<upload::State>>>>,
+    /// Manifest writes hold it shared, GC exclusively (see [`gc`]).
+    gc_lock: tokio::sync::RwLock<()>,
 }
 
 pub(crate) fn io<'a>(
@@ -121,6 +125,7 @@ impl Storage {
                 root: root.to_path_buf(),
                 paths: Paths::new(root),
                 uploads: Mutex::new(HashMap::new()),
+                gc_lock: tokio::sync::RwLock::new(()),
             }),
         }
     }
@@ -128,6 +133,12 @@ impl Storage {
     /// The root folder.
     pub fn root(&self) -> &Path {
         &self.inner.root
+    }
+
+    /// Held shared while a manifest is checked and written, so GC (which holds it
+    /// exclusively) never sweeps between the check and the write.
+    pub async fn manifest_write_guard(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.inner.gc_lock.read().await
     }
 
     /// The path layout.
@@ -363,7 +374,7 @@ impl Storage {
         let root = self.paths().repositories();
         blocking(move || {
             let mut out = Vec::new();
-            walk_repos(&root, "", &mut out)?;
+            walk_repos(&root, "", &mut out, &|p: &Path| p.join("_manifests").is_dir())?;
             out.sort();
             Ok(out)
         })
@@ -419,9 +430,9 @@ impl Storage {
     }
 }
 
-/// Collects repository names: a folder holding `_manifests` is a repository (as registry:2's
-/// catalog decides); other `_` folders are skipped.
-fn walk_repos(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(), Error> {
+/// Collects repository names: a folder `is_repo` accepts (for the catalog, one holding
+/// `_manifests`, as registry:2 decides); `_` folders are never descended into.
+fn walk_repos(dir: &Path, prefix: &str, out: &mut Vec<String>, is_repo: &dyn Fn(&Path) -> bool) -> Result<(), Error> {
     for sub in subdirs(dir)? {
         if sub.starts_with('_') {
             continue;
@@ -432,10 +443,10 @@ fn walk_repos(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(), Err
             format!("{prefix}/{sub}")
         };
         let path = dir.join(&sub);
-        if path.join("_manifests").is_dir() && name.parse::<RepoName>().is_ok() {
+        if is_repo(&path) && name.parse::<RepoName>().is_ok() {
             out.push(name.clone());
         }
-        walk_repos(&path, &name, out)?;
+        walk_repos(&path, &name, out, is_repo)?;
     }
     Ok(())
 }

@@ -34,6 +34,29 @@ pub struct UploadStatus {
     pub size: u64,
 }
 
+/// An upload session on disk, for listing and purging.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UploadInfo {
+    /// Repository.
+    pub repository: String,
+    /// Upload id.
+    pub id: String,
+    /// Bytes received.
+    pub size: u64,
+    /// When it started (`startedat`, else the folder's time).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+}
+
+impl UploadInfo {
+    /// How long ago it started.
+    pub fn age(&self) -> std::time::Duration {
+        self.started_at
+            .map(|t| (OffsetDateTime::now_utc() - t).try_into().unwrap_or_default())
+            .unwrap_or_default()
+    }
+}
+
 const CHUNK: usize = 1024 * 1024;
 
 /// Upload ids are UUIDs; anything else is unknown (and never becomes a path).
@@ -238,6 +261,71 @@ async fn current_size(path: &std::path::Path, id: &str) -> Result<u64, Error> {
     match tokio::fs::metadata(path).await {
         Ok(m) => Ok(m.len()),
         Err(_) => Err(Error::UploadUnknown(id.to_string())),
+    }
+}
+
+impl Storage {
+    /// Every upload session, oldest first.
+    pub async fn list_uploads(&self) -> Result<Vec<UploadInfo>, Error> {
+        let p = self.paths().clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            for repo in super::gc::all_repos(&p.repositories())? {
+                let Ok(name) = repo.parse::<RepoName>() else { continue };
+                for id in super::subdirs(&p.uploads(&name))? {
+                    let dir = p.upload_dir(&name, &id);
+                    let size = std::fs::metadata(dir.join("data")).map(|m| m.len()).unwrap_or(0);
+                    let started_at = std::fs::read_to_string(dir.join("startedat"))
+                        .ok()
+                        .and_then(|s| OffsetDateTime::parse(s.trim(), &Rfc3339).ok())
+                        .or_else(|| std::fs::metadata(&dir).and_then(|m| m.modified()).ok().map(OffsetDateTime::from));
+                    out.push(UploadInfo {
+                        repository: repo.clone(),
+                        id,
+                        size,
+                        started_at,
+                    });
+                }
+            }
+            out.sort_by_key(|u| u.started_at);
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Removes upload sessions older than `older_than` (all, with `None`); one receiving a
+    /// chunk right now is left alone. Returns what went (or would go, dry).
+    pub async fn purge_uploads(
+        &self,
+        older_than: Option<std::time::Duration>,
+        dry_run: bool,
+    ) -> Result<Vec<UploadInfo>, Error> {
+        let mut purged = Vec::new();
+        for u in self.list_uploads().await? {
+            if older_than.is_some_and(|min| u.age() < min) {
+                continue;
+            }
+            let Ok(name) = u.repository.parse::<RepoName>() else { continue };
+            let state = {
+                let map = self.inner.uploads.lock().unwrap_or_else(|p| p.into_inner());
+                map.get(&u.id).cloned()
+            };
+            let _busy = match &state {
+                Some(s) => match s.try_lock() {
+                    Ok(g) => Some(g),
+                    Err(_) => continue,
+                },
+                None => None,
+            };
+            if !dry_run {
+                let dir = self.paths().upload_dir(&name, &u.id);
+                blocking(move || remove_dir_all_if_exists(&dir)).await?;
+                self.forget(&u.id);
+                tracing::info!(repo = %u.repository, id = %u.id, bytes = u.size, "purged upload");
+            }
+            purged.push(u);
+        }
+        Ok(purged)
     }
 }
 

@@ -3,4 +3,7 @@
 pub mod ca;
 pub mod cert;
 pub mod certs;
+pub mod events;
+pub mod image;
+pub mod registry;
 pub mod system;
