@@ -8,11 +8,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
+use axum::http::{Method, Request, StatusCode};
 use berth::registry::{Digest, Registry, Storage, http};
 use http_body_util::BodyExt;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tower::ServiceExt;
@@ -46,17 +44,20 @@ struct Api {
     _dir: TempDir,
     app: Router,
     storage: Storage,
+    registry: Registry,
 }
 
 impl Api {
     fn new() -> Api {
         let dir = common::temp_dir();
         let storage = Storage::new(dir.path());
-        let app = http::router(Registry::new(storage.clone(), true));
+        let registry = Registry::new(storage.clone(), true);
+        let app = http::router(registry.clone());
         Api {
             _dir: dir,
             app,
             storage,
+            registry,
         }
     }
 
@@ -999,76 +1000,6 @@ async fn concurrent_pushes_of_one_blob_and_one_tag_are_safe() {
 
 // ---- over loopback mutual TLS ----
 
-fn client_config(
-    ca_pem: &str,
-    identity: Option<(&str, &str)>,
-    alpn: &[u8],
-) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
-        .unwrap();
-    let b = rustls::ClientConfig::builder().with_root_certificates(roots);
-    let mut cfg = match identity {
-        Some((cert, key)) => b
-            .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(cert.as_bytes())
-                    .collect::<Result<Vec<_>, _>>()
-                    .unwrap(),
-                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-        None => b.with_no_client_auth(),
-    };
-    cfg.alpn_protocols = vec![alpn.to_vec()];
-    Arc::new(cfg)
-}
-
-/// GET over TLS with hyper (HTTP/1.1 or HTTP/2 per ALPN); the status, or the error.
-async fn tls_get(
-    addr: std::net::SocketAddr,
-    cfg: Arc<rustls::ClientConfig>,
-    path: &str,
-) -> Result<(StatusCode, Vec<u8>), String> {
-    let h2 = cfg.alpn_protocols.first().is_some_and(|p| p == b"h2");
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(cfg)
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .map_err(|e| e.to_string())?;
-    let io = hyper_util::rt::TokioIo::new(tls);
-    let req = Request::builder()
-        .uri(path)
-        .header(header::HOST, "localhost")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let resp = if h2 {
-        let (mut send, conn) =
-            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-                .await
-                .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        send.send_request(req).await.map_err(|e| e.to_string())?
-    } else {
-        let (mut send, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        send.send_request(req).await.map_err(|e| e.to_string())?
-    };
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes()
-        .to_vec();
-    Ok((status, body))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn only_clients_with_a_valid_berth_certificate_reach_http() {
     use berth::client::IssueRequest;
@@ -1095,9 +1026,9 @@ async fn only_clients_with_a_valid_berth_certificate_reach_http() {
     let ca = me.ca_pem.clone();
 
     for alpn in [&b"http/1.1"[..], &b"h2"[..]] {
-        let (status, body) = tls_get(
+        let (status, body) = common::tls_get(
             addr,
-            client_config(&ca, Some((&me.record.certificate_pem, &key)), alpn),
+            common::client_config(&ca, Some((&me.record.certificate_pem, &key)), alpn),
             "/v2/",
         )
         .await
@@ -1128,7 +1059,7 @@ async fn only_clients_with_a_valid_berth_certificate_reach_http() {
 
     // No certificate.
     assert!(
-        tls_get(addr, client_config(&ca, None, b"http/1.1"), "/v2/")
+        common::tls_get(addr, common::client_config(&ca, None, b"http/1.1"), "/v2/")
             .await
             .is_err()
     );
@@ -1143,9 +1074,9 @@ async fn only_clients_with_a_valid_berth_certificate_reach_http() {
     p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let leaf = p.signed_by(&leaf_key, &rogue_ca).unwrap();
     assert!(
-        tls_get(
+        common::tls_get(
             addr,
-            client_config(
+            common::client_config(
                 &ca,
                 Some((&leaf.pem(), &leaf_key.serialize_pem())),
                 b"http/1.1"
@@ -1169,9 +1100,9 @@ async fn only_clients_with_a_valid_berth_certificate_reach_http() {
     p.not_after = rcgen::date_time_ymd(2020, 2, 1);
     let old = p.signed_by(&old_key, &issuer).unwrap();
     assert!(
-        tls_get(
+        common::tls_get(
             addr,
-            client_config(
+            common::client_config(
                 &ca,
                 Some((&old.pem(), &old_key.serialize_pem())),
                 b"http/1.1"
@@ -1184,12 +1115,493 @@ async fn only_clients_with_a_valid_berth_certificate_reach_http() {
     // A revoked certificate: refused from the next connection on.
     c.revoke(&me.record.serial).await.unwrap();
     assert!(
-        tls_get(
+        common::tls_get(
             addr,
-            client_config(&ca, Some((&me.record.certificate_pem, &key)), b"http/1.1"),
+            common::client_config(&ca, Some((&me.record.certificate_pem, &key)), b"http/1.1"),
             "/v2/"
         )
         .await
         .is_err()
     );
+}
+
+// ---- operations: gc, fsck, inspect, uploads, events ----
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use berth::registry::storage::GcOptions;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// Makes every file under `dir` look `by` older, as if written long ago.
+fn age_all(dir: &std::path::Path, by: Duration) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            age_all(&p, by);
+        } else {
+            let f = std::fs::File::options().write(true).open(&p).unwrap();
+            f.set_modified(SystemTime::now() - by).unwrap();
+        }
+    }
+}
+
+fn gc_opts(delete_untagged: bool) -> GcOptions {
+    GcOptions {
+        dry_run: false,
+        delete_untagged,
+        grace: HOUR,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_in_a_loop_never_breaks_a_push_in_progress() {
+    let api = Arc::new(Api::new());
+    let garbage = api.push_blob("old", b"garbage nobody references").await;
+    let (kept, _) = push_image(&api, "app", "1.0", "kept").await;
+    let (untagged, _) = push_image(&api, "app", "doomed", "untagged").await;
+    assert_eq!(
+        api.call(Method::DELETE, "/v2/app/manifests/doomed", &[], Vec::new())
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    age_all(api.storage.root(), 2 * HOUR);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicUsize::new(0));
+    let gc = {
+        let (storage, stop, rounds) = (api.storage.clone(), stop.clone(), rounds.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                storage.gc(gc_opts(true)).await.unwrap();
+                rounds.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    // Push image after image, letting a whole GC round run between the layer uploads and
+    // the manifest PUT: the window in which registry:2's GC deletes the new layers.
+    for i in 0..12 {
+        let config = format!("{{\"architecture\":\"amd64\",\"os\":\"linux\",\"n\":{i}}}");
+        let layer = format!("layer of push {i}").repeat(1000);
+        let c = api.push_blob("live", config.as_bytes()).await;
+        let l = api.push_blob("live", layer.as_bytes()).await;
+        let before = rounds.load(Ordering::SeqCst);
+        while rounds.load(Ordering::SeqCst) < before + 2 {
+            tokio::task::yield_now().await;
+        }
+        let m = image_manifest(OCI_MANIFEST, &c, config.len(), &[(&l, layer.len())]);
+        let r = api
+            .put_manifest("live", &format!("v{i}"), OCI_MANIFEST, &m)
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::CREATED,
+            "push {i}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        for d in [&c, &l] {
+            assert_eq!(
+                api.get(&format!("/v2/live/blobs/{d}")).await.status,
+                StatusCode::OK,
+                "push {i} lost {d}"
+            );
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    gc.await.unwrap();
+    assert!(rounds.load(Ordering::SeqCst) >= 24);
+    // Every pushed image is whole after all those rounds.
+    for i in 0..12 {
+        let r = api.get(&format!("/v2/live/manifests/v{i}")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let m: Value = serde_json::from_slice(&r.body).unwrap();
+        for d in [&m["config"]["digest"], &m["layers"][0]["digest"]] {
+            assert_eq!(
+                api.get(&format!("/v2/live/blobs/{}", d.as_str().unwrap()))
+                    .await
+                    .status,
+                StatusCode::OK
+            );
+        }
+    }
+    // And the collector did collect: old garbage and the untagged manifest are gone.
+    assert!(!api.storage.paths().blob_data(&garbage).exists());
+    assert_eq!(
+        api.get(&format!("/v2/app/manifests/{untagged}"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert!(!api.storage.paths().blob_data(&untagged).exists());
+    assert_eq!(
+        api.get(&format!("/v2/app/manifests/{kept}")).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn old_blobs_reused_by_a_new_push_are_protected() {
+    let api = Api::new();
+    let layer = b"a layer uploaded long ago".to_vec();
+    let config = b"{\"os\":\"linux\"}".to_vec();
+    let l = api.push_blob("app", &layer).await;
+    let c = api.push_blob("app", &config).await;
+    age_all(api.storage.root(), 2 * HOUR);
+    // Dry run reports what would go and frees nothing.
+    let dry = api
+        .storage
+        .gc(GcOptions {
+            dry_run: true,
+            ..gc_opts(false)
+        })
+        .await
+        .unwrap();
+    assert_eq!(dry.blobs_deleted.len(), 2);
+    assert_eq!(dry.bytes_freed, (layer.len() + config.len()) as u64);
+    assert!(api.storage.paths().blob_data(&l).exists());
+    // A new push uploads the same bytes again (the blob exists: dedupe) and mounts the
+    // config from another repository; GC runs before the manifest arrives.
+    assert_eq!(api.push_blob("app", &layer).await, l);
+    let r = api
+        .call(
+            Method::POST,
+            &format!("/v2/other/blobs/uploads/?mount={c}&from=app"),
+            &[],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let r = api
+        .call(
+            Method::POST,
+            &format!("/v2/other/blobs/uploads/?mount={l}&from=app"),
+            &[],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let report = api.storage.gc(gc_opts(false)).await.unwrap();
+    assert!(report.blobs_deleted.is_empty(), "{report:?}");
+    assert_eq!(report.blobs_young, 2);
+    let m = image_manifest(OCI_MANIFEST, &c, config.len(), &[(&l, layer.len())]);
+    assert_eq!(
+        api.put_manifest("other", "1", OCI_MANIFEST, &m)
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    age_all(api.storage.root(), 2 * HOUR);
+    let report = api.storage.gc(gc_opts(false)).await.unwrap();
+    assert!(
+        report.blobs_deleted.is_empty(),
+        "referenced now: {report:?}"
+    );
+    assert_eq!(report.blobs_in_use, 3);
+}
+
+#[tokio::test]
+async fn gc_keeps_index_children_and_referrers_of_tagged_images() {
+    let api = Api::new();
+    let (amd, amd_b) = push_image(&api, "multi", "amd", "a").await;
+    let (arm, arm_b) = push_image(&api, "multi", "arm", "b").await;
+    let index = serde_json::to_vec(
+        &json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": amd.to_string(), "size": amd_b.len()},
+        {"mediaType": OCI_MANIFEST, "digest": arm.to_string(), "size": arm_b.len()}]}),
+    )
+    .unwrap();
+    assert_eq!(
+        api.put_manifest("multi", "latest", OCI_INDEX, &index)
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let empty = api.push_blob("multi", b"{}").await;
+    let sig = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/vnd.example.sig",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty.to_string(), "size": 2}, "layers": [],
+        "subject": {"mediaType": OCI_INDEX, "digest": Digest::sha256_of(&index).to_string(), "size": index.len()}}))
+    .unwrap();
+    let sig_d = Digest::sha256_of(&sig);
+    assert_eq!(
+        api.put_manifest("multi", &sig_d.to_string(), OCI_MANIFEST, &sig)
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    // Only the index is tagged now.
+    for t in ["amd", "arm"] {
+        api.call(
+            Method::DELETE,
+            &format!("/v2/multi/manifests/{t}"),
+            &[],
+            Vec::new(),
+        )
+        .await;
+    }
+    age_all(api.storage.root(), 2 * HOUR);
+    let r = api.storage.gc(gc_opts(true)).await.unwrap();
+    assert!(r.manifests_deleted.is_empty(), "{r:?}");
+    assert!(r.blobs_deleted.is_empty(), "{r:?}");
+    for d in [&amd, &arm, &sig_d] {
+        assert_eq!(
+            api.get(&format!("/v2/multi/manifests/{d}")).await.status,
+            StatusCode::OK
+        );
+    }
+    // Untag the index: everything becomes unreachable and goes.
+    api.call(
+        Method::DELETE,
+        "/v2/multi/manifests/latest",
+        &[],
+        Vec::new(),
+    )
+    .await;
+    let r = api.storage.gc(gc_opts(true)).await.unwrap();
+    assert_eq!(r.manifests_deleted.len(), 4, "{r:?}");
+    assert_eq!(
+        api.get(&format!("/v2/multi/manifests/{amd}")).await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn fsck_finds_corruption_and_quarantines_on_repair() {
+    let api = Api::new();
+    let (m, _) = push_image(&api, "app", "1.0", "fsck").await;
+    let report = api.storage.fsck(false).await.unwrap();
+    assert_eq!((report.blobs_checked, report.problems.len()), (3, 0));
+    let manifest: Value =
+        serde_json::from_slice(&api.get("/v2/app/manifests/1.0").await.body).unwrap();
+    let layer: Digest = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let path = api.storage.paths().blob_data(&layer);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    // A dangling tag too: its manifest revision is gone.
+    std::fs::remove_dir_all(
+        api.storage
+            .paths()
+            .revision_link(&"app".parse().unwrap(), &m)
+            .parent()
+            .unwrap(),
+    )
+    .unwrap();
+    let report = api.storage.fsck(false).await.unwrap();
+    let kinds: Vec<&str> = report.problems.iter().map(|p| p.kind.as_str()).collect();
+    assert!(
+        kinds.contains(&"corrupt-blob") && kinds.contains(&"dangling-tag"),
+        "{kinds:?}"
+    );
+    assert!(path.exists(), "without --repair nothing moves");
+    let report = api.storage.fsck(true).await.unwrap();
+    let corrupt = report
+        .problems
+        .iter()
+        .find(|p| p.kind == "corrupt-blob")
+        .unwrap();
+    assert!(corrupt.detail.contains("quarantine"), "{}", corrupt.detail);
+    assert!(!path.exists());
+    let q = api
+        .storage
+        .paths()
+        .v2()
+        .join("_berth/quarantine/sha256")
+        .join(layer.hex())
+        .join("data");
+    assert_eq!(std::fs::read(q).unwrap(), bytes, "kept, not deleted");
+    assert_eq!(
+        api.get(&format!("/v2/app/blobs/{layer}")).await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// sha256 with the sha2 crate directly, so expectations do not come from berth's code.
+fn sha(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+#[tokio::test]
+async fn inspect_computes_diff_ids_and_chain_ids() {
+    let api = Api::new();
+    let tars: Vec<Vec<u8>> = (0..3)
+        .map(|i| format!("tar stream {i} ").repeat(5000).into_bytes())
+        .collect();
+    let stored = [gzip(&tars[0]), gzip(&tars[1]), tars[2].clone()];
+    let diff_ids: Vec<String> = tars.iter().map(|t| sha(t)).collect();
+    let chain: Vec<String> = {
+        let mut c = vec![diff_ids[0].clone()];
+        for d in &diff_ids[1..] {
+            let prev = c.last().unwrap().clone();
+            c.push(sha(format!("{prev} {d}").as_bytes()));
+        }
+        c
+    };
+    // The config records the first two correctly and lies about the third.
+    let config = serde_json::to_vec(&json!({"architecture": "arm64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [diff_ids[0], diff_ids[1], sha(b"wrong")]}}))
+    .unwrap();
+    let c = api.push_blob("img", &config).await;
+    let mut layers = Vec::new();
+    for s in &stored {
+        layers.push((api.push_blob("img", s).await, s.len()));
+    }
+    let m = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": c.to_string(), "size": config.len()},
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layers[0].0.to_string(), "size": layers[0].1},
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layers[1].0.to_string(), "size": layers[1].1},
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layers[2].0.to_string(), "size": layers[2].1}]}))
+    .unwrap();
+    assert_eq!(
+        api.put_manifest("img", "1", OCI_MANIFEST, &m).await.status,
+        StatusCode::CREATED
+    );
+    let info = api
+        .registry
+        .inspect(&"img".parse().unwrap(), &"1".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(info.digest.to_string(), sha(&m));
+    assert_eq!(
+        info.config_digest.as_ref().unwrap().to_string(),
+        sha(&config)
+    );
+    assert_eq!(
+        (info.os.as_deref(), info.architecture.as_deref()),
+        (Some("linux"), Some("arm64"))
+    );
+    let got: Vec<String> = info
+        .layers
+        .iter()
+        .map(|l| l.diff_id.as_ref().unwrap().to_string())
+        .collect();
+    assert_eq!(got, diff_ids);
+    let got: Vec<String> = info
+        .layers
+        .iter()
+        .map(|l| l.chain_id.as_ref().unwrap().to_string())
+        .collect();
+    assert_eq!(got, chain);
+    let comp: Vec<&str> = info.layers.iter().map(|l| l.compression.as_str()).collect();
+    assert_eq!(comp, ["gzip", "gzip", "none"]);
+    let matches: Vec<Option<bool>> = info.layers.iter().map(|l| l.diff_id_matches).collect();
+    assert_eq!(matches, [Some(true), Some(true), Some(false)]);
+}
+
+#[tokio::test]
+async fn stale_uploads_are_listed_and_purged_fresh_ones_kept() {
+    let api = Api::new();
+    let old = api
+        .call(Method::POST, "/v2/app/blobs/uploads/", &[], Vec::new())
+        .await
+        .h("docker-upload-uuid")
+        .to_string();
+    api.call(
+        Method::PATCH,
+        &format!("/v2/app/blobs/uploads/{old}"),
+        &[],
+        b"partial".to_vec(),
+    )
+    .await;
+    let fresh = api
+        .call(Method::POST, "/v2/app/blobs/uploads/", &[], Vec::new())
+        .await
+        .h("docker-upload-uuid")
+        .to_string();
+    let started = api
+        .storage
+        .paths()
+        .upload_dir(&"app".parse().unwrap(), &old)
+        .join("startedat");
+    std::fs::write(&started, "2020-01-01T00:00:00Z").unwrap();
+    let list = api.storage.list_uploads().await.unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!((list[0].id.as_str(), list[0].size), (old.as_str(), 7));
+    let dry = api
+        .storage
+        .purge_uploads(Some(24 * HOUR), true)
+        .await
+        .unwrap();
+    assert_eq!(dry.len(), 1);
+    assert!(started.exists());
+    let purged = api
+        .storage
+        .purge_uploads(Some(24 * HOUR), false)
+        .await
+        .unwrap();
+    assert_eq!(purged[0].id, old);
+    assert_eq!(
+        api.get(&format!("/v2/app/blobs/uploads/{old}"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.get(&format!("/v2/app/blobs/uploads/{fresh}"))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+}
+
+#[tokio::test]
+async fn events_report_pushes_pulls_and_deletes_and_never_block() {
+    let api = Api::new();
+    let mut rx = api.registry.events().subscribe();
+    let (d, _) = push_image(&api, "ev", "1.0", "e").await;
+    api.get("/v2/ev/manifests/1.0").await;
+    api.call(Method::DELETE, "/v2/ev/manifests/1.0", &[], Vec::new())
+        .await;
+    let mut seen = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        seen.push(format!(
+            "{:?} {:?} {} {}",
+            e.action,
+            e.target,
+            e.repository,
+            e.tag.unwrap_or_default()
+        ));
+    }
+    assert_eq!(
+        seen,
+        [
+            "Push Blob ev ",
+            "Push Blob ev ",
+            "Push Manifest ev 1.0",
+            "Pull Manifest ev 1.0",
+            "Delete Tag ev 1.0"
+        ]
+    );
+    let _ = d;
+    // A subscriber that never reads does not slow publishing; it learns it fell behind.
+    let mut slow = api.registry.events().subscribe();
+    for _ in 0..5000 {
+        api.registry.events().emit(
+            berth::registry::events::Action::Pull,
+            berth::registry::events::Target::Blob,
+            "x",
+            None,
+            None,
+            "t",
+        );
+    }
+    assert!(matches!(
+        slow.try_recv(),
+        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_))
+    ));
 }

@@ -44,11 +44,16 @@ pub struct RegistryStatus {
 }
 
 fn digest(s: &str) -> Result<Digest, Error> {
-    s.parse().map_err(|e| Error::Protocol(format!("bad digest from berthd: {e}")))
+    s.parse()
+        .map_err(|e| Error::Protocol(format!("bad digest from berthd: {e}")))
 }
 
 fn opt_digest(s: &str) -> Result<Option<Digest>, Error> {
-    if s.is_empty() { Ok(None) } else { digest(s).map(Some) }
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        digest(s).map(Some)
+    }
 }
 
 fn opt(s: String) -> Option<String> {
@@ -62,7 +67,11 @@ impl Client {
 
     /// Listeners, TLS identity and storage figures.
     pub async fn registry_status(&self) -> Result<RegistryStatus, Error> {
-        let r = self.registry().status(pb::RegistryStatusRequest {}).await?.into_inner();
+        let r = self
+            .registry()
+            .status(pb::RegistryStatusRequest {})
+            .await?
+            .into_inner();
         Ok(RegistryStatus {
             enabled: r.enabled,
             listeners: r.listeners,
@@ -79,7 +88,11 @@ impl Client {
 
     /// Repositories with counts and sizes.
     pub async fn registry_repos(&self) -> Result<Vec<RepoSummary>, Error> {
-        let r = self.registry().list_repositories(pb::ListRepositoriesRequest {}).await?.into_inner();
+        let r = self
+            .registry()
+            .list_repositories(pb::ListRepositoriesRequest {})
+            .await?
+            .into_inner();
         Ok(r.repositories
             .into_iter()
             .map(|r| RepoSummary {
@@ -171,7 +184,12 @@ impl Client {
     }
 
     /// Runs (or, dry, simulates) garbage collection.
-    pub async fn registry_gc(&self, dry_run: bool, delete_untagged: bool, grace: Option<Duration>) -> Result<GcReport, Error> {
+    pub async fn registry_gc(
+        &self,
+        dry_run: bool,
+        delete_untagged: bool,
+        grace: Option<Duration>,
+    ) -> Result<GcReport, Error> {
         let r = self
             .registry()
             .garbage_collect(pb::GarbageCollectRequest {
@@ -183,16 +201,29 @@ impl Client {
             .into_inner();
         Ok(GcReport {
             dry_run: r.dry_run,
-            blobs_deleted: r.blobs_deleted.into_iter().map(|b| (b.digest, b.size)).collect(),
+            blobs_deleted: r
+                .blobs_deleted
+                .into_iter()
+                .map(|b| (b.digest, b.size))
+                .collect(),
             bytes_freed: r.bytes_freed,
-            manifests_deleted: r.manifests_deleted.into_iter().map(|m| (m.repository, m.digest)).collect(),
+            manifests_deleted: r
+                .manifests_deleted
+                .into_iter()
+                .map(|m| (m.repository, m.digest))
+                .collect(),
             blobs_in_use: r.blobs_in_use as usize,
             blobs_young: r.blobs_young as usize,
         })
     }
 
     /// Lists upload sessions, or purges them.
-    pub async fn registry_uploads(&self, purge: bool, older_than: Option<Duration>, dry_run: bool) -> Result<Vec<UploadInfo>, Error> {
+    pub async fn registry_uploads(
+        &self,
+        purge: bool,
+        older_than: Option<Duration>,
+        dry_run: bool,
+    ) -> Result<Vec<UploadInfo>, Error> {
         let r = self
             .registry()
             .list_uploads(pb::ListUploadsRequest {
@@ -215,7 +246,11 @@ impl Client {
 
     /// Re-hashes every blob and resolves every link.
     pub async fn registry_fsck(&self, repair: bool) -> Result<FsckReport, Error> {
-        let r = self.registry().fsck(pb::FsckRequest { repair }).await?.into_inner();
+        let r = self
+            .registry()
+            .fsck(pb::FsckRequest { repair })
+            .await?
+            .into_inner();
         Ok(FsckReport {
             blobs_checked: r.blobs_checked,
             bytes_checked: r.bytes_checked,
@@ -233,7 +268,11 @@ impl Client {
     }
 
     /// Streams registry events to `f` until the stream ends or `f` returns false.
-    pub async fn registry_events(&self, repository: Option<&str>, mut f: impl FnMut(Event) -> bool) -> Result<(), Error> {
+    pub async fn registry_events(
+        &self,
+        repository: Option<&str>,
+        mut f: impl FnMut(Event) -> bool,
+    ) -> Result<(), Error> {
         let mut s = self
             .registry()
             .watch_events(pb::WatchEventsRequest {
@@ -247,13 +286,23 @@ impl Client {
                 Ok(pb::EventAction::Push) => Action::Push,
                 Ok(pb::EventAction::Pull) => Action::Pull,
                 Ok(pb::EventAction::Delete) => Action::Delete,
-                Ok(pb::EventAction::Unspecified) | Err(_) => return Err(Error::Protocol(format!("unknown event action {}", e.action))),
+                Ok(pb::EventAction::Unspecified) | Err(_) => {
+                    return Err(Error::Protocol(format!(
+                        "unknown event action {}",
+                        e.action
+                    )));
+                }
             };
             let target = match pb::EventTarget::try_from(e.target) {
                 Ok(pb::EventTarget::Manifest) => Target::Manifest,
                 Ok(pb::EventTarget::Blob) => Target::Blob,
                 Ok(pb::EventTarget::Tag) => Target::Tag,
-                Ok(pb::EventTarget::Unspecified) | Err(_) => return Err(Error::Protocol(format!("unknown event target {}", e.target))),
+                Ok(pb::EventTarget::Unspecified) | Err(_) => {
+                    return Err(Error::Protocol(format!(
+                        "unknown event target {}",
+                        e.target
+                    )));
+                }
             };
             let ev = Event {
                 time: e.time.map(time_in).unwrap_or(OffsetDateTime::UNIX_EPOCH),

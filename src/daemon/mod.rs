@@ -392,7 +392,13 @@ async fn renew_certificates(state: Arc<State>, mut stop: watch::Receiver<bool>) 
 
 /// Purges upload sessions older than `registry.upload_max_age_hours`, hourly.
 async fn purge_uploads(state: Arc<State>, mut stop: watch::Receiver<bool>) {
-    let max_age = Duration::from_secs(state.config.registry.upload_max_age_hours.saturating_mul(3600));
+    let max_age = Duration::from_secs(
+        state
+            .config
+            .registry
+            .upload_max_age_hours
+            .saturating_mul(3600),
+    );
     let mut tick = tokio::time::interval(RENEW_CHECK);
     loop {
         tokio::select! {

@@ -67,8 +67,13 @@ impl From<registry::Error> for Status {
             | E::ManifestInvalid(_)
             | E::ManifestTooLarge { .. }
             | E::PaginationInvalid(_) => Code::InvalidArgument,
-            E::NameUnknown(_) | E::ManifestUnknown { .. } | E::BlobUnknown(_) | E::UploadUnknown(_) => Code::NotFound,
-            E::ManifestBlobUnknown(_) | E::RangeInvalid { .. } | E::DeleteDisabled => Code::FailedPrecondition,
+            E::NameUnknown(_)
+            | E::ManifestUnknown { .. }
+            | E::BlobUnknown(_)
+            | E::UploadUnknown(_) => Code::NotFound,
+            E::ManifestBlobUnknown(_) | E::RangeInvalid { .. } | E::DeleteDisabled => {
+                Code::FailedPrecondition
+            }
             E::Body(_) => Code::Aborted,
             E::Fs(f) => return fs_status(f),
             E::Io { .. } => Code::Internal,

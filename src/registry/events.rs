@@ -69,7 +69,15 @@ impl Default for Events {
 
 impl Events {
     /// Publishes an event; with no subscriber it goes nowhere.
-    pub fn emit(&self, action: Action, target: Target, repository: &str, digest: Option<String>, tag: Option<String>, actor: &str) {
+    pub fn emit(
+        &self,
+        action: Action,
+        target: Target,
+        repository: &str,
+        digest: Option<String>,
+        tag: Option<String>,
+        actor: &str,
+    ) {
         let _ = self.tx.send(Event {
             time: OffsetDateTime::now_utc(),
             action,

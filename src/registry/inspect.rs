@@ -125,7 +125,10 @@ pub fn diff_id_of(path: &Path) -> Result<(Digest, &'static str), Error> {
 
 /// Decodes every zstd frame in a stream (zstd:chunked layers have many, and skippable
 /// frames between them).
-fn zstd_frames(r: &mut BufReader<std::fs::File>, sink: &mut impl std::io::Write) -> Result<(), String> {
+fn zstd_frames(
+    r: &mut BufReader<std::fs::File>,
+    sink: &mut impl std::io::Write,
+) -> Result<(), String> {
     loop {
         if r.fill_buf().map_err(|e| e.to_string())?.is_empty() {
             return Ok(());
@@ -135,10 +138,12 @@ fn zstd_frames(r: &mut BufReader<std::fs::File>, sink: &mut impl std::io::Write)
             // Skippable frame: magic, 4-byte little-endian length, payload.
             let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as u64;
             r.consume(8);
-            std::io::copy(&mut r.by_ref().take(len), &mut std::io::sink()).map_err(|e| e.to_string())?;
+            std::io::copy(&mut r.by_ref().take(len), &mut std::io::sink())
+                .map_err(|e| e.to_string())?;
             continue;
         }
-        let mut dec = ruzstd::decoding::StreamingDecoder::new(r.by_ref()).map_err(|e| format!("zstd: {e}"))?;
+        let mut dec = ruzstd::decoding::StreamingDecoder::new(r.by_ref())
+            .map_err(|e| format!("zstd: {e}"))?;
         std::io::copy(&mut dec, sink).map_err(|e| format!("zstd: {e}"))?;
     }
 }
@@ -161,7 +166,11 @@ fn str_field(v: &Value, k: &str) -> Option<String> {
 
 impl Registry {
     /// Inspects an image or index by tag or digest.
-    pub async fn inspect(&self, name: &RepoName, reference: &Reference) -> Result<ImageInfo, Error> {
+    pub async fn inspect(
+        &self,
+        name: &RepoName,
+        reference: &Reference,
+    ) -> Result<ImageInfo, Error> {
         let stored = self.manifest(name, reference).await?;
         let m = Manifest::parse(&stored.bytes, Some(&stored.media_type))?;
         let mut info = ImageInfo {
@@ -182,7 +191,11 @@ impl Registry {
         };
         if m.kind == Kind::Index {
             let raw: Value = serde_json::from_slice(&stored.bytes).unwrap_or(Value::Null);
-            let entries = raw.get("manifests").and_then(Value::as_array).cloned().unwrap_or_default();
+            let entries = raw
+                .get("manifests")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             for (d, e) in m.manifests.iter().zip(entries.iter()) {
                 let p = e.get("platform").cloned().unwrap_or(Value::Null);
                 info.total_size += d.size;
@@ -202,7 +215,11 @@ impl Registry {
         };
         info.config_digest = Some(config.digest.clone());
         info.total_size = m.blobs.iter().map(|b| b.size).sum();
-        let cfg: Value = match self.storage().read_small_blob(name, &config.digest, MAX_CONFIG).await {
+        let cfg: Value = match self
+            .storage()
+            .read_small_blob(name, &config.digest, MAX_CONFIG)
+            .await
+        {
             Ok(b) => serde_json::from_slice(&b).unwrap_or(Value::Null),
             Err(Error::BlobUnknown(_)) => Value::Null,
             Err(e) => return Err(e),
@@ -212,7 +229,11 @@ impl Registry {
         let recorded: Vec<String> = cfg
             .pointer("/rootfs/diff_ids")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         let mut effective = Vec::new();
         for (i, l) in layers.iter().enumerate() {
@@ -231,11 +252,15 @@ impl Registry {
                 (Some(a), Some(b)) => Some(a.to_string() == *b),
                 _ => None,
             };
-            let eff = diff_id.clone().or_else(|| config_diff_id.as_deref().and_then(|s| s.parse().ok()));
+            let eff = diff_id
+                .clone()
+                .or_else(|| config_diff_id.as_deref().and_then(|s| s.parse().ok()));
             if let Some(e) = &eff {
                 effective.push(e.clone());
             }
-            let chain_id = (eff.is_some() && effective.len() == i + 1).then(|| chain_ids(&effective).pop()).flatten();
+            let chain_id = (eff.is_some() && effective.len() == i + 1)
+                .then(|| chain_ids(&effective).pop())
+                .flatten();
             info.layers.push(LayerInfo {
                 digest: l.digest.clone(),
                 size: l.size,

@@ -293,7 +293,9 @@ pub fn parse_image_ref(s: &str) -> Result<(RepoName, Reference), Error> {
         return Ok((name.parse()?, Reference::Digest(digest.parse()?)));
     }
     match s.rsplit_once(':') {
-        Some((name, tag)) if !tag.contains('/') => Ok((name.parse()?, Reference::Tag(tag.parse()?))),
+        Some((name, tag)) if !tag.contains('/') => {
+            Ok((name.parse()?, Reference::Tag(tag.parse()?)))
+        }
         _ => Ok((s.parse()?, Reference::Tag(Tag("latest".to_string())))),
     }
 }

@@ -216,3 +216,92 @@ pub fn fixture(name: &str) -> PathBuf {
         .join("certs")
         .join(name)
 }
+
+/// A rustls client config trusting `ca_pem`, presenting `identity` (cert, key) if given.
+pub fn client_config(
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+    alpn: &[u8],
+) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let b = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let mut cfg = match identity {
+        Some((cert, key)) => b
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap(),
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => b.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    std::sync::Arc::new(cfg)
+}
+
+/// GET over TLS (HTTP/1.1 or HTTP/2 per ALPN): the status and body, or the error.
+pub async fn tls_get(
+    addr: SocketAddr,
+    cfg: std::sync::Arc<rustls::ClientConfig>,
+    path: &str,
+) -> Result<(axum::http::StatusCode, Vec<u8>), String> {
+    tls_request(addr, cfg, axum::http::Method::GET, path, Vec::new()).await
+}
+
+/// Any request over TLS with hyper, as a real client sends it.
+pub async fn tls_request(
+    addr: SocketAddr,
+    cfg: std::sync::Arc<rustls::ClientConfig>,
+    method: axum::http::Method,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(axum::http::StatusCode, Vec<u8>), String> {
+    use http_body_util::BodyExt;
+    let h2 = cfg.alpn_protocols.first().is_some_and(|p| p == b"h2");
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let req = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(axum::http::header::HOST, "localhost")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let resp = if h2 {
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        send.send_request(req).await.map_err(|e| e.to_string())?
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        send.send_request(req).await.map_err(|e| e.to_string())?
+    };
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes()
+        .to_vec();
+    Ok((status, body))
+}

@@ -60,7 +60,10 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RegistryEvent, Status>> 
 
 #[tonic::async_trait]
 impl RegistryService for RegistrySvc {
-    async fn status(&self, _: Request<pb::RegistryStatusRequest>) -> Result<Response<pb::RegistryStatusResponse>, Status> {
+    async fn status(
+        &self,
+        _: Request<pb::RegistryStatusRequest>,
+    ) -> Result<Response<pb::RegistryStatusResponse>, Status> {
         let s = &self.state;
         let storage = s.registry.storage();
         let stats = storage.stats().await?;
@@ -110,8 +113,15 @@ impl RegistryService for RegistrySvc {
         }))
     }
 
-    async fn list_tags(&self, req: Request<pb::ListTagsRequest>) -> Result<Response<pb::ListTagsResponse>, Status> {
-        let name = req.into_inner().repository.parse().map_err(crate::registry::Error::from)?;
+    async fn list_tags(
+        &self,
+        req: Request<pb::ListTagsRequest>,
+    ) -> Result<Response<pb::ListTagsResponse>, Status> {
+        let name = req
+            .into_inner()
+            .repository
+            .parse()
+            .map_err(crate::registry::Error::from)?;
         let tags = self.state.registry.storage().tags(&name).await?;
         Ok(Response::new(pb::ListTagsResponse { tags }))
     }
@@ -120,7 +130,8 @@ impl RegistryService for RegistrySvc {
         &self,
         req: Request<pb::InspectImageRequest>,
     ) -> Result<Response<pb::InspectImageResponse>, Status> {
-        let (name, reference) = parse_image_ref(&req.into_inner().reference).map_err(crate::registry::Error::from)?;
+        let (name, reference) =
+            parse_image_ref(&req.into_inner().reference).map_err(crate::registry::Error::from)?;
         let i = self.state.registry.inspect(&name, &reference).await?;
         Ok(Response::new(pb::InspectImageResponse {
             repository: i.repository,
@@ -166,7 +177,8 @@ impl RegistryService for RegistrySvc {
         req: Request<pb::DeleteImageRequest>,
     ) -> Result<Response<pb::DeleteImageResponse>, Status> {
         let who = actor(&req);
-        let (name, reference) = parse_image_ref(&req.into_inner().reference).map_err(crate::registry::Error::from)?;
+        let (name, reference) =
+            parse_image_ref(&req.into_inner().reference).map_err(crate::registry::Error::from)?;
         let storage = self.state.registry.storage();
         let digest = storage.manifest(&name, &reference).await?.digest;
         let (untagged, target, tag) = match &reference {
@@ -179,10 +191,14 @@ impl RegistryService for RegistrySvc {
                 (false, Target::Manifest, None)
             }
         };
-        self.state
-            .registry
-            .events()
-            .emit(Action::Delete, target, name.as_str(), Some(digest.to_string()), tag, &who);
+        self.state.registry.events().emit(
+            Action::Delete,
+            target,
+            name.as_str(),
+            Some(digest.to_string()),
+            tag,
+            &who,
+        );
         tracing::info!(repo = %name, digest = %digest, untagged, by = %who, "image deleted");
         Ok(Response::new(pb::DeleteImageResponse {
             repository: name.to_string(),
@@ -252,8 +268,16 @@ impl RegistryService for RegistrySvc {
         }))
     }
 
-    async fn fsck(&self, req: Request<pb::FsckRequest>) -> Result<Response<pb::FsckResponse>, Status> {
-        let report = self.state.registry.storage().fsck(req.into_inner().repair).await?;
+    async fn fsck(
+        &self,
+        req: Request<pb::FsckRequest>,
+    ) -> Result<Response<pb::FsckResponse>, Status> {
+        let report = self
+            .state
+            .registry
+            .storage()
+            .fsck(req.into_inner().repair)
+            .await?;
         Ok(Response::new(pb::FsckResponse {
             blobs_checked: report.blobs_checked,
             bytes_checked: report.bytes_checked,
@@ -284,9 +308,11 @@ impl RegistryService for RegistrySvc {
                 let item = match rx.recv().await {
                     Ok(e) if !repo.is_empty() && e.repository != repo => continue,
                     Ok(e) => Ok(event_out(e)),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Err(Status::resource_exhausted(format!(
-                        "this subscriber fell {n} events behind and was dropped so pushes are never slowed; reconnect to continue"
-                    ))),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        Err(Status::resource_exhausted(format!(
+                            "this subscriber fell {n} events behind and was dropped so pushes are never slowed; reconnect to continue"
+                        )))
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 };
                 let end = item.is_err();
@@ -295,6 +321,8 @@ impl RegistryService for RegistrySvc {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
     }
 }

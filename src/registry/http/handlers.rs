@@ -15,8 +15,8 @@ use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::errcode::{ApiError, Code};
 use super::route::Route;
-use crate::registry::reference::{Digest, Reference, RepoName};
 use crate::registry::events::{Action, Target};
+use crate::registry::reference::{Digest, Reference, RepoName};
 use crate::registry::{Error, MAX_MANIFEST_BYTES, Registry, manifest, paginate};
 
 /// The most entries one catalog or tags page returns.
@@ -69,7 +69,14 @@ pub(super) async fn handle(reg: &Registry, route: Route, req: Req) -> Result<Res
                 Reference::Digest(d) => (Target::Manifest, Some(d.to_string())),
                 Reference::Tag(_) => (Target::Tag, None),
             };
-            reg.events().emit(Action::Delete, target, name.as_str(), digest, tag_of(&r), &req.head.actor);
+            reg.events().emit(
+                Action::Delete,
+                target,
+                name.as_str(),
+                digest,
+                tag_of(&r),
+                &req.head.actor,
+            );
             Ok(accepted())
         }
         (Route::Blob(name, d), Method::GET | Method::HEAD) => {
@@ -77,7 +84,14 @@ pub(super) async fn handle(reg: &Registry, route: Route, req: Req) -> Result<Res
         }
         (Route::Blob(name, d), Method::DELETE) => {
             reg.delete_blob(&name, &d).await?;
-            reg.events().emit(Action::Delete, Target::Blob, name.as_str(), Some(d.to_string()), None, &req.head.actor);
+            reg.events().emit(
+                Action::Delete,
+                Target::Blob,
+                name.as_str(),
+                Some(d.to_string()),
+                None,
+                &req.head.actor,
+            );
             Ok(accepted())
         }
         (Route::UploadStart(name), Method::POST) => start_upload(reg, &name, req).await,
@@ -193,7 +207,14 @@ async fn get_manifest(
 ) -> Result<Response> {
     let m = reg.manifest(name, r).await?;
     if req.method == Method::GET {
-        reg.events().emit(Action::Pull, Target::Manifest, name.as_str(), Some(m.digest.to_string()), tag_of(r), &req.actor);
+        reg.events().emit(
+            Action::Pull,
+            Target::Manifest,
+            name.as_str(),
+            Some(m.digest.to_string()),
+            tag_of(r),
+            &req.actor,
+        );
     }
     let len = m.bytes.len();
     let body = if req.method == Method::HEAD {
@@ -315,7 +336,14 @@ async fn get_blob(reg: &Registry, name: &RepoName, d: &Digest, req: &Head) -> Re
         Body::empty()
     } else {
         if start == 0 {
-            reg.events().emit(Action::Pull, Target::Blob, name.as_str(), Some(d.to_string()), None, &req.actor);
+            reg.events().emit(
+                Action::Pull,
+                Target::Blob,
+                name.as_str(),
+                Some(d.to_string()),
+                None,
+                &req.actor,
+            );
         }
         if start > 0 {
             blob.file
@@ -357,7 +385,14 @@ fn upload_response(status: StatusCode, name: &RepoName, id: &str, size: u64) -> 
 }
 
 fn blob_created(reg: &Registry, name: &RepoName, d: &Digest, actor: &str) -> Response {
-    reg.events().emit(Action::Push, Target::Blob, name.as_str(), Some(d.to_string()), None, actor);
+    reg.events().emit(
+        Action::Push,
+        Target::Blob,
+        name.as_str(),
+        Some(d.to_string()),
+        None,
+        actor,
+    );
     let mut resp = (StatusCode::CREATED, [(header::CONTENT_LENGTH, "0")]).into_response();
     set(&mut resp, "location", &format!("/v2/{name}/blobs/{d}"));
     set(&mut resp, "docker-content-digest", &d.to_string());

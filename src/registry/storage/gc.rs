@@ -98,7 +98,11 @@ pub struct RepoSummary {
 
 fn age(path: &Path) -> Option<Duration> {
     let m = std::fs::metadata(path).ok()?.modified().ok()?;
-    Some(SystemTime::now().duration_since(m).unwrap_or(Duration::ZERO))
+    Some(
+        SystemTime::now()
+            .duration_since(m)
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// Every `data` file under `blobs/`, with its digest.
@@ -108,7 +112,9 @@ fn all_blobs(v2: &Path) -> Result<Vec<(Digest, PathBuf)>, Error> {
     for alg in subdirs(&root)? {
         for pre in subdirs(&root.join(&alg))? {
             for hex in subdirs(&root.join(&alg).join(&pre))? {
-                let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() else { continue };
+                let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() else {
+                    continue;
+                };
                 let data = root.join(&alg).join(&pre).join(&hex).join("data");
                 if data.is_file() {
                     out.push((d, data));
@@ -124,7 +130,9 @@ fn links(dir: &Path) -> Result<Vec<(Digest, PathBuf)>, Error> {
     let mut out = Vec::new();
     for alg in subdirs(dir)? {
         for hex in subdirs(&dir.join(&alg))? {
-            let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() else { continue };
+            let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() else {
+                continue;
+            };
             out.push((d, dir.join(&alg).join(&hex).join("link")));
         }
     }
@@ -157,7 +165,9 @@ impl Storage {
             let mut young_links: HashSet<Digest> = HashSet::new();
             let mut layer_links: Vec<(Digest, PathBuf)> = Vec::new();
             for repo in all_repos(&p.repositories())? {
-                let Ok(name) = repo.parse::<RepoName>() else { continue };
+                let Ok(name) = repo.parse::<RepoName>() else {
+                    continue;
+                };
                 for (d, link) in links(&p.repo(&name).join("_layers"))? {
                     if young(&link) {
                         young_links.insert(d.clone());
@@ -174,7 +184,9 @@ impl Storage {
                     if young(&link) {
                         young_revisions.push(d.clone());
                     }
-                    let parsed = std::fs::read(p.blob_data(&d)).ok().and_then(|b| Manifest::parse(&b, None).ok());
+                    let parsed = std::fs::read(p.blob_data(&d))
+                        .ok()
+                        .and_then(|b| Manifest::parse(&b, None).ok());
                     manifests.insert(d, parsed);
                 }
                 let mut roots: Vec<Digest> = if opts.delete_untagged {
@@ -226,7 +238,11 @@ impl Storage {
                         match m {
                             Some(m) => marked.extend(m.blobs.iter().map(|b| b.digest.clone())),
                             // Unreadable: keep everything this repository links, to be safe.
-                            None => marked.extend(links(&p.repo(&name).join("_layers"))?.into_iter().map(|l| l.0)),
+                            None => marked.extend(
+                                links(&p.repo(&name).join("_layers"))?
+                                    .into_iter()
+                                    .map(|l| l.0),
+                            ),
                         }
                     } else {
                         report.manifests_deleted.push((repo.clone(), d.to_string()));
@@ -390,8 +406,14 @@ impl Storage {
         blocking(move || {
             let mut out = Vec::new();
             for repo in names {
-                let Ok(name) = repo.parse::<RepoName>() else { continue };
-                let size = |d: &Digest| std::fs::metadata(p.blob_data(d)).map(|m| m.len()).unwrap_or(0);
+                let Ok(name) = repo.parse::<RepoName>() else {
+                    continue;
+                };
+                let size = |d: &Digest| {
+                    std::fs::metadata(p.blob_data(d))
+                        .map(|m| m.len())
+                        .unwrap_or(0)
+                };
                 let layers = links(&p.repo(&name).join("_layers"))?;
                 let revisions = links(&p.revisions(&name))?;
                 let tags = subdirs(&p.tags(&name))?
@@ -399,7 +421,8 @@ impl Storage {
                     .filter_map(|t| t.parse::<Tag>().ok())
                     .filter(|t| p.tag_current(&name, t).is_file())
                     .count();
-                let bytes = layers.iter().map(|(d, _)| size(d)).sum::<u64>() + revisions.iter().map(|(d, _)| size(d)).sum::<u64>();
+                let bytes = layers.iter().map(|(d, _)| size(d)).sum::<u64>()
+                    + revisions.iter().map(|(d, _)| size(d)).sum::<u64>();
                 out.push(RepoSummary {
                     name: repo,
                     tags,

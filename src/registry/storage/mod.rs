@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::AsyncReadExt;
 
-pub use paths::Paths;
 pub use gc::{FsckReport, GcOptions, GcReport, RepoSummary, StorageStats};
+pub use paths::Paths;
 pub use upload::{UploadInfo, UploadStatus};
 
 use super::reference::{Digest, Reference, RepoName, Tag};
@@ -204,6 +204,7 @@ impl Storage {
 
     /// Links a blob of `from` into `to` without copying; false when `from` cannot serve it.
     pub async fn mount(&self, to: &RepoName, from: &RepoName, d: &Digest) -> Result<bool, Error> {
+        let _gc = self.inner.gc_lock.read().await;
         if self.blob_size(from, d).await?.is_none() {
             return Ok(false);
         }
@@ -374,7 +375,9 @@ impl Storage {
         let root = self.paths().repositories();
         blocking(move || {
             let mut out = Vec::new();
-            walk_repos(&root, "", &mut out, &|p: &Path| p.join("_manifests").is_dir())?;
+            walk_repos(&root, "", &mut out, &|p: &Path| {
+                p.join("_manifests").is_dir()
+            })?;
             out.sort();
             Ok(out)
         })
@@ -432,7 +435,12 @@ impl Storage {
 
 /// Collects repository names: a folder `is_repo` accepts (for the catalog, one holding
 /// `_manifests`, as registry:2 decides); `_` folders are never descended into.
-fn walk_repos(dir: &Path, prefix: &str, out: &mut Vec<String>, is_repo: &dyn Fn(&Path) -> bool) -> Result<(), Error> {
+fn walk_repos(
+    dir: &Path,
+    prefix: &str,
+    out: &mut Vec<String>,
+    is_repo: &dyn Fn(&Path) -> bool,
+) -> Result<(), Error> {
     for sub in subdirs(dir)? {
         if sub.starts_with('_') {
             continue;

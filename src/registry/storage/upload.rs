@@ -52,7 +52,11 @@ impl UploadInfo {
     /// How long ago it started.
     pub fn age(&self) -> std::time::Duration {
         self.started_at
-            .map(|t| (OffsetDateTime::now_utc() - t).try_into().unwrap_or_default())
+            .map(|t| {
+                (OffsetDateTime::now_utc() - t)
+                    .try_into()
+                    .unwrap_or_default()
+            })
             .unwrap_or_default()
     }
 }
@@ -218,6 +222,9 @@ impl Storage {
                 actual,
             });
         }
+        // Shared with manifest writes, exclusive with GC: the blob cannot be swept between
+        // "it already exists" and the link that makes it young again.
+        let _gc = self.inner.gc_lock.read().await;
         let p = self.paths().clone();
         let (name2, d) = (name.clone(), digest.clone());
         let dir = self.paths().upload_dir(name, &id);
@@ -271,14 +278,23 @@ impl Storage {
         blocking(move || {
             let mut out = Vec::new();
             for repo in super::gc::all_repos(&p.repositories())? {
-                let Ok(name) = repo.parse::<RepoName>() else { continue };
+                let Ok(name) = repo.parse::<RepoName>() else {
+                    continue;
+                };
                 for id in super::subdirs(&p.uploads(&name))? {
                     let dir = p.upload_dir(&name, &id);
-                    let size = std::fs::metadata(dir.join("data")).map(|m| m.len()).unwrap_or(0);
+                    let size = std::fs::metadata(dir.join("data"))
+                        .map(|m| m.len())
+                        .unwrap_or(0);
                     let started_at = std::fs::read_to_string(dir.join("startedat"))
                         .ok()
                         .and_then(|s| OffsetDateTime::parse(s.trim(), &Rfc3339).ok())
-                        .or_else(|| std::fs::metadata(&dir).and_then(|m| m.modified()).ok().map(OffsetDateTime::from));
+                        .or_else(|| {
+                            std::fs::metadata(&dir)
+                                .and_then(|m| m.modified())
+                                .ok()
+                                .map(OffsetDateTime::from)
+                        });
                     out.push(UploadInfo {
                         repository: repo.clone(),
                         id,
@@ -305,7 +321,9 @@ impl Storage {
             if older_than.is_some_and(|min| u.age() < min) {
                 continue;
             }
-            let Ok(name) = u.repository.parse::<RepoName>() else { continue };
+            let Ok(name) = u.repository.parse::<RepoName>() else {
+                continue;
+            };
             let state = {
                 let map = self.inner.uploads.lock().unwrap_or_else(|p| p.into_inner());
                 map.get(&u.id).cloned()

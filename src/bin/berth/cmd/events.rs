@@ -38,8 +38,14 @@ pub async fn run(g: &Global, cmd: EventsCmd) -> anyhow::Result<ExitCode> {
                 format!(
                     "{} {} {} {} (by {})",
                     output::date(e.time),
-                    serde_json::to_value(e.action).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
-                    serde_json::to_value(e.target).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+                    serde_json::to_value(e.action)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    serde_json::to_value(e.target)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
                     what,
                     if e.actor.is_empty() { "?" } else { &e.actor }
                 )

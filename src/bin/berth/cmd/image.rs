@@ -48,15 +48,29 @@ pub async fn run(g: &Global, cmd: ImageCmd) -> anyhow::Result<ExitCode> {
             println!("size         {}", size(i.total_size));
             if !i.layers.is_empty() {
                 println!();
-                let mut t = Table::new(&["#", "DIGEST", "SIZE", "COMPRESSION", "DIFF ID", "CHAIN ID", "CONFIG"]);
+                let mut t = Table::new(&[
+                    "#",
+                    "DIGEST",
+                    "SIZE",
+                    "COMPRESSION",
+                    "DIFF ID",
+                    "CHAIN ID",
+                    "CONFIG",
+                ]);
                 for (n, l) in i.layers.iter().enumerate() {
                     t.row(vec![
                         n.to_string(),
                         l.digest.to_string(),
                         size(l.size),
                         l.compression.clone(),
-                        l.diff_id.as_ref().map(ToString::to_string).unwrap_or_else(|| "-".into()),
-                        l.chain_id.as_ref().map(ToString::to_string).unwrap_or_else(|| "-".into()),
+                        l.diff_id
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .unwrap_or_else(|| "-".into()),
+                        l.chain_id
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .unwrap_or_else(|| "-".into()),
                         match l.diff_id_matches {
                             Some(true) => "matches".into(),
                             Some(false) => "MISMATCH".into(),
@@ -70,12 +84,21 @@ pub async fn run(g: &Global, cmd: ImageCmd) -> anyhow::Result<ExitCode> {
                 println!();
                 let mut t = Table::new(&["PLATFORM", "DIGEST", "MEDIA TYPE", "SIZE"]);
                 for p in &i.platforms {
-                    let mut plat = format!("{}/{}", p.os.as_deref().unwrap_or("?"), p.architecture.as_deref().unwrap_or("?"));
+                    let mut plat = format!(
+                        "{}/{}",
+                        p.os.as_deref().unwrap_or("?"),
+                        p.architecture.as_deref().unwrap_or("?")
+                    );
                     if let Some(v) = &p.variant {
                         plat.push('/');
                         plat.push_str(v);
                     }
-                    t.row(vec![plat, p.digest.to_string(), p.media_type.clone(), size(p.size)]);
+                    t.row(vec![
+                        plat,
+                        p.digest.to_string(),
+                        p.media_type.clone(),
+                        size(p.size),
+                    ]);
                 }
                 t.print();
             }
@@ -83,9 +106,13 @@ pub async fn run(g: &Global, cmd: ImageCmd) -> anyhow::Result<ExitCode> {
         ImageCmd::Rm { reference } => {
             let (digest, untagged) = client.image_rm(&reference).await?;
             if g.json {
-                output::json(&serde_json::json!({ "reference": reference, "digest": digest, "untagged": untagged }))?;
+                output::json(
+                    &serde_json::json!({ "reference": reference, "digest": digest, "untagged": untagged }),
+                )?;
             } else if untagged {
-                println!("untagged {reference} (manifest {digest} stays; `berth registry gc --delete-untagged` frees it)");
+                println!(
+                    "untagged {reference} (manifest {digest} stays; `berth registry gc --delete-untagged` frees it)"
+                );
             } else {
                 println!("deleted {reference} and every tag on it");
             }

@@ -61,7 +61,11 @@ pub fn size(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// Runs a `registry` command.
@@ -76,7 +80,15 @@ pub async fn run(g: &Global, cmd: RegistryCmd) -> anyhow::Result<ExitCode> {
                 let mut t = Table::new(&["FIELD", "VALUE"]);
                 let rows = [
                     ("enabled", s.enabled.to_string()),
-                    ("listeners", output::list(&s.listeners.iter().map(|a| format!("https://{a}")).collect::<Vec<_>>())),
+                    (
+                        "listeners",
+                        output::list(
+                            &s.listeners
+                                .iter()
+                                .map(|a| format!("https://{a}"))
+                                .collect::<Vec<_>>(),
+                        ),
+                    ),
                     ("TLS certificate", s.certificate_serial.clone()),
                     ("TLS names", output::list(&s.certificate_sans)),
                     (
@@ -103,7 +115,12 @@ pub async fn run(g: &Global, cmd: RegistryCmd) -> anyhow::Result<ExitCode> {
             } else {
                 let mut t = Table::new(&["REPOSITORY", "TAGS", "MANIFESTS", "SIZE"]);
                 for r in &repos {
-                    t.row(vec![r.name.clone(), r.tags.to_string(), r.manifests.to_string(), size(r.bytes)]);
+                    t.row(vec![
+                        r.name.clone(),
+                        r.tags.to_string(),
+                        r.manifests.to_string(),
+                        size(r.bytes),
+                    ]);
                 }
                 t.print();
             }
@@ -123,7 +140,9 @@ pub async fn run(g: &Global, cmd: RegistryCmd) -> anyhow::Result<ExitCode> {
             delete_untagged,
             grace,
         } => {
-            let r = client.registry_gc(dry_run, delete_untagged, Some(grace)).await?;
+            let r = client
+                .registry_gc(dry_run, delete_untagged, Some(grace))
+                .await?;
             if g.json {
                 output::json(&r)?;
             } else {
@@ -160,8 +179,14 @@ pub async fn run(g: &Global, cmd: RegistryCmd) -> anyhow::Result<ExitCode> {
             } else {
                 let mut t = Table::new(&["REPOSITORY", "ID", "BYTES", "AGE"]);
                 for u in &list {
-                    let age = humantime::format_duration(Duration::from_secs(u.age().as_secs())).to_string();
-                    t.row(vec![u.repository.clone(), u.id.clone(), u.size.to_string(), age]);
+                    let age = humantime::format_duration(Duration::from_secs(u.age().as_secs()))
+                        .to_string();
+                    t.row(vec![
+                        u.repository.clone(),
+                        u.id.clone(),
+                        u.size.to_string(),
+                        age,
+                    ]);
                 }
                 t.print();
                 if purge {
@@ -176,7 +201,13 @@ pub async fn run(g: &Global, cmd: RegistryCmd) -> anyhow::Result<ExitCode> {
                 output::json(&r)?;
             } else {
                 for p in &r.problems {
-                    println!("{}: {} {} ({})", p.kind, p.digest, p.path.display(), p.detail);
+                    println!(
+                        "{}: {} {} ({})",
+                        p.kind,
+                        p.digest,
+                        p.path.display(),
+                        p.detail
+                    );
                 }
                 println!(
                     "checked {} blobs ({}): {} problems",
