@@ -503,3 +503,256 @@ fn berthd_starts_with_flags_refuses_a_second_copy_and_stops_on_sigterm() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("blocked/sub"), "{err}");
 }
+
+/// Pushes bytes as a blob over the registry's mutual TLS, as a client would.
+async fn push_blob(
+    addr: std::net::SocketAddr,
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+    repo: &str,
+    data: &[u8],
+) -> String {
+    let d = berth::registry::Digest::sha256_of(data).to_string();
+    let (s, body) = common::tls_request(
+        addr,
+        tls.clone(),
+        axum::http::Method::POST,
+        &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+        data.to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.as_u16(), 201, "{}", String::from_utf8_lossy(&body));
+    d
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_operations_through_the_cli() {
+    use std::io::{BufRead, Write};
+    let d = TestDaemon::with_registry();
+    let addr = d.registry[0];
+    let cwd = common::temp_dir();
+    let sock = d.socket.clone();
+    let dir = cwd.path().to_path_buf();
+    let run = move |args: &[&str]| berth(&sock, &dir, args);
+    let c = d.client().await;
+    let me = c
+        .issue(berth::client::IssueRequest {
+            kind: berth::pki::CertKind::Client,
+            names: berth::pki::Names {
+                common_name: "cli-pusher".into(),
+                ..Default::default()
+            },
+            validity_days: None,
+            key_algorithm: berth::pki::KeyAlgorithm::EcdsaP256,
+            return_key: true,
+        })
+        .await
+        .unwrap();
+    let tls = common::client_config(
+        &me.ca_pem,
+        Some((
+            &me.record.certificate_pem,
+            me.key.as_ref().unwrap().secret_pem(),
+        )),
+        b"http/1.1",
+    );
+
+    // A live event stream, read line by line.
+    let mut events = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["events", "--json"])
+        .env("BERTH_SOCKET", &d.socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    let out = events.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines() {
+            if tx.send(l.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    // Subscribed once a probe push shows up (a condition, not a sleep).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        push_blob(addr, &tls, "probe", b"probe").await;
+        if lines.recv_timeout(Duration::from_millis(200)).is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "berth events never reported anything"
+        );
+    }
+    while lines.try_recv().is_ok() {}
+
+    // An image: gzip layer + config + manifest, pushed over mTLS.
+    let raw = b"uncompressed layer content ".repeat(2000);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&raw).unwrap();
+    let layer = gz.finish().unwrap();
+    let diff_id = berth::registry::Digest::sha256_of(&raw).to_string();
+    let config = serde_json::to_vec(&serde_json::json!({"os": "linux", "architecture": "amd64", "rootfs": {"type": "layers", "diff_ids": [diff_id]}})).unwrap();
+    let cd = push_blob(addr, &tls, "team/app", &config).await;
+    let ld = push_blob(addr, &tls, "team/app", &layer).await;
+    let manifest = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": ld, "size": layer.len()}]}))
+    .unwrap();
+    let (s, _) = common::tls_request(
+        addr,
+        tls.clone(),
+        axum::http::Method::PUT,
+        "/v2/team/app/manifests/1.0",
+        manifest.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.as_u16(), 201);
+    let md = berth::registry::Digest::sha256_of(&manifest).to_string();
+
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let l = lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("events for the push");
+        got.push(serde_json::from_str::<Value>(&l).unwrap());
+    }
+    assert_eq!(got[2]["action"], "push");
+    assert_eq!(got[2]["target"], "manifest");
+    assert_eq!(got[2]["repository"], "team/app");
+    assert_eq!(got[2]["tag"], "1.0");
+    assert_eq!(got[2]["digest"], md);
+    assert_eq!(got[2]["actor"], "cli-pusher");
+
+    let status = json(&run(&["registry", "status", "--json"]));
+    assert_eq!(status["listeners"][0], addr.to_string());
+    assert_eq!(status["blobs"], 4, "{status}");
+    assert!(ok(&run(&["registry", "status"])).contains("DNS:localhost"));
+    let repos = json(&run(&["registry", "repos", "--json"]));
+    let app = repos
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "team/app")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (app["tags"].as_u64(), app["manifests"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert!(ok(&run(&["registry", "repos"])).contains("team/app"));
+    assert_eq!(ok(&run(&["registry", "tags", "team/app"])).trim(), "1.0");
+
+    let inspect = json(&run(&["image", "inspect", "team/app:1.0", "--json"]));
+    assert_eq!(inspect["digest"], md);
+    assert_eq!(inspect["config_digest"], cd);
+    assert_eq!(inspect["layers"][0]["diff_id"], diff_id);
+    assert_eq!(inspect["layers"][0]["chain_id"], diff_id);
+    assert_eq!(inspect["layers"][0]["compression"], "gzip");
+    assert_eq!(inspect["layers"][0]["diff_id_matches"], true);
+    let table = ok(&run(&["image", "inspect", &format!("team/app@{md}")]));
+    assert!(
+        table.contains("matches") && table.contains(&diff_id),
+        "{table}"
+    );
+    let err = failed(&run(&["image", "inspect", "team/app:nope"]));
+    assert!(err.contains("nope"), "{err}");
+
+    // Uploads: one left open.
+    let (s, _) = common::tls_request(
+        addr,
+        tls.clone(),
+        axum::http::Method::POST,
+        "/v2/team/app/blobs/uploads/",
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.as_u16(), 202);
+    let list = json(&run(&["registry", "uploads", "--json"]));
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(
+        json(&run(&[
+            "registry",
+            "uploads",
+            "--purge",
+            "--older-than",
+            "1h",
+            "--json"
+        ]))
+        .as_array()
+        .unwrap()
+        .len(),
+        0
+    );
+    assert!(ok(&run(&["registry", "uploads", "--purge", "--dry-run"])).contains("would purge 1"));
+    assert_eq!(
+        json(&run(&["registry", "uploads", "--json"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(ok(&run(&["registry", "uploads", "--purge"])).contains("purged 1"));
+    assert!(
+        json(&run(&["registry", "uploads", "--json"]))
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(failed(&run(&["registry", "uploads", "--dry-run"])).contains("--purge"));
+
+    ok(&run(&["registry", "fsck"]));
+
+    // Untag, then collect with no grace: the image and its blobs go.
+    assert!(ok(&run(&["image", "rm", "team/app:1.0"])).contains("untagged"));
+    let dry = json(&run(&[
+        "registry",
+        "gc",
+        "--dry-run",
+        "--delete-untagged",
+        "--grace",
+        "0s",
+        "--json",
+    ]));
+    assert_eq!(dry["manifests_deleted"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        json(&run(&["registry", "status", "--json"]))["blobs"],
+        4,
+        "a dry run deletes nothing"
+    );
+    let done = ok(&run(&[
+        "registry",
+        "gc",
+        "--delete-untagged",
+        "--grace",
+        "0s",
+    ]));
+    assert!(done.contains("deleted 4 blobs and 1 manifests"), "{done}");
+    assert_eq!(json(&run(&["registry", "status", "--json"]))["blobs"], 0);
+    // A default-grace collection right after a push keeps the fresh content.
+    push_blob(addr, &tls, "team/app", b"fresh").await;
+    let kept = json(&run(&["registry", "gc", "--json"]));
+    assert_eq!(
+        (
+            kept["blobs_deleted"].as_array().unwrap().len(),
+            kept["blobs_young"].as_u64()
+        ),
+        (0, Some(1))
+    );
+
+    // fsck finds a blob corrupted on disk, and says so with a non-zero exit.
+    let fresh = berth::registry::Digest::sha256_of(b"fresh");
+    let path = berth::registry::storage::Paths::new(&d.config.registry_root()).blob_data(&fresh);
+    std::fs::write(&path, b"FRESH").unwrap();
+    let out = run(&["registry", "fsck"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("corrupt-blob"));
+
+    let err = failed(&run(&["image", "rm", "Bad/Name:1"]));
+    assert!(err.contains("invalid repository name"), "{err}");
+    let _ = events.kill();
+    let _ = events.wait();
+}

@@ -15,6 +15,8 @@ const CORE: &[&str] = &[
     "src/registry/storage",
     "src/registry/reference.rs",
     "src/registry/manifest.rs",
+    "src/registry/inspect.rs",
+    "src/registry/events.rs",
 ];
 
 /// Crates and modules a core module must not name.
