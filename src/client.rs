@@ -455,6 +455,32 @@ impl Client {
         )
     }
 
+    /// Renews a certificate: same kind and names, fresh key, new serial.
+    pub async fn renew(
+        &self,
+        serial: &str,
+        validity_days: Option<u32>,
+        return_key: bool,
+    ) -> Result<IssuedCert, Error> {
+        let r = self
+            .pki()
+            .renew_certificate(pb::RenewCertificateRequest {
+                serial: serial.to_string(),
+                validity_days: validity_days.unwrap_or(0),
+                return_private_key: return_key,
+            })
+            .await?
+            .into_inner();
+        let rec = r
+            .certificate
+            .ok_or_else(|| Error::Protocol("no certificate in the answer".into()))?;
+        Ok(IssuedCert {
+            record: record_in(rec)?,
+            key: (!r.private_key_pem.is_empty()).then(|| SecretKeyPem::new(r.private_key_pem)),
+            ca_pem: r.ca_certificate_pem,
+        })
+    }
+
     /// The current CRL.
     pub async fn crl(&self) -> Result<Crl, Error> {
         let r = self.pki().get_crl(pb::GetCrlRequest {}).await?.into_inner();

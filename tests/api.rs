@@ -1041,3 +1041,93 @@ fn daemon_start_refuses_bad_config_state_and_a_second_daemon() {
     );
     drop(dir);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn renewal_issues_a_successor_and_keeps_the_old_one_valid() {
+    let d = TestDaemon::start();
+    let c = d.client().await;
+    let out = common::temp_dir();
+    let client = c
+        .issue(IssueRequest {
+            kind: CertKind::Client,
+            names: Names {
+                common_name: "ci-bot".into(),
+                organizations: vec!["builders".into()],
+                ..Names::default()
+            },
+            validity_days: Some(10),
+            key_algorithm: KeyAlgorithm::EcdsaP384,
+            return_key: false,
+        })
+        .await
+        .unwrap();
+    let next = c
+        .renew(&client.record.serial, Some(30), false)
+        .await
+        .unwrap();
+    assert_ne!(next.record.serial, client.record.serial);
+    assert_eq!(next.record.names, client.record.names);
+    assert_eq!(next.record.key_algorithm, "ECDSA P-384");
+    assert!(next.record.key_held && next.key.is_none());
+    let days = (next.record.not_after - time::OffsetDateTime::now_utc()).whole_days();
+    assert!((29..=30).contains(&days), "{days}");
+    let all = c
+        .list(Some(CertKind::Client), Some("ci-bot".into()))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|r| r.status() == CertStatus::Valid));
+    // certs install now picks the successor.
+    let inst = c
+        .certs_install("r.example:5000", Some("ci-bot"), false, false, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        inst.client_serial.as_deref(),
+        Some(next.record.serial.as_str())
+    );
+
+    let server = issue(
+        &c,
+        CertKind::Server,
+        Names {
+            common_name: "r.example".into(),
+            dns_names: vec!["r.example".into()],
+            ..Names::default()
+        },
+        KeyAlgorithm::Rsa2048,
+    )
+    .await;
+    let err = c
+        .renew(&server.record.serial, None, false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(Code::InvalidArgument), "{err}");
+    let renewed = c.renew(&server.record.serial, None, true).await.unwrap();
+    let cert = write(out.path(), "renewed.pem", &renewed.record.certificate_pem);
+    openssl_verify(&write(out.path(), "ca.pem", &renewed.ca_pem), &cert);
+    let text = openssl_text(&cert);
+    assert!(
+        text.contains("DNS:r.example") && text.contains("2048 bit"),
+        "{text}"
+    );
+    assert_ne!(
+        renewed.key.unwrap().secret_pem(),
+        server.key.unwrap().secret_pem()
+    );
+
+    let (pem, _key) = csr("csr-made");
+    let (signed, _) = c
+        .sign_csr(pem.into_bytes(), CertKind::Client, None)
+        .await
+        .unwrap();
+    let err = c.renew(&signed.serial, None, true).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::InvalidArgument), "{err}");
+    assert!(err.to_string().contains("CSR"), "{err}");
+    c.revoke(&client.record.serial).await.unwrap();
+    let err = c
+        .renew(&client.record.serial, None, false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(Code::FailedPrecondition), "{err}");
+}

@@ -203,11 +203,31 @@ fn the_walkthrough_works_through_the_cli() {
     ]));
     assert_eq!(expired[0]["certificates"][0]["status"], "expired");
 
+    // Renew the admin certificate into a new folder.
+    let admin_serial = ls[2]["serial"].as_str().unwrap().to_string();
+    let out = ok(&run(&["cert", "renew", &admin_serial, "--out", "./ops2"]));
+    assert!(
+        out.contains("renewed") && out.contains("stays valid"),
+        "{out}"
+    );
+    openssl_verify(&w.join("ops2/ca.pem"), &w.join("ops2/cert.pem"));
+    assert_eq!(mode(&w.join("ops2/key.pem")), 0o600);
+    let err = failed(&run(&["cert", "renew", &admin_serial, "--out", "./ops2"]));
+    assert!(err.contains("already exists"), "{err}");
+    let ls = json(&run(&["cert", "ls", "--json"]));
+    let ls = ls.as_array().unwrap();
+
     // Revoke by the serial `cert ls` shows.
     let serial = ls[3]["serial"].as_str().unwrap();
     ok(&run(&["cert", "revoke", serial]));
     let ls = json(&run(&["cert", "ls", "--json", "--kind", "client"]));
-    assert!(ls[1]["revoked_at"].is_string(), "{ls}");
+    assert!(
+        ls.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["revoked_at"].is_string()),
+        "{ls}"
+    );
     assert!(ok(&run(&["cert", "ls"])).contains("revoked"));
 
     // certs.d: dry run, install, list, verify, remove.

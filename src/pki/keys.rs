@@ -53,6 +53,20 @@ impl KeyAlgorithm {
         }
     }
 
+    /// The algorithm of a key as `inspect` describes it ("ECDSA P-256", "RSA 3072"), so a
+    /// renewal gets a fresh key of the same kind.
+    pub fn from_description(d: &str) -> Option<KeyAlgorithm> {
+        match d {
+            "ECDSA P-256" => Some(KeyAlgorithm::EcdsaP256),
+            "ECDSA P-384" => Some(KeyAlgorithm::EcdsaP384),
+            "Ed25519" => Some(KeyAlgorithm::Ed25519),
+            "RSA 2048" => Some(KeyAlgorithm::Rsa2048),
+            "RSA 3072" => Some(KeyAlgorithm::Rsa3072),
+            "RSA 4096" => Some(KeyAlgorithm::Rsa4096),
+            _ => None,
+        }
+    }
+
     /// True for RSA, whose TLS 1.2 key exchange also needs keyEncipherment.
     pub fn is_rsa(self) -> bool {
         matches!(

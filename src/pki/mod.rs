@@ -353,6 +353,33 @@ impl Pki {
         })
     }
 
+    /// Renews a certificate: the same kind and names, a fresh key of the same algorithm and
+    /// a new serial. The old certificate stays valid until it expires or is revoked, so
+    /// nothing using it breaks mid-rollout. A CSR-signed certificate cannot be renewed
+    /// here (its key is not ours): sign a new CSR.
+    pub fn renew(&self, serial: &str, validity_days: Option<u32>) -> Result<Issued, Error> {
+        let old = self.get(serial)?;
+        if old.revoked_at.is_some() {
+            return Err(Error::AlreadyRevoked(old.serial));
+        }
+        if old.from_csr {
+            return Err(Error::InvalidRequest(format!(
+                "certificate {} was signed from a CSR and berthd never had its key: sign a new CSR with `berth cert sign`",
+                old.serial
+            )));
+        }
+        let key_algorithm = KeyAlgorithm::from_description(&old.key_algorithm).unwrap_or_default();
+        let issued = self.issue(&IssueSpec {
+            kind: old.kind,
+            names: old.names.clone(),
+            validity_days,
+            key_algorithm,
+            hold_key: old.key_held,
+        })?;
+        tracing::info!(old = %old.serial, new = %issued.record.serial, "renewed certificate");
+        Ok(issued)
+    }
+
     /// Signs a CSR with a fixed profile. The CSR contributes only its public key and names:
     /// CA rights, key usages and EKUs come from the profile. The key is never seen here.
     pub fn sign_csr(

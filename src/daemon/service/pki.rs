@@ -122,6 +122,31 @@ impl PkiService for PkiSvc {
         }))
     }
 
+    async fn renew_certificate(
+        &self,
+        req: Request<pb::RenewCertificateRequest>,
+    ) -> Result<Response<pb::RenewCertificateResponse>, Status> {
+        let r = req.into_inner();
+        let old = self.state.pki.get(&r.serial)?;
+        if old.kind != CertKind::Client && !r.return_private_key && !old.key_held {
+            return Err(Status::invalid_argument(
+                "server and admin keys are not kept by berthd: set return_private_key (the CLI's --out) or the key is lost",
+            ));
+        }
+        let state = self.state.clone();
+        let days = (r.validity_days > 0).then_some(r.validity_days);
+        let issued = blocking(move || state.pki.renew(&old.serial, days)).await?;
+        Ok(Response::new(pb::RenewCertificateResponse {
+            certificate: Some(convert::record_out(&issued.record)),
+            private_key_pem: if r.return_private_key {
+                issued.key.secret_pem().to_string()
+            } else {
+                String::new()
+            },
+            ca_certificate_pem: self.state.pki.ca().cert_pem().to_string(),
+        }))
+    }
+
     async fn get_crl(
         &self,
         _: Request<pb::GetCrlRequest>,

@@ -55,6 +55,21 @@ pub enum CertCmd {
         #[arg(long)]
         offline: bool,
     },
+    /// Renew a certificate: same kind and names, fresh key, new serial. The old one stays
+    /// valid until it expires or is revoked.
+    Renew {
+        /// Serial number of the certificate to renew.
+        serial: String,
+        /// Validity in days [default: the daemon's, 90].
+        #[arg(long)]
+        days: Option<u32>,
+        /// Output folder (server and admin: default ./<name>; client: only when given).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Replace existing files in --out.
+        #[arg(long)]
+        force: bool,
+    },
     /// Revoke a certificate: it is added to the CRL and refused by berthd's listeners.
     Revoke {
         /// Serial number (hex, as `berth cert ls` shows it; colons allowed).
@@ -251,6 +266,53 @@ pub async fn run(g: &Global, cmd: CertCmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         CertCmd::Inspect { files, offline } => inspect(g, &files, offline).await,
+        CertCmd::Renew {
+            serial,
+            days,
+            out,
+            force,
+        } => {
+            let client = g.connect().await?;
+            let old = client
+                .list(None, None)
+                .await?
+                .into_iter()
+                .find(|r| berth::pki::normalize_serial(&serial).is_ok_and(|s| s == r.serial))
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "no certificate with serial {serial}: `berth cert ls` shows them"
+                    )
+                })?;
+            let (out, files) = outputs(old.kind, &old.names.common_name, out)?;
+            if !force && let Some(existing) = files.iter().find(|f| f.exists()) {
+                anyhow::bail!(
+                    "{} already exists: pass --force to replace it, or choose another --out",
+                    existing.display()
+                );
+            }
+            let issued = client.renew(&old.serial, days, out.is_some()).await?;
+            if let Some(dir) = &out {
+                write_issued(dir, &files, &issued, force)?;
+            }
+            if g.json {
+                output::json(&IssueJson {
+                    certificate: &issued.record,
+                    files,
+                })?;
+            } else {
+                println!(
+                    "renewed {} as {}, valid until {} (the old one stays valid until {})",
+                    old.serial,
+                    issued.record.serial,
+                    output::date(issued.record.not_after),
+                    output::date(old.not_after)
+                );
+                for f in &files {
+                    println!("  wrote {}", f.display());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         CertCmd::Revoke { serial } => {
             let client = g.connect().await?;
             let rec = client.revoke(&serial).await?;
@@ -321,25 +383,7 @@ async fn issue(g: &Global, cmd: IssueCmd) -> anyhow::Result<ExitCode> {
             (CertKind::Admin, names, common, out)
         }
     };
-    // Server and admin keys are not kept by berthd, so they always go to a folder.
-    let out = match (kind, out) {
-        (_, Some(o)) => Some(o),
-        (CertKind::Client, None) => None,
-        (_, None) => Some(default_out(&names.common_name)?),
-    };
-    let files = match (kind, &out) {
-        (_, None) => Vec::new(),
-        (CertKind::Client, Some(dir)) => vec![
-            dir.join("ca.crt"),
-            dir.join("client.cert"),
-            dir.join("client.key"),
-        ],
-        (_, Some(dir)) => vec![
-            dir.join("ca.pem"),
-            dir.join("cert.pem"),
-            dir.join("key.pem"),
-        ],
-    };
+    let (out, files) = outputs(kind, &names.common_name, out)?;
     // Refuse before issuing, so a refused write does not leave an unused certificate.
     if !common.force
         && let Some(existing) = files.iter().find(|f| f.exists())
@@ -397,6 +441,35 @@ async fn issue(g: &Global, cmd: IssueCmd) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where an issued or renewed certificate goes: server and admin keys are not kept by
+/// berthd, so they always go to a folder (`./<name>` by default); a client's only with
+/// --out. Client files use certs.d names, the others docker's --tlsverify names.
+fn outputs(
+    kind: CertKind,
+    name: &str,
+    out: Option<PathBuf>,
+) -> anyhow::Result<(Option<PathBuf>, Vec<PathBuf>)> {
+    let out = match (kind, out) {
+        (_, Some(o)) => Some(o),
+        (CertKind::Client, None) => None,
+        (_, None) => Some(default_out(name)?),
+    };
+    let files = match (kind, &out) {
+        (_, None) => Vec::new(),
+        (CertKind::Client, Some(dir)) => vec![
+            dir.join("ca.crt"),
+            dir.join("client.cert"),
+            dir.join("client.key"),
+        ],
+        (_, Some(dir)) => vec![
+            dir.join("ca.pem"),
+            dir.join("cert.pem"),
+            dir.join("key.pem"),
+        ],
+    };
+    Ok((out, files))
 }
 
 /// `./<name>`, with anything that cannot be in a file name replaced.
