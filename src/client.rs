@@ -378,14 +378,7 @@ impl Client {
             })
             .await?
             .into_inner();
-        let rec = r
-            .certificate
-            .ok_or_else(|| Error::Protocol("no certificate in the answer".into()))?;
-        Ok(IssuedCert {
-            record: record_in(rec)?,
-            key: (!r.private_key_pem.is_empty()).then(|| SecretKeyPem::new(r.private_key_pem)),
-            ca_pem: r.ca_certificate_pem,
-        })
+        issued_in(r.certificate, r.private_key_pem, r.ca_certificate_pem)
     }
 
     /// Signs a CSR; returns the entry and the CA PEM.
@@ -471,14 +464,7 @@ impl Client {
             })
             .await?
             .into_inner();
-        let rec = r
-            .certificate
-            .ok_or_else(|| Error::Protocol("no certificate in the answer".into()))?;
-        Ok(IssuedCert {
-            record: record_in(rec)?,
-            key: (!r.private_key_pem.is_empty()).then(|| SecretKeyPem::new(r.private_key_pem)),
-            ca_pem: r.ca_certificate_pem,
-        })
+        issued_in(r.certificate, r.private_key_pem, r.ca_certificate_pem)
     }
 
     /// The current CRL.
@@ -566,6 +552,20 @@ impl Client {
             .into_inner();
         Ok(r.entries.into_iter().map(entry_in).collect())
     }
+}
+
+/// A fresh certificate from the wire: its entry, the key when one was returned, the CA.
+fn issued_in(
+    certificate: Option<pb::IssuedCertificate>,
+    private_key_pem: String,
+    ca_pem: String,
+) -> Result<IssuedCert, Error> {
+    let rec = certificate.ok_or_else(|| Error::Protocol("no certificate in the answer".into()))?;
+    Ok(IssuedCert {
+        record: record_in(rec)?,
+        key: (!private_key_pem.is_empty()).then(|| SecretKeyPem::new(private_key_pem)),
+        ca_pem,
+    })
 }
 
 fn kind_in(k: i32) -> Result<CertKind, Error> {

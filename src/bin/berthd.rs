@@ -34,10 +34,10 @@ struct Flags {
     /// containers' (podman, skopeo) certs.d root.
     #[arg(long, value_name = "DIR")]
     containers_certs_d: Option<PathBuf>,
-    /// Registry address (repeatable) [default: 127.0.0.1:5443 and [::1]:5443].
+    /// Registry address (repeatable); default: `127.0.0.1:5443` and `[::1]:5443`.
     #[arg(long, value_name = "IP:PORT")]
     registry_listen: Vec<std::net::SocketAddr>,
-    /// Registry storage root (registry:2 layout) [default: <state>/registry].
+    /// Registry storage root (registry:2 layout); default: `<state>/registry`.
     #[arg(long, value_name = "DIR")]
     registry_root: Option<PathBuf>,
     /// Do not serve the embedded registry.

@@ -6,13 +6,34 @@ use tonic::{Request, Response, Status};
 
 use super::{blocking, convert};
 use crate::daemon::State;
-use crate::pki::{CertKind, IssueSpec, ListFilter};
+use crate::pki::{CertKind, IssueSpec, Issued, ListFilter};
 use crate::proto as pb;
 use crate::proto::pki_service_server::PkiService;
 
 /// The PkiService adapter.
 pub(crate) struct PkiSvc {
     pub state: Arc<State>,
+}
+
+impl PkiSvc {
+    /// The wire parts of a fresh certificate: the entry, the key only when the caller
+    /// asked for it, and the CA.
+    fn issued_out(
+        &self,
+        issued: &Issued,
+        return_key: bool,
+    ) -> (Option<pb::IssuedCertificate>, String, String) {
+        let key = if return_key {
+            issued.key.secret_pem().to_string()
+        } else {
+            String::new()
+        };
+        (
+            Some(convert::record_out(&issued.record)),
+            key,
+            self.state.pki.ca().cert_pem().to_string(),
+        )
+    }
 }
 
 #[tonic::async_trait]
@@ -52,14 +73,12 @@ impl PkiService for PkiSvc {
         }
         let state = self.state.clone();
         let issued = blocking(move || state.pki.issue(&spec)).await?;
+        let (certificate, private_key_pem, ca_certificate_pem) =
+            self.issued_out(&issued, r.return_private_key);
         Ok(Response::new(pb::IssueCertificateResponse {
-            certificate: Some(convert::record_out(&issued.record)),
-            private_key_pem: if r.return_private_key {
-                issued.key.secret_pem().to_string()
-            } else {
-                String::new()
-            },
-            ca_certificate_pem: self.state.pki.ca().cert_pem().to_string(),
+            certificate,
+            private_key_pem,
+            ca_certificate_pem,
         }))
     }
 
@@ -136,14 +155,12 @@ impl PkiService for PkiSvc {
         let state = self.state.clone();
         let days = (r.validity_days > 0).then_some(r.validity_days);
         let issued = blocking(move || state.pki.renew(&old.serial, days)).await?;
+        let (certificate, private_key_pem, ca_certificate_pem) =
+            self.issued_out(&issued, r.return_private_key);
         Ok(Response::new(pb::RenewCertificateResponse {
-            certificate: Some(convert::record_out(&issued.record)),
-            private_key_pem: if r.return_private_key {
-                issued.key.secret_pem().to_string()
-            } else {
-                String::new()
-            },
-            ca_certificate_pem: self.state.pki.ca().cert_pem().to_string(),
+            certificate,
+            private_key_pem,
+            ca_certificate_pem,
         }))
     }
 
