@@ -1605,3 +1605,45 @@ async fn events_report_pushes_pulls_and_deletes_and_never_block() {
         Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_))
     ));
 }
+
+#[tokio::test]
+async fn a_blob_a_client_was_told_exists_survives_until_its_manifest() {
+    let api = Api::new();
+    // Written by an earlier berthd (or registry:2): old, unreferenced, linked in "app".
+    let config = b"{\"os\":\"linux\"}".to_vec();
+    let layer = b"a layer everyone already has".to_vec();
+    let c = api.push_blob("app", &config).await;
+    let l = api.push_blob("app", &layer).await;
+    let j = api.push_blob("junk", b"nobody asked for this").await;
+    age_all(api.storage.root(), 2 * HOUR);
+    // A fresh berthd process over the same folder: nothing in memory about these blobs.
+    let storage = Storage::new(api.storage.root());
+    let registry = Registry::new(storage.clone(), true);
+    let fresh = Api {
+        _dir: common::temp_dir(),
+        app: http::router(registry.clone()),
+        storage,
+        registry,
+    };
+    // docker HEADs each layer and skips the upload of those that exist...
+    for d in [&c, &l] {
+        let r = fresh
+            .call(Method::HEAD, &format!("/v2/app/blobs/{d}"), &[], Vec::new())
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    // ...GC runs in between...
+    let report = fresh.storage.gc(gc_opts(false)).await.unwrap();
+    // ...only the blob nobody asked about goes...
+    assert_eq!(report.blobs_deleted.len(), 1, "{report:?}");
+    assert_eq!(report.blobs_deleted[0].0, j.to_string());
+    // ...and the manifest that relies on the others is accepted.
+    let m = image_manifest(OCI_MANIFEST, &c, config.len(), &[(&l, layer.len())]);
+    assert_eq!(
+        fresh
+            .put_manifest("app", "1", OCI_MANIFEST, &m)
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+}

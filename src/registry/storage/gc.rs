@@ -8,7 +8,9 @@
 //! - a blob, layer link or manifest revision younger than the grace period is never
 //!   swept, so the layers of a push in progress (uploaded, not yet referenced) survive;
 //! - finishing an upload of a blob that already exists, or mounting one, rewrites the
-//!   repository's link, which makes the blob young again;
+//!   repository's link, which makes the blob young again; a blob a client was told exists
+//!   (HEAD or GET, after which docker skips the upload) stays young in memory for the grace
+//!   period too;
 //! - upload sessions live in `_uploads/` and are never touched by GC.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -154,6 +156,7 @@ impl Storage {
     /// does not protect. See the module doc for why this is safe while serving.
     pub async fn gc(&self, opts: GcOptions) -> Result<GcReport, Error> {
         let _exclusive = self.inner.gc_lock.write().await;
+        let seen = self.recently_seen(opts.grace);
         let p = self.paths().clone();
         blocking(move || {
             let mut report = GcReport {
@@ -162,7 +165,8 @@ impl Storage {
             };
             let young = |path: &Path| age(path).is_some_and(|a| a < opts.grace);
             let mut marked: HashSet<Digest> = HashSet::new();
-            let mut young_links: HashSet<Digest> = HashSet::new();
+            // Blobs a client was recently told exist count as young, like fresh links.
+            let mut young_links: HashSet<Digest> = seen;
             let mut layer_links: Vec<(Digest, PathBuf)> = Vec::new();
             for repo in all_repos(&p.repositories())? {
                 let Ok(name) = repo.parse::<RepoName>() else {

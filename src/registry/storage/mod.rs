@@ -42,6 +42,9 @@ struct Inner {
     uploads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<upload::State>>>>,
     /// Manifest writes hold it shared, GC exclusively (see [`gc`]).
     gc_lock: tokio::sync::RwLock<()>,
+    /// Blobs a client was recently told exist (HEAD, GET, mount): a client that skips an
+    /// upload because of that answer must not see GC sweep the blob before its manifest.
+    seen: Mutex<HashMap<Digest, std::time::Instant>>,
 }
 
 pub(crate) fn io<'a>(
@@ -126,6 +129,7 @@ impl Storage {
                 paths: Paths::new(root),
                 uploads: Mutex::new(HashMap::new()),
                 gc_lock: tokio::sync::RwLock::new(()),
+                seen: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -139,6 +143,16 @@ impl Storage {
     /// exclusively) never sweeps between the check and the write.
     pub async fn manifest_write_guard(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
         self.inner.gc_lock.read().await
+    }
+
+    /// Blobs reported as existing within `grace`; older entries are forgotten.
+    pub(crate) fn recently_seen(
+        &self,
+        grace: std::time::Duration,
+    ) -> std::collections::HashSet<Digest> {
+        let mut seen = self.inner.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.retain(|_, t| t.elapsed() < grace);
+        seen.keys().cloned().collect()
     }
 
     /// The path layout.
@@ -155,6 +169,19 @@ impl Storage {
 
     /// The size of a blob the repository may serve; `None` when it may not.
     pub async fn blob_size(&self, name: &RepoName, d: &Digest) -> Result<Option<u64>, Error> {
+        let size = self.blob_size_unrecorded(name, d).await?;
+        if size.is_some() {
+            let mut seen = self.inner.seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.insert(d.clone(), std::time::Instant::now());
+        }
+        Ok(size)
+    }
+
+    async fn blob_size_unrecorded(
+        &self,
+        name: &RepoName,
+        d: &Digest,
+    ) -> Result<Option<u64>, Error> {
         let p = self.paths().clone();
         let (name, d) = (name.clone(), d.clone());
         blocking(move || {
