@@ -70,7 +70,9 @@ fn authorize(req: &Request<()>, state: &State) -> Result<Caller, Status> {
         tracing::warn!(uid, gid, pid = ?pid, "denied control request from a local user outside the allowed set");
         let hint = match (&state.config.control.group, p.group) {
             (Some(name), Some(_)) => format!("add the user to group {name:?} or run as root"),
-            _ => "run as root or as berthd's own user, or configure control.group".to_string(),
+            (None, _) | (Some(_), None) => {
+                "run as root or as berthd's own user, or configure control.group".to_string()
+            }
         };
         return Err(Status::permission_denied(format!(
             "uid {uid} may not use berthd: {hint}"

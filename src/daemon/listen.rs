@@ -153,6 +153,6 @@ pub(super) fn resolve_group(group: Option<&str>) -> Result<Option<u32>, Error> {
     }
     match nix::unistd::Group::from_name(g) {
         Ok(Some(grp)) => Ok(Some(grp.gid.as_raw())),
-        _ => Err(Error::UnknownGroup(g.to_string())),
+        Ok(None) | Err(_) => Err(Error::UnknownGroup(g.to_string())),
     }
 }

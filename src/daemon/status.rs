@@ -8,14 +8,18 @@ use tonic::{Code, Status};
 use crate::{certsd, fsutil, pki, registry};
 
 fn fs_status(e: &fsutil::Error) -> Status {
-    match e.io_kind() {
-        // The daemon's environment, not the caller, is at fault: say which path.
-        Some(ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem) => {
-            Status::failed_precondition(format!(
-                "{e} (berthd lacks the rights; run it as root or move the folder in its config)"
-            ))
-        }
-        _ => Status::internal(e.to_string()),
+    // The daemon's environment, not the caller, is at fault: say which path. Every other
+    // I/O failure is berthd's own (io::ErrorKind is open-ended, so this is a test, not a match).
+    let rights = matches!(
+        e.io_kind(),
+        Some(ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem)
+    );
+    if rights {
+        Status::failed_precondition(format!(
+            "{e} (berthd lacks the rights; run it as root or move the folder in its config)"
+        ))
+    } else {
+        Status::internal(e.to_string())
     }
 }
 
