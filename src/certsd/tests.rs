@@ -1,0 +1,44 @@
+//! Unit tests of the parent module.
+#![allow(clippy::unwrap_used)]
+use super::*;
+
+#[test]
+fn host_port_rules() {
+    let ok = [
+        (
+            "registry.example.internal:5443",
+            "registry.example.internal:5443",
+        ),
+        ("registry.example.internal:443", "registry.example.internal"),
+        ("registry.example.internal", "registry.example.internal"),
+        ("localhost:5000", "localhost:5000"),
+        ("10.0.0.5:5000", "10.0.0.5:5000"),
+        ("[::1]:5443", "[::1]:5443"),
+        ("[::1]", "[::1]"),
+    ];
+    for (input, dir) in ok {
+        assert_eq!(
+            input.parse::<HostPort>().unwrap().dir_name(),
+            dir,
+            "{input}"
+        );
+    }
+    let bad = [
+        ("", "empty"),
+        ("reg.example/v2", "no path"),
+        ("https://reg.example", "scheme"),
+        ("reg.example:0", "port"),
+        ("reg.example:99999", "port"),
+        ("reg.example:http", "port"),
+        ("::1", "brackets"),
+        ("../etc", "no path"),
+        ("..", "empty label"),
+        ("a b", "only a host"),
+        ("[::1", "']'"),
+        ("-bad.example", "'-'"),
+    ];
+    for (input, why) in bad {
+        let e = input.parse::<HostPort>().unwrap_err().to_string();
+        assert!(e.contains(why), "{input}: {e}");
+    }
+}

@@ -1,0 +1,47 @@
+//! Unit tests of the parent module.
+#![allow(clippy::unwrap_used)]
+use super::*;
+
+#[test]
+fn unknown_key_is_named() {
+    let e = Config::from_toml(
+        "version = 1\n[control]\nsokcet = \"/x\"\n",
+        Path::new("b.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("sokcet"), "{e}");
+    assert!(e.contains("b.toml"), "{e}");
+}
+
+#[test]
+fn version_is_required_and_checked() {
+    let e = Config::from_toml("state_dir = \"/x\"\n", Path::new("c")).unwrap_err();
+    assert!(e.to_string().contains("version"), "{e}");
+    let e = Config::from_toml("version = 2\n", Path::new("c")).unwrap_err();
+    assert!(matches!(e, Error::Version { found: 2, .. }), "{e}");
+}
+
+#[test]
+fn partial_file_keeps_defaults() {
+    let c = Config::from_toml(
+        "version = 1\nstate_dir = \"/srv/berth\"\n[control]\nsocket_mode = 0o600\nlisten = [\"tcp://127.0.0.1:2376\"]\n[pki]\nca_key_algorithm = \"ed25519\"\n",
+        Path::new("c"),
+    )
+    .unwrap();
+    assert_eq!(c.state_dir, PathBuf::from("/srv/berth"));
+    assert_eq!(c.control.socket_mode, 0o600);
+    assert_eq!(c.control.listen[0].0, "127.0.0.1:2376".parse().unwrap());
+    assert_eq!(c.pki.ca_key_algorithm, KeyAlgorithm::Ed25519);
+    assert_eq!(c.pki.default_validity_days, 90);
+}
+
+#[test]
+fn bad_listen_address() {
+    let e = Config::from_toml(
+        "version = 1\n[control]\nlisten = [\"0.0.0.0:1\"]\n",
+        Path::new("c"),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("tcp://"), "{e}");
+}
