@@ -33,6 +33,23 @@ impl Resp {
         serde_json::from_slice(&self.body).unwrap()
     }
 
+    /// Asserts an OCI error response: this status, this code, a message, the JSON type.
+    #[track_caller]
+    fn assert_error(&self, status: StatusCode, code: &str) {
+        assert_eq!(
+            (self.status, self.code().as_str()),
+            (status, code),
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+        assert_eq!(self.h("content-type"), "application/json");
+        assert!(
+            self.json()["errors"][0]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+
     /// The OCI error code of an error response.
     fn code(&self) -> String {
         let v = self.json();
@@ -202,10 +219,7 @@ async fn base_endpoint_and_unknown_routes() {
     let r = api
         .call(Method::POST, "/v2/team/app/tags/list", &[], Vec::new())
         .await;
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED")
-    );
+    r.assert_error(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED");
 }
 
 #[tokio::test]
@@ -289,10 +303,7 @@ async fn blobs_monolithic_head_get_and_ranges() {
 
     // The blob belongs to team/app only.
     let r = api.get(&format!("/v2/other/blobs/{d}")).await;
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (StatusCode::NOT_FOUND, "BLOB_UNKNOWN")
-    );
+    r.assert_error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN");
     let unknown = Digest::sha256_of(b"nope");
     let r = api
         .call(
@@ -345,10 +356,7 @@ async fn chunked_uploads_in_order_status_and_out_of_order() {
             b"abcdefghij".to_vec(),
         )
         .await;
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID")
-    );
+    r.assert_error(StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID");
     assert_eq!(r.h("range"), "0-9");
     let r = api.get(&loc).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
@@ -390,10 +398,7 @@ async fn chunked_uploads_in_order_status_and_out_of_order() {
     );
     // The session is gone, and its folder with it.
     let r = api.get(&loc).await;
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN")
-    );
+    r.assert_error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN");
     assert!(
         !api.storage
             .paths()
@@ -414,10 +419,7 @@ async fn digest_mismatch_makes_nothing_visible() {
             b"payload".to_vec(),
         )
         .await;
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
-    );
+    r.assert_error(StatusCode::BAD_REQUEST, "DIGEST_INVALID");
     assert_eq!(
         api.get(&format!("/v2/team/app/blobs/{wrong}")).await.status,
         StatusCode::NOT_FOUND
@@ -444,10 +446,7 @@ async fn digest_mismatch_makes_nothing_visible() {
             Vec::new(),
         )
         .await;
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
-    );
+    r.assert_error(StatusCode::BAD_REQUEST, "DIGEST_INVALID");
     assert_eq!(api.get(&loc).await.status, StatusCode::NOT_FOUND);
     // Missing or malformed digest on PUT.
     let r = api
@@ -455,10 +454,7 @@ async fn digest_mismatch_makes_nothing_visible() {
         .await;
     let loc = r.h("location").to_string();
     let r = api.call(Method::PUT, &loc, &[], Vec::new()).await;
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
-    );
+    r.assert_error(StatusCode::BAD_REQUEST, "DIGEST_INVALID");
     let r = api
         .call(
             Method::PUT,
@@ -467,18 +463,12 @@ async fn digest_mismatch_makes_nothing_visible() {
             Vec::new(),
         )
         .await;
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
-    );
+    r.assert_error(StatusCode::BAD_REQUEST, "DIGEST_INVALID");
     // Cancel.
     let r = api.call(Method::DELETE, &loc, &[], Vec::new()).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     let r = api.call(Method::DELETE, &loc, &[], Vec::new()).await;
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN")
-    );
+    r.assert_error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN");
     let r = api
         .call(
             Method::PATCH,
@@ -487,10 +477,7 @@ async fn digest_mismatch_makes_nothing_visible() {
             b"x".to_vec(),
         )
         .await;
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN")
-    );
+    r.assert_error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN");
 }
 
 #[tokio::test]
@@ -602,10 +589,7 @@ async fn manifests_by_tag_and_digest_with_exact_bytes_and_types() {
     let r = api
         .put_manifest("team/app", &md.to_string(), DOCKER_MANIFEST, &pretty)
         .await;
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
-    );
+    r.assert_error(StatusCode::BAD_REQUEST, "DIGEST_INVALID");
 
     // Missing blobs.
     let ghost = Digest::sha256_of(b"ghost");
@@ -613,10 +597,7 @@ async fn manifests_by_tag_and_digest_with_exact_bytes_and_types() {
     let r = api
         .put_manifest("team/app", "bad", OCI_MANIFEST, &bad)
         .await;
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN")
-    );
+    r.assert_error(StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN");
     assert_eq!(r.json()["errors"][0]["detail"]["digest"], ghost.to_string());
     // A blob of another repository does not count.
     let bad = image_manifest(OCI_MANIFEST, &c, config.len(), &[(&l, 5)]);
@@ -648,15 +629,9 @@ async fn manifests_by_tag_and_digest_with_exact_bytes_and_types() {
     assert_eq!(tags, json!({"name": "team/app", "tags": ["1.0"]}));
     // Unknown manifest and unknown repository.
     let r = api.get("/v2/team/app/manifests/nope").await;
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN")
-    );
+    r.assert_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN");
     let r = api.get("/v2/nobody/manifests/latest").await;
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (StatusCode::NOT_FOUND, "NAME_UNKNOWN")
-    );
+    r.assert_error(StatusCode::NOT_FOUND, "NAME_UNKNOWN");
 }
 
 #[tokio::test]
@@ -710,15 +685,9 @@ async fn tags_and_catalog_paginate_with_link() {
     let r = api.get("/v2/a/tags/list?n=0").await;
     assert_eq!(r.json()["tags"], json!([]));
     let r = api.get("/v2/a/tags/list?n=-1").await;
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID")
-    );
+    r.assert_error(StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID");
     let r = api.get("/v2/zzz/tags/list").await;
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (StatusCode::NOT_FOUND, "NAME_UNKNOWN")
-    );
+    r.assert_error(StatusCode::NOT_FOUND, "NAME_UNKNOWN");
 }
 
 #[tokio::test]
@@ -795,10 +764,7 @@ async fn referrers_list_manifests_by_subject_with_filter() {
         (StatusCode::OK, json!([]))
     );
     let r = api.get("/v2/app/referrers/sha256:nothex").await;
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
-    );
+    r.assert_error(StatusCode::BAD_REQUEST, "DIGEST_INVALID");
 }
 
 #[tokio::test]
@@ -854,10 +820,7 @@ async fn deletes_of_tags_manifests_and_blobs() {
             Vec::new(),
         )
         .await;
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN")
-    );
+    r.assert_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN");
     // Blobs.
     let b = api.push_blob("app", b"blob to delete").await;
     let r = api
