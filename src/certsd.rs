@@ -25,9 +25,19 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::config::CertsdConfig;
 use crate::fsutil;
 use crate::pki::{self, CertKind, CertStatus, IssueSpec, KeyAlgorithm, Names, Pki, SecretKeyPem};
+
+/// Roots of the certs.d trees the installer manages (`[certsd]` in the config file). Its
+/// embedded defaults depend on whether berthd runs as root, so `config` provides them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// docker's tree.
+    pub docker_root: PathBuf,
+    /// containers' tree (podman, skopeo, buildah, cri-o).
+    pub containers_root: PathBuf,
+}
 
 /// Why an installer operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -332,7 +342,7 @@ const KEY_FILE: &str = "client.key";
 impl Installer {
     /// An installer writing under the configured roots and recording in `state_dir`.
     /// The record is read now, so a corrupt one stops the daemon at start.
-    pub fn open(state_dir: &Path, cfg: &CertsdConfig) -> Result<Installer, Error> {
+    pub fn open(state_dir: &Path, cfg: &Settings) -> Result<Installer, Error> {
         let inst = Installer {
             state_path: state_dir.join("certsd.json"),
             docker_root: cfg.docker_root.clone(),

@@ -52,47 +52,119 @@ pub enum Error {
     #[error("invalid --host {0:?}: use unix:///path/to/berthd.sock or tcp://HOST:PORT")]
     InvalidHost(String),
     /// The connection could not be set up (TLS refused, protocol error).
-    #[error("cannot connect to berthd at {target}: {source}")]
+    #[error("cannot connect to berthd at {target}: {reason}")]
     Connect {
         /// The address.
         target: String,
-        /// The underlying error.
-        #[source]
-        source: tonic::transport::Error,
+        /// What went wrong, as the transport said it.
+        reason: String,
     },
     /// berthd answered with an error.
-    #[error("{}", status_message(.0))]
-    Status(#[from] tonic::Status),
+    #[error("{}", refusal_message(*.kind, .message))]
+    Refused {
+        /// The class of the refusal.
+        kind: ErrorKind,
+        /// berthd's message.
+        message: String,
+    },
     /// berthd answered with something this client cannot read.
     #[error("unexpected answer from berthd: {0}")]
     Protocol(String),
 }
 
+/// The class of an error berthd answered with: what the caller can do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A value in the request is wrong.
+    InvalidArgument,
+    /// The thing asked for does not exist.
+    NotFound,
+    /// It exists already (and would be overwritten).
+    AlreadyExists,
+    /// The state does not allow it now (revoked, disabled...).
+    FailedPrecondition,
+    /// The caller may not do this.
+    PermissionDenied,
+    /// The caller is not who it must be (no, revoked or expired certificate).
+    Unauthenticated,
+    /// berthd is not serving (starting, stopping, or gone).
+    Unavailable,
+    /// Too much at once (a slow event subscriber, limits).
+    ResourceExhausted,
+    /// The operation was cut short (a body that stopped arriving).
+    Aborted,
+    /// berthd's state is damaged.
+    DataLoss,
+    /// berthd failed; its log says why.
+    Internal,
+    /// Anything else.
+    Other,
+}
+
 impl Error {
-    /// The gRPC code, when berthd answered with an error.
-    pub fn code(&self) -> Option<tonic::Code> {
+    /// The class of refusal, when berthd answered with an error.
+    pub fn kind(&self) -> Option<ErrorKind> {
         match self {
-            Error::Status(s) => Some(s.code()),
+            Error::Refused { kind, .. } => Some(*kind),
             _ => None,
         }
     }
 }
 
-fn status_message(s: &tonic::Status) -> String {
-    use tonic::Code;
-    let msg = s.message();
-    match s.code() {
-        Code::PermissionDenied => format!("permission denied: {msg}"),
-        Code::Unauthenticated => format!("not authenticated: {msg}"),
-        Code::Unavailable => {
+impl From<tonic::Status> for Error {
+    fn from(s: tonic::Status) -> Error {
+        use tonic::Code;
+        let kind = match s.code() {
+            Code::InvalidArgument | Code::OutOfRange => ErrorKind::InvalidArgument,
+            Code::NotFound => ErrorKind::NotFound,
+            Code::AlreadyExists => ErrorKind::AlreadyExists,
+            Code::FailedPrecondition => ErrorKind::FailedPrecondition,
+            Code::PermissionDenied => ErrorKind::PermissionDenied,
+            Code::Unauthenticated => ErrorKind::Unauthenticated,
+            Code::Unavailable | Code::DeadlineExceeded => ErrorKind::Unavailable,
+            Code::ResourceExhausted => ErrorKind::ResourceExhausted,
+            Code::Aborted | Code::Cancelled => ErrorKind::Aborted,
+            Code::DataLoss => ErrorKind::DataLoss,
+            Code::Internal | Code::Unknown => ErrorKind::Internal,
+            Code::Ok | Code::Unimplemented => ErrorKind::Other,
+        };
+        Error::Refused {
+            kind,
+            message: s.message().to_string(),
+        }
+    }
+}
+
+fn refusal_message(kind: ErrorKind, msg: &str) -> String {
+    match kind {
+        ErrorKind::PermissionDenied => format!("permission denied: {msg}"),
+        ErrorKind::Unauthenticated => format!("not authenticated: {msg}"),
+        ErrorKind::Unavailable => {
             format!("berthd is unavailable ({msg}): is it running? start it with `berthd`")
         }
-        Code::Internal | Code::Unknown => {
-            format!("berthd failed: {msg} (see berthd's log for details)")
-        }
-        Code::DataLoss => format!("berthd's state is damaged: {msg}"),
-        _ => msg.to_string(),
+        ErrorKind::Internal => format!("berthd failed: {msg} (see berthd's log for details)"),
+        ErrorKind::DataLoss => format!("berthd's state is damaged: {msg}"),
+        ErrorKind::InvalidArgument
+        | ErrorKind::NotFound
+        | ErrorKind::AlreadyExists
+        | ErrorKind::FailedPrecondition
+        | ErrorKind::ResourceExhausted
+        | ErrorKind::Aborted
+        | ErrorKind::Other => msg.to_string(),
     }
+}
+
+/// A transport error and its causes, as one line.
+fn transport_reason(e: &tonic::transport::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
 }
 
 /// Where berthd is.
@@ -245,7 +317,7 @@ impl Client {
                     .await
                     .map_err(|source| Error::Connect {
                         target: target.describe(),
-                        source,
+                        reason: transport_reason(&source),
                     })?
             }
             Target::Tcp { host, tls_dir, .. } => {
@@ -265,7 +337,7 @@ impl Client {
                     .tls_config(tls)
                     .map_err(|source| Error::Connect {
                         target: target.describe(),
-                        source,
+                        reason: transport_reason(&source),
                     })?;
                 endpoint.connect().await.map_err(|source| {
                     let io = std::error::Error::source(&source)
@@ -280,7 +352,7 @@ impl Client {
                         }
                         _ => Error::Connect {
                             target: target.describe(),
-                            source,
+                            reason: transport_reason(&source),
                         },
                     }
                 })?

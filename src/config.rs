@@ -1,6 +1,8 @@
 //! berthd's configuration: embedded defaults, an optional TOML file, then flags.
 //!
-//! `Config::default()` is what berthd runs with when given nothing, so the README's first
+//! Each module owns its settings type (`pki::Settings`, `registry::Settings`,
+//! `certsd::Settings`, `net::Settings`); this module only composes them, so no core imports
+//! the configuration layer. `Config::default()` is what berthd runs with when given nothing, so the README's first
 //! command works on a fresh machine. A file must say `version = 1`; an unknown key is an error
 //! that names the key, because a misspelt setting silently ignored is a security bug.
 
@@ -10,7 +12,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pki::KeyAlgorithm;
+use crate::{certsd, net, pki, registry};
 
 /// The only config file version this build reads.
 pub const CONFIG_VERSION: u32 = 1;
@@ -61,48 +63,13 @@ pub struct Config {
     /// How clients reach the control API.
     pub control: ControlConfig,
     /// Certificate authority settings.
-    pub pki: PkiConfig,
+    pub pki: pki::Settings,
     /// Where the certs.d installer writes.
-    pub certsd: CertsdConfig,
+    pub certsd: certsd::Settings,
     /// The embedded registry.
-    pub registry: RegistryConfig,
-}
-
-/// The embedded OCI registry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RegistryConfig {
-    /// Serve the registry at all.
-    pub enabled: bool,
-    /// Addresses to listen on (mutual TLS always). Both loopbacks by default: dockerd never
-    /// sends a client certificate to 127.0.0.0/8, so docker users need `localhost` on `::1`
-    /// or a real host name.
-    pub listen: Vec<SocketAddr>,
-    /// Extra DNS names or IPs for the registry's server certificate, besides localhost,
-    /// 127.0.0.1, ::1, the host name and the listen addresses.
-    pub names: Vec<String>,
-    /// Storage root (registry:2's `rootdirectory`); default `<state_dir>/registry`.
-    pub root: Option<PathBuf>,
-    /// Allow DELETE of manifests, tags and blobs over HTTP (the control API can always).
-    pub delete_enabled: bool,
-    /// Upload sessions idle longer than this many hours are purged (checked hourly).
-    pub upload_max_age_hours: u64,
-}
-
-impl Default for RegistryConfig {
-    fn default() -> Self {
-        RegistryConfig {
-            enabled: true,
-            listen: vec![
-                SocketAddr::from(([127, 0, 0, 1], 5443)),
-                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 5443)),
-            ],
-            names: Vec::new(),
-            root: None,
-            delete_enabled: true,
-            upload_max_age_hours: 24,
-        }
-    }
+    pub registry: registry::Settings,
+    /// Limits and timeouts of every TCP listener (registry and control).
+    pub net: net::Settings,
 }
 
 impl Config {
@@ -132,30 +99,6 @@ pub struct ControlConfig {
     pub admins: Vec<String>,
     /// Extra DNS names or IPs for the TCP listener's server certificate.
     pub tls_names: Vec<String>,
-}
-
-/// Certificate authority settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PkiConfig {
-    /// Subject common name of a newly created CA.
-    pub ca_common_name: String,
-    /// Key algorithm of a newly created CA.
-    pub ca_key_algorithm: KeyAlgorithm,
-    /// Validity of a newly created CA, in days.
-    pub ca_validity_days: u32,
-    /// Validity of issued certificates when the request does not say, in days.
-    pub default_validity_days: u32,
-}
-
-/// Roots of the certs.d trees the installer manages.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CertsdConfig {
-    /// docker's tree.
-    pub docker_root: PathBuf,
-    /// containers' tree (podman, skopeo, buildah, cri-o).
-    pub containers_root: PathBuf,
 }
 
 /// A TCP address to serve the control API on with mutual TLS.
@@ -200,9 +143,10 @@ impl Default for Config {
             version: CONFIG_VERSION,
             state_dir: default_state_dir(),
             control: ControlConfig::default(),
-            pki: PkiConfig::default(),
-            certsd: CertsdConfig::default(),
-            registry: RegistryConfig::default(),
+            pki: pki::Settings::default(),
+            certsd: certsd::Settings::default(),
+            registry: registry::Settings::default(),
+            net: net::Settings::default(),
         }
     }
 }
@@ -220,28 +164,17 @@ impl Default for ControlConfig {
     }
 }
 
-impl Default for PkiConfig {
-    fn default() -> Self {
-        PkiConfig {
-            ca_common_name: "berth CA".to_string(),
-            ca_key_algorithm: KeyAlgorithm::EcdsaP256,
-            ca_validity_days: 3650,
-            default_validity_days: 90,
-        }
-    }
-}
-
-impl Default for CertsdConfig {
+impl Default for certsd::Settings {
     fn default() -> Self {
         if is_root() {
-            CertsdConfig {
+            certsd::Settings {
                 docker_root: PathBuf::from("/etc/docker/certs.d"),
                 containers_root: PathBuf::from("/etc/containers/certs.d"),
             }
         } else {
             // Rootless docker and rootless podman read these.
             let cfg = xdg_dir("XDG_CONFIG_HOME", ".config");
-            CertsdConfig {
+            certsd::Settings {
                 docker_root: cfg.join("docker/certs.d"),
                 containers_root: cfg.join("containers/certs.d"),
             }

@@ -10,6 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use berth::client::ErrorKind as Code;
 use berth::client::{Client, IssueRequest, IssuedCert, Target};
 use berth::config::{Config, ListenAddr};
 use berth::pki::{CertKind, CertStatus, KeyAlgorithm, Names};
@@ -17,7 +18,6 @@ use common::{TestDaemon, fixture, openssl_text, openssl_verify};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::Code;
 
 fn names(cn: &str) -> Names {
     Names {
@@ -201,7 +201,7 @@ async fn server_keys_are_only_returned_to_the_caller_who_asks() {
         })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Some(Code::InvalidArgument), "{err}");
+    assert_eq!(err.kind(), Some(Code::InvalidArgument), "{err}");
     // A client certificate without return_key: berthd keeps the key, the caller gets none.
     let held = c
         .issue(IssueRequest {
@@ -297,13 +297,13 @@ async fn csr_signing_keeps_the_key_with_the_caller_and_rejects_bad_signatures() 
     let at = bytes.windows(10).position(|w| w == b"csr-client").unwrap();
     bytes[at] = b'X';
     let err = c.sign_csr(bytes, CertKind::Client, None).await.unwrap_err();
-    assert_eq!(err.code(), Some(Code::InvalidArgument), "{err}");
+    assert_eq!(err.kind(), Some(Code::InvalidArgument), "{err}");
     assert!(err.to_string().contains("signature"), "{err}");
     let err = c
         .sign_csr(b"not a csr".to_vec(), CertKind::Client, None)
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Some(Code::InvalidArgument), "{err}");
+    assert_eq!(err.kind(), Some(Code::InvalidArgument), "{err}");
     // An admin may keep its key on its own machine too.
     let (admin, _) = c
         .sign_csr(pem.into_bytes(), CertKind::Admin, None)
@@ -415,7 +415,7 @@ async fn inspect_reads_foreign_certificates_in_pem_and_der() {
         .inspect(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_vec())
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Some(Code::InvalidArgument), "{err}");
+    assert_eq!(err.kind(), Some(Code::InvalidArgument), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -428,9 +428,9 @@ async fn revocation_is_recorded_in_the_crl_and_index() {
     let rec = c.revoke(&a.record.serial.to_uppercase()).await.unwrap();
     assert_eq!(rec.status(), CertStatus::Revoked);
     let err = c.revoke(&a.record.serial).await.unwrap_err();
-    assert_eq!(err.code(), Some(Code::FailedPrecondition), "{err}");
+    assert_eq!(err.kind(), Some(Code::FailedPrecondition), "{err}");
     let err = c.revoke("00ff").await.unwrap_err();
-    assert_eq!(err.code(), Some(Code::NotFound), "{err}");
+    assert_eq!(err.kind(), Some(Code::NotFound), "{err}");
     let crl = c.crl().await.unwrap();
     assert_eq!(crl.revoked_count, 1);
     let out = common::temp_dir();
@@ -656,7 +656,7 @@ async fn remote_control_over_mtls_admits_admins_only() {
         .await
         .unwrap();
     let err = denied.info().await.unwrap_err();
-    assert_eq!(err.code(), Some(Code::PermissionDenied), "{err}");
+    assert_eq!(err.kind(), Some(Code::PermissionDenied), "{err}");
 
     // A certificate from another CA: the handshake fails, no RPC gets through.
     let rogue = foreign_identity(&dirs.path().join("rogue"), &admin.ca_pem);
@@ -665,7 +665,7 @@ async fn remote_control_over_mtls_admits_admins_only() {
         Err(e) => Err(e),
     };
     assert!(rogue_result.is_err());
-    assert_ne!(rogue_result.unwrap_err().code(), Some(Code::Ok));
+    assert_ne!(rogue_result.unwrap_err().kind(), Some(Code::Other));
 
     // No client certificate at all: the server refuses the handshake.
     let mut roots = rustls::RootCertStore::empty();
@@ -820,7 +820,7 @@ async fn certs_install_writes_docker_layout_with_safe_modes_and_removes_only_its
         .certs_install("other.example:5000", None, false, false, false)
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Some(Code::AlreadyExists), "{err}");
+    assert_eq!(err.kind(), Some(Code::AlreadyExists), "{err}");
     assert_eq!(
         std::fs::read(foreign.join("ca.crt")).unwrap(),
         std::fs::read(fixture("rsa-ca.crt")).unwrap()
@@ -829,7 +829,7 @@ async fn certs_install_writes_docker_layout_with_safe_modes_and_removes_only_its
         .certs_remove("other.example:5000", false, false)
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Some(Code::NotFound), "{err}");
+    assert_eq!(err.kind(), Some(Code::NotFound), "{err}");
     assert!(foreign.join("ca.crt").exists());
     // A lone key is a problem docker would fail on; verify reports it.
     std::fs::write(foreign.join("stray.key"), "x").unwrap();
@@ -925,7 +925,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
             })
             .await
             .unwrap_err();
-        assert_eq!(err.code(), Some(Code::InvalidArgument), "{n:?}: {err}");
+        assert_eq!(err.kind(), Some(Code::InvalidArgument), "{n:?}: {err}");
         assert!(!err.to_string().is_empty());
     }
     let err = c
@@ -955,7 +955,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
             .certs_install(host, None, false, true, false)
             .await
             .unwrap_err();
-        assert_eq!(err.code(), Some(Code::InvalidArgument), "{host:?}: {err}");
+        assert_eq!(err.kind(), Some(Code::InvalidArgument), "{host:?}: {err}");
         assert!(err.to_string().contains("host"), "{host:?}: {err}");
     }
     assert!(
@@ -1102,7 +1102,7 @@ async fn renewal_issues_a_successor_and_keeps_the_old_one_valid() {
         .renew(&server.record.serial, None, false)
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Some(Code::InvalidArgument), "{err}");
+    assert_eq!(err.kind(), Some(Code::InvalidArgument), "{err}");
     let renewed = c.renew(&server.record.serial, None, true).await.unwrap();
     let cert = write(out.path(), "renewed.pem", &renewed.record.certificate_pem);
     openssl_verify(&write(out.path(), "ca.pem", &renewed.ca_pem), &cert);
@@ -1122,12 +1122,12 @@ async fn renewal_issues_a_successor_and_keeps_the_old_one_valid() {
         .await
         .unwrap();
     let err = c.renew(&signed.serial, None, true).await.unwrap_err();
-    assert_eq!(err.code(), Some(Code::InvalidArgument), "{err}");
+    assert_eq!(err.kind(), Some(Code::InvalidArgument), "{err}");
     assert!(err.to_string().contains("CSR"), "{err}");
     c.revoke(&client.record.serial).await.unwrap();
     let err = c
         .renew(&client.record.serial, None, false)
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Some(Code::FailedPrecondition), "{err}");
+    assert_eq!(err.kind(), Some(Code::FailedPrecondition), "{err}");
 }

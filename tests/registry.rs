@@ -9,7 +9,9 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use berth::registry::{Digest, Registry, Storage, http};
+use berth::identity::Identity;
+use berth::oci;
+use berth::registry::{Backend, Digest, Registry};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -60,22 +62,39 @@ impl Resp {
 struct Api {
     _dir: TempDir,
     app: Router,
-    storage: Storage,
+    root: std::path::PathBuf,
     registry: Registry,
+}
+
+/// The caller the router tests act as (net::serve puts one on every real request).
+fn tester() -> Identity {
+    Identity::Unix {
+        uid: 0,
+        gid: 0,
+        pid: None,
+    }
 }
 
 impl Api {
     fn new() -> Api {
         let dir = common::temp_dir();
-        let storage = Storage::new(dir.path());
-        let registry = Registry::new(storage.clone(), true);
-        let app = http::router(registry.clone());
+        Api::over(dir.path().to_path_buf(), dir)
+    }
+
+    /// A registry (as a fresh berthd process would open it) over `root`.
+    fn over(root: std::path::PathBuf, dir: TempDir) -> Api {
+        let registry = Registry::open(Backend::Filesystem(root.clone()), true);
+        let app = oci::router(registry.clone(), Duration::from_secs(60));
         Api {
             _dir: dir,
             app,
-            storage,
+            root,
             registry,
         }
+    }
+
+    fn blob_path(&self, d: &Digest) -> std::path::PathBuf {
+        common::blob_path(&self.root, d)
     }
 
     async fn call(
@@ -85,7 +104,10 @@ impl Api {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Resp {
-        let mut b = Request::builder().method(method).uri(uri);
+        let mut b = Request::builder()
+            .method(method)
+            .uri(uri)
+            .extension(tester());
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
@@ -315,7 +337,7 @@ async fn blobs_monolithic_head_get_and_ranges() {
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     // Stored exactly where registry:2 keeps it.
-    let path = api.storage.paths().blob_data(&d);
+    let path = api.blob_path(&d);
     assert_eq!(std::fs::read(path).unwrap(), data);
 }
 
@@ -367,9 +389,10 @@ async fn chunked_uploads_in_order_status_and_out_of_order() {
     assert_eq!(r.h("range"), "0-14");
     // Upload state on disk is registry:2's.
     assert!(
-        api.storage
-            .paths()
-            .upload_dir(&"team/app".parse().unwrap(), &id)
+        api.root
+            .join("docker/registry/v2")
+            .join("repositories/team/app/_uploads")
+            .join(&id)
             .join("startedat")
             .is_file()
     );
@@ -400,9 +423,10 @@ async fn chunked_uploads_in_order_status_and_out_of_order() {
     let r = api.get(&loc).await;
     r.assert_error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN");
     assert!(
-        !api.storage
-            .paths()
-            .upload_dir(&"team/app".parse().unwrap(), &id)
+        !api.root
+            .join("docker/registry/v2")
+            .join("repositories/team/app/_uploads")
+            .join(&id)
             .exists()
     );
 }
@@ -424,13 +448,8 @@ async fn digest_mismatch_makes_nothing_visible() {
         api.get(&format!("/v2/team/app/blobs/{wrong}")).await.status,
         StatusCode::NOT_FOUND
     );
-    assert!(!api.storage.paths().blob_data(&wrong).exists());
-    assert!(
-        !api.storage
-            .paths()
-            .blob_data(&Digest::sha256_of(b"payload"))
-            .exists()
-    );
+    assert!(!api.blob_path(&wrong).exists());
+    assert!(!api.blob_path(&Digest::sha256_of(b"payload")).exists());
 
     let r = api
         .call(Method::POST, "/v2/team/app/blobs/uploads/", &[], Vec::new())
@@ -850,12 +869,16 @@ async fn deletes_of_tags_manifests_and_blobs() {
 
     // With deletes switched off.
     let dir = common::temp_dir();
-    let app = http::router(Registry::new(Storage::new(dir.path()), false));
+    let app = oci::router(
+        Registry::open(Backend::Filesystem(dir.path().to_path_buf()), false),
+        Duration::from_secs(60),
+    );
     let r = app
         .oneshot(
             Request::builder()
                 .method(Method::DELETE)
                 .uri(format!("/v2/app/manifests/{d}"))
+                .extension(tester())
                 .body(Body::empty())
                 .unwrap(),
         )
@@ -1093,7 +1116,7 @@ async fn only_clients_with_a_valid_berth_certificate_reach_http() {
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use berth::registry::storage::GcOptions;
+use berth::registry::GcOptions;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -1130,15 +1153,15 @@ async fn gc_in_a_loop_never_breaks_a_push_in_progress() {
             .status,
         StatusCode::ACCEPTED
     );
-    age_all(api.storage.root(), 2 * HOUR);
+    age_all(api.root.as_path(), 2 * HOUR);
 
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = Arc::new(AtomicUsize::new(0));
     let gc = {
-        let (storage, stop, rounds) = (api.storage.clone(), stop.clone(), rounds.clone());
+        let (registry, stop, rounds) = (api.registry.clone(), stop.clone(), rounds.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
-                storage.gc(gc_opts(true)).await.unwrap();
+                registry.gc(&tester(), gc_opts(true)).await.unwrap();
                 rounds.fetch_add(1, Ordering::SeqCst);
                 tokio::task::yield_now().await;
             }
@@ -1191,14 +1214,14 @@ async fn gc_in_a_loop_never_breaks_a_push_in_progress() {
         }
     }
     // And the collector did collect: old garbage and the untagged manifest are gone.
-    assert!(!api.storage.paths().blob_data(&garbage).exists());
+    assert!(!api.blob_path(&garbage).exists());
     assert_eq!(
         api.get(&format!("/v2/app/manifests/{untagged}"))
             .await
             .status,
         StatusCode::NOT_FOUND
     );
-    assert!(!api.storage.paths().blob_data(&untagged).exists());
+    assert!(!api.blob_path(&untagged).exists());
     assert_eq!(
         api.get(&format!("/v2/app/manifests/{kept}")).await.status,
         StatusCode::OK
@@ -1212,19 +1235,22 @@ async fn old_blobs_reused_by_a_new_push_are_protected() {
     let config = b"{\"os\":\"linux\"}".to_vec();
     let l = api.push_blob("app", &layer).await;
     let c = api.push_blob("app", &config).await;
-    age_all(api.storage.root(), 2 * HOUR);
+    age_all(api.root.as_path(), 2 * HOUR);
     // Dry run reports what would go and frees nothing.
     let dry = api
-        .storage
-        .gc(GcOptions {
-            dry_run: true,
-            ..gc_opts(false)
-        })
+        .registry
+        .gc(
+            &tester(),
+            GcOptions {
+                dry_run: true,
+                ..gc_opts(false)
+            },
+        )
         .await
         .unwrap();
     assert_eq!(dry.blobs_deleted.len(), 2);
     assert_eq!(dry.bytes_freed, (layer.len() + config.len()) as u64);
-    assert!(api.storage.paths().blob_data(&l).exists());
+    assert!(api.blob_path(&l).exists());
     // A new push uploads the same bytes again (the blob exists: dedupe) and mounts the
     // config from another repository; GC runs before the manifest arrives.
     assert_eq!(api.push_blob("app", &layer).await, l);
@@ -1246,7 +1272,7 @@ async fn old_blobs_reused_by_a_new_push_are_protected() {
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
-    let report = api.storage.gc(gc_opts(false)).await.unwrap();
+    let report = api.registry.gc(&tester(), gc_opts(false)).await.unwrap();
     assert!(report.blobs_deleted.is_empty(), "{report:?}");
     assert_eq!(report.blobs_young, 2);
     let m = image_manifest(OCI_MANIFEST, &c, config.len(), &[(&l, layer.len())]);
@@ -1256,8 +1282,8 @@ async fn old_blobs_reused_by_a_new_push_are_protected() {
             .status,
         StatusCode::CREATED
     );
-    age_all(api.storage.root(), 2 * HOUR);
-    let report = api.storage.gc(gc_opts(false)).await.unwrap();
+    age_all(api.root.as_path(), 2 * HOUR);
+    let report = api.registry.gc(&tester(), gc_opts(false)).await.unwrap();
     assert!(
         report.blobs_deleted.is_empty(),
         "referenced now: {report:?}"
@@ -1304,8 +1330,8 @@ async fn gc_keeps_index_children_and_referrers_of_tagged_images() {
         )
         .await;
     }
-    age_all(api.storage.root(), 2 * HOUR);
-    let r = api.storage.gc(gc_opts(true)).await.unwrap();
+    age_all(api.root.as_path(), 2 * HOUR);
+    let r = api.registry.gc(&tester(), gc_opts(true)).await.unwrap();
     assert!(r.manifests_deleted.is_empty(), "{r:?}");
     assert!(r.blobs_deleted.is_empty(), "{r:?}");
     for d in [&amd, &arm, &sig_d] {
@@ -1322,7 +1348,7 @@ async fn gc_keeps_index_children_and_referrers_of_tagged_images() {
         Vec::new(),
     )
     .await;
-    let r = api.storage.gc(gc_opts(true)).await.unwrap();
+    let r = api.registry.gc(&tester(), gc_opts(true)).await.unwrap();
     assert_eq!(r.manifests_deleted.len(), 4, "{r:?}");
     assert_eq!(
         api.get(&format!("/v2/multi/manifests/{amd}")).await.status,
@@ -1334,7 +1360,7 @@ async fn gc_keeps_index_children_and_referrers_of_tagged_images() {
 async fn fsck_finds_corruption_and_quarantines_on_repair() {
     let api = Api::new();
     let (m, _) = push_image(&api, "app", "1.0", "fsck").await;
-    let report = api.storage.fsck(false).await.unwrap();
+    let report = api.registry.fsck(&tester(), false).await.unwrap();
     assert_eq!((report.blobs_checked, report.problems.len()), (3, 0));
     let manifest: Value =
         serde_json::from_slice(&api.get("/v2/app/manifests/1.0").await.body).unwrap();
@@ -1343,27 +1369,26 @@ async fn fsck_finds_corruption_and_quarantines_on_repair() {
         .unwrap()
         .parse()
         .unwrap();
-    let path = api.storage.paths().blob_data(&layer);
+    let path = api.blob_path(&layer);
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[0] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();
     // A dangling tag too: its manifest revision is gone.
     std::fs::remove_dir_all(
-        api.storage
-            .paths()
-            .revision_link(&"app".parse().unwrap(), &m)
-            .parent()
-            .unwrap(),
+        api.root
+            .join("docker/registry/v2")
+            .join("repositories/app/_manifests/revisions/sha256")
+            .join(m.hex()),
     )
     .unwrap();
-    let report = api.storage.fsck(false).await.unwrap();
+    let report = api.registry.fsck(&tester(), false).await.unwrap();
     let kinds: Vec<&str> = report.problems.iter().map(|p| p.kind.as_str()).collect();
     assert!(
         kinds.contains(&"corrupt-blob") && kinds.contains(&"dangling-tag"),
         "{kinds:?}"
     );
     assert!(path.exists(), "without --repair nothing moves");
-    let report = api.storage.fsck(true).await.unwrap();
+    let report = api.registry.fsck(&tester(), true).await.unwrap();
     let corrupt = report
         .problems
         .iter()
@@ -1372,9 +1397,8 @@ async fn fsck_finds_corruption_and_quarantines_on_repair() {
     assert!(corrupt.detail.contains("quarantine"), "{}", corrupt.detail);
     assert!(!path.exists());
     let q = api
-        .storage
-        .paths()
-        .v2()
+        .root
+        .join("docker/registry/v2")
         .join("_berth/quarantine/sha256")
         .join(layer.hex())
         .join("data");
@@ -1436,7 +1460,7 @@ async fn inspect_computes_diff_ids_and_chain_ids() {
     );
     let info = api
         .registry
-        .inspect(&"img".parse().unwrap(), &"1".parse().unwrap())
+        .inspect(&tester(), &"img".parse().unwrap(), &"1".parse().unwrap())
         .await
         .unwrap();
     assert_eq!(info.digest.to_string(), sha(&m));
@@ -1487,24 +1511,25 @@ async fn stale_uploads_are_listed_and_purged_fresh_ones_kept() {
         .h("docker-upload-uuid")
         .to_string();
     let started = api
-        .storage
-        .paths()
-        .upload_dir(&"app".parse().unwrap(), &old)
+        .root
+        .join("docker/registry/v2")
+        .join("repositories/app/_uploads")
+        .join(&old)
         .join("startedat");
     std::fs::write(&started, "2020-01-01T00:00:00Z").unwrap();
-    let list = api.storage.list_uploads().await.unwrap();
+    let list = api.registry.uploads(&tester()).await.unwrap();
     assert_eq!(list.len(), 2);
     assert_eq!((list[0].id.as_str(), list[0].size), (old.as_str(), 7));
     let dry = api
-        .storage
-        .purge_uploads(Some(24 * HOUR), true)
+        .registry
+        .purge_uploads(&tester(), Some(24 * HOUR), true)
         .await
         .unwrap();
     assert_eq!(dry.len(), 1);
     assert!(started.exists());
     let purged = api
-        .storage
-        .purge_uploads(Some(24 * HOUR), false)
+        .registry
+        .purge_uploads(&tester(), Some(24 * HOUR), false)
         .await
         .unwrap();
     assert_eq!(purged[0].id, old);
@@ -1525,7 +1550,7 @@ async fn stale_uploads_are_listed_and_purged_fresh_ones_kept() {
 #[tokio::test]
 async fn events_report_pushes_pulls_and_deletes_and_never_block() {
     let api = Api::new();
-    let mut rx = api.registry.events().subscribe();
+    let mut rx = api.registry.subscribe();
     let (d, _) = push_image(&api, "ev", "1.0", "e").await;
     api.get("/v2/ev/manifests/1.0").await;
     api.call(Method::DELETE, "/v2/ev/manifests/1.0", &[], Vec::new())
@@ -1552,15 +1577,12 @@ async fn events_report_pushes_pulls_and_deletes_and_never_block() {
     );
     let _ = d;
     // A subscriber that never reads does not slow publishing; it learns it fell behind.
-    let mut slow = api.registry.events().subscribe();
-    for _ in 0..5000 {
-        api.registry.events().emit(
-            berth::registry::events::Action::Pull,
-            berth::registry::events::Target::Blob,
-            "x",
-            None,
-            None,
-            "t",
+    let mut slow = api.registry.subscribe();
+    let (d, _) = push_image(&api, "ev", "2.0", "f").await;
+    for _ in 0..1100 {
+        assert_eq!(
+            api.get(&format!("/v2/ev/manifests/{d}")).await.status,
+            StatusCode::OK
         );
     }
     assert!(matches!(
@@ -1578,16 +1600,9 @@ async fn a_blob_a_client_was_told_exists_survives_until_its_manifest() {
     let c = api.push_blob("app", &config).await;
     let l = api.push_blob("app", &layer).await;
     let j = api.push_blob("junk", b"nobody asked for this").await;
-    age_all(api.storage.root(), 2 * HOUR);
+    age_all(api.root.as_path(), 2 * HOUR);
     // A fresh berthd process over the same folder: nothing in memory about these blobs.
-    let storage = Storage::new(api.storage.root());
-    let registry = Registry::new(storage.clone(), true);
-    let fresh = Api {
-        _dir: common::temp_dir(),
-        app: http::router(registry.clone()),
-        storage,
-        registry,
-    };
+    let fresh = Api::over(api.root.clone(), common::temp_dir());
     // docker HEADs each layer and skips the upload of those that exist...
     for d in [&c, &l] {
         let r = fresh
@@ -1596,7 +1611,7 @@ async fn a_blob_a_client_was_told_exists_survives_until_its_manifest() {
         assert_eq!(r.status, StatusCode::OK);
     }
     // ...GC runs in between...
-    let report = fresh.storage.gc(gc_opts(false)).await.unwrap();
+    let report = fresh.registry.gc(&tester(), gc_opts(false)).await.unwrap();
     // ...only the blob nobody asked about goes...
     assert_eq!(report.blobs_deleted.len(), 1, "{report:?}");
     assert_eq!(report.blobs_deleted[0].0, j.to_string());

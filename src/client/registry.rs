@@ -8,14 +8,14 @@ use time::OffsetDateTime;
 use tokio_stream::StreamExt;
 
 use super::{Client, Error};
+use crate::events::{Action, Event, Target};
 use crate::proto as pb;
 use crate::proto::convert::time_in;
 use crate::proto::registry_service_client::RegistryServiceClient;
-use crate::registry::events::{Action, Event, Target};
+use crate::registry::FsckProblem;
 use crate::registry::inspect::{ImageInfo, LayerInfo, PlatformEntry};
 use crate::registry::reference::Digest;
-use crate::registry::storage::gc::FsckProblem;
-use crate::registry::storage::{FsckReport, GcReport, RepoSummary, UploadInfo};
+use crate::registry::{FsckReport, GcReport, RepoSummary, UploadInfo};
 
 /// What `berth registry status` shows.
 #[derive(Debug, Clone, Serialize)]

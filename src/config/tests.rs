@@ -32,7 +32,7 @@ fn partial_file_keeps_defaults() {
     assert_eq!(c.state_dir, PathBuf::from("/srv/berth"));
     assert_eq!(c.control.socket_mode, 0o600);
     assert_eq!(c.control.listen[0].0, "127.0.0.1:2376".parse().unwrap());
-    assert_eq!(c.pki.ca_key_algorithm, KeyAlgorithm::Ed25519);
+    assert_eq!(c.pki.ca_key_algorithm, crate::pki::KeyAlgorithm::Ed25519);
     assert_eq!(c.pki.default_validity_days, 90);
 }
 

@@ -9,7 +9,6 @@ mod auth;
 mod listen;
 mod service;
 mod status;
-mod tls;
 
 use std::fs::{File, OpenOptions};
 use std::future::Future;
@@ -17,32 +16,30 @@ use std::io::{Read, Seek, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 use time::OffsetDateTime;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Server;
-use tonic::transport::server::Router;
 
-pub use auth::Caller;
 pub use listen::Listeners;
 
 use crate::certsd::{self, Installer};
 use crate::config::Config;
+use crate::identity::Identity;
+use crate::net::{self, Gate, Listener, Refusal, Served};
 use crate::pki::{self, Names, Pki};
 use crate::proto::certs_service_server::CertsServiceServer;
 use crate::proto::pki_service_server::PkiServiceServer;
 use crate::proto::registry_service_server::RegistryServiceServer;
 use crate::proto::system_service_server::SystemServiceServer;
-use crate::registry::{self, Registry, Storage};
-use crate::{fsutil, proto};
+use crate::registry::{Backend, Registry};
+use crate::{fsutil, oci, proto};
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -88,9 +85,12 @@ pub enum Error {
         "control.group {0:?} is not a group on this host: create it (groupadd) or fix the config"
     )]
     UnknownGroup(String),
-    /// Building the TLS configuration failed.
-    #[error("TLS setup failed: {0}")]
-    Tls(String),
+    /// Building a TLS configuration failed.
+    #[error(transparent)]
+    Tls(#[from] net::tls::Error),
+    /// The gRPC reflection service could not be built.
+    #[error("gRPC reflection setup failed: {0}")]
+    Reflection(String),
     /// The PKI could not be opened.
     #[error(transparent)]
     Pki(#[from] pki::Error),
@@ -100,9 +100,6 @@ pub enum Error {
     /// A file operation failed.
     #[error(transparent)]
     Fs(#[from] fsutil::Error),
-    /// A gRPC server failed.
-    #[error("control server failed: {0}")]
-    Serve(#[from] tonic::transport::Error),
 }
 
 /// Everything the request handlers share.
@@ -112,13 +109,15 @@ pub(crate) struct State {
     pub certsd: Installer,
     pub policy: auth::Policy,
     pub started_at: OffsetDateTime,
-    control_tls: ArcSwapOption<rustls::ServerConfig>,
-    control_names: OnceLock<Names>,
-    tcp_addrs: OnceLock<Vec<SocketAddr>>,
     /// The embedded registry (served when `registry.enabled`).
     pub registry: Registry,
-    registry_tls: OnceLock<Arc<ArcSwap<rustls::ServerConfig>>>,
-    registry_names: OnceLock<Names>,
+    /// The per-request revocation and expiry check of every TCP listener.
+    pub gate: Arc<Gate>,
+    /// True once the CA is loaded and every listener serves; Health says so.
+    ready: AtomicBool,
+    control_tls: OnceLock<(Names, Arc<ArcSwap<rustls::ServerConfig>>)>,
+    registry_tls: OnceLock<(Names, Arc<ArcSwap<rustls::ServerConfig>>)>,
+    tcp_addrs: OnceLock<Vec<SocketAddr>>,
     registry_addrs: OnceLock<Vec<SocketAddr>>,
 }
 
@@ -131,20 +130,26 @@ impl State {
         self.registry_addrs.get().cloned().unwrap_or_default()
     }
 
-    /// Rebuilds the TLS configs of the TCP listeners: a new CRL after a revocation, or a
-    /// renewed server certificate. No-op for listeners that are not running.
+    /// Whether berthd is ready: its CA is loaded and every listener is serving.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Takes in a revocation or a renewed server certificate: the gate refuses revoked
+    /// callers on open connections from the next request on, and new handshakes use the
+    /// new CRL and certificates.
     pub(crate) fn reload_tls(&self) -> Result<(), tonic::Status> {
         self.reload_tls_inner()
             .map_err(|e| tonic::Status::internal(e.to_string()))
     }
 
     fn reload_tls_inner(&self) -> Result<(), Error> {
-        if let Some(names) = self.control_names.get() {
-            self.control_tls
-                .store(Some(tls::control_config(&self.pki, names)?));
+        self.gate.refresh(&self.pki);
+        if let Some((names, slot)) = self.control_tls.get() {
+            slot.store(net::tls::control_config(&self.pki, names)?);
         }
-        if let (Some(names), Some(slot)) = (self.registry_names.get(), self.registry_tls.get()) {
-            slot.store(tls::registry_config(&self.pki, names)?);
+        if let Some((names, slot)) = self.registry_tls.get() {
+            slot.store(net::tls::registry_config(&self.pki, names)?);
         }
         Ok(())
     }
@@ -183,7 +188,12 @@ impl Daemon {
         let certsd = Installer::open(dir, &config.certsd)?;
         let registry_root = config.registry_root();
         fsutil::create_dir_all(&registry_root, 0o755)?;
-        let registry = Registry::new(Storage::new(&registry_root), config.registry.delete_enabled);
+        let registry = Registry::open(
+            Backend::Filesystem(registry_root),
+            config.registry.delete_enabled,
+        );
+        net::raise_fd_limit();
+        let gate = Arc::new(Gate::new(&pki));
         tracing::info!(state_dir = %dir.display(), ca = %pki.ca().fingerprint(), "berthd state opened");
         Ok(Daemon {
             state: Arc::new(State {
@@ -195,12 +205,12 @@ impl Daemon {
                 pki,
                 certsd,
                 started_at: OffsetDateTime::now_utc(),
-                control_tls: ArcSwapOption::empty(),
-                control_names: OnceLock::new(),
-                tcp_addrs: OnceLock::new(),
                 registry,
+                gate,
+                ready: AtomicBool::new(false),
+                control_tls: OnceLock::new(),
                 registry_tls: OnceLock::new(),
-                registry_names: OnceLock::new(),
+                tcp_addrs: OnceLock::new(),
                 registry_addrs: OnceLock::new(),
             }),
             _lock: lock,
@@ -228,8 +238,9 @@ impl Daemon {
         self.state.pki.ca().fingerprint()
     }
 
-    /// Serves the control API on `listeners` until `shutdown` completes, then stops
-    /// accepting, lets running requests finish and removes the socket file.
+    /// Serves the control API and the registry on `listeners` until `shutdown`
+    /// completes, then stops accepting, lets requests in flight finish (up to
+    /// `net.drain_timeout`) and removes the socket file.
     pub async fn serve(
         self,
         listeners: Listeners,
@@ -241,131 +252,149 @@ impl Daemon {
         let _ = state.registry_addrs.set(registry_addrs.clone());
         let _ = state.tcp_addrs.set(tcp_addrs.clone());
         let (stop_tx, stop_rx) = watch::channel(false);
-        let mut servers = tokio::task::JoinSet::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        let (health, routes) = routes(&state)?;
+        set_health(&health, false).await;
+        let settings = state.config.net.clone();
+        let control = |tls| Served {
+            name: "control",
+            service: routes.clone(),
+            refuse: refuse_grpc,
+            tls,
+            gate: state.gate.clone(),
+            settings: settings.clone(),
+        };
 
         let socket = listeners.socket.clone();
-        let unix =
-            tokio::net::UnixListener::from_std(listeners.unix).map_err(|source| Error::Bind {
-                addr: socket.display().to_string(),
-                source,
-            })?;
-        servers.spawn(
-            router(&state)?.serve_with_incoming_shutdown(
-                UnixListenerStream::new(unix),
-                stopped(stop_rx.clone()),
-            ),
-        );
+        let bind_err = |addr: String| move |source| Error::Bind { addr, source };
+        let unix = tokio::net::UnixListener::from_std(listeners.unix)
+            .map_err(bind_err(socket.display().to_string()))?;
+        tasks.spawn(net::serve(
+            Listener::Unix(unix),
+            control(None),
+            stop_rx.clone(),
+        ));
 
         if !listeners.tcp.is_empty() {
-            let names = tls::service_names(&tcp_addrs, &state.config.control.tls_names);
-            state
-                .control_tls
-                .store(Some(tls::control_config(&state.pki, &names)?));
-            let _ = state.control_names.set(names);
+            let names = net::tls::service_names(&tcp_addrs, &state.config.control.tls_names);
+            let cfg = Arc::new(ArcSwap::new(net::tls::control_config(&state.pki, &names)?));
+            let _ = state.control_tls.set((names, cfg.clone()));
             for l in listeners.tcp {
                 let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-                let l = TcpListener::from_std(l).map_err(|source| Error::Bind { addr, source })?;
-                let (tx, rx) = mpsc::channel(64);
-                tokio::spawn(accept_tls(l, state.clone(), tx, stop_rx.clone()));
-                servers.spawn(router(&state)?.serve_with_incoming_shutdown(
-                    ReceiverStream::new(rx),
-                    stopped(stop_rx.clone()),
-                ));
-            }
-        }
-
-        let mut registry_tasks = tokio::task::JoinSet::new();
-        if !listeners.registry.is_empty() {
-            let names = tls::service_names(&registry_addrs, &state.config.registry.names);
-            let cfg = Arc::new(ArcSwap::new(tls::registry_config(&state.pki, &names)?));
-            let _ = state.registry_names.set(names);
-            let _ = state.registry_tls.set(cfg.clone());
-            let app = registry::http::router(state.registry.clone());
-            for l in listeners.registry {
-                let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-                let l = TcpListener::from_std(l).map_err(|source| Error::Bind { addr, source })?;
-                registry_tasks.spawn(registry::http::tls::serve(
-                    l,
-                    cfg.clone(),
-                    app.clone(),
+                let l = TcpListener::from_std(l).map_err(bind_err(addr))?;
+                tasks.spawn(net::serve(
+                    Listener::Tcp(l),
+                    control(Some(cfg.clone())),
                     stop_rx.clone(),
                 ));
             }
-            tracing::info!(addrs = ?registry_addrs, root = %state.registry.storage().root().display(), "registry serving (mutual TLS)");
         }
-        registry_tasks.spawn(renew_certificates(state.clone(), stop_rx.clone()));
-        registry_tasks.spawn(purge_uploads(state.clone(), stop_rx.clone()));
+
+        if !listeners.registry.is_empty() {
+            let names = net::tls::service_names(&registry_addrs, &state.config.registry.names);
+            let cfg = Arc::new(ArcSwap::new(net::tls::registry_config(&state.pki, &names)?));
+            let _ = state.registry_tls.set((names, cfg.clone()));
+            let app = oci::router(state.registry.clone(), settings.body_stall_timeout);
+            for l in listeners.registry {
+                let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                let l = TcpListener::from_std(l).map_err(bind_err(addr))?;
+                tasks.spawn(net::serve(
+                    Listener::Tcp(l),
+                    Served {
+                        name: "registry",
+                        service: app.clone(),
+                        refuse: oci::refuse,
+                        tls: Some(cfg.clone()),
+                        gate: state.gate.clone(),
+                        settings: settings.clone(),
+                    },
+                    stop_rx.clone(),
+                ));
+            }
+            tracing::info!(addrs = ?registry_addrs, root = %state.registry.root().display(), "registry serving (mutual TLS)");
+        }
+        tasks.spawn(renew_certificates(state.clone(), stop_rx.clone()));
+        tasks.spawn(purge_uploads(state.clone(), stop_rx.clone()));
+        state.ready.store(true, Ordering::Release);
+        set_health(&health, true).await;
         tracing::info!(socket = %socket.display(), tcp = ?tcp_addrs, "berthd serving");
 
-        let result = tokio::select! {
-            () = shutdown => Ok(()),
-            Some(r) = servers.join_next() => match r {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(Error::Serve(e)),
-                Err(e) => Err(Error::Tls(format!("server task failed: {e}"))),
-            },
-        };
+        shutdown.await;
+        state.ready.store(false, Ordering::Release);
+        set_health(&health, false).await;
         let _ = stop_tx.send(true);
-        while servers.join_next().await.is_some() {}
-        while registry_tasks.join_next().await.is_some() {}
+        while tasks.join_next().await.is_some() {}
         let _ = std::fs::remove_file(&socket);
         tracing::info!("berthd stopped");
-        result
+        Ok(())
     }
 }
 
-fn router(state: &Arc<State>) -> Result<Router, Error> {
+/// The answer of the control API to a request `net::serve` refused.
+fn refuse_grpc(r: &Refusal) -> hyper::Response<tonic::body::Body> {
+    let (parts, ()) = tonic::Status::unauthenticated(r.to_string())
+        .into_http::<()>()
+        .into_parts();
+    hyper::Response::from_parts(parts, tonic::body::Body::empty())
+}
+
+async fn set_health(h: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    h.set_service_status("", status).await;
+    for name in [
+        <SystemServiceServer<service::SystemSvc> as tonic::server::NamedService>::NAME,
+        <PkiServiceServer<service::PkiSvc> as tonic::server::NamedService>::NAME,
+        <CertsServiceServer<service::CertsSvc> as tonic::server::NamedService>::NAME,
+        <RegistryServiceServer<service::RegistrySvc> as tonic::server::NamedService>::NAME,
+    ] {
+        h.set_service_status(name, status).await;
+    }
+}
+
+/// Every control service behind the authorising interceptor, as one router that every
+/// control listener serves. Health starts NOT_SERVING: readiness waits mean something.
+fn routes(state: &Arc<State>) -> Result<(tonic_health::server::HealthReporter, Routes), Error> {
     let authz = auth::Authorizer {
         state: state.clone(),
     };
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    // Every berth service is ready once the router exists; report them all as serving.
-    tokio::spawn(async move {
-        health_reporter
-            .set_serving::<SystemServiceServer<service::SystemSvc>>()
-            .await;
-        health_reporter
-            .set_serving::<PkiServiceServer<service::PkiSvc>>()
-            .await;
-        health_reporter
-            .set_serving::<CertsServiceServer<service::CertsSvc>>()
-            .await;
-        health_reporter
-            .set_serving::<RegistryServiceServer<service::RegistrySvc>>()
-            .await;
-    });
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| Error::Tls(format!("reflection: {e}")))?;
-    Ok(Server::builder()
-        .add_service(InterceptedService::new(
-            SystemServiceServer::new(service::SystemSvc {
-                state: state.clone(),
-            }),
-            authz.clone(),
-        ))
-        .add_service(InterceptedService::new(
-            PkiServiceServer::new(service::PkiSvc {
-                state: state.clone(),
-            }),
-            authz.clone(),
-        ))
-        .add_service(InterceptedService::new(
-            CertsServiceServer::new(service::CertsSvc {
-                state: state.clone(),
-            }),
-            authz.clone(),
-        ))
-        .add_service(InterceptedService::new(
-            RegistryServiceServer::new(service::RegistrySvc {
-                state: state.clone(),
-            }),
-            authz.clone(),
-        ))
-        .add_service(InterceptedService::new(health, authz.clone()))
-        .add_service(InterceptedService::new(reflection, authz)))
+        .map_err(|e| Error::Reflection(e.to_string()))?;
+    let routes = Routes::new(InterceptedService::new(
+        SystemServiceServer::new(service::SystemSvc {
+            state: state.clone(),
+        }),
+        authz.clone(),
+    ))
+    .add_service(InterceptedService::new(
+        PkiServiceServer::new(service::PkiSvc {
+            state: state.clone(),
+        }),
+        authz.clone(),
+    ))
+    .add_service(InterceptedService::new(
+        CertsServiceServer::new(service::CertsSvc {
+            state: state.clone(),
+        }),
+        authz.clone(),
+    ))
+    .add_service(InterceptedService::new(
+        RegistryServiceServer::new(service::RegistrySvc {
+            state: state.clone(),
+        }),
+        authz.clone(),
+    ))
+    .add_service(InterceptedService::new(health, authz.clone()))
+    .add_service(InterceptedService::new(reflection, authz))
+    .prepare();
+    Ok((health_reporter, routes))
 }
 
 /// How often berthd checks whether its own server certificates need renewing.
@@ -403,7 +432,7 @@ async fn purge_uploads(state: Arc<State>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                match state.registry.storage().purge_uploads(Some(max_age), false).await {
+                match state.registry.purge_uploads(&Identity::Daemon, Some(max_age), false).await {
                     Ok(p) if !p.is_empty() => tracing::info!(purged = p.len(), "stale uploads purged"),
                     Ok(_) => {}
                     Err(e) => tracing::error!(error = %e, "purging stale uploads failed"),
@@ -411,50 +440,6 @@ async fn purge_uploads(state: Arc<State>, mut stop: watch::Receiver<bool>) {
             }
             _ = stop.changed() => return,
         }
-    }
-}
-
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
-}
-
-/// Accepts TCP connections and runs each TLS handshake in its own task with a deadline, so
-/// a slow or silent client never stalls other accepts. Refused handshakes are logged.
-async fn accept_tls(
-    listener: TcpListener,
-    state: Arc<State>,
-    tx: mpsc::Sender<Result<TlsStream<TcpStream>, std::io::Error>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "control accept failed");
-                    // Back off so an exhausted fd table does not spin the loop.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
-        let Some(cfg) = state.control_tls.load_full() else {
-            return;
-        };
-        let acceptor = TlsAcceptor::from(cfg);
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
-                    let _ = tx.send(Ok(tls)).await;
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(peer = %peer, error = %e, "control TLS handshake refused")
-                }
-                Err(_) => tracing::warn!(peer = %peer, "control TLS handshake timed out"),
-            }
-        });
     }
 }
 

@@ -75,9 +75,10 @@ impl From<registry::Error> for Status {
             | E::ManifestUnknown { .. }
             | E::BlobUnknown(_)
             | E::UploadUnknown(_) => Code::NotFound,
-            E::ManifestBlobUnknown(_) | E::RangeInvalid { .. } | E::DeleteDisabled => {
-                Code::FailedPrecondition
-            }
+            E::ManifestBlobUnknown(_)
+            | E::RangeInvalid { .. }
+            | E::RangeNotSatisfiable { .. }
+            | E::DeleteDisabled => Code::FailedPrecondition,
             E::Body(_) => Code::Aborted,
             E::Fs(f) => return fs_status(f),
             E::Io { .. } => Code::Internal,

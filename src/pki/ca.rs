@@ -9,8 +9,8 @@ use rcgen::{
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use super::Settings;
 use super::{Error, fingerprint_sha256, inspect};
-use crate::config::PkiConfig;
 use crate::fsutil;
 
 /// The berth CA: the signer of every certificate berth issues, and the only trust anchor
@@ -33,7 +33,7 @@ impl Ca {
     /// Loads `ca.crt` + `ca.key` from `dir`, or creates them when neither exists. One
     /// without the other is refused: a lone key means a CA whose certificate was lost, and
     /// silently making a new CA would strand every certificate already handed out.
-    pub fn load_or_create(dir: &Path, cfg: &PkiConfig) -> Result<Ca, Error> {
+    pub fn load_or_create(dir: &Path, cfg: &Settings) -> Result<Ca, Error> {
         let crt = dir.join("ca.crt");
         let key = dir.join("ca.key");
         match (crt.exists(), key.exists()) {
@@ -50,7 +50,7 @@ impl Ca {
         }
     }
 
-    fn create(crt: &Path, key_path: &Path, cfg: &PkiConfig) -> Result<Ca, Error> {
+    fn create(crt: &Path, key_path: &Path, cfg: &Settings) -> Result<Ca, Error> {
         let key = cfg.ca_key_algorithm.generate()?;
         let mut p = CertificateParams::default();
         let mut dn = DistinguishedName::new();

@@ -20,6 +20,7 @@ mod inspect;
 mod issue;
 mod keys;
 mod revoke;
+mod settings;
 mod store;
 
 use std::net::IpAddr;
@@ -33,8 +34,8 @@ pub use ca::Ca;
 pub use inspect::{CertDetails, fingerprint_sha256, parse_certificates};
 pub use keys::{KeyAlgorithm, SecretKeyPem};
 pub use revoke::Crl;
+pub use settings::Settings;
 
-use crate::config::PkiConfig;
 use crate::fsutil;
 use store::Store;
 
@@ -302,7 +303,7 @@ impl std::fmt::Debug for Pki {
 impl Pki {
     /// Opens `<state>/pki`, creating the CA on first start. A corrupt index or a CA with a
     /// missing half is an error that names the file; nothing is overwritten.
-    pub fn open(state_dir: &Path, cfg: &PkiConfig) -> Result<Pki, Error> {
+    pub fn open(state_dir: &Path, cfg: &Settings) -> Result<Pki, Error> {
         let dir = state_dir.join("pki");
         fsutil::create_dir_all(&dir, 0o700)?;
         let store = Store::open(&dir)?;
@@ -511,6 +512,17 @@ impl Pki {
         Ok(rec)
     }
 
+    /// Serials of every revoked certificate (what the CRL lists), so the network edge can
+    /// refuse a revoked client on a connection opened before the revocation.
+    pub fn revoked_serials(&self) -> std::collections::HashSet<String> {
+        self.lock()
+            .records()
+            .iter()
+            .filter(|r| r.revoked_at.is_some())
+            .map(|r| r.serial.clone())
+            .collect()
+    }
+
     /// The current CRL.
     pub fn crl(&self) -> Result<Crl, Error> {
         let store = self.lock();
@@ -564,6 +576,29 @@ impl Pki {
         // swaps in a new index after the file write succeeded.
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The identity a verified client certificate carries (the first certificate in `der`).
+pub fn cert_identity(der: &[u8]) -> Result<crate::identity::CertIdentity, Error> {
+    let d = inspect::details(der, None, |_| false)?;
+    Ok(crate::identity::CertIdentity {
+        subject: d.subject,
+        common_name: d.names.common_name,
+        organizations: d.names.organizations,
+        organizational_units: d.names.organizational_units,
+        dns_names: d.names.dns_names,
+        ip_addresses: d
+            .names
+            .ip_addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        uris: d.names.uris,
+        emails: d.names.emails,
+        serial: d.serial,
+        not_after: d.not_after,
+        issuer: d.issuer,
+    })
 }
 
 /// Decodes certificates without a CA at hand: everything but the relation to the berth CA.

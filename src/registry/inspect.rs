@@ -4,15 +4,14 @@
 //! its platform entries.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
 
 use serde::Serialize;
 use serde_json::Value;
 
 use super::manifest::{Kind, Manifest};
 use super::reference::{Algorithm, Digest, Reference, RepoName};
-use super::storage::io;
 use super::{Error, Registry};
+use crate::identity::Identity;
 
 /// Largest config blob read into memory.
 const MAX_CONFIG: u64 = 16 * 1024 * 1024;
@@ -98,15 +97,21 @@ pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
 
 /// The sha256 of a layer's uncompressed content and the compression found, by magic
 /// bytes (media types lie more often than bytes do).
-pub fn diff_id_of(path: &Path) -> Result<(Digest, &'static str), Error> {
-    let f = std::fs::File::open(path).map_err(io("open", path))?;
-    let mut r = BufReader::with_capacity(1024 * 1024, f);
-    let head = r.fill_buf().map_err(io("read", path))?.to_vec();
+pub fn diff_id_of(reader: &mut dyn Read) -> Result<(Digest, &'static str), Error> {
+    let io = |op: &'static str| {
+        move |source| Error::Io {
+            op,
+            path: std::path::PathBuf::from("layer"),
+            source,
+        }
+    };
+    let mut r = BufReader::with_capacity(1024 * 1024, reader);
+    let head = r.fill_buf().map_err(io("read"))?.to_vec();
     let mut h = Algorithm::Sha256.hasher();
     let mut sink = HashWriter(&mut h);
     let bad = |what: String| Error::Io {
         op: "decompress",
-        path: path.to_path_buf(),
+        path: std::path::PathBuf::from("layer"),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, what),
     };
     let kind = if head.starts_with(&[0x1f, 0x8b]) {
@@ -117,7 +122,7 @@ pub fn diff_id_of(path: &Path) -> Result<(Digest, &'static str), Error> {
         zstd_frames(&mut r, &mut sink).map_err(bad)?;
         "zstd"
     } else {
-        std::io::copy(&mut r, &mut sink).map_err(io("read", path))?;
+        std::io::copy(&mut r, &mut sink).map_err(io("read"))?;
         "none"
     };
     Ok((h.finish(), kind))
@@ -126,7 +131,7 @@ pub fn diff_id_of(path: &Path) -> Result<(Digest, &'static str), Error> {
 /// Decodes every zstd frame in a stream (zstd:chunked layers have many, and skippable
 /// frames between them).
 fn zstd_frames(
-    r: &mut BufReader<std::fs::File>,
+    r: &mut BufReader<&mut dyn Read>,
     sink: &mut impl std::io::Write,
 ) -> Result<(), String> {
     loop {
@@ -168,10 +173,11 @@ impl Registry {
     /// Inspects an image or index by tag or digest.
     pub async fn inspect(
         &self,
+        who: &Identity,
         name: &RepoName,
         reference: &Reference,
     ) -> Result<ImageInfo, Error> {
-        let stored = self.manifest(name, reference).await?;
+        let stored = self.head_manifest(who, name, reference).await?;
         let m = Manifest::parse(&stored.bytes, Some(&stored.media_type))?;
         let mut info = ImageInfo {
             repository: name.to_string(),
@@ -216,7 +222,7 @@ impl Registry {
         info.config_digest = Some(config.digest.clone());
         info.total_size = m.blobs.iter().map(|b| b.size).sum();
         let cfg: Value = match self
-            .storage()
+            .storage
             .read_small_blob(name, &config.digest, MAX_CONFIG)
             .await
         {
@@ -237,12 +243,9 @@ impl Registry {
             .unwrap_or_default();
         let mut effective = Vec::new();
         for (i, l) in layers.iter().enumerate() {
-            let stored = self.storage().blob_size(name, &l.digest).await?.is_some();
+            let stored = self.storage.blob_size(name, &l.digest).await?.is_some();
             let (diff_id, compression) = if stored {
-                let path = self.storage().paths().blob_data(&l.digest);
-                let (d, c) = tokio::task::spawn_blocking(move || diff_id_of(&path))
-                    .await
-                    .map_err(|e| Error::Body(e.to_string()))??;
+                let (d, c) = self.storage.with_blob(&l.digest, diff_id_of).await?;
                 (Some(d), c.to_string())
             } else {
                 (None, "unknown (not stored here)".to_string())

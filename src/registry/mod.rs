@@ -1,24 +1,38 @@
-//! The embedded registry's core: the operations the HTTP API (and later the control API)
-//! call, on top of storage in registry:2's layout. Nothing here knows about HTTP; errors
-//! are domain errors that `registry::http` maps to OCI error codes in one table.
+//! The embedded registry's core and its one front door, [`Registry`]. Every operation the
+//! distribution API (the `oci` edge) and the control API (`daemon::service`) perform is a
+//! method here that takes the caller's [`Identity`]: this is where "who may do this"
+//! (policy, later) and "record that it happened" (events, the audit log) live, once, for
+//! HTTP and gRPC alike. Storage is private to this module, so an edge cannot bypass the
+//! door. Nothing here knows about HTTP; errors are domain errors that the edges map to OCI
+//! error codes or gRPC statuses, each in one exhaustive table.
 //!
 //! The registry shares one error enum between this module and `storage`, because every
 //! failure of either ends in the same OCI error table and must be mapped exhaustively.
 
-pub mod events;
-pub mod http;
 pub mod inspect;
 pub mod manifest;
 pub mod reference;
-pub mod storage;
+mod settings;
+mod storage;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+pub use inspect::ImageInfo;
 pub use manifest::Manifest;
 pub use reference::{Digest, Reference, RepoName, Tag};
-pub use storage::{BlobReader, Storage, UploadStatus};
+pub use settings::Settings;
+pub use storage::{
+    BlobReader, FsckProblem, FsckReport, GcOptions, GcReport, RepoSummary, StorageStats,
+    UploadInfo, UploadStatus,
+};
+
+use crate::events::{Action, Event, Events, Target};
+use crate::identity::Identity;
+use storage::Storage;
+use storage::driver::{FsDriver, MemoryDriver};
 
 /// Largest manifest accepted, as in distribution and the OCI spec's guidance.
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
@@ -57,6 +71,12 @@ pub enum Error {
     /// A required digest parameter is missing.
     #[error("the digest parameter is required to finish an upload")]
     DigestMissing,
+    /// A requested byte range lies outside the blob.
+    #[error("requested range is not within the blob's {size} bytes")]
+    RangeNotSatisfiable {
+        /// The blob's size.
+        size: u64,
+    },
     /// A chunk does not start where the upload ends.
     #[error("chunk starts at {start}, but the upload holds {size} bytes")]
     RangeInvalid {
@@ -154,39 +174,281 @@ pub struct PutManifest {
     pub subject: Option<Digest>,
 }
 
-/// The registry: storage plus the rules of the distribution spec.
+/// Where the registry keeps its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backend {
+    /// registry:2's filesystem layout under this folder (its `rootdirectory`).
+    Filesystem(PathBuf),
+    /// In memory, gone when the process ends: for tests.
+    Memory,
+}
+
+/// A byte range as a client asks for it, before the blob's size is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// From this offset to the end.
+    From(u64),
+    /// From the first offset to the second, inclusive.
+    FromTo(u64, u64),
+    /// The last this many bytes.
+    Suffix(u64),
+}
+
+impl ByteRange {
+    /// The (start, length) this range selects of `size` bytes, or `None` when it selects
+    /// nothing.
+    pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
+        let last = size.checked_sub(1)?;
+        let (start, end) = match self {
+            ByteRange::From(a) => (a, last),
+            ByteRange::FromTo(a, b) => (a, b.min(last)),
+            ByteRange::Suffix(0) => return None,
+            ByteRange::Suffix(n) => (size.saturating_sub(n), last),
+        };
+        (start <= end).then(|| (start, end - start + 1))
+    }
+}
+
+/// What a finished blob upload or mount stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobCommit {
+    /// The blob is stored and linked into the repository.
+    Created(Digest),
+    /// A mount could not be done (the source cannot serve it): an upload session was
+    /// opened instead, as the spec asks.
+    Upload(UploadStatus),
+}
+
+/// What an image delete over the control API did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deleted {
+    /// The manifest the reference resolved to.
+    pub digest: Digest,
+    /// True when only a tag went; the manifest stays reachable by digest.
+    pub untagged: bool,
+}
+
+/// The registry: storage plus the rules of the distribution spec, behind one door.
 #[derive(Debug, Clone)]
 pub struct Registry {
     storage: Storage,
     delete_enabled: bool,
-    events: events::Events,
+    events: Events,
+}
+
+fn tag_of(r: &Reference) -> Option<String> {
+    match r {
+        Reference::Tag(t) => Some(t.to_string()),
+        Reference::Digest(_) => None,
+    }
 }
 
 impl Registry {
-    /// A registry over a storage root.
-    pub fn new(storage: Storage, delete_enabled: bool) -> Registry {
+    /// A registry over `backend`; `delete_enabled` is `registry.delete_enabled` (HTTP
+    /// deletes; the control API may always delete).
+    pub fn open(backend: Backend, delete_enabled: bool) -> Registry {
+        let storage = match backend {
+            Backend::Filesystem(root) => Storage::new(Arc::new(FsDriver::new(&root)), root),
+            Backend::Memory => {
+                Storage::new(Arc::new(MemoryDriver::new()), PathBuf::from("memory:"))
+            }
+        };
         Registry {
             storage,
             delete_enabled,
-            events: events::Events::default(),
+            events: Events::default(),
         }
     }
 
-    /// The event channel.
-    pub fn events(&self) -> &events::Events {
-        &self.events
+    /// Where the content lives (a folder, or `memory:`), for status output.
+    pub fn root(&self) -> &Path {
+        self.storage.root()
     }
 
-    /// The storage underneath.
-    pub fn storage(&self) -> &Storage {
-        &self.storage
+    /// A subscription to every event from now on (`berth events`).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.events.subscribe()
     }
+
+    fn emit(
+        &self,
+        who: &Identity,
+        action: Action,
+        target: Target,
+        name: &RepoName,
+        digest: Option<&Digest>,
+        tag: Option<String>,
+    ) {
+        self.events.emit(
+            who,
+            action,
+            target,
+            name.as_str(),
+            digest.map(ToString::to_string),
+            tag,
+        );
+    }
+
+    // ---- blobs ----
+
+    /// The size of a blob the repository may serve (HEAD).
+    pub async fn stat_blob(
+        &self,
+        _who: &Identity,
+        name: &RepoName,
+        digest: &Digest,
+    ) -> Result<u64, Error> {
+        self.storage
+            .blob_size(name, digest)
+            .await?
+            .ok_or_else(|| Error::BlobUnknown(digest.clone()))
+    }
+
+    /// A blob's content, whole or the `range` of it, streamed (GET). A pull from the
+    /// start is an event; the further ranges of a resumed download are not.
+    pub async fn get_blob(
+        &self,
+        who: &Identity,
+        name: &RepoName,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<BlobReader, Error> {
+        let blob = self
+            .storage
+            .open_blob(name, digest, move |size| match range {
+                None => Ok((0, size)),
+                Some(r) => r.resolve(size).ok_or(Error::RangeNotSatisfiable { size }),
+            })
+            .await?;
+        if blob.start == 0 {
+            self.emit(who, Action::Pull, Target::Blob, name, Some(digest), None);
+        }
+        Ok(blob)
+    }
+
+    /// Links a blob another repository holds into `name` without copying (cross-repository
+    /// mount), or opens an upload session when that cannot be done.
+    pub async fn mount_blob(
+        &self,
+        who: &Identity,
+        name: &RepoName,
+        from: &RepoName,
+        digest: &Digest,
+    ) -> Result<BlobCommit, Error> {
+        if self.storage.mount(name, from, digest).await? {
+            tracing::debug!(repo = %name, from = %from, digest = %digest, "mounted blob");
+            self.emit(who, Action::Push, Target::Blob, name, Some(digest), None);
+            return Ok(BlobCommit::Created(digest.clone()));
+        }
+        Ok(BlobCommit::Upload(self.storage.start_upload(name).await?))
+    }
+
+    /// Opens an upload session.
+    pub async fn start_upload(
+        &self,
+        _who: &Identity,
+        name: &RepoName,
+    ) -> Result<UploadStatus, Error> {
+        self.storage.start_upload(name).await
+    }
+
+    /// Stores a whole blob in one request (monolithic upload); nothing is left behind when
+    /// it fails.
+    pub async fn put_blob(
+        &self,
+        who: &Identity,
+        name: &RepoName,
+        digest: &Digest,
+        body: &mut (impl tokio::io::AsyncRead + Unpin + ?Sized),
+    ) -> Result<(), Error> {
+        let st = self.storage.start_upload(name).await?;
+        let result = async {
+            self.storage.append(name, &st.id, Some(0), body).await?;
+            self.storage.finish_upload(name, &st.id, digest).await
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = self.storage.cancel_upload(name, &st.id).await;
+            return Err(e);
+        }
+        self.emit(who, Action::Push, Target::Blob, name, Some(digest), None);
+        Ok(())
+    }
+
+    /// Where an upload stands.
+    pub async fn upload_status(
+        &self,
+        _who: &Identity,
+        name: &RepoName,
+        id: &str,
+    ) -> Result<UploadStatus, Error> {
+        self.storage.upload_status(name, id).await
+    }
+
+    /// Appends a chunk; with `start`, it must begin where the upload ends.
+    pub async fn append_upload(
+        &self,
+        _who: &Identity,
+        name: &RepoName,
+        id: &str,
+        start: Option<u64>,
+        body: &mut (impl tokio::io::AsyncRead + Unpin + ?Sized),
+    ) -> Result<UploadStatus, Error> {
+        self.storage.append(name, id, start, body).await
+    }
+
+    /// Finishes an upload (after appending a last chunk, when `body` is given): the content
+    /// must hash to `digest`, and only then becomes visible.
+    pub async fn finish_upload(
+        &self,
+        who: &Identity,
+        name: &RepoName,
+        id: &str,
+        digest: &Digest,
+        last_chunk: Option<(Option<u64>, &mut (dyn tokio::io::AsyncRead + Unpin + Send))>,
+    ) -> Result<(), Error> {
+        if let Some((start, body)) = last_chunk {
+            self.storage.append(name, id, start, body).await?;
+        }
+        self.storage.finish_upload(name, id, digest).await?;
+        self.emit(who, Action::Push, Target::Blob, name, Some(digest), None);
+        Ok(())
+    }
+
+    /// Abandons an upload.
+    pub async fn cancel_upload(
+        &self,
+        _who: &Identity,
+        name: &RepoName,
+        id: &str,
+    ) -> Result<(), Error> {
+        self.storage.cancel_upload(name, id).await
+    }
+
+    /// Unlinks a blob from a repository (HTTP DELETE; needs `delete_enabled`).
+    pub async fn delete_blob(
+        &self,
+        who: &Identity,
+        name: &RepoName,
+        digest: &Digest,
+    ) -> Result<(), Error> {
+        if !self.delete_enabled {
+            return Err(Error::DeleteDisabled);
+        }
+        self.storage.unlink_blob(name, digest).await?;
+        self.emit(who, Action::Delete, Target::Blob, name, Some(digest), None);
+        Ok(())
+    }
+
+    // ---- manifests ----
 
     /// Stores a manifest after checking it: parseable, of a known type, under the size
     /// limit, every referenced blob and child manifest present in the repository, and (for
     /// a PUT by digest) hashing to that digest.
     pub async fn put_manifest(
         &self,
+        who: &Identity,
         name: &RepoName,
         reference: &Reference,
         body: Vec<u8>,
@@ -198,7 +460,6 @@ impl Registry {
             });
         }
         let m = Manifest::parse(&body, content_type)?;
-        let _guard = self.storage.manifest_write_guard().await;
         let digest = match reference {
             Reference::Digest(d) => {
                 let actual = Digest::of(d.algorithm(), &body);
@@ -212,59 +473,137 @@ impl Registry {
             }
             Reference::Tag(_) => Digest::sha256_of(&body),
         };
-        for b in m.required_blobs() {
-            if self.storage.blob_size(name, &b.digest).await?.is_none() {
-                return Err(Error::ManifestBlobUnknown(b.digest.clone()));
+        {
+            // Shared with other writes, exclusive with GC: the blobs checked here cannot
+            // be swept before the manifest that references them is stored.
+            let _guard = self.storage.manifest_write_guard().await;
+            for b in m.required_blobs() {
+                if self.storage.blob_size(name, &b.digest).await?.is_none() {
+                    return Err(Error::ManifestBlobUnknown(b.digest.clone()));
+                }
             }
-        }
-        for c in &m.manifests {
-            if !self.storage.has_manifest(name, &c.digest).await? {
-                return Err(Error::ManifestBlobUnknown(c.digest.clone()));
+            for c in &m.manifests {
+                if !self.storage.has_manifest(name, &c.digest).await? {
+                    return Err(Error::ManifestBlobUnknown(c.digest.clone()));
+                }
             }
+            let tag = match reference {
+                Reference::Tag(t) => Some(t.clone()),
+                Reference::Digest(_) => None,
+            };
+            self.storage
+                .put_manifest(name, &digest, body, &m.media_type, tag.as_ref())
+                .await?;
         }
-        let tag = match reference {
-            Reference::Tag(t) => Some(t.clone()),
-            Reference::Digest(_) => None,
-        };
-        self.storage
-            .put_manifest(name, &digest, body, &m.media_type, tag.as_ref())
-            .await?;
+        self.emit(
+            who,
+            Action::Push,
+            Target::Manifest,
+            name,
+            Some(&digest),
+            tag_of(reference),
+        );
         Ok(PutManifest {
             digest,
             subject: m.subject.map(|s| s.digest),
         })
     }
 
-    /// A manifest by tag or digest.
-    pub async fn manifest(
+    /// A manifest by tag or digest (GET: a pull event).
+    pub async fn get_manifest(
         &self,
+        who: &Identity,
+        name: &RepoName,
+        reference: &Reference,
+    ) -> Result<StoredManifest, Error> {
+        let m = self.storage.manifest(name, reference).await?;
+        self.emit(
+            who,
+            Action::Pull,
+            Target::Manifest,
+            name,
+            Some(&m.digest),
+            tag_of(reference),
+        );
+        Ok(m)
+    }
+
+    /// A manifest by tag or digest, without counting as a pull (HEAD).
+    pub async fn head_manifest(
+        &self,
+        _who: &Identity,
         name: &RepoName,
         reference: &Reference,
     ) -> Result<StoredManifest, Error> {
         self.storage.manifest(name, reference).await
     }
 
-    /// Deletes a manifest (by digest, with every tag pointing at it) or untags (by tag).
+    /// Deletes a manifest (by digest, with every tag pointing at it) or untags (by tag):
+    /// HTTP DELETE, which needs `delete_enabled`.
     pub async fn delete_manifest(
         &self,
+        who: &Identity,
         name: &RepoName,
         reference: &Reference,
     ) -> Result<(), Error> {
         if !self.delete_enabled {
             return Err(Error::DeleteDisabled);
         }
-        match reference {
-            Reference::Digest(d) => self.storage.delete_manifest(name, d).await,
-            Reference::Tag(t) => self.storage.delete_tag(name, t).await,
-        }
+        let (target, digest) = match reference {
+            Reference::Digest(d) => {
+                self.storage.delete_manifest(name, d).await?;
+                (Target::Manifest, Some(d))
+            }
+            Reference::Tag(t) => {
+                self.storage.delete_tag(name, t).await?;
+                (Target::Tag, None)
+            }
+        };
+        self.emit(who, Action::Delete, target, name, digest, tag_of(reference));
+        Ok(())
     }
 
-    /// Unlinks a blob from a repository.
-    pub async fn delete_blob(&self, name: &RepoName, digest: &Digest) -> Result<(), Error> {
-        if !self.delete_enabled {
-            return Err(Error::DeleteDisabled);
-        }
-        self.storage.unlink_blob(name, digest).await
+    /// Deletes an image for an operator (the control API's `berth image rm`): allowed
+    /// whatever `delete_enabled` says, and answers what the reference resolved to.
+    pub async fn delete_image(
+        &self,
+        who: &Identity,
+        name: &RepoName,
+        reference: &Reference,
+    ) -> Result<Deleted, Error> {
+        let digest = self.storage.manifest(name, reference).await?.digest;
+        let (untagged, target) = match reference {
+            Reference::Tag(t) => {
+                self.storage.delete_tag(name, t).await?;
+                (true, Target::Tag)
+            }
+            Reference::Digest(d) => {
+                self.storage.delete_manifest(name, d).await?;
+                (false, Target::Manifest)
+            }
+        };
+        self.emit(
+            who,
+            Action::Delete,
+            target,
+            name,
+            Some(&digest),
+            tag_of(reference),
+        );
+        tracing::info!(repo = %name, digest = %digest, untagged, by = %who, "image deleted");
+        Ok(Deleted { digest, untagged })
+    }
+
+    // ---- listings ----
+
+    /// Every tag of a repository, sorted.
+    pub async fn tags(&self, _who: &Identity, name: &RepoName) -> Result<Vec<String>, Error> {
+        self.storage.tags(name).await
+    }
+
+    /// Every repository holding manifests, sorted.
+    pub async fn catalog(&self, _who: &Identity) -> Result<Vec<String>, Error> {
+        self.storage.repositories().await
     }
 
     /// The referrers index of `subject`: every manifest in the repository whose `subject`
@@ -272,6 +611,7 @@ impl Registry {
     /// whether the filter was applied.
     pub async fn referrers(
         &self,
+        _who: &Identity,
         name: &RepoName,
         subject: &Digest,
         artifact_type: Option<&str>,
@@ -307,6 +647,50 @@ impl Registry {
             "manifests": entries,
         });
         Ok((index, artifact_type.is_some()))
+    }
+
+    // ---- operations (control API) ----
+
+    /// Repositories with tag and manifest counts and sizes.
+    pub async fn repositories(&self, _who: &Identity) -> Result<Vec<RepoSummary>, Error> {
+        self.storage.repo_summaries().await
+    }
+
+    /// Blob count and bytes.
+    pub async fn stats(&self, _who: &Identity) -> Result<StorageStats, Error> {
+        self.storage.stats().await
+    }
+
+    /// Online garbage collection (see `storage/gc.rs` for why it is safe while serving).
+    pub async fn gc(&self, who: &Identity, opts: GcOptions) -> Result<GcReport, Error> {
+        tracing::info!(by = %who, dry_run = opts.dry_run, delete_untagged = opts.delete_untagged, "garbage collection");
+        self.storage.gc(opts).await
+    }
+
+    /// Re-hashes every blob and resolves every link; with `repair`, quarantines.
+    pub async fn fsck(&self, who: &Identity, repair: bool) -> Result<FsckReport, Error> {
+        tracing::info!(by = %who, repair, "fsck");
+        self.storage.fsck(repair).await
+    }
+
+    /// Upload sessions in progress, oldest first.
+    pub async fn uploads(&self, _who: &Identity) -> Result<Vec<UploadInfo>, Error> {
+        self.storage.list_uploads().await
+    }
+
+    /// Removes upload sessions older than `older_than` (all, with `None`); one receiving a
+    /// chunk right now is left alone.
+    pub async fn purge_uploads(
+        &self,
+        who: &Identity,
+        older_than: Option<std::time::Duration>,
+        dry_run: bool,
+    ) -> Result<Vec<UploadInfo>, Error> {
+        let purged = self.storage.purge_uploads(older_than, dry_run).await?;
+        if !dry_run && !purged.is_empty() {
+            tracing::info!(by = %who, purged = purged.len(), "upload sessions purged");
+        }
+        Ok(purged)
     }
 }
 

@@ -176,6 +176,21 @@ async fn wait_healthy(socket: &Path) -> Result<(), String> {
     Err(format!("berthd never became healthy: {last}"))
 }
 
+/// Where registry:2's layout keeps a blob under `root` (written out here, independently of
+/// berth's own key mapper, so tests check the layout rather than repeat it).
+pub fn blob_path(root: &Path, d: &berth::registry::Digest) -> PathBuf {
+    let (alg, hex) = d
+        .to_string()
+        .split_once(':')
+        .map(|(a, h)| (a.to_string(), h.to_string()))
+        .unwrap();
+    root.join("docker/registry/v2/blobs")
+        .join(alg)
+        .join(&hex[..2])
+        .join(&hex)
+        .join("data")
+}
+
 /// Runs a command, panicking with its output when it cannot be started.
 pub fn run(cmd: &mut std::process::Command) -> std::process::Output {
     cmd.output()

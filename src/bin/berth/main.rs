@@ -133,7 +133,7 @@ fn main() -> ExitCode {
             while let Some(s) = source {
                 // A daemon answer is already spelled out in the message above.
                 let text = s.to_string();
-                if s.downcast_ref::<tonic::Status>().is_none() && !e.to_string().contains(&text) {
+                if !e.to_string().contains(&text) {
                     eprintln!("  caused by: {text}");
                 }
                 source = s.source();
@@ -148,20 +148,20 @@ fn main() -> ExitCode {
 
 /// What to try next after berthd refused a request, by the class of refusal.
 fn hint(e: &anyhow::Error) -> Option<&'static str> {
-    use tonic::Code;
-    let code = e
+    use berth::client::ErrorKind as Kind;
+    let kind = e
         .chain()
         .find_map(|c| c.downcast_ref::<berth::client::Error>())?
-        .code()?;
-    match code {
-        Code::InvalidArgument => Some(
+        .kind()?;
+    match kind {
+        Kind::InvalidArgument => Some(
             "fix the value named above; `berth <command> --help` lists what each option accepts",
         ),
-        Code::NotFound => Some("`berth cert ls` and `berth certs ls` show what exists"),
-        Code::AlreadyExists => {
+        Kind::NotFound => Some("`berth cert ls` and `berth certs ls` show what exists"),
+        Kind::AlreadyExists => {
             Some("pass --force to replace files berth did not write, after checking them")
         }
-        Code::PermissionDenied => Some(
+        Kind::PermissionDenied => Some(
             "run as root, as berthd's user or as a member of its control group; remote callers need an admin certificate (`berth cert issue admin`)",
         ),
         _ => None,

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use tonic::Status;
 
-use super::super::auth::Caller;
 use crate::certsd::{self, ActionKind, Root};
+use crate::identity::Identity;
 use crate::pki::{self, CertKind, KeyAlgorithm};
 use crate::proto as pb;
 pub(super) use crate::proto::convert::{self, kind_out, names_out, status_out, ts};
@@ -101,24 +101,22 @@ pub(super) fn details_out(d: &pki::CertDetails) -> pb::CertificateDetails {
     }
 }
 
-pub(super) fn caller_out(c: &Caller) -> pb::Caller {
+pub(super) fn caller_out(c: &Identity) -> pb::Caller {
     match c {
-        Caller::Unix { uid, gid, pid } => pb::Caller {
+        Identity::Unix { uid, gid, pid } => pb::Caller {
             transport: pb::Transport::Unix.into(),
             uid: Some(*uid),
             gid: Some(*gid),
             pid: *pid,
             ..Default::default()
         },
-        Caller::Tls {
-            common_name,
-            serial,
-        } => pb::Caller {
+        Identity::Cert(cert) => pb::Caller {
             transport: pb::Transport::TcpMtls.into(),
-            common_name: common_name.clone(),
-            certificate_serial: serial.clone(),
+            common_name: cert.common_name.clone(),
+            certificate_serial: cert.serial.clone(),
             ..Default::default()
         },
+        Identity::Daemon => pb::Caller::default(),
     }
 }
 

@@ -9,14 +9,14 @@ use tonic::{Request, Response, Status};
 
 use super::convert::ts;
 use crate::daemon::State;
-use crate::daemon::auth::Caller;
-use crate::daemon::tls::REGISTRY_CN;
+use crate::events::{Action, Event, Target};
+use crate::identity::Identity;
+use crate::net::tls::REGISTRY_CN;
 use crate::pki::{CertKind, CertStatus, ListFilter};
 use crate::proto as pb;
 use crate::proto::registry_service_server::RegistryService;
-use crate::registry::events::{Action, Event, Target};
-use crate::registry::reference::{Reference, parse_image_ref};
-use crate::registry::storage::GcOptions;
+use crate::registry::GcOptions;
+use crate::registry::reference::parse_image_ref;
 
 /// Default GC grace period.
 const GRACE: Duration = Duration::from_secs(3600);
@@ -26,12 +26,12 @@ pub(crate) struct RegistrySvc {
     pub state: Arc<State>,
 }
 
-fn actor<T>(req: &Request<T>) -> String {
-    match req.extensions().get::<Caller>() {
-        Some(Caller::Unix { uid, .. }) => format!("uid {uid} (berth)"),
-        Some(Caller::Tls { common_name, .. }) => format!("{common_name} (berth, remote)"),
-        None => "berth".to_string(),
-    }
+/// The caller the interceptor authorised (`net::serve` put it on the request).
+fn who<T>(req: &Request<T>) -> Result<Identity, Status> {
+    req.extensions()
+        .get::<Identity>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no caller identity on this request"))
 }
 
 fn event_out(e: Event) -> pb::RegistryEvent {
@@ -62,11 +62,12 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RegistryEvent, Status>> 
 impl RegistryService for RegistrySvc {
     async fn status(
         &self,
-        _: Request<pb::RegistryStatusRequest>,
+        req: Request<pb::RegistryStatusRequest>,
     ) -> Result<Response<pb::RegistryStatusResponse>, Status> {
+        let who = who(&req)?;
         let s = &self.state;
-        let storage = s.registry.storage();
-        let stats = storage.stats().await?;
+        let reg = &s.registry;
+        let stats = reg.stats(&who).await?;
         let cert = s
             .pki
             .list(&ListFilter {
@@ -84,22 +85,22 @@ impl RegistryService for RegistrySvc {
         Ok(Response::new(pb::RegistryStatusResponse {
             enabled: s.config.registry.enabled,
             listeners: s.registry_addrs().iter().map(ToString::to_string).collect(),
-            storage_root: storage.root().display().to_string(),
+            storage_root: reg.root().display().to_string(),
             certificate_serial: cert.as_ref().map(|c| c.serial.clone()).unwrap_or_default(),
             certificate_sans: sans,
             certificate_not_after: cert.map(|c| ts(c.not_after)),
             blobs: stats.blobs,
             bytes: stats.bytes,
-            repositories: storage.repositories().await?.len() as u64,
-            uploads: storage.list_uploads().await?.len() as u64,
+            repositories: reg.catalog(&who).await?.len() as u64,
+            uploads: reg.uploads(&who).await?.len() as u64,
         }))
     }
 
     async fn list_repositories(
         &self,
-        _: Request<pb::ListRepositoriesRequest>,
+        req: Request<pb::ListRepositoriesRequest>,
     ) -> Result<Response<pb::ListRepositoriesResponse>, Status> {
-        let repos = self.state.registry.storage().repo_summaries().await?;
+        let repos = self.state.registry.repositories(&who(&req)?).await?;
         Ok(Response::new(pb::ListRepositoriesResponse {
             repositories: repos
                 .into_iter()
@@ -117,12 +118,13 @@ impl RegistryService for RegistrySvc {
         &self,
         req: Request<pb::ListTagsRequest>,
     ) -> Result<Response<pb::ListTagsResponse>, Status> {
+        let who = who(&req)?;
         let name = req
             .into_inner()
             .repository
             .parse()
             .map_err(crate::registry::Error::from)?;
-        let tags = self.state.registry.storage().tags(&name).await?;
+        let tags = self.state.registry.tags(&who, &name).await?;
         Ok(Response::new(pb::ListTagsResponse { tags }))
     }
 
@@ -130,9 +132,10 @@ impl RegistryService for RegistrySvc {
         &self,
         req: Request<pb::InspectImageRequest>,
     ) -> Result<Response<pb::InspectImageResponse>, Status> {
+        let who = who(&req)?;
         let (name, reference) =
             parse_image_ref(&req.into_inner().reference).map_err(crate::registry::Error::from)?;
-        let i = self.state.registry.inspect(&name, &reference).await?;
+        let i = self.state.registry.inspect(&who, &name, &reference).await?;
         Ok(Response::new(pb::InspectImageResponse {
             repository: i.repository,
             digest: i.digest.to_string(),
@@ -176,30 +179,15 @@ impl RegistryService for RegistrySvc {
         &self,
         req: Request<pb::DeleteImageRequest>,
     ) -> Result<Response<pb::DeleteImageResponse>, Status> {
-        let who = actor(&req);
+        let who = who(&req)?;
         let (name, reference) =
             parse_image_ref(&req.into_inner().reference).map_err(crate::registry::Error::from)?;
-        let storage = self.state.registry.storage();
-        let digest = storage.manifest(&name, &reference).await?.digest;
-        let (untagged, target, tag) = match &reference {
-            Reference::Tag(t) => {
-                storage.delete_tag(&name, t).await?;
-                (true, Target::Tag, Some(t.to_string()))
-            }
-            Reference::Digest(d) => {
-                storage.delete_manifest(&name, d).await?;
-                (false, Target::Manifest, None)
-            }
-        };
-        self.state.registry.events().emit(
-            Action::Delete,
-            target,
-            name.as_str(),
-            Some(digest.to_string()),
-            tag,
-            &who,
-        );
-        tracing::info!(repo = %name, digest = %digest, untagged, by = %who, "image deleted");
+        let d = self
+            .state
+            .registry
+            .delete_image(&who, &name, &reference)
+            .await?;
+        let (digest, untagged) = (d.digest, d.untagged);
         Ok(Response::new(pb::DeleteImageResponse {
             repository: name.to_string(),
             digest: digest.to_string(),
@@ -211,16 +199,19 @@ impl RegistryService for RegistrySvc {
         &self,
         req: Request<pb::GarbageCollectRequest>,
     ) -> Result<Response<pb::GarbageCollectResponse>, Status> {
+        let who = who(&req)?;
         let r = req.into_inner();
         let report = self
             .state
             .registry
-            .storage()
-            .gc(GcOptions {
-                dry_run: r.dry_run,
-                delete_untagged: r.delete_untagged,
-                grace: r.grace_seconds.map_or(GRACE, Duration::from_secs),
-            })
+            .gc(
+                &who,
+                GcOptions {
+                    dry_run: r.dry_run,
+                    delete_untagged: r.delete_untagged,
+                    grace: r.grace_seconds.map_or(GRACE, Duration::from_secs),
+                },
+            )
             .await?;
         Ok(Response::new(pb::GarbageCollectResponse {
             dry_run: report.dry_run,
@@ -244,13 +235,14 @@ impl RegistryService for RegistrySvc {
         &self,
         req: Request<pb::ListUploadsRequest>,
     ) -> Result<Response<pb::ListUploadsResponse>, Status> {
+        let who = who(&req)?;
         let r = req.into_inner();
-        let storage = self.state.registry.storage();
+        let reg = &self.state.registry;
         let older = r.older_than_seconds.map(Duration::from_secs);
         let uploads = if r.purge {
-            storage.purge_uploads(older, r.dry_run).await?
+            reg.purge_uploads(&who, older, r.dry_run).await?
         } else {
-            let mut all = storage.list_uploads().await?;
+            let mut all = reg.uploads(&who).await?;
             all.retain(|u| older.is_none_or(|min| u.age() >= min));
             all
         };
@@ -272,11 +264,11 @@ impl RegistryService for RegistrySvc {
         &self,
         req: Request<pb::FsckRequest>,
     ) -> Result<Response<pb::FsckResponse>, Status> {
+        let who = who(&req)?;
         let report = self
             .state
             .registry
-            .storage()
-            .fsck(req.into_inner().repair)
+            .fsck(&who, req.into_inner().repair)
             .await?;
         Ok(Response::new(pb::FsckResponse {
             blobs_checked: report.blobs_checked,
@@ -301,7 +293,7 @@ impl RegistryService for RegistrySvc {
         req: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let repo = req.into_inner().repository;
-        let mut rx = self.state.registry.events().subscribe();
+        let mut rx = self.state.registry.subscribe();
         let (tx, out) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             loop {

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use crate::daemon::State;
-use crate::daemon::auth::Caller;
+use crate::identity::Identity;
 use crate::proto as pb;
 use crate::proto::system_service_server::SystemService;
 
@@ -31,8 +31,13 @@ impl SystemService for SystemSvc {
         &self,
         _: Request<pb::HealthRequest>,
     ) -> Result<Response<pb::HealthResponse>, Status> {
+        let status = if self.state.is_ready() {
+            pb::ServingStatus::Serving
+        } else {
+            pb::ServingStatus::NotServing
+        };
         Ok(Response::new(pb::HealthResponse {
-            status: pb::ServingStatus::Serving.into(),
+            status: status.into(),
         }))
     }
 
@@ -48,7 +53,7 @@ impl SystemService for SystemSvc {
             socket_path: s.config.control.socket.display().to_string(),
             tcp_listeners: s.tcp_addrs().iter().map(|a| format!("tcp://{a}")).collect(),
             registry_listeners: s.registry_addrs().iter().map(ToString::to_string).collect(),
-            registry_root: s.registry.storage().root().display().to_string(),
+            registry_root: s.registry.root().display().to_string(),
             ca_subject: s
                 .pki
                 .inspect(ca.cert_der())
@@ -62,7 +67,7 @@ impl SystemService for SystemSvc {
             containers_certs_root: s.config.certsd.containers_root.display().to_string(),
             pid: std::process::id(),
             started_at: Some(convert::ts(s.started_at)),
-            caller: req.extensions().get::<Caller>().map(convert::caller_out),
+            caller: req.extensions().get::<Identity>().map(convert::caller_out),
         }))
     }
 }

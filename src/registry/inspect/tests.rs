@@ -5,7 +5,6 @@ use super::*;
 #[test]
 fn diff_ids_of_zstd_gzip_and_plain_layers() {
     use std::io::Write;
-    let dir = tempfile::tempdir().unwrap();
     let raw = b"a tar stream, or something standing in for one ".repeat(3000);
     let want = Digest::sha256_of(&raw);
     // Two zstd frames with a skippable frame between them, as zstd:chunked writes.
@@ -26,9 +25,9 @@ fn diff_ids_of_zstd_gzip_and_plain_layers() {
         ("g", gz.finish().unwrap(), "gzip"),
         ("p", raw.clone(), "none"),
     ] {
-        let p = dir.path().join(name);
-        std::fs::write(&p, bytes).unwrap();
-        assert_eq!(diff_id_of(&p).unwrap(), (want.clone(), kind), "{kind}");
+        let _ = name;
+        let mut r: &[u8] = &bytes;
+        assert_eq!(diff_id_of(&mut r).unwrap(), (want.clone(), kind), "{kind}");
     }
 }
 

@@ -14,12 +14,14 @@
 //! - upload sessions live in `_uploads/` and are never touched by GC.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use super::{Storage, blocking, io, read_link, remove_dir_all_if_exists, subdirs, walk_repos};
+use super::driver::{Driver, Key};
+use super::paths::Paths;
+use super::{CHUNK, Storage, read_full, read_link, subdirs, walk_repos};
 use crate::registry::Error;
 use crate::registry::manifest::Manifest;
 use crate::registry::reference::{Digest, RepoName, Tag};
@@ -98,27 +100,27 @@ pub struct RepoSummary {
     pub bytes: u64,
 }
 
-fn age(path: &Path) -> Option<Duration> {
-    let m = std::fs::metadata(path).ok()?.modified().ok()?;
-    Some(
+/// How long ago the object at `key` was written; `None` when it is not there.
+fn age(drv: &dyn Driver, key: &Key) -> Result<Option<Duration>, Error> {
+    Ok(drv.stat(key)?.map(|m| {
         SystemTime::now()
-            .duration_since(m)
-            .unwrap_or(Duration::ZERO),
-    )
+            .duration_since(m.modified)
+            .unwrap_or(Duration::ZERO)
+    }))
 }
 
-/// Every `data` file under `blobs/`, with its digest.
-fn all_blobs(v2: &Path) -> Result<Vec<(Digest, PathBuf)>, Error> {
+/// Every blob's `data` under `blobs/`, with its digest.
+fn all_blobs(drv: &dyn Driver, p: &Paths) -> Result<Vec<(Digest, Key)>, Error> {
     let mut out = Vec::new();
-    let root = v2.join("blobs");
-    for alg in subdirs(&root)? {
-        for pre in subdirs(&root.join(&alg))? {
-            for hex in subdirs(&root.join(&alg).join(&pre))? {
+    let root = p.blobs();
+    for alg in subdirs(drv, &root)? {
+        for pre in subdirs(drv, &root.join(&alg))? {
+            for hex in subdirs(drv, &root.join(&alg).join(&pre))? {
                 let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() else {
                     continue;
                 };
-                let data = root.join(&alg).join(&pre).join(&hex).join("data");
-                if data.is_file() {
+                let data = p.blob_data(&d);
+                if drv.stat(&data)?.is_some() {
                     out.push((d, data));
                 }
             }
@@ -128,10 +130,10 @@ fn all_blobs(v2: &Path) -> Result<Vec<(Digest, PathBuf)>, Error> {
 }
 
 /// Link files of one kind in a repository: `<dir>/<alg>/<hex>/link`, with digests.
-fn links(dir: &Path) -> Result<Vec<(Digest, PathBuf)>, Error> {
+pub(super) fn links(drv: &dyn Driver, dir: &Key) -> Result<Vec<(Digest, Key)>, Error> {
     let mut out = Vec::new();
-    for alg in subdirs(dir)? {
-        for hex in subdirs(&dir.join(&alg))? {
+    for alg in subdirs(drv, dir)? {
+        for hex in subdirs(drv, &dir.join(&alg))? {
             let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() else {
                 continue;
             };
@@ -142,10 +144,12 @@ fn links(dir: &Path) -> Result<Vec<(Digest, PathBuf)>, Error> {
 }
 
 /// Every repository folder, including ones holding only layers or uploads.
-pub(super) fn all_repos(repos: &Path) -> Result<Vec<String>, Error> {
+pub(super) fn all_repos(drv: &dyn Driver, p: &Paths) -> Result<Vec<String>, Error> {
     let mut out = Vec::new();
-    walk_repos(repos, "", &mut out, &|p: &Path| {
-        p.join("_manifests").is_dir() || p.join("_layers").is_dir() || p.join("_uploads").is_dir()
+    walk_repos(drv, &p.repositories(), "", &mut out, &|drv, k| {
+        Ok(drv.has_children(&k.join("_manifests"))?
+            || drv.has_children(&k.join("_layers"))?
+            || drv.has_children(&k.join("_uploads"))?)
     })?;
     out.sort();
     Ok(out)
@@ -154,26 +158,27 @@ pub(super) fn all_repos(repos: &Path) -> Result<Vec<String>, Error> {
 impl Storage {
     /// Marks from tags and revisions, sweeps what nothing references and the grace period
     /// does not protect. See the module doc for why this is safe while serving.
-    pub async fn gc(&self, opts: GcOptions) -> Result<GcReport, Error> {
-        let _exclusive = self.inner.gc_lock.write().await;
+    pub(crate) async fn gc(&self, opts: GcOptions) -> Result<GcReport, Error> {
+        let _exclusive = self.inner.local.gc_lock.write().await;
         let seen = self.recently_seen(opts.grace);
-        let p = self.paths().clone();
-        blocking(move || {
+        self.run(move |drv, p| {
             let mut report = GcReport {
                 dry_run: opts.dry_run,
                 ..GcReport::default()
             };
-            let young = |path: &Path| age(path).is_some_and(|a| a < opts.grace);
+            let young = |key: &Key| -> Result<bool, Error> {
+                Ok(age(drv, key)?.is_some_and(|a| a < opts.grace))
+            };
             let mut marked: HashSet<Digest> = HashSet::new();
             // Blobs a client was recently told exist count as young, like fresh links.
             let mut young_links: HashSet<Digest> = seen;
-            let mut layer_links: Vec<(Digest, PathBuf)> = Vec::new();
-            for repo in all_repos(&p.repositories())? {
+            let mut layer_links: Vec<(Digest, Key)> = Vec::new();
+            for repo in all_repos(drv, p)? {
                 let Ok(name) = repo.parse::<RepoName>() else {
                     continue;
                 };
-                for (d, link) in links(&p.repo(&name).join("_layers"))? {
-                    if young(&link) {
+                for (d, link) in links(drv, &p.layers(&name))? {
+                    if young(&link)? {
                         young_links.insert(d.clone());
                     }
                     layer_links.push((d, link));
@@ -181,23 +186,23 @@ impl Storage {
                 // Manifests of this repository, parsed.
                 let mut manifests: HashMap<Digest, Option<Manifest>> = HashMap::new();
                 let mut young_revisions = Vec::new();
-                for (d, link) in links(&p.revisions(&name))? {
-                    if read_link(&link)?.as_ref() != Some(&d) {
+                for (d, link) in links(drv, &p.revisions(&name))? {
+                    if read_link(drv, &link)?.as_ref() != Some(&d) {
                         continue;
                     }
-                    if young(&link) {
+                    if young(&link)? {
                         young_revisions.push(d.clone());
                     }
-                    let parsed = std::fs::read(p.blob_data(&d))
-                        .ok()
+                    let parsed = drv
+                        .get(&p.blob_data(&d))?
                         .and_then(|b| Manifest::parse(&b, None).ok());
                     manifests.insert(d, parsed);
                 }
                 let mut roots: Vec<Digest> = if opts.delete_untagged {
                     let mut r = young_revisions;
-                    for t in subdirs(&p.tags(&name))? {
+                    for t in subdirs(drv, &p.tags(&name))? {
                         let Ok(tag) = t.parse::<Tag>() else { continue };
-                        if let Some(d) = read_link(&p.tag_current(&name, &tag))? {
+                        if let Some(d) = read_link(drv, &p.tag_current(&name, &tag))? {
                             r.push(d);
                         }
                     }
@@ -242,22 +247,19 @@ impl Storage {
                         match m {
                             Some(m) => marked.extend(m.blobs.iter().map(|b| b.digest.clone())),
                             // Unreadable: keep everything this repository links, to be safe.
-                            None => marked.extend(
-                                links(&p.repo(&name).join("_layers"))?
-                                    .into_iter()
-                                    .map(|l| l.0),
-                            ),
+                            None => marked
+                                .extend(links(drv, &p.layers(&name))?.into_iter().map(|l| l.0)),
                         }
                     } else {
                         report.manifests_deleted.push((repo.clone(), d.to_string()));
                         if !opts.dry_run {
                             if let Some(dir) = p.revision_link(&name, d).parent() {
-                                remove_dir_all_if_exists(dir)?;
+                                drv.delete(&dir)?;
                             }
-                            for t in subdirs(&p.tags(&name))? {
+                            for t in subdirs(drv, &p.tags(&name))? {
                                 let Ok(tag) = t.parse::<Tag>() else { continue };
                                 if let Some(dir) = p.tag_index(&name, &tag, d).parent() {
-                                    remove_dir_all_if_exists(dir)?;
+                                    drv.delete(&dir)?;
                                 }
                             }
                         }
@@ -265,21 +267,21 @@ impl Storage {
                 }
             }
             let mut deleted: HashSet<Digest> = HashSet::new();
-            for (d, data) in all_blobs(p.v2())? {
+            for (d, data) in all_blobs(drv, p)? {
                 if marked.contains(&d) {
                     report.blobs_in_use += 1;
                     continue;
                 }
-                if young_links.contains(&d) || young(&data) {
+                if young_links.contains(&d) || young(&data)? {
                     report.blobs_young += 1;
                     continue;
                 }
-                let size = std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
+                let size = drv.stat(&data)?.map_or(0, |m| m.size);
                 report.bytes_freed += size;
                 report.blobs_deleted.push((d.to_string(), size));
                 if !opts.dry_run {
-                    remove_dir_all_if_exists(&p.blob_dir(&d))?;
-                    let _ = std::fs::remove_file(p.media_type(&d));
+                    drv.delete(&p.blob_dir(&d))?;
+                    drv.delete(&p.media_type(&d))?;
                     deleted.insert(d);
                 }
             }
@@ -287,7 +289,7 @@ impl Storage {
                 if deleted.contains(&d)
                     && let Some(dir) = link.parent()
                 {
-                    remove_dir_all_if_exists(dir)?;
+                    drv.delete(&dir)?;
                 }
             }
             if !opts.dry_run {
@@ -306,53 +308,58 @@ impl Storage {
     /// Re-hashes every blob and resolves every link. With `repair`, corrupt blobs move to
     /// `_berth/quarantine/` (never deleted), so clients get BLOB_UNKNOWN instead of bad
     /// bytes.
-    pub async fn fsck(&self, repair: bool) -> Result<FsckReport, Error> {
-        let p = self.paths().clone();
-        blocking(move || {
+    pub(crate) async fn fsck(&self, repair: bool) -> Result<FsckReport, Error> {
+        self.run(move |drv, p| {
             let mut report = FsckReport::default();
-            for (d, data) in all_blobs(p.v2())? {
-                let f = std::fs::File::open(&data).map_err(io("open", &data))?;
+            for (d, data) in all_blobs(drv, p)? {
+                let path = drv.locate(&data);
+                let Some(mut r) = drv.reader(&data, 0)? else {
+                    continue;
+                };
                 let mut h = d.algorithm().hasher();
-                let mut r = std::io::BufReader::with_capacity(1024 * 1024, f);
+                let mut buf = vec![0u8; CHUNK];
                 let mut n = 0u64;
                 loop {
-                    let buf = std::io::BufRead::fill_buf(&mut r).map_err(io("read", &data))?;
-                    if buf.is_empty() {
+                    let k = read_full(r.as_mut(), &mut buf).map_err(|source| Error::Io {
+                        op: "read",
+                        path: path.clone(),
+                        source,
+                    })?;
+                    if k == 0 {
                         break;
                     }
-                    h.update(buf);
-                    let len = buf.len();
-                    n += len as u64;
-                    std::io::BufRead::consume(&mut r, len);
+                    h.update(&buf[..k]);
+                    n += k as u64;
                 }
+                drop(r);
                 report.blobs_checked += 1;
                 report.bytes_checked += n;
                 let actual = h.finish();
                 if actual != d {
                     let mut detail = format!("content hashes to {actual}");
                     if repair {
-                        let q = p.v2().join("_berth/quarantine").join(d.algorithm().name()).join(d.hex());
-                        crate::fsutil::create_dir_all(&q, 0o700)?;
-                        std::fs::rename(&data, q.join("data")).map_err(io("quarantine", &data))?;
-                        detail.push_str(&format!("; moved to {}", q.display()));
-                        tracing::warn!(digest = %d, quarantine = %q.display(), "corrupt blob quarantined");
+                        let q = p.quarantine(&d);
+                        drv.rename(&data, &q)?;
+                        let qpath = drv.locate(&q);
+                        detail.push_str(&format!("; moved to {}", qpath.display()));
+                        tracing::warn!(digest = %d, quarantine = %qpath.display(), "corrupt blob quarantined");
                     }
                     report.problems.push(FsckProblem {
                         kind: "corrupt-blob".into(),
-                        path: data,
+                        path,
                         digest: d.to_string(),
                         detail,
                     });
                 }
             }
-            for repo in all_repos(&p.repositories())? {
+            for repo in all_repos(drv, p)? {
                 let Ok(name) = repo.parse::<RepoName>() else { continue };
-                let mut check = |kind: &str, dir: PathBuf| -> Result<(), Error> {
-                    for (d, link) in links(&dir)? {
-                        let target = read_link(&link)?;
+                let mut check = |kind: &str, dir: Key| -> Result<(), Error> {
+                    for (d, link) in links(drv, &dir)? {
+                        let target = read_link(drv, &link)?;
                         let detail = if target.as_ref() != Some(&d) {
                             Some(format!("link holds {target:?}, not {d}"))
-                        } else if !p.blob_data(&d).is_file() {
+                        } else if drv.stat(&p.blob_data(&d))?.is_none() {
                             Some(format!("blob {d} is missing"))
                         } else {
                             None
@@ -360,7 +367,7 @@ impl Storage {
                         if let Some(detail) = detail {
                             report.problems.push(FsckProblem {
                                 kind: kind.into(),
-                                path: link,
+                                path: drv.locate(&link),
                                 digest: d.to_string(),
                                 detail: format!("{repo}: {detail}"),
                             });
@@ -368,16 +375,18 @@ impl Storage {
                     }
                     Ok(())
                 };
-                check("dangling-layer-link", p.repo(&name).join("_layers"))?;
+                check("dangling-layer-link", p.layers(&name))?;
                 check("dangling-revision", p.revisions(&name))?;
-                for t in subdirs(&p.tags(&name))? {
+                for t in subdirs(drv, &p.tags(&name))? {
                     let Ok(tag) = t.parse::<Tag>() else { continue };
                     let link = p.tag_current(&name, &tag);
-                    let Some(d) = read_link(&link)? else { continue };
-                    if read_link(&p.revision_link(&name, &d))?.as_ref() != Some(&d) || !p.blob_data(&d).is_file() {
+                    let Some(d) = read_link(drv, &link)? else { continue };
+                    if read_link(drv, &p.revision_link(&name, &d))?.as_ref() != Some(&d)
+                        || drv.stat(&p.blob_data(&d))?.is_none()
+                    {
                         report.problems.push(FsckProblem {
                             kind: "dangling-tag".into(),
-                            path: link,
+                            path: drv.locate(&link),
                             digest: d.to_string(),
                             detail: format!("{repo}:{tag} points at a manifest that is not stored"),
                         });
@@ -390,13 +399,12 @@ impl Storage {
     }
 
     /// Blob count and bytes.
-    pub async fn stats(&self) -> Result<StorageStats, Error> {
-        let p = self.paths().clone();
-        blocking(move || {
+    pub(crate) async fn stats(&self) -> Result<StorageStats, Error> {
+        self.run(move |drv, p| {
             let mut s = StorageStats::default();
-            for (_, data) in all_blobs(p.v2())? {
+            for (_, data) in all_blobs(drv, p)? {
                 s.blobs += 1;
-                s.bytes += std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
+                s.bytes += drv.stat(&data)?.map_or(0, |m| m.size);
             }
             Ok(s)
         })
@@ -404,29 +412,31 @@ impl Storage {
     }
 
     /// Repositories with tag and manifest counts and sizes.
-    pub async fn repo_summaries(&self) -> Result<Vec<RepoSummary>, Error> {
-        let p = self.paths().clone();
+    pub(crate) async fn repo_summaries(&self) -> Result<Vec<RepoSummary>, Error> {
         let names = self.repositories().await?;
-        blocking(move || {
+        self.run(move |drv, p| {
             let mut out = Vec::new();
             for repo in names {
                 let Ok(name) = repo.parse::<RepoName>() else {
                     continue;
                 };
-                let size = |d: &Digest| {
-                    std::fs::metadata(p.blob_data(d))
-                        .map(|m| m.len())
-                        .unwrap_or(0)
+                let size = |d: &Digest| -> Result<u64, Error> {
+                    Ok(drv.stat(&p.blob_data(d))?.map_or(0, |m| m.size))
                 };
-                let layers = links(&p.repo(&name).join("_layers"))?;
-                let revisions = links(&p.revisions(&name))?;
-                let tags = subdirs(&p.tags(&name))?
-                    .into_iter()
-                    .filter_map(|t| t.parse::<Tag>().ok())
-                    .filter(|t| p.tag_current(&name, t).is_file())
-                    .count();
-                let bytes = layers.iter().map(|(d, _)| size(d)).sum::<u64>()
-                    + revisions.iter().map(|(d, _)| size(d)).sum::<u64>();
+                let layers = links(drv, &p.layers(&name))?;
+                let revisions = links(drv, &p.revisions(&name))?;
+                let mut tags = 0;
+                for t in subdirs(drv, &p.tags(&name))? {
+                    if let Ok(tag) = t.parse::<Tag>()
+                        && drv.stat(&p.tag_current(&name, &tag))?.is_some()
+                    {
+                        tags += 1;
+                    }
+                }
+                let mut bytes = 0;
+                for (d, _) in layers.iter().chain(revisions.iter()) {
+                    bytes += size(d)?;
+                }
                 out.push(RepoSummary {
                     name: repo,
                     tags,

@@ -1,64 +1,76 @@
-//! Content storage in registry:2's filesystem layout (see [`paths`]). Blobs are streamed to
-//! disk while they are hashed and become visible only by a rename after the digest checks
-//! out; links and manifests are written atomically. Storage never sees HTTP.
+//! Content storage in registry:2's layout: keys from the pure mapper in [`paths`] over a
+//! [`driver::Driver`] that does the I/O. Blobs are streamed to an upload while they are
+//! hashed and become visible only by a move after the digest checks out; links and
+//! manifests are written atomically. Storage never sees HTTP, and nothing outside the
+//! registry module can reach it: every caller goes through the `Registry` door.
 
-pub mod gc;
-pub mod paths;
+pub(crate) mod driver;
+mod gc;
+mod paths;
 mod upload;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::AsyncReadExt;
-
-pub use gc::{FsckReport, GcOptions, GcReport, RepoSummary, StorageStats};
-pub use paths::Paths;
+pub use gc::{FsckProblem, FsckReport, GcOptions, GcReport, RepoSummary, StorageStats};
 pub use upload::{UploadInfo, UploadStatus};
 
+use self::driver::{Driver, Key};
+use self::paths::Paths;
 use super::reference::{Digest, Reference, RepoName, Tag};
 use super::{Error, StoredManifest, manifest};
-use crate::fsutil;
 
-/// An open blob and its size, for streaming a response.
+/// Bytes per read when streaming a blob out, and per write when streaming one in.
+pub(crate) const CHUNK: usize = 1024 * 1024;
+
+/// An open blob: its length and a stream of its bytes from the requested offset.
 #[derive(Debug)]
 pub struct BlobReader {
-    /// The content, positioned at the start.
-    pub file: tokio::fs::File,
-    /// Its length.
+    /// Offset of the first byte this reader yields.
+    pub start: u64,
+    /// Bytes this reader will yield.
+    pub len: u64,
+    /// The whole blob's length.
     pub size: u64,
+    /// Chunks of up to 1 MiB, read on a blocking thread one step ahead of the consumer.
+    pub chunks: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
 }
 
-/// The storage root. Cheap to clone; clones share upload state.
+/// The storage: a driver and the state this process keeps beside it. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Storage {
+pub(crate) struct Storage {
     inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
 struct Inner {
+    driver: Arc<dyn Driver>,
     root: PathBuf,
-    paths: Paths,
+    local: Local,
+}
+
+/// Everything storage keeps only in this process's memory, in one place, because each of
+/// these is what a multi-replica deployment (several berthd on one S3 bucket) must share
+/// or replace:
+/// - `uploads`: the running SHA-256 state of each upload and the lock that serialises its
+///   chunks. Losing it costs only a re-hash at finish (berthd restarted); replicas need the
+///   hash state stored with the upload (or a re-hash) and the chunk lock in the store
+///   (conditional writes), or sticky sessions.
+/// - `gc_lock`: GC holds it exclusively, manifest writes and blob commits shared. Across
+///   replicas this must become a lease in the store, or GC must run mark-and-sweep with
+///   generation markers instead of a lock.
+/// - `seen`: blobs a client was recently told exist (HEAD/GET/mount), kept young for the
+///   grace period. Replicas must record these in the store (a touched marker per blob), or
+///   the GC grace period must cover the HEAD-to-manifest window on its own.
+#[derive(Debug, Default)]
+struct Local {
     uploads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<upload::State>>>>,
-    /// Manifest writes hold it shared, GC exclusively (see [`gc`]).
     gc_lock: tokio::sync::RwLock<()>,
-    /// Blobs a client was recently told exist (HEAD, GET, mount): a client that skips an
-    /// upload because of that answer must not see GC sweep the blob before its manifest.
     seen: Mutex<HashMap<Digest, std::time::Instant>>,
 }
 
-pub(crate) fn io<'a>(
-    op: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> Error + 'a {
-    move |source| Error::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// Runs blocking file work off the async threads.
+/// Runs blocking driver work off the async threads.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
@@ -71,183 +83,253 @@ async fn blocking<T: Send + 'static>(
         })?
 }
 
-/// Writes a link file (the digest, no newline) atomically, creating its folder.
-fn write_link(path: &Path, d: &Digest) -> Result<(), Error> {
-    if let Some(dir) = path.parent() {
-        fsutil::create_dir_all(dir, 0o755)?;
+/// Writes a link file (the digest, no newline) atomically.
+fn write_link(d: &dyn Driver, key: &Key, digest: &Digest) -> Result<(), Error> {
+    d.put(key, digest.to_string().as_bytes())
+}
+
+/// Reads a link file; `None` when it does not exist or holds no digest. A trailing
+/// newline is tolerated.
+fn read_link(d: &dyn Driver, key: &Key) -> Result<Option<Digest>, Error> {
+    Ok(d.get(key)?
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.trim().parse().ok()))
+}
+
+/// Names of the folders below `key`, sorted; empty when there are none.
+fn subdirs(d: &dyn Driver, key: &Key) -> Result<Vec<String>, Error> {
+    Ok(d.list(key)?
+        .into_iter()
+        .filter(|e| e.is_dir)
+        .map(|e| e.name)
+        .collect())
+}
+
+/// Collects repository names below `key`: a folder `is_repo` accepts (for the catalog,
+/// one holding `_manifests`, as registry:2 decides); `_` folders are never descended into.
+fn walk_repos(
+    d: &dyn Driver,
+    key: &Key,
+    prefix: &str,
+    out: &mut Vec<String>,
+    is_repo: &dyn Fn(&dyn Driver, &Key) -> Result<bool, Error>,
+) -> Result<(), Error> {
+    for sub in subdirs(d, key)? {
+        if sub.starts_with('_') {
+            continue;
+        }
+        let name = if prefix.is_empty() {
+            sub.clone()
+        } else {
+            format!("{prefix}/{sub}")
+        };
+        let k = key.join(&sub);
+        if name.parse::<RepoName>().is_ok() && is_repo(d, &k)? {
+            out.push(name.clone());
+        }
+        walk_repos(d, &k, &name, out, is_repo)?;
     }
-    fsutil::write_atomic(path, d.to_string().as_bytes(), 0o644)?;
     Ok(())
 }
 
-/// Reads a link file; `None` when it does not exist. A trailing newline is tolerated.
-fn read_link(path: &Path) -> Result<Option<Digest>, Error> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => Ok(s.trim().parse().ok()),
-        Err(e)
-            if e.kind() == std::io::ErrorKind::NotFound
-                || e.kind() == std::io::ErrorKind::NotADirectory =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(io("read link", path)(e)),
-    }
-}
-
-fn remove_dir_all_if_exists(path: &Path) -> Result<bool, Error> {
-    match std::fs::remove_dir_all(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(io("remove", path)(e)),
-    }
-}
-
-/// Names of the sub-folders of `dir`, sorted; empty when it does not exist.
-fn subdirs(dir: &Path) -> Result<Vec<String>, Error> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io("list", dir)(e)),
-    };
-    let mut out = Vec::new();
-    for e in rd {
-        let e = e.map_err(io("list", dir))?;
-        if e.file_type().map_err(io("list", dir))?.is_dir() {
-            out.push(e.file_name().to_string_lossy().into_owned());
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 impl Storage {
-    /// Storage under `root` (registry:2's `rootdirectory`); folders are made on first write.
-    pub fn new(root: &Path) -> Storage {
+    /// Storage over a driver; `root` is what status reports as its location.
+    pub(crate) fn new(driver: Arc<dyn Driver>, root: PathBuf) -> Storage {
         Storage {
             inner: Arc::new(Inner {
-                root: root.to_path_buf(),
-                paths: Paths::new(root),
-                uploads: Mutex::new(HashMap::new()),
-                gc_lock: tokio::sync::RwLock::new(()),
-                seen: Mutex::new(HashMap::new()),
+                driver,
+                root,
+                local: Local::default(),
             }),
         }
     }
 
-    /// The root folder.
-    pub fn root(&self) -> &Path {
+    /// Where the content lives (a folder, or `memory:`).
+    pub(crate) fn root(&self) -> &std::path::Path {
         &self.inner.root
+    }
+
+    fn driver(&self) -> Arc<dyn Driver> {
+        self.inner.driver.clone()
+    }
+
+    /// Runs `f` with the driver and the layout on a blocking thread.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Driver, &Paths) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let d = self.driver();
+        blocking(move || f(d.as_ref(), &Paths)).await
     }
 
     /// Held shared while a manifest is checked and written, so GC (which holds it
     /// exclusively) never sweeps between the check and the write.
-    pub async fn manifest_write_guard(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
-        self.inner.gc_lock.read().await
+    pub(crate) async fn manifest_write_guard(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.inner.local.gc_lock.read().await
     }
 
     /// Blobs reported as existing within `grace`; older entries are forgotten.
-    pub(crate) fn recently_seen(
-        &self,
-        grace: std::time::Duration,
-    ) -> std::collections::HashSet<Digest> {
-        let mut seen = self.inner.seen.lock().unwrap_or_else(|p| p.into_inner());
+    fn recently_seen(&self, grace: std::time::Duration) -> std::collections::HashSet<Digest> {
+        let mut seen = self
+            .inner
+            .local
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         seen.retain(|_, t| t.elapsed() < grace);
         seen.keys().cloned().collect()
     }
 
-    /// The path layout.
-    pub fn paths(&self) -> &Paths {
-        &self.inner.paths
-    }
-
-    /// True when the repository has any content or upload.
-    pub async fn repo_exists(&self, name: &RepoName) -> bool {
-        tokio::fs::metadata(self.paths().repo(name))
-            .await
-            .is_ok_and(|m| m.is_dir())
-    }
-
-    /// The size of a blob the repository may serve; `None` when it may not.
-    pub async fn blob_size(&self, name: &RepoName, d: &Digest) -> Result<Option<u64>, Error> {
-        let size = self.blob_size_unrecorded(name, d).await?;
+    /// The size of a blob the repository may serve; `None` when it may not. A blob found
+    /// here is remembered as seen (see [`Local`]).
+    pub(crate) async fn blob_size(
+        &self,
+        name: &RepoName,
+        d: &Digest,
+    ) -> Result<Option<u64>, Error> {
+        let (name2, d2) = (name.clone(), d.clone());
+        let size = self
+            .run(move |drv, p| blob_size_of(drv, p, &name2, &d2))
+            .await?;
         if size.is_some() {
-            let mut seen = self.inner.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let mut seen = self
+                .inner
+                .local
+                .seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             seen.insert(d.clone(), std::time::Instant::now());
         }
         Ok(size)
     }
 
-    async fn blob_size_unrecorded(
+    /// Opens a blob the repository may serve, from byte `start`, for `len` bytes (the rest
+    /// when `None`); `resolve` turns the blob's size into that range or refuses it.
+    pub(crate) async fn open_blob<E: From<Error> + Send + 'static>(
         &self,
         name: &RepoName,
         d: &Digest,
-    ) -> Result<Option<u64>, Error> {
-        let p = self.paths().clone();
+        resolve: impl FnOnce(u64) -> Result<(u64, u64), E> + Send + 'static,
+    ) -> Result<BlobReader, E> {
+        let size = self
+            .blob_size(name, d)
+            .await?
+            .ok_or_else(|| Error::BlobUnknown(d.clone()))?;
+        let (start, len) = resolve(size)?;
+        let key = Paths.blob_data(d);
+        let drv = self.driver();
+        let d2 = d.clone();
+        let mut reader = blocking(move || drv.reader(&key, start))
+            .await?
+            .ok_or(Error::BlobUnknown(d2))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::task::spawn_blocking(move || {
+            let mut left = len;
+            while left > 0 {
+                let mut buf = vec![0u8; CHUNK.min(left as usize)];
+                let n = match read_full(reader.as_mut(), &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                };
+                buf.truncate(n);
+                left -= n as u64;
+                if tx.blocking_send(Ok(buf)).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(BlobReader {
+            start,
+            len,
+            size,
+            chunks: rx,
+        })
+    }
+
+    /// Reads a whole blob into memory; only for small content such as configs.
+    pub(crate) async fn read_small_blob(
+        &self,
+        name: &RepoName,
+        d: &Digest,
+        limit: u64,
+    ) -> Result<Vec<u8>, Error> {
         let (name, d) = (name.clone(), d.clone());
-        blocking(move || {
-            if read_link(&p.layer_link(&name, &d))?.as_ref() != Some(&d) {
-                return Ok(None);
+        self.run(move |drv, p| {
+            let Some(size) = blob_size_of(drv, p, &name, &d)? else {
+                return Err(Error::BlobUnknown(d));
+            };
+            if size > limit {
+                return Err(Error::SizeInvalid(format!(
+                    "blob {d} is {size} bytes, over the {limit} byte limit"
+                )));
             }
-            match std::fs::metadata(p.blob_data(&d)) {
-                Ok(m) => Ok(Some(m.len())),
-                Err(_) => Ok(None),
-            }
+            drv.get(&p.blob_data(&d))?.ok_or(Error::BlobUnknown(d))
         })
         .await
     }
 
-    /// Opens a blob the repository may serve.
-    pub async fn open_blob(&self, name: &RepoName, d: &Digest) -> Result<BlobReader, Error> {
-        if self.blob_size(name, d).await?.is_none() {
-            return Err(Error::BlobUnknown(d.clone()));
-        }
-        let path = self.paths().blob_data(d);
-        let file = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::BlobUnknown(d.clone()));
-            }
-            Err(e) => return Err(io("open", &path)(e)),
-        };
-        let size = file.metadata().await.map_err(io("stat", &path))?.len();
-        Ok(BlobReader { file, size })
+    /// A reader of a blob's whole content on a blocking thread (inspect decompresses it).
+    pub(crate) async fn with_blob<T: Send + 'static>(
+        &self,
+        d: &Digest,
+        f: impl FnOnce(&mut dyn std::io::Read) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let d = d.clone();
+        self.run(move |drv, p| {
+            let mut r = drv
+                .reader(&p.blob_data(&d), 0)?
+                .ok_or_else(|| Error::BlobUnknown(d.clone()))?;
+            f(r.as_mut())
+        })
+        .await
     }
 
     /// Removes a repository's link to a blob; the content stays for other repositories
     /// (and for garbage collection to decide).
-    pub async fn unlink_blob(&self, name: &RepoName, d: &Digest) -> Result<(), Error> {
-        let link = self.paths().layer_link(name, d);
-        let dir = link.parent().map(Path::to_path_buf).unwrap_or_default();
-        let d = d.clone();
-        blocking(move || {
-            if read_link(&link)?.is_none() {
+    pub(crate) async fn unlink_blob(&self, name: &RepoName, d: &Digest) -> Result<(), Error> {
+        let (name, d) = (name.clone(), d.clone());
+        self.run(move |drv, p| {
+            let link = p.layer_link(&name, &d);
+            if read_link(drv, &link)?.is_none() {
                 return Err(Error::BlobUnknown(d));
             }
-            remove_dir_all_if_exists(&dir)?;
+            if let Some(dir) = link.parent() {
+                drv.delete(&dir)?;
+            }
             Ok(())
         })
         .await
     }
 
     /// Links a blob of `from` into `to` without copying; false when `from` cannot serve it.
-    pub async fn mount(&self, to: &RepoName, from: &RepoName, d: &Digest) -> Result<bool, Error> {
-        let _gc = self.inner.gc_lock.read().await;
+    pub(crate) async fn mount(
+        &self,
+        to: &RepoName,
+        from: &RepoName,
+        d: &Digest,
+    ) -> Result<bool, Error> {
+        let _gc = self.inner.local.gc_lock.read().await;
         if self.blob_size(from, d).await?.is_none() {
             return Ok(false);
         }
-        let link = self.paths().layer_link(to, d);
-        let d = d.clone();
-        blocking(move || write_link(&link, &d)).await?;
+        let (to, d) = (to.clone(), d.clone());
+        self.run(move |drv, p| write_link(drv, &p.layer_link(&to, &d), &d))
+            .await?;
         Ok(true)
     }
 
     /// True when the manifest is a revision of the repository and its content exists.
-    pub async fn has_manifest(&self, name: &RepoName, d: &Digest) -> Result<bool, Error> {
-        let p = self.paths().clone();
+    pub(crate) async fn has_manifest(&self, name: &RepoName, d: &Digest) -> Result<bool, Error> {
         let (name, d) = (name.clone(), d.clone());
-        blocking(move || {
-            Ok(read_link(&p.revision_link(&name, &d))?.as_ref() == Some(&d)
-                && p.blob_data(&d).is_file())
+        self.run(move |drv, p| {
+            Ok(
+                read_link(drv, &p.revision_link(&name, &d))?.as_ref() == Some(&d)
+                    && drv.stat(&p.blob_data(&d))?.is_some(),
+            )
         })
         .await
     }
@@ -255,7 +337,7 @@ impl Storage {
     /// Stores manifest bytes as a blob, links the revision, records its media type and
     /// moves the tag. Content first, tag last: a reader never finds a tag pointing at
     /// nothing.
-    pub async fn put_manifest(
+    pub(crate) async fn put_manifest(
         &self,
         name: &RepoName,
         d: &Digest,
@@ -263,28 +345,22 @@ impl Storage {
         media_type: &str,
         tag: Option<&Tag>,
     ) -> Result<(), Error> {
-        let p = self.paths().clone();
         let (name, d, tag, media_type) = (
             name.clone(),
             d.clone(),
             tag.cloned(),
             media_type.to_string(),
         );
-        blocking(move || {
+        self.run(move |drv, p| {
             let data = p.blob_data(&d);
-            if !data.is_file() {
-                fsutil::create_dir_all(&p.blob_dir(&d), 0o755)?;
-                fsutil::write_atomic(&data, &body, 0o644)?;
+            if drv.stat(&data)?.is_none() {
+                drv.put(&data, &body)?;
             }
-            let mt = p.media_type(&d);
-            if let Some(dir) = mt.parent() {
-                fsutil::create_dir_all(dir, 0o755)?;
-            }
-            fsutil::write_atomic(&mt, media_type.as_bytes(), 0o644)?;
-            write_link(&p.revision_link(&name, &d), &d)?;
+            drv.put(&p.media_type(&d), media_type.as_bytes())?;
+            write_link(drv, &p.revision_link(&name, &d), &d)?;
             if let Some(t) = &tag {
-                write_link(&p.tag_index(&name, t, &d), &d)?;
-                write_link(&p.tag_current(&name, t), &d)?;
+                write_link(drv, &p.tag_index(&name, t, &d), &d)?;
+                write_link(drv, &p.tag_current(&name, t), &d)?;
             }
             Ok(())
         })
@@ -292,36 +368,38 @@ impl Storage {
     }
 
     /// A manifest by tag or digest.
-    pub async fn manifest(
+    pub(crate) async fn manifest(
         &self,
         name: &RepoName,
         reference: &Reference,
     ) -> Result<StoredManifest, Error> {
-        let p = self.paths().clone();
         let (name, reference) = (name.clone(), reference.clone());
-        blocking(move || {
+        self.run(move |drv, p| {
             let unknown = || Error::ManifestUnknown {
                 name: name.clone(),
                 reference: reference.to_string(),
             };
-            if !p.repo(&name).is_dir() {
-                return Err(Error::NameUnknown(name.clone()));
-            }
             let d = match &reference {
                 Reference::Digest(d) => d.clone(),
-                Reference::Tag(t) => read_link(&p.tag_current(&name, t))?.ok_or_else(unknown)?,
+                Reference::Tag(t) => match read_link(drv, &p.tag_current(&name, t))? {
+                    Some(d) => d,
+                    None if !drv.has_children(&p.repo(&name))? => {
+                        return Err(Error::NameUnknown(name.clone()));
+                    }
+                    None => return Err(unknown()),
+                },
             };
-            if read_link(&p.revision_link(&name, &d))?.as_ref() != Some(&d) {
+            if read_link(drv, &p.revision_link(&name, &d))?.as_ref() != Some(&d) {
+                if !drv.has_children(&p.repo(&name))? {
+                    return Err(Error::NameUnknown(name.clone()));
+                }
                 return Err(unknown());
             }
-            let data = p.blob_data(&d);
-            let bytes = match std::fs::read(&data) {
-                Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(unknown()),
-                Err(e) => return Err(io("read", &data)(e)),
-            };
-            let media_type = match std::fs::read_to_string(p.media_type(&d)) {
-                Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
+            let bytes = drv.get(&p.blob_data(&d))?.ok_or_else(unknown)?;
+            let media_type = match drv.get(&p.media_type(&d))? {
+                Some(b) if !b.trim_ascii().is_empty() => {
+                    String::from_utf8_lossy(b.trim_ascii()).into_owned()
+                }
                 _ => manifest::detect_media_type(&bytes),
             };
             Ok(StoredManifest {
@@ -334,25 +412,24 @@ impl Storage {
     }
 
     /// Deletes a manifest revision and every tag that points at it.
-    pub async fn delete_manifest(&self, name: &RepoName, d: &Digest) -> Result<(), Error> {
-        let p = self.paths().clone();
+    pub(crate) async fn delete_manifest(&self, name: &RepoName, d: &Digest) -> Result<(), Error> {
         let (name, d) = (name.clone(), d.clone());
-        blocking(move || {
+        self.run(move |drv, p| {
             let link = p.revision_link(&name, &d);
-            if read_link(&link)?.as_ref() != Some(&d) {
+            if read_link(drv, &link)?.as_ref() != Some(&d) {
                 return Err(Error::ManifestUnknown {
                     name: name.clone(),
                     reference: d.to_string(),
                 });
             }
-            for t in subdirs(&p.tags(&name))? {
+            for t in subdirs(drv, &p.tags(&name))? {
                 let Ok(tag) = t.parse::<Tag>() else { continue };
-                if read_link(&p.tag_current(&name, &tag))?.as_ref() == Some(&d) {
-                    remove_dir_all_if_exists(&p.tag_dir(&name, &tag))?;
+                if read_link(drv, &p.tag_current(&name, &tag))?.as_ref() == Some(&d) {
+                    drv.delete(&p.tag_dir(&name, &tag))?;
                 }
             }
             if let Some(dir) = link.parent() {
-                remove_dir_all_if_exists(dir)?;
+                drv.delete(&dir)?;
             }
             Ok(())
         })
@@ -360,34 +437,32 @@ impl Storage {
     }
 
     /// Removes a tag; the manifest stays reachable by digest.
-    pub async fn delete_tag(&self, name: &RepoName, tag: &Tag) -> Result<(), Error> {
-        let p = self.paths().clone();
+    pub(crate) async fn delete_tag(&self, name: &RepoName, tag: &Tag) -> Result<(), Error> {
         let (name, tag) = (name.clone(), tag.clone());
-        blocking(move || {
-            if read_link(&p.tag_current(&name, &tag))?.is_none() {
+        self.run(move |drv, p| {
+            if read_link(drv, &p.tag_current(&name, &tag))?.is_none() {
                 return Err(Error::ManifestUnknown {
                     name: name.clone(),
                     reference: tag.to_string(),
                 });
             }
-            remove_dir_all_if_exists(&p.tag_dir(&name, &tag))?;
+            drv.delete(&p.tag_dir(&name, &tag))?;
             Ok(())
         })
         .await
     }
 
     /// Every tag of a repository that points somewhere, sorted.
-    pub async fn tags(&self, name: &RepoName) -> Result<Vec<String>, Error> {
-        let p = self.paths().clone();
+    pub(crate) async fn tags(&self, name: &RepoName) -> Result<Vec<String>, Error> {
         let name = name.clone();
-        blocking(move || {
-            if !p.repo(&name).is_dir() {
+        self.run(move |drv, p| {
+            if !drv.has_children(&p.repo(&name))? {
                 return Err(Error::NameUnknown(name));
             }
             let mut out = Vec::new();
-            for t in subdirs(&p.tags(&name))? {
+            for t in subdirs(drv, &p.tags(&name))? {
                 if let Ok(tag) = t.parse::<Tag>()
-                    && read_link(&p.tag_current(&name, &tag))?.is_some()
+                    && read_link(drv, &p.tag_current(&name, &tag))?.is_some()
                 {
                     out.push(t);
                 }
@@ -398,12 +473,11 @@ impl Storage {
     }
 
     /// Every repository that holds manifests, sorted.
-    pub async fn repositories(&self) -> Result<Vec<String>, Error> {
-        let root = self.paths().repositories();
-        blocking(move || {
+    pub(crate) async fn repositories(&self) -> Result<Vec<String>, Error> {
+        self.run(move |drv, p| {
             let mut out = Vec::new();
-            walk_repos(&root, "", &mut out, &|p: &Path| {
-                p.join("_manifests").is_dir()
+            walk_repos(drv, &p.repositories(), "", &mut out, &|drv, k| {
+                drv.has_children(&k.join("_manifests"))
             })?;
             out.sort();
             Ok(out)
@@ -412,76 +486,49 @@ impl Storage {
     }
 
     /// Every manifest revision of a repository with its bytes (for referrers).
-    pub async fn manifests_of(&self, name: &RepoName) -> Result<Vec<(Digest, Vec<u8>)>, Error> {
-        let p = self.paths().clone();
+    pub(crate) async fn manifests_of(
+        &self,
+        name: &RepoName,
+    ) -> Result<Vec<(Digest, Vec<u8>)>, Error> {
         let name = name.clone();
-        blocking(move || {
+        self.run(move |drv, p| {
             let mut out = Vec::new();
-            for alg in subdirs(&p.revisions(&name))? {
-                for hex in subdirs(&p.revisions(&name).join(&alg))? {
-                    let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() else {
-                        continue;
-                    };
-                    if read_link(&p.revision_link(&name, &d))?.as_ref() != Some(&d) {
-                        continue;
-                    }
-                    if let Ok(bytes) = std::fs::read(p.blob_data(&d)) {
-                        out.push((d, bytes));
-                    }
+            for (d, link) in gc::links(drv, &p.revisions(&name))? {
+                if read_link(drv, &link)?.as_ref() != Some(&d) {
+                    continue;
+                }
+                if let Some(bytes) = drv.get(&p.blob_data(&d))? {
+                    out.push((d, bytes));
                 }
             }
             Ok(out)
         })
         .await
     }
-
-    /// Reads a whole blob into memory; only for small content such as manifests or configs.
-    pub async fn read_small_blob(
-        &self,
-        name: &RepoName,
-        d: &Digest,
-        limit: u64,
-    ) -> Result<Vec<u8>, Error> {
-        let b = self.open_blob(name, d).await?;
-        if b.size > limit {
-            return Err(Error::SizeInvalid(format!(
-                "blob {d} is {} bytes, over the {limit} byte limit",
-                b.size
-            )));
-        }
-        let mut out = Vec::with_capacity(b.size as usize);
-        let path = self.paths().blob_data(d);
-        b.file
-            .take(limit)
-            .read_to_end(&mut out)
-            .await
-            .map_err(io("read", &path))?;
-        Ok(out)
-    }
 }
 
-/// Collects repository names: a folder `is_repo` accepts (for the catalog, one holding
-/// `_manifests`, as registry:2 decides); `_` folders are never descended into.
-fn walk_repos(
-    dir: &Path,
-    prefix: &str,
-    out: &mut Vec<String>,
-    is_repo: &dyn Fn(&Path) -> bool,
-) -> Result<(), Error> {
-    for sub in subdirs(dir)? {
-        if sub.starts_with('_') {
-            continue;
-        }
-        let name = if prefix.is_empty() {
-            sub.clone()
-        } else {
-            format!("{prefix}/{sub}")
-        };
-        let path = dir.join(&sub);
-        if is_repo(&path) && name.parse::<RepoName>().is_ok() {
-            out.push(name.clone());
-        }
-        walk_repos(&path, &name, out, is_repo)?;
+fn blob_size_of(
+    drv: &dyn Driver,
+    p: &Paths,
+    name: &RepoName,
+    d: &Digest,
+) -> Result<Option<u64>, Error> {
+    if read_link(drv, &p.layer_link(name, d))?.as_ref() != Some(d) {
+        return Ok(None);
     }
-    Ok(())
+    Ok(drv.stat(&p.blob_data(d))?.map(|m| m.size))
+}
+
+/// Fills `buf` as far as the reader goes; fewer bytes only at the end.
+fn read_full(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }

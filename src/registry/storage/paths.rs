@@ -1,6 +1,7 @@
-//! Where everything lives on disk: exactly the layout of registry:2's filesystem driver, so
-//! a data folder moves between berth and `docker-registry` in both directions. Pure path
-//! arithmetic: no I/O here.
+//! Where everything lives: the keys: exactly the layout of registry:2's filesystem driver, so
+//! a data folder moves between berth and `docker-registry` in both directions. Pure key
+//! arithmetic: no I/O here; a [`Driver`](super::driver::Driver) maps keys to files or
+//! objects (on S3, the same keys under a prefix).
 //!
 //! ```text
 //! <root>/docker/registry/v2/
@@ -17,115 +18,121 @@
 //! Link files hold the digest with no newline. `_berth/` is berth's own: registry:2 never
 //! looks there, and berth falls back to the manifest body when it is missing.
 
-use std::path::{Path, PathBuf};
-
+use super::driver::Key;
 use crate::registry::reference::{Digest, RepoName, Tag};
 
-/// The layout under one storage root.
-#[derive(Debug, Clone)]
-pub struct Paths {
-    v2: PathBuf,
+/// The layout's keys (all below `docker/registry/v2`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Paths;
+
+const V2: &str = "docker/registry/v2";
+
+fn digest_key(base: Key, d: &Digest) -> Key {
+    base.join(d.algorithm().name()).join(d.hex())
 }
 
 impl Paths {
-    /// The layout under `root` (the folder registry:2 calls `rootdirectory`).
-    pub fn new(root: &Path) -> Paths {
-        Paths {
-            v2: root.join("docker/registry/v2"),
-        }
+    /// `docker/registry/v2`.
+    pub(crate) fn v2(&self) -> Key {
+        Key::new(V2)
     }
 
-    /// `.../v2`.
-    pub fn v2(&self) -> &Path {
-        &self.v2
+    /// Folder of every blob.
+    pub(crate) fn blobs(&self) -> Key {
+        self.v2().join("blobs")
     }
 
     /// Folder of every repository.
-    pub fn repositories(&self) -> PathBuf {
-        self.v2.join("repositories")
+    pub(crate) fn repositories(&self) -> Key {
+        self.v2().join("repositories")
     }
 
     /// Folder of one repository.
-    pub fn repo(&self, name: &RepoName) -> PathBuf {
+    pub(crate) fn repo(&self, name: &RepoName) -> Key {
         self.repositories().join(name.as_str())
     }
 
     /// Folder of a blob (holds `data`).
-    pub fn blob_dir(&self, d: &Digest) -> PathBuf {
-        self.v2
-            .join("blobs")
+    pub(crate) fn blob_dir(&self, d: &Digest) -> Key {
+        self.blobs()
             .join(d.algorithm().name())
             .join(&d.hex()[..2])
             .join(d.hex())
     }
 
     /// A blob's content.
-    pub fn blob_data(&self, d: &Digest) -> PathBuf {
+    pub(crate) fn blob_data(&self, d: &Digest) -> Key {
         self.blob_dir(d).join("data")
     }
 
+    /// Folder of a repository's layer links.
+    pub(crate) fn layers(&self, name: &RepoName) -> Key {
+        self.repo(name).join("_layers")
+    }
+
     /// The link that lets a repository serve a blob.
-    pub fn layer_link(&self, name: &RepoName, d: &Digest) -> PathBuf {
-        self.repo(name)
-            .join("_layers")
-            .join(d.algorithm().name())
-            .join(d.hex())
-            .join("link")
+    pub(crate) fn layer_link(&self, name: &RepoName, d: &Digest) -> Key {
+        digest_key(self.layers(name), d).join("link")
+    }
+
+    /// Folder of a repository's manifests.
+    pub(crate) fn manifests(&self, name: &RepoName) -> Key {
+        self.repo(name).join("_manifests")
     }
 
     /// Folder of a repository's manifest revisions.
-    pub fn revisions(&self, name: &RepoName) -> PathBuf {
-        self.repo(name).join("_manifests/revisions")
+    pub(crate) fn revisions(&self, name: &RepoName) -> Key {
+        self.manifests(name).join("revisions")
     }
 
     /// The link that makes a manifest part of a repository.
-    pub fn revision_link(&self, name: &RepoName, d: &Digest) -> PathBuf {
-        self.revisions(name)
-            .join(d.algorithm().name())
-            .join(d.hex())
-            .join("link")
+    pub(crate) fn revision_link(&self, name: &RepoName, d: &Digest) -> Key {
+        digest_key(self.revisions(name), d).join("link")
     }
 
     /// Folder of a repository's tags.
-    pub fn tags(&self, name: &RepoName) -> PathBuf {
-        self.repo(name).join("_manifests/tags")
+    pub(crate) fn tags(&self, name: &RepoName) -> Key {
+        self.manifests(name).join("tags")
     }
 
     /// Folder of one tag.
-    pub fn tag_dir(&self, name: &RepoName, tag: &Tag) -> PathBuf {
+    pub(crate) fn tag_dir(&self, name: &RepoName, tag: &Tag) -> Key {
         self.tags(name).join(tag.as_str())
     }
 
     /// What a tag points at.
-    pub fn tag_current(&self, name: &RepoName, tag: &Tag) -> PathBuf {
+    pub(crate) fn tag_current(&self, name: &RepoName, tag: &Tag) -> Key {
         self.tag_dir(name, tag).join("current/link")
     }
 
     /// History entry of a tag.
-    pub fn tag_index(&self, name: &RepoName, tag: &Tag, d: &Digest) -> PathBuf {
-        self.tag_dir(name, tag)
-            .join("index")
-            .join(d.algorithm().name())
-            .join(d.hex())
-            .join("link")
+    pub(crate) fn tag_index(&self, name: &RepoName, tag: &Tag, d: &Digest) -> Key {
+        digest_key(self.tag_dir(name, tag).join("index"), d).join("link")
     }
 
     /// Folder of a repository's uploads.
-    pub fn uploads(&self, name: &RepoName) -> PathBuf {
+    pub(crate) fn uploads(&self, name: &RepoName) -> Key {
         self.repo(name).join("_uploads")
     }
 
     /// Folder of one upload.
-    pub fn upload_dir(&self, name: &RepoName, id: &str) -> PathBuf {
+    pub(crate) fn upload_dir(&self, name: &RepoName, id: &str) -> Key {
         self.uploads(name).join(id)
     }
 
+    /// Data of one upload.
+    pub(crate) fn upload_data(&self, name: &RepoName, id: &str) -> Key {
+        self.upload_dir(name, id).join("data")
+    }
+
     /// Recorded media type of a manifest.
-    pub fn media_type(&self, d: &Digest) -> PathBuf {
-        self.v2
-            .join("_berth/mediatypes")
-            .join(d.algorithm().name())
-            .join(d.hex())
+    pub(crate) fn media_type(&self, d: &Digest) -> Key {
+        digest_key(self.v2().join("_berth/mediatypes"), d)
+    }
+
+    /// Where fsck moves a corrupt blob.
+    pub(crate) fn quarantine(&self, d: &Digest) -> Key {
+        digest_key(self.v2().join("_berth/quarantine"), d).join("data")
     }
 }
 

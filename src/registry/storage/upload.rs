@@ -1,17 +1,19 @@
 //! Blob uploads: `_uploads/<uuid>/data` grows chunk by chunk while a SHA-256 state follows
 //! it, so finishing a multi-gigabyte layer does not read it again. Finishing verifies the
-//! digest, fsyncs, and renames the data into `blobs/`: content is visible only once whole
-//! and correct. Chunks are serialised per upload; different uploads run in parallel.
+//! digest, then moves the data durably into `blobs/`: content is visible only once whole
+//! and correct. Chunks are serialised per upload; different uploads run in parallel. A
+//! body that fails mid-way (the client went away, or stalled past the edge's timeout)
+//! keeps what arrived, so the client can resume from the size it is told.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::{Storage, blocking, io, remove_dir_all_if_exists, write_link};
-use crate::fsutil;
+use super::driver::{Driver, Key, Writer};
+use super::paths::Paths;
+use super::{CHUNK, Storage, blocking, read_full, write_link};
 use crate::registry::Error;
 use crate::registry::reference::{Algorithm, Digest, Hasher, RepoName};
 
@@ -61,22 +63,28 @@ impl UploadInfo {
     }
 }
 
-const CHUNK: usize = 1024 * 1024;
-
-/// Upload ids are UUIDs; anything else is unknown (and never becomes a path).
+/// Upload ids are UUIDs; anything else is unknown (and never becomes a key).
 fn parse_id(id: &str) -> Result<String, Error> {
     uuid::Uuid::parse_str(id)
         .map(|u| u.hyphenated().to_string())
         .map_err(|_| Error::UploadUnknown(id.to_string()))
 }
 
-impl Storage {
-    fn data_path(&self, name: &RepoName, id: &str) -> PathBuf {
-        self.paths().upload_dir(name, id).join("data")
-    }
+/// Bytes in an upload's data; a missing object means the upload is unknown.
+fn current_size(drv: &dyn Driver, key: &Key, id: &str) -> Result<u64, Error> {
+    drv.stat(key)?
+        .map(|m| m.size)
+        .ok_or_else(|| Error::UploadUnknown(id.to_string()))
+}
 
+impl Storage {
     fn state(&self, id: &str, size: u64) -> Arc<tokio::sync::Mutex<State>> {
-        let mut map = self.inner.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .inner
+            .local
+            .uploads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         map.entry(id.to_string())
             .or_insert_with(|| {
                 Arc::new(tokio::sync::Mutex::new(State {
@@ -88,36 +96,45 @@ impl Storage {
             .clone()
     }
 
-    /// An upload's id (normalised), data file and in-memory state; unknown uploads fail.
+    async fn size_of(&self, key: &Key, id: &str) -> Result<u64, Error> {
+        let (drv, key, id) = (self.driver(), key.clone(), id.to_string());
+        blocking(move || current_size(drv.as_ref(), &key, &id)).await
+    }
+
+    /// An upload's id (normalised), data key and in-memory state; unknown uploads fail.
     async fn open_upload(
         &self,
         name: &RepoName,
         id: &str,
-    ) -> Result<(String, PathBuf, Arc<tokio::sync::Mutex<State>>), Error> {
+    ) -> Result<(String, Key, Arc<tokio::sync::Mutex<State>>), Error> {
         let id = parse_id(id)?;
-        let path = self.data_path(name, &id);
-        let size = current_size(&path, &id).await?;
+        let key = Paths.upload_data(name, &id);
+        let size = self.size_of(&key, &id).await?;
         let state = self.state(&id, size);
-        Ok((id, path, state))
+        Ok((id, key, state))
     }
 
     fn forget(&self, id: &str) {
-        let mut map = self.inner.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .inner
+            .local
+            .uploads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         map.remove(id);
     }
 
-    /// Starts an upload: an empty `data` file and a `startedat` stamp.
-    pub async fn start_upload(&self, name: &RepoName) -> Result<UploadStatus, Error> {
+    /// Starts an upload: an empty `data` object and a `startedat` stamp.
+    pub(crate) async fn start_upload(&self, name: &RepoName) -> Result<UploadStatus, Error> {
         let id = uuid::Uuid::new_v4().hyphenated().to_string();
-        let dir = self.paths().upload_dir(name, &id);
         let started = OffsetDateTime::now_utc()
             .format(&Rfc3339)
             .unwrap_or_default();
-        blocking(move || {
-            fsutil::create_dir_all(&dir, 0o755)?;
-            fsutil::write_atomic(&dir.join("startedat"), started.as_bytes(), 0o644)?;
-            std::fs::File::create(dir.join("data")).map_err(io("create", &dir.join("data")))?;
-            Ok(())
+        let (name2, id2) = (name.clone(), id.clone());
+        self.run(move |drv, p| {
+            let dir = p.upload_dir(&name2, &id2);
+            drv.put(&dir.join("startedat"), started.as_bytes())?;
+            drv.put(&dir.join("data"), b"")
         })
         .await?;
         self.state(&id, 0);
@@ -125,25 +142,29 @@ impl Storage {
     }
 
     /// Bytes received so far.
-    pub async fn upload_status(&self, name: &RepoName, id: &str) -> Result<UploadStatus, Error> {
+    pub(crate) async fn upload_status(
+        &self,
+        name: &RepoName,
+        id: &str,
+    ) -> Result<UploadStatus, Error> {
         let id = parse_id(id)?;
-        let size = current_size(&self.data_path(name, &id), &id).await?;
+        let size = self.size_of(&Paths.upload_data(name, &id), &id).await?;
         Ok(UploadStatus { id, size })
     }
 
     /// Appends a chunk streamed from `body`. With `start`, the chunk must begin exactly
     /// where the upload ends (out-of-order chunks are refused, nothing written).
-    pub async fn append(
+    pub(crate) async fn append(
         &self,
         name: &RepoName,
         id: &str,
         start: Option<u64>,
         body: &mut (impl AsyncRead + Unpin + ?Sized),
     ) -> Result<UploadStatus, Error> {
-        let (id, path, state) = self.open_upload(name, id).await?;
+        let (id, key, state) = self.open_upload(name, id).await?;
         let mut st = state.lock().await;
         // Read under the lock: another chunk may have landed meanwhile.
-        let size = current_size(&path, &id).await?;
+        let size = self.size_of(&key, &id).await?;
         if let Some(s) = start
             && s != size
         {
@@ -152,16 +173,15 @@ impl Storage {
         if st.size != size {
             st.hasher = None;
         }
-        let mut file = tokio::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .await
-            .map_err(io("open", &path))?;
+        st.size = size;
+        let drv = self.driver();
+        let k = key.clone();
+        let mut writer = blocking(move || drv.append(&k)).await?;
+        let path = self.inner.driver.locate(&key);
         // Fill a large buffer before each write: request bodies arrive in small frames,
-        // and every file write is a hop to the blocking pool.
+        // and every write is a hop to the blocking pool, where the chunk is also hashed.
         let mut buf = vec![0u8; CHUNK];
         let mut fill = 0;
-        let mut written = 0u64;
         let mut failed = None;
         loop {
             let n = match body.read(&mut buf[fill..]).await {
@@ -172,27 +192,30 @@ impl Storage {
                 }
             };
             fill += n;
-            if fill == buf.len() || n == 0 {
-                if fill > 0 {
-                    file.write_all(&buf[..fill])
-                        .await
-                        .map_err(io("write", &path))?;
-                    if let Some(h) = st.hasher.as_mut() {
-                        h.update(&buf[..fill]);
-                    }
-                    written += fill as u64;
-                    fill = 0;
+            if fill == buf.len() || (n == 0 && fill > 0) {
+                let hasher = st.hasher.take();
+                let (w, h, b, r) = write_chunk(writer, hasher, buf, fill).await?;
+                writer = w;
+                buf = b;
+                if let Err(e) = r {
+                    // Part of the chunk may be on disk unhashed: the hash state is gone.
+                    return Err(Error::Io {
+                        op: "write",
+                        path,
+                        source: e,
+                    });
                 }
-                if n == 0 {
-                    break;
-                }
+                st.hasher = h;
+                st.size += fill as u64;
+                fill = 0;
+            }
+            if n == 0 {
+                break;
             }
         }
-        file.flush().await.map_err(io("write", &path))?;
-        st.size = size + written;
         if let Some(e) = failed {
-            // What arrived is kept; the client can resume from the reported size.
-            st.hasher = None;
+            // What arrived is kept (and hashed); the client can resume from the size.
+            tracing::info!(upload = %id, size = st.size, error = %e, "upload body ended early");
             return Err(Error::Body(e.to_string()));
         }
         Ok(UploadStatus { id, size: st.size })
@@ -201,18 +224,21 @@ impl Storage {
     /// Finishes an upload: verifies `digest`, then moves the data into `blobs/` and links
     /// it into the repository. On a mismatch the upload is discarded and nothing becomes
     /// visible.
-    pub async fn finish_upload(
+    pub(crate) async fn finish_upload(
         &self,
         name: &RepoName,
         id: &str,
         digest: &Digest,
     ) -> Result<u64, Error> {
-        let (id, path, state) = self.open_upload(name, id).await?;
+        let (id, key, state) = self.open_upload(name, id).await?;
         let st = state.lock().await;
-        let size = current_size(&path, &id).await?;
+        let size = self.size_of(&key, &id).await?;
         let actual = match (&st.hasher, digest.algorithm()) {
             (Some(h), Algorithm::Sha256) if st.size == size => h.clone().finish(),
-            _ => hash_file(&path, digest.algorithm()).await?,
+            _ => {
+                let (k, alg) = (key.clone(), digest.algorithm());
+                self.run(move |drv, _| hash_object(drv, &k, alg)).await?
+            }
         };
         if actual != *digest {
             drop(st);
@@ -224,23 +250,15 @@ impl Storage {
         }
         // Shared with manifest writes, exclusive with GC: the blob cannot be swept between
         // "it already exists" and the link that makes it young again.
-        let _gc = self.inner.gc_lock.read().await;
-        let p = self.paths().clone();
-        let (name2, d) = (name.clone(), digest.clone());
-        let dir = self.paths().upload_dir(name, &id);
-        blocking(move || {
-            let f = std::fs::File::open(&path).map_err(io("open", &path))?;
-            f.sync_all().map_err(io("fsync", &path))?;
+        let _gc = self.inner.local.gc_lock.read().await;
+        let (name2, d, id2) = (name.clone(), digest.clone(), id.clone());
+        self.run(move |drv, p| {
             let target = p.blob_data(&d);
-            if !target.is_file() {
-                fsutil::create_dir_all(&p.blob_dir(&d), 0o755)?;
-                std::fs::rename(&path, &target).map_err(io("move into place", &target))?;
-                let dir =
-                    std::fs::File::open(p.blob_dir(&d)).map_err(io("open", &p.blob_dir(&d)))?;
-                dir.sync_all().map_err(io("fsync", &p.blob_dir(&d)))?;
+            if drv.stat(&target)?.is_none() {
+                drv.rename(&key, &target)?;
             }
-            write_link(&p.layer_link(&name2, &d), &d)?;
-            remove_dir_all_if_exists(&dir)?;
+            write_link(drv, &p.layer_link(&name2, &d), &d)?;
+            drv.delete(&p.upload_dir(&name2, &id2))?;
             Ok(())
         })
         .await?;
@@ -250,10 +268,12 @@ impl Storage {
     }
 
     /// Discards an upload.
-    pub async fn cancel_upload(&self, name: &RepoName, id: &str) -> Result<(), Error> {
+    pub(crate) async fn cancel_upload(&self, name: &RepoName, id: &str) -> Result<(), Error> {
         let id = parse_id(id)?;
-        let dir = self.paths().upload_dir(name, &id);
-        let removed = blocking(move || remove_dir_all_if_exists(&dir)).await?;
+        let (name2, id2) = (name.clone(), id.clone());
+        let removed = self
+            .run(move |drv, p| drv.delete(&p.upload_dir(&name2, &id2)))
+            .await?;
         self.forget(&id);
         if removed {
             Ok(())
@@ -261,44 +281,27 @@ impl Storage {
             Err(Error::UploadUnknown(id))
         }
     }
-}
 
-/// Bytes in an upload's data file; a missing file means the upload is unknown.
-async fn current_size(path: &std::path::Path, id: &str) -> Result<u64, Error> {
-    match tokio::fs::metadata(path).await {
-        Ok(m) => Ok(m.len()),
-        Err(_) => Err(Error::UploadUnknown(id.to_string())),
-    }
-}
-
-impl Storage {
     /// Every upload session, oldest first.
-    pub async fn list_uploads(&self) -> Result<Vec<UploadInfo>, Error> {
-        let p = self.paths().clone();
-        blocking(move || {
+    pub(crate) async fn list_uploads(&self) -> Result<Vec<UploadInfo>, Error> {
+        self.run(move |drv, p| {
             let mut out = Vec::new();
-            for repo in super::gc::all_repos(&p.repositories())? {
+            for repo in super::gc::all_repos(drv, p)? {
                 let Ok(name) = repo.parse::<RepoName>() else {
                     continue;
                 };
-                for id in super::subdirs(&p.uploads(&name))? {
+                for id in super::subdirs(drv, &p.uploads(&name))? {
                     let dir = p.upload_dir(&name, &id);
-                    let size = std::fs::metadata(dir.join("data"))
-                        .map(|m| m.len())
-                        .unwrap_or(0);
-                    let started_at = std::fs::read_to_string(dir.join("startedat"))
-                        .ok()
+                    let data = drv.stat(&dir.join("data"))?;
+                    let started_at = drv
+                        .get(&dir.join("startedat"))?
+                        .and_then(|b| String::from_utf8(b).ok())
                         .and_then(|s| OffsetDateTime::parse(s.trim(), &Rfc3339).ok())
-                        .or_else(|| {
-                            std::fs::metadata(&dir)
-                                .and_then(|m| m.modified())
-                                .ok()
-                                .map(OffsetDateTime::from)
-                        });
+                        .or_else(|| data.map(|m| OffsetDateTime::from(m.modified)));
                     out.push(UploadInfo {
                         repository: repo.clone(),
                         id,
-                        size,
+                        size: data.map_or(0, |m| m.size),
                         started_at,
                     });
                 }
@@ -311,7 +314,7 @@ impl Storage {
 
     /// Removes upload sessions older than `older_than` (all, with `None`); one receiving a
     /// chunk right now is left alone. Returns what went (or would go, dry).
-    pub async fn purge_uploads(
+    pub(crate) async fn purge_uploads(
         &self,
         older_than: Option<std::time::Duration>,
         dry_run: bool,
@@ -325,7 +328,12 @@ impl Storage {
                 continue;
             };
             let state = {
-                let map = self.inner.uploads.lock().unwrap_or_else(|p| p.into_inner());
+                let map = self
+                    .inner
+                    .local
+                    .uploads
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 map.get(&u.id).cloned()
             };
             let _busy = match &state {
@@ -336,8 +344,9 @@ impl Storage {
                 None => None,
             };
             if !dry_run {
-                let dir = self.paths().upload_dir(&name, &u.id);
-                blocking(move || remove_dir_all_if_exists(&dir)).await?;
+                let id = u.id.clone();
+                self.run(move |drv, p| drv.delete(&p.upload_dir(&name, &id)))
+                    .await?;
                 self.forget(&u.id);
                 tracing::info!(repo = %u.repository, id = %u.id, bytes = u.size, "purged upload");
             }
@@ -347,14 +356,43 @@ impl Storage {
     }
 }
 
-async fn hash_file(path: &std::path::Path, alg: Algorithm) -> Result<Digest, Error> {
-    let mut f = tokio::fs::File::open(path)
-        .await
-        .map_err(io("open", path))?;
+type Written = (Writer, Option<Hasher>, Vec<u8>, std::io::Result<()>);
+
+/// Hashes and writes `buf[..fill]` on a blocking thread, handing everything back.
+async fn write_chunk(
+    mut w: Writer,
+    mut h: Option<Hasher>,
+    buf: Vec<u8>,
+    fill: usize,
+) -> Result<Written, Error> {
+    blocking(move || {
+        let r = w.write_all(&buf[..fill]);
+        if r.is_ok()
+            && let Some(h) = h.as_mut()
+        {
+            h.update(&buf[..fill]);
+        }
+        Ok((w, h, buf, r))
+    })
+    .await
+}
+
+/// Hashes a stored object with `alg` (uploads whose hash state was lost, sha512 blobs).
+fn hash_object(drv: &dyn Driver, key: &Key, alg: Algorithm) -> Result<Digest, Error> {
+    let path = drv.locate(key);
+    let mut r = drv.reader(key, 0)?.ok_or_else(|| Error::Io {
+        op: "open",
+        path: path.clone(),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    })?;
     let mut h = alg.hasher();
     let mut buf = vec![0u8; CHUNK];
     loop {
-        let n = f.read(&mut buf).await.map_err(io("read", path))?;
+        let n = read_full(r.as_mut(), &mut buf).map_err(|source| Error::Io {
+            op: "read",
+            path: path.clone(),
+            source,
+        })?;
         if n == 0 {
             break;
         }

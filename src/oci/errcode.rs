@@ -200,6 +200,8 @@ impl From<Error> for ApiError {
                 };
                 ApiError::new(Code::RangeInvalid, msg).with_header(header::RANGE, range)
             }
+            Error::RangeNotSatisfiable { size } => ApiError::new(Code::RangeInvalid, msg)
+                .with_header(header::CONTENT_RANGE, format!("bytes */{size}")),
             Error::SizeInvalid(_) => ApiError::new(Code::SizeInvalid, msg),
             Error::ManifestInvalid(_) => ApiError::new(Code::ManifestInvalid, msg),
             Error::ManifestBlobUnknown(d) => ApiError::new(Code::ManifestBlobUnknown, msg)

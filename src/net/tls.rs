@@ -1,26 +1,43 @@
-//! TLS for the TCP control listener: berthd's own server certificate from its CA, client
-//! certificates required and checked against the CA and its CRL.
+//! TLS for every TCP listener (the registry and the control API), in one place: berthd's
+//! own server certificate from its CA, client certificates required and checked against
+//! the CA and its CRL at the handshake, and a [`Gate`] that re-checks the certificate's
+//! serial and expiry on every request, so a revocation also reaches connections that were
+//! open before it.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
-use super::Error;
+use super::Refusal;
+use crate::identity::Identity;
 use crate::pki::{self, Names, Pki};
 
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The PKI could not issue or read the server certificate, or sign the CRL.
+    #[error(transparent)]
+    Pki(#[from] pki::Error),
+    /// rustls refused the certificate, key, CRL or settings.
+    #[error("TLS setup failed: {0}")]
+    Rustls(String),
+}
+
 /// Common name of berthd's control listener certificate.
-pub(crate) const CONTROL_CN: &str = "berthd control";
+pub const CONTROL_CN: &str = "berthd control";
 
 /// Common name of the embedded registry's certificate.
-pub(crate) const REGISTRY_CN: &str = "berth registry";
+pub const REGISTRY_CN: &str = "berth registry";
 
 /// The names a client may dial a berthd listener by: loopback, the host name, the listen
 /// addresses and whatever the config adds.
-pub(super) fn service_names(listen: &[SocketAddr], extra: &[String]) -> Names {
+pub fn service_names(listen: &[SocketAddr], extra: &[String]) -> Names {
     let mut n = Names {
         dns_names: vec!["localhost".to_string()],
         ip_addresses: vec![
@@ -56,12 +73,12 @@ pub(super) fn service_names(listen: &[SocketAddr], extra: &[String]) -> Names {
 }
 
 /// The control listener's config: gRPC, so HTTP/2 only.
-pub(super) fn control_config(pki: &Pki, names: &Names) -> Result<Arc<ServerConfig>, Error> {
+pub fn control_config(pki: &Pki, names: &Names) -> Result<Arc<ServerConfig>, Error> {
     server_config(pki, CONTROL_CN, names, &[b"h2"])
 }
 
 /// The registry's config: docker speaks HTTP/1.1, others HTTP/2.
-pub(super) fn registry_config(pki: &Pki, names: &Names) -> Result<Arc<ServerConfig>, Error> {
+pub fn registry_config(pki: &Pki, names: &Names) -> Result<Arc<ServerConfig>, Error> {
     server_config(pki, REGISTRY_CN, names, &[b"h2", b"http/1.1"])
 }
 
@@ -80,25 +97,68 @@ fn server_config(
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from(pki.ca().cert_der().to_vec()))
-        .map_err(|e| Error::Tls(format!("CA certificate: {e}")))?;
+        .map_err(|e| Error::Rustls(format!("CA certificate: {e}")))?;
     let crl = CertificateRevocationListDer::from(pki.crl()?.der()?);
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .with_crls([crl])
         .build()
-        .map_err(|e| Error::Tls(format!("client verifier: {e}")))?;
+        .map_err(|e| Error::Rustls(format!("client verifier: {e}")))?;
     let chain = vec![
         CertificateDer::from_pem_slice(record.certificate_pem.as_bytes())
-            .map_err(|e| Error::Tls(e.to_string()))?,
+            .map_err(|e| Error::Rustls(e.to_string()))?,
         CertificateDer::from(pki.ca().cert_der().to_vec()),
     ];
     let key = PrivateKeyDer::from_pem_slice(key.secret_pem().as_bytes())
-        .map_err(|e| Error::Tls(format!("server key: {e}")))?;
+        .map_err(|e| Error::Rustls(format!("server key: {e}")))?;
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Tls(e.to_string()))?
+        .map_err(|e| Error::Rustls(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
-        .map_err(|e| Error::Tls(e.to_string()))?;
+        .map_err(|e| Error::Rustls(e.to_string()))?;
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
+}
+
+/// The per-request check of a TLS caller: its certificate must not be revoked and must not
+/// have expired. The handshake already checked both at connect time; this catches what
+/// changed since, on connections that stay open (keep-alive, HTTP/2, gRPC channels).
+#[derive(Debug, Default)]
+pub struct Gate {
+    revoked: ArcSwap<HashSet<String>>,
+}
+
+impl Gate {
+    /// A gate that knows the PKI's current revocations.
+    pub fn new(pki: &Pki) -> Gate {
+        let g = Gate::default();
+        g.refresh(pki);
+        g
+    }
+
+    /// Takes in the PKI's revocations; call after every `revoke`.
+    pub fn refresh(&self, pki: &Pki) {
+        self.revoked.store(Arc::new(pki.revoked_serials()));
+    }
+
+    /// Whether `who` may still make requests. Unix callers are checked by their own edge.
+    pub fn check(&self, who: &Identity) -> Result<(), Refusal> {
+        let Some(c) = who.certificate() else {
+            return Ok(());
+        };
+        if self.revoked.load().contains(&c.serial) {
+            return Err(Refusal::Revoked {
+                serial: c.serial.clone(),
+                subject: c.subject.clone(),
+            });
+        }
+        if c.not_after < time::OffsetDateTime::now_utc() {
+            return Err(Refusal::Expired {
+                serial: c.serial.clone(),
+                subject: c.subject.clone(),
+                not_after: c.not_after,
+            });
+        }
+        Ok(())
+    }
 }

@@ -1,10 +1,14 @@
-//! Registry events (pushes, pulls, deletes) for `berth events`, on a bounded broadcast
-//! channel: publishing never waits, and a subscriber that falls behind loses its place
-//! and is told so, instead of slowing pushes down.
+//! Events (pushes, pulls, deletes) for `berth events` and, later, the audit log. Only the
+//! cores emit them, after the operation succeeded, carrying the [`Identity`] that asked, so
+//! HTTP and gRPC callers are recorded alike. They travel on a bounded broadcast channel:
+//! publishing never waits, and a subscriber that falls behind loses its place and is told
+//! so, instead of slowing pushes down.
 
 use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
+
+use crate::identity::Identity;
 
 /// Events kept for subscribers that are briefly behind.
 const BUFFER: usize = 1024;
@@ -33,7 +37,7 @@ pub enum Target {
     Tag,
 }
 
-/// One registry event.
+/// One event.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     /// When.
@@ -49,7 +53,7 @@ pub struct Event {
     pub digest: Option<String>,
     /// Tag, when one is involved.
     pub tag: Option<String>,
-    /// Who: the client certificate's CN, or the control API caller.
+    /// Who asked, as [`Identity`]'s `Display` names it (CN and serial, or uid).
     pub actor: String,
 }
 
@@ -69,15 +73,18 @@ impl Default for Events {
 
 impl Events {
     /// Publishes an event; with no subscriber it goes nowhere.
-    pub fn emit(
+    pub(crate) fn emit(
         &self,
+        actor: &Identity,
         action: Action,
         target: Target,
         repository: &str,
         digest: Option<String>,
         tag: Option<String>,
-        actor: &str,
     ) {
+        if self.tx.receiver_count() == 0 {
+            return;
+        }
         let _ = self.tx.send(Event {
             time: OffsetDateTime::now_utc(),
             action,

@@ -1,23 +1,27 @@
 //! One handler per endpoint of the distribution API. Each decodes the request, calls the
-//! registry core, and sets the headers the spec and docker expect (`Location`,
+//! registry's door with the caller's identity, and sets the headers the spec and docker expect (`Location`,
 //! `Docker-Content-Digest`, `Range`, `Docker-Upload-UUID`, `OCI-Subject`, `Link`).
 
 use std::collections::HashMap;
-use std::io::SeekFrom;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::TryStreamExt;
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::{ReaderStream, StreamReader};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio_util::io::StreamReader;
 
 use super::errcode::{ApiError, Code};
 use super::route::Route;
-use crate::registry::events::{Action, Target};
+use crate::identity::Identity;
 use crate::registry::reference::{Digest, Reference, RepoName};
-use crate::registry::{Error, MAX_MANIFEST_BYTES, Registry, manifest, paginate};
+use crate::registry::{
+    BlobCommit, ByteRange, Error, MAX_MANIFEST_BYTES, Registry, manifest, paginate,
+};
 
 /// The most entries one catalog or tags page returns.
 const MAX_PAGE: usize = 10_000;
@@ -36,20 +40,19 @@ pub(super) struct Head {
     pub method: Method,
     pub query: HashMap<String, String>,
     pub headers: HeaderMap,
-    /// Client certificate CN, for events.
-    pub actor: String,
-}
-
-fn tag_of(r: &Reference) -> Option<String> {
-    match r {
-        Reference::Tag(t) => Some(t.to_string()),
-        Reference::Digest(_) => None,
-    }
+    /// Who is asking, as `net::serve` verified it.
+    pub who: Identity,
 }
 
 /// Routes a parsed path and method to its handler.
-pub(super) async fn handle(reg: &Registry, route: Route, req: Req) -> Result<Response> {
+pub(super) async fn handle(
+    reg: &Registry,
+    stall: Duration,
+    route: Route,
+    req: Req,
+) -> Result<Response> {
     let m = req.head.method.clone();
+    let who = &req.head.who;
     match (route, m) {
         (Route::Base, Method::GET | Method::HEAD) => Ok((
             StatusCode::OK,
@@ -62,41 +65,21 @@ pub(super) async fn handle(reg: &Registry, route: Route, req: Req) -> Result<Res
         (Route::Manifest(name, r), Method::GET | Method::HEAD) => {
             get_manifest(reg, &name, &r, &req.head).await
         }
-        (Route::Manifest(name, r), Method::PUT) => put_manifest(reg, &name, &r, req).await,
+        (Route::Manifest(name, r), Method::PUT) => put_manifest(reg, stall, &name, &r, req).await,
         (Route::Manifest(name, r), Method::DELETE) => {
-            reg.delete_manifest(&name, &r).await?;
-            let (target, digest) = match &r {
-                Reference::Digest(d) => (Target::Manifest, Some(d.to_string())),
-                Reference::Tag(_) => (Target::Tag, None),
-            };
-            reg.events().emit(
-                Action::Delete,
-                target,
-                name.as_str(),
-                digest,
-                tag_of(&r),
-                &req.head.actor,
-            );
+            reg.delete_manifest(who, &name, &r).await?;
             Ok(accepted())
         }
         (Route::Blob(name, d), Method::GET | Method::HEAD) => {
             get_blob(reg, &name, &d, &req.head).await
         }
         (Route::Blob(name, d), Method::DELETE) => {
-            reg.delete_blob(&name, &d).await?;
-            reg.events().emit(
-                Action::Delete,
-                Target::Blob,
-                name.as_str(),
-                Some(d.to_string()),
-                None,
-                &req.head.actor,
-            );
+            reg.delete_blob(who, &name, &d).await?;
             Ok(accepted())
         }
-        (Route::UploadStart(name), Method::POST) => start_upload(reg, &name, req).await,
+        (Route::UploadStart(name), Method::POST) => start_upload(reg, stall, &name, req).await,
         (Route::Upload(name, id), Method::GET) => {
-            let st = reg.storage().upload_status(&name, &id).await?;
+            let st = reg.upload_status(who, &name, &id).await?;
             Ok(upload_response(
                 StatusCode::NO_CONTENT,
                 &name,
@@ -104,10 +87,10 @@ pub(super) async fn handle(reg: &Registry, route: Route, req: Req) -> Result<Res
                 st.size,
             ))
         }
-        (Route::Upload(name, id), Method::PATCH) => patch_upload(reg, &name, &id, req).await,
-        (Route::Upload(name, id), Method::PUT) => put_upload(reg, &name, &id, req).await,
+        (Route::Upload(name, id), Method::PATCH) => patch_upload(reg, stall, &name, &id, req).await,
+        (Route::Upload(name, id), Method::PUT) => put_upload(reg, stall, &name, &id, req).await,
         (Route::Upload(name, id), Method::DELETE) => {
-            reg.storage().cancel_upload(&name, &id).await?;
+            reg.cancel_upload(who, &name, &id).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         (Route::Referrers(name, d), Method::GET) => referrers(reg, &name, &d, &req.head).await,
@@ -132,9 +115,47 @@ fn set(resp: &mut Response, name: &'static str, value: &str) {
     }
 }
 
-/// A body as a reader, so storage streams it to disk without holding it in memory.
-fn reader(body: Body) -> impl AsyncRead + Unpin {
-    StreamReader::new(body.into_data_stream().map_err(std::io::Error::other))
+/// A body as a reader, so storage streams it to disk without holding it in memory. A body
+/// that makes no progress for `stall` fails with `TimedOut`: the request ends, the upload
+/// keeps what arrived and its lock is released, so the client can resume.
+fn reader(body: Body, stall: Duration) -> impl AsyncRead + Unpin + Send {
+    Stalling {
+        inner: StreamReader::new(body.into_data_stream().map_err(std::io::Error::other)),
+        stall,
+        deadline: Box::pin(tokio::time::sleep(stall)),
+    }
+}
+
+struct Stalling<R> {
+    inner: R,
+    stall: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Stalling<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                let next = tokio::time::Instant::now() + self.stall;
+                self.deadline.as_mut().reset(next);
+                Poll::Ready(r)
+            }
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "the request body made no progress for {}; resume the upload from the reported size",
+                        humantime::format_duration(self.stall)
+                    ),
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
 }
 
 fn pagination(req: &Head) -> Result<(Option<usize>, Option<String>)> {
@@ -178,7 +199,7 @@ fn percent(s: &str) -> String {
 
 async fn catalog(reg: &Registry, req: &Head) -> Result<Response> {
     let (n, last) = pagination(req)?;
-    let all = reg.storage().repositories().await?;
+    let all = reg.catalog(&req.who).await?;
     let page = paginate(all, n.or(Some(MAX_PAGE)), last.as_deref());
     let mut resp = axum::Json(json!({ "repositories": page.items })).into_response();
     if let Some(after) = page.next_after {
@@ -189,7 +210,7 @@ async fn catalog(reg: &Registry, req: &Head) -> Result<Response> {
 
 async fn tags(reg: &Registry, name: &RepoName, req: &Head) -> Result<Response> {
     let (n, last) = pagination(req)?;
-    let all = reg.storage().tags(name).await?;
+    let all = reg.tags(&req.who, name).await?;
     let page = paginate(all, n.or(Some(MAX_PAGE)), last.as_deref());
     let mut resp = axum::Json(json!({ "name": name.as_str(), "tags": page.items })).into_response();
     if let Some(after) = page.next_after {
@@ -208,17 +229,11 @@ async fn get_manifest(
     r: &Reference,
     req: &Head,
 ) -> Result<Response> {
-    let m = reg.manifest(name, r).await?;
-    if req.method == Method::GET {
-        reg.events().emit(
-            Action::Pull,
-            Target::Manifest,
-            name.as_str(),
-            Some(m.digest.to_string()),
-            tag_of(r),
-            &req.actor,
-        );
-    }
+    let m = if req.method == Method::HEAD {
+        reg.head_manifest(&req.who, name, r).await?
+    } else {
+        reg.get_manifest(&req.who, name, r).await?
+    };
     let len = m.bytes.len();
     let body = if req.method == Method::HEAD {
         Body::empty()
@@ -235,6 +250,7 @@ async fn get_manifest(
 
 async fn put_manifest(
     reg: &Registry,
+    stall: Duration,
     name: &RepoName,
     r: &Reference,
     req: Req,
@@ -250,7 +266,7 @@ async fn put_manifest(
         .into());
     }
     let mut body = Vec::new();
-    let mut rd = reader(req.body).take(MAX_MANIFEST_BYTES as u64 + 1);
+    let mut rd = reader(req.body, stall).take(MAX_MANIFEST_BYTES as u64 + 1);
     rd.read_to_end(&mut body)
         .await
         .map_err(|e| ApiError::from(Error::Body(e.to_string())))?;
@@ -261,16 +277,8 @@ async fn put_manifest(
         .into());
     }
     let put = reg
-        .put_manifest(name, r, body, content_type.as_deref())
+        .put_manifest(&req.head.who, name, r, body, content_type.as_deref())
         .await?;
-    reg.events().emit(
-        Action::Push,
-        Target::Manifest,
-        name.as_str(),
-        Some(put.digest.to_string()),
-        tag_of(r),
-        &req.head.actor,
-    );
     let mut resp = (StatusCode::CREATED, [(header::CONTENT_LENGTH, "0")]).into_response();
     set(
         &mut resp,
@@ -284,8 +292,9 @@ async fn put_manifest(
     Ok(resp)
 }
 
-/// A parsed `Range: bytes=...` against a size: `Ok(None)` means serve everything.
-fn byte_range(h: Option<&str>, size: u64) -> std::result::Result<Option<(u64, u64)>, ()> {
+/// A `Range: bytes=...` header: `Ok(None)` means serve everything (no header, or a
+/// multi-range, which registries answer whole).
+fn byte_range(h: Option<&str>) -> std::result::Result<Option<ByteRange>, ()> {
     let Some(spec) = h.and_then(|v| v.trim().strip_prefix("bytes=")) else {
         return Ok(None);
     };
@@ -294,84 +303,65 @@ fn byte_range(h: Option<&str>, size: u64) -> std::result::Result<Option<(u64, u6
     }
     let (a, b) = spec.split_once('-').ok_or(())?;
     let (a, b) = (a.trim(), b.trim());
-    let (start, end) = match (a.is_empty(), b.is_empty()) {
-        (false, _) => {
-            let start: u64 = a.parse().map_err(|_| ())?;
-            let end = if b.is_empty() {
-                size.saturating_sub(1)
-            } else {
-                b.parse::<u64>()
-                    .map_err(|_| ())?
-                    .min(size.saturating_sub(1))
-            };
-            (start, end)
-        }
-        (true, false) => {
-            let n: u64 = b.parse().map_err(|_| ())?;
-            if n == 0 {
-                return Err(());
-            }
-            (size.saturating_sub(n), size.saturating_sub(1))
-        }
-        (true, true) => return Err(()),
-    };
-    if start >= size || end < start {
-        return Err(());
+    let num = |s: &str| s.parse::<u64>().map_err(|_| ());
+    match (a.is_empty(), b.is_empty()) {
+        (false, true) => Ok(Some(ByteRange::From(num(a)?))),
+        (false, false) => Ok(Some(ByteRange::FromTo(num(a)?, num(b)?))),
+        (true, false) => Ok(Some(ByteRange::Suffix(num(b)?))),
+        (true, true) => Err(()),
     }
-    Ok(Some((start, end)))
+}
+
+fn range_error(size: Option<u64>) -> ApiError {
+    let e = ApiError::new(
+        Code::RangeInvalid,
+        match size {
+            Some(size) => format!("requested range is not within the blob's {size} bytes"),
+            None => "malformed Range header: expected bytes=START-END".to_string(),
+        },
+    );
+    match size {
+        Some(size) => e.with_header(header::CONTENT_RANGE, format!("bytes */{size}")),
+        None => e,
+    }
 }
 
 async fn get_blob(reg: &Registry, name: &RepoName, d: &Digest, req: &Head) -> Result<Response> {
-    let mut blob = reg.storage().open_blob(name, d).await?;
-    let size = blob.size;
-    let range = byte_range(header_str(&req.headers, &header::RANGE), size).map_err(|()| {
-        ApiError::new(
-            Code::RangeInvalid,
-            format!("requested range is not within the blob's {size} bytes"),
-        )
-        .with_header(header::CONTENT_RANGE, format!("bytes */{size}"))
-    })?;
-    let (status, start, len) = match range {
-        Some((s, e)) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
-        None => (StatusCode::OK, 0, size),
-    };
-    let body = if req.method == Method::HEAD {
-        Body::empty()
+    let mut resp = if req.method == Method::HEAD {
+        let size = reg.stat_blob(&req.who, name, d).await?;
+        let mut resp = (StatusCode::OK, Body::empty()).into_response();
+        set(&mut resp, "content-length", &size.to_string());
+        resp
     } else {
-        if start == 0 {
-            reg.events().emit(
-                Action::Pull,
-                Target::Blob,
-                name.as_str(),
-                Some(d.to_string()),
-                None,
-                &req.actor,
+        let range =
+            byte_range(header_str(&req.headers, &header::RANGE)).map_err(|()| range_error(None))?;
+        let blob = match reg.get_blob(&req.who, name, d, range).await {
+            Err(Error::RangeNotSatisfiable { size }) => return Err(range_error(Some(size))),
+            r => r?,
+        };
+        let partial = range.is_some();
+        let (start, len, size) = (blob.start, blob.len, blob.size);
+        let stream = tokio_stream::wrappers::ReceiverStream::new(blob.chunks);
+        let status = if partial {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        };
+        let mut resp = (status, Body::from_stream(stream)).into_response();
+        set(&mut resp, "content-length", &len.to_string());
+        if partial {
+            set(
+                &mut resp,
+                "content-range",
+                &format!("bytes {start}-{}/{size}", start + len - 1),
             );
         }
-        if start > 0 {
-            blob.file
-                .seek(SeekFrom::Start(start))
-                .await
-                .map_err(|e| ApiError::from(Error::Body(e.to_string())))?;
-        }
-        Body::from_stream(ReaderStream::with_capacity(
-            blob.file.take(len),
-            1024 * 1024,
-        ))
+        resp
     };
-    let mut resp = (status, body).into_response();
     set(&mut resp, "content-type", "application/octet-stream");
-    set(&mut resp, "content-length", &len.to_string());
     set(&mut resp, "docker-content-digest", &d.to_string());
     set(&mut resp, "accept-ranges", "bytes");
     set(&mut resp, "etag", &format!("\"{d}\""));
-    if status == StatusCode::PARTIAL_CONTENT {
-        set(
-            &mut resp,
-            "content-range",
-            &format!("bytes {start}-{}/{size}", start + len - 1),
-        );
-    }
     Ok(resp)
 }
 
@@ -387,15 +377,7 @@ fn upload_response(status: StatusCode, name: &RepoName, id: &str, size: u64) -> 
     resp
 }
 
-fn blob_created(reg: &Registry, name: &RepoName, d: &Digest, actor: &str) -> Response {
-    reg.events().emit(
-        Action::Push,
-        Target::Blob,
-        name.as_str(),
-        Some(d.to_string()),
-        None,
-        actor,
-    );
+fn blob_created(name: &RepoName, d: &Digest) -> Response {
     let mut resp = (StatusCode::CREATED, [(header::CONTENT_LENGTH, "0")]).into_response();
     set(&mut resp, "location", &format!("/v2/{name}/blobs/{d}"));
     set(&mut resp, "docker-content-digest", &d.to_string());
@@ -409,38 +391,34 @@ fn digest_param(req: &Head, key: &str) -> Result<Option<Digest>> {
     }
 }
 
-async fn start_upload(reg: &Registry, name: &RepoName, req: Req) -> Result<Response> {
-    if let Some(d) = digest_param(&req.head, "mount")? {
-        let from = req
+async fn start_upload(
+    reg: &Registry,
+    stall: Duration,
+    name: &RepoName,
+    req: Req,
+) -> Result<Response> {
+    let who = &req.head.who;
+    if let Some(d) = digest_param(&req.head, "mount")?
+        && let Some(from) = req
             .head
             .query
             .get("from")
             .map(|f| f.parse::<RepoName>())
-            .transpose()?;
-        if let Some(from) = from
-            && reg.storage().mount(name, &from, &d).await?
-        {
-            tracing::debug!(repo = %name, from = %from, digest = %d, "mounted blob");
-            return Ok(blob_created(reg, name, &d, &req.head.actor));
-        }
-        // Cannot mount: fall back to a normal upload session, as the spec asks.
+            .transpose()?
+    {
+        return match reg.mount_blob(who, name, &from, &d).await? {
+            BlobCommit::Created(d) => Ok(blob_created(name, &d)),
+            // Cannot mount: a normal upload session, as the spec asks.
+            BlobCommit::Upload(st) => Ok(upload_response(StatusCode::ACCEPTED, name, &st.id, 0)),
+        };
     }
-    let st = reg.storage().start_upload(name).await?;
     if let Some(d) = digest_param(&req.head, "digest")? {
         // Monolithic upload: the whole blob is in this request.
-        let result = async {
-            reg.storage()
-                .append(name, &st.id, Some(0), &mut reader(req.body))
-                .await?;
-            reg.storage().finish_upload(name, &st.id, &d).await
-        }
-        .await;
-        if let Err(e) = result {
-            let _ = reg.storage().cancel_upload(name, &st.id).await;
-            return Err(e.into());
-        }
-        return Ok(blob_created(reg, name, &d, &req.head.actor));
+        reg.put_blob(who, name, &d, &mut reader(req.body, stall))
+            .await?;
+        return Ok(blob_created(name, &d));
     }
+    let st = reg.start_upload(who, name).await?;
     Ok(upload_response(StatusCode::ACCEPTED, name, &st.id, 0))
 }
 
@@ -469,11 +447,22 @@ fn content_range(h: &HeaderMap) -> Result<Option<(u64, u64)>> {
     Ok(Some((a, b)))
 }
 
-async fn patch_upload(reg: &Registry, name: &RepoName, id: &str, req: Req) -> Result<Response> {
+async fn patch_upload(
+    reg: &Registry,
+    stall: Duration,
+    name: &RepoName,
+    id: &str,
+    req: Req,
+) -> Result<Response> {
     let range = content_range(&req.head.headers)?;
     let st = reg
-        .storage()
-        .append(name, id, range.map(|r| r.0), &mut reader(req.body))
+        .append_upload(
+            &req.head.who,
+            name,
+            id,
+            range.map(|r| r.0),
+            &mut reader(req.body, stall),
+        )
         .await?;
     if let Some((a, b)) = range
         && st.size != b + 1
@@ -483,22 +472,30 @@ async fn patch_upload(reg: &Registry, name: &RepoName, id: &str, req: Req) -> Re
     Ok(upload_response(StatusCode::ACCEPTED, name, &st.id, st.size))
 }
 
-async fn put_upload(reg: &Registry, name: &RepoName, id: &str, req: Req) -> Result<Response> {
+async fn put_upload(
+    reg: &Registry,
+    stall: Duration,
+    name: &RepoName,
+    id: &str,
+    req: Req,
+) -> Result<Response> {
     let d = digest_param(&req.head, "digest")?.ok_or(Error::DigestMissing)?;
     let range = content_range(&req.head.headers)?;
     let has_body = header_str(&req.head.headers, &header::CONTENT_LENGTH).is_none_or(|l| l != "0");
-    if has_body || range.is_some() {
-        reg.storage()
-            .append(name, id, range.map(|r| r.0), &mut reader(req.body))
-            .await?;
-    }
-    reg.storage().finish_upload(name, id, &d).await?;
-    Ok(blob_created(reg, name, &d, &req.head.actor))
+    let mut body = reader(req.body, stall);
+    let last = (has_body || range.is_some()).then(|| {
+        (
+            range.map(|r| r.0),
+            &mut body as &mut (dyn AsyncRead + Unpin + Send),
+        )
+    });
+    reg.finish_upload(&req.head.who, name, id, &d, last).await?;
+    Ok(blob_created(name, &d))
 }
 
 async fn referrers(reg: &Registry, name: &RepoName, d: &Digest, req: &Head) -> Result<Response> {
     let filter = req.query.get("artifactType").map(String::as_str);
-    let (index, filtered) = reg.referrers(name, d, filter).await?;
+    let (index, filtered) = reg.referrers(&req.who, name, d, filter).await?;
     let mut resp = (StatusCode::OK, index.to_string()).into_response();
     set(&mut resp, "content-type", manifest::OCI_INDEX);
     if filtered {

@@ -1,0 +1,89 @@
+//! Who is asking: one type for every caller of every door, so authorisation, audit and
+//! events see the same thing whether a request came over the unix socket, the TCP control
+//! listener or the registry. The edges build it (peer credentials, the verified client
+//! certificate); the cores only read it.
+
+use std::fmt;
+
+use time::OffsetDateTime;
+
+/// The caller of a core operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Identity {
+    /// A local process on the control socket, as the kernel reports it (SO_PEERCRED).
+    Unix {
+        /// Peer uid.
+        uid: u32,
+        /// Peer primary gid.
+        gid: u32,
+        /// Peer pid, when the kernel reports it.
+        pid: Option<i32>,
+    },
+    /// A TLS client whose certificate the handshake verified against the berth CA.
+    Cert(CertIdentity),
+    /// berthd itself: scheduled work such as purging stale uploads.
+    Daemon,
+}
+
+/// What a verified client certificate says about its holder. Kept whole (not just the CN)
+/// because per-repository policy matches on any of these, and revocation on the serial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertIdentity {
+    /// Subject, RFC 4514 style (`CN=ci-bot, O=builders`).
+    pub subject: String,
+    /// Subject CN (empty when it has none).
+    pub common_name: String,
+    /// Subject O values.
+    pub organizations: Vec<String>,
+    /// Subject OU values.
+    pub organizational_units: Vec<String>,
+    /// SAN DNS names.
+    pub dns_names: Vec<String>,
+    /// SAN IP addresses, as text.
+    pub ip_addresses: Vec<String>,
+    /// SAN URIs (e.g. SPIFFE IDs).
+    pub uris: Vec<String>,
+    /// SAN email addresses.
+    pub emails: Vec<String>,
+    /// Serial, lowercase hex without colons: the key revocation is checked by.
+    pub serial: String,
+    /// End of validity: a request after it is refused even on an open connection.
+    pub not_after: OffsetDateTime,
+    /// Issuer, RFC 4514 style.
+    pub issuer: String,
+}
+
+impl CertIdentity {
+    /// SANs in `TYPE:value` form (`DNS:x`, `IP:x`, `URI:x`, `email:x`), for logs and listings.
+    pub fn sans(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.dns_names.iter().map(|x| format!("DNS:{x}")).collect();
+        out.extend(self.ip_addresses.iter().map(|x| format!("IP:{x}")));
+        out.extend(self.uris.iter().map(|x| format!("URI:{x}")));
+        out.extend(self.emails.iter().map(|x| format!("email:{x}")));
+        out
+    }
+}
+
+impl Identity {
+    /// The certificate behind this identity, if it came over TLS.
+    pub fn certificate(&self) -> Option<&CertIdentity> {
+        match self {
+            Identity::Cert(c) => Some(c),
+            Identity::Unix { .. } | Identity::Daemon => None,
+        }
+    }
+}
+
+impl fmt::Display for Identity {
+    /// The actor as events and logs name it: never a secret, always enough to find the
+    /// certificate (`berth cert inspect` by serial) or the local user.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Unix { uid, .. } => write!(f, "uid {uid}"),
+            Identity::Cert(c) if c.common_name.is_empty() => write!(f, "serial {}", c.serial),
+            Identity::Cert(c) => write!(f, "{} (serial {})", c.common_name, c.serial),
+            Identity::Daemon => f.write_str("berthd"),
+        }
+    }
+}

@@ -1,0 +1,607 @@
+//! THE accept loop, for every listener berthd has. What it guarantees, whoever the edge is:
+//! - `TCP_NODELAY` on every accepted socket, so a small answer never waits ~40 ms for the
+//!   client's delayed ACK;
+//! - accept errors (EMFILE when the fd table is full) back off with a growing pause, and
+//!   every noisy event is logged at most once a second with a count of what was suppressed;
+//! - a connection cap: above it, new connections are closed at accept and counted;
+//! - the TLS handshake runs in the connection's own task under a deadline, so a silent
+//!   client never stalls other accepts;
+//! - HTTP/1 header read, idle keep-alive and HTTP/2 stream and header limits;
+//! - every request carries the caller's [`Identity`], re-checked by the [`Gate`] before it
+//!   reaches the edge (a revoked certificate is refused on an open connection);
+//! - on shutdown, connections finish what is in flight (graceful close) until the drain
+//!   deadline, then are closed.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ServerConfig;
+use time::OffsetDateTime;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tower::{Service, ServiceExt};
+
+use super::{Gate, Settings};
+use crate::identity::Identity;
+use crate::pki;
+
+/// A bound listener.
+#[derive(Debug)]
+pub enum Listener {
+    /// TCP with mutual TLS (registry, control).
+    Tcp(TcpListener),
+    /// The control socket, authorised by peer credentials.
+    Unix(UnixListener),
+}
+
+/// Why the edge refused a request before looking at it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The certificate was revoked after this connection was opened.
+    #[error(
+        "client certificate {subject} (serial {serial}) has been revoked; it may make no more requests: ask the registry's operator for a new one"
+    )]
+    Revoked {
+        /// Serial, lowercase hex.
+        serial: String,
+        /// Subject.
+        subject: String,
+    },
+    /// The certificate expired after this connection was opened.
+    #[error(
+        "client certificate {subject} (serial {serial}) expired at {not_after}: renew it (berth cert renew) and reconnect"
+    )]
+    Expired {
+        /// Serial, lowercase hex.
+        serial: String,
+        /// Subject.
+        subject: String,
+        /// When it expired.
+        not_after: OffsetDateTime,
+    },
+}
+
+/// What a listener serves.
+pub struct Served<S, B> {
+    /// Listener name for logs (`registry`, `control`).
+    pub name: &'static str,
+    /// The edge's service (an axum or tonic router); requests carry an [`Identity`].
+    pub service: S,
+    /// The edge's answer to a refused request (OCI 403 DENIED, gRPC Unauthenticated).
+    pub refuse: fn(&Refusal) -> Response<B>,
+    /// TLS for TCP listeners, swapped on renewal and revocation (new handshakes see it).
+    pub tls: Option<Arc<ArcSwap<ServerConfig>>>,
+    /// The per-request identity check.
+    pub gate: Arc<Gate>,
+    /// Limits and timeouts.
+    pub settings: Settings,
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the soft limit now in
+/// force: a registry serving many clients needs more than the usual 1024.
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => {
+                tracing::info!(
+                    before = soft,
+                    after = hard,
+                    hard,
+                    "raised the open-file limit"
+                );
+                return hard;
+            }
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit"),
+        }
+    } else {
+        tracing::info!(soft, hard, "open-file limit already at its hard limit");
+    }
+    soft
+}
+
+/// The soft `RLIMIT_NOFILE` in force.
+fn fd_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft)
+}
+
+/// At most one log line a second per kind of event; the next one says how many were
+/// suppressed in between.
+#[derive(Debug, Default)]
+struct Throttle {
+    state: Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Throttle {
+    /// `Some(suppressed)` when this event should be logged now.
+    fn hit(&self) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        match s.0 {
+            Some(t) if now.duration_since(t) < Duration::from_secs(1) => {
+                s.1 += 1;
+                None
+            }
+            _ => {
+                let suppressed = s.1;
+                *s = (Some(now), 0);
+                Some(suppressed)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Throttles {
+    accept: Throttle,
+    cap: Throttle,
+    handshake: Throttle,
+}
+
+/// Serves `listener` until `stop` turns true, then drains.
+pub async fn serve<S, B>(listener: Listener, served: Served<S, B>, mut stop: watch::Receiver<bool>)
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let cap = served.settings.connection_cap(fd_limit());
+    let name = served.name;
+    let drain = served.settings.drain_timeout;
+    let served = Arc::new(served);
+    let permits = Arc::new(Semaphore::new(cap));
+    let throttles = Arc::new(Throttles::default());
+    let mut conns = tokio::task::JoinSet::new();
+    let mut backoff = Duration::ZERO;
+    let mut refused: u64 = 0;
+    tracing::debug!(listener = name, cap, "accepting");
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            a = accept(&listener) => a,
+        };
+        let conn = match accepted {
+            Ok(c) => {
+                backoff = Duration::ZERO;
+                c
+            }
+            Err(e) => {
+                // EMFILE/ENFILE and friends: the backlog keeps the client; pause and retry.
+                backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+                if let Some(suppressed) = throttles.accept.hit() {
+                    tracing::warn!(listener = name, error = %e, suppressed, pause_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                }
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            refused += 1;
+            if let Some(suppressed) = throttles.cap.hit() {
+                tracing::warn!(
+                    listener = name,
+                    cap,
+                    refused_total = refused,
+                    suppressed,
+                    "connection cap reached; closing new connections at accept"
+                );
+            }
+            drop(conn);
+            continue;
+        };
+        let (served, stop, throttles) = (served.clone(), stop.clone(), throttles.clone());
+        conns.spawn(async move {
+            connection(conn, served, stop, throttles).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if !conns.is_empty() {
+        tracing::info!(listener = name, open = conns.len(), "draining connections");
+        let all_done = async { while conns.join_next().await.is_some() {} };
+        if tokio::time::timeout(drain, all_done).await.is_err() {
+            tracing::warn!(
+                listener = name,
+                open = conns.len(),
+                "drain deadline passed; closing"
+            );
+            conns.shutdown().await;
+        }
+    }
+    tracing::debug!(listener = name, "listener stopped");
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream, std::net::SocketAddr),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(l: &Listener) -> std::io::Result<Accepted> {
+    match l {
+        Listener::Tcp(l) => {
+            let (s, peer) = l.accept().await?;
+            Ok(Accepted::Tcp(s, peer))
+        }
+        Listener::Unix(l) => Ok(Accepted::Unix(l.accept().await?.0)),
+    }
+}
+
+async fn connection<S, B>(
+    conn: Accepted,
+    served: Arc<Served<S, B>>,
+    stop: watch::Receiver<bool>,
+    throttles: Arc<Throttles>,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let name = served.name;
+    match conn {
+        Accepted::Tcp(tcp, peer) => {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(listener = name, %peer, error = %e, "cannot set TCP_NODELAY");
+            }
+            let Some(tls) = &served.tls else {
+                tracing::error!(listener = name, "TCP listener without TLS; closing");
+                return;
+            };
+            let acceptor = TlsAcceptor::from(tls.load_full());
+            let limit = served.settings.handshake_timeout;
+            let stream = match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    if let Some(suppressed) = throttles.handshake.hit() {
+                        tracing::info!(listener = name, %peer, error = %e, suppressed, "TLS handshake refused");
+                    }
+                    return;
+                }
+                Err(_) => {
+                    if let Some(suppressed) = throttles.handshake.hit() {
+                        tracing::info!(listener = name, %peer, suppressed, "TLS handshake timed out");
+                    }
+                    return;
+                }
+            };
+            let (_, session) = stream.get_ref();
+            let leaf = session.peer_certificates().and_then(|c| c.first());
+            let Some(cert) = leaf.and_then(|l| pki::cert_identity(l.as_ref()).ok()) else {
+                tracing::warn!(listener = name, %peer, "connection without a readable client certificate");
+                return;
+            };
+            let h2 = session.alpn_protocol() == Some(b"h2");
+            tracing::debug!(listener = name, %peer, client = %cert.common_name, serial = %cert.serial, h2, "client connected");
+            drive(stream, Identity::Cert(cert), h2, served, stop).await;
+        }
+        Accepted::Unix(s) => {
+            let id = match s.peer_cred() {
+                Ok(c) => Identity::Unix {
+                    uid: c.uid(),
+                    gid: c.gid(),
+                    pid: c.pid(),
+                },
+                Err(e) => {
+                    tracing::warn!(listener = name, error = %e, "cannot read peer credentials; closing");
+                    return;
+                }
+            };
+            drive(s, id, true, served, stop).await;
+        }
+    }
+}
+
+/// Per-connection timing, shared by the I/O wrapper, the request guards and the watchdog.
+#[derive(Debug)]
+struct ConnState {
+    base: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `base` when the connection last became idle.
+    idle_since: AtomicU64,
+    /// Milliseconds after `base` when bytes of a new request head first arrived while
+    /// idle; `u64::MAX` when none did.
+    head_started: AtomicU64,
+    wake: Notify,
+}
+
+const NONE: u64 = u64::MAX;
+
+impl ConnState {
+    fn new() -> ConnState {
+        ConnState {
+            base: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            head_started: AtomicU64::new(NONE),
+            wake: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    fn on_read(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self
+                .head_started
+                .compare_exchange(NONE, self.now_ms(), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.wake.notify_one();
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_started.store(NONE, Ordering::Release);
+        InFlight(self.clone())
+    }
+
+    /// When the connection must be closed unless something happens first; `None` while
+    /// a request is in flight.
+    fn deadline(&self, s: &Settings, h1: bool) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let ms = |m: u64| self.base + Duration::from_millis(m);
+        let idle = ms(self.idle_since.load(Ordering::Acquire)) + s.idle_timeout;
+        let head = self.head_started.load(Ordering::Acquire);
+        if h1 && head != NONE {
+            return Some((ms(head) + s.header_read_timeout).min(idle));
+        }
+        Some(idle)
+    }
+}
+
+/// A request in flight: held by the response body until it is sent or dropped.
+struct InFlight(Arc<ConnState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle_since.store(self.0.now_ms(), Ordering::Release);
+            self.0.wake.notify_one();
+        }
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is done.
+struct Tracked<B> {
+    inner: B,
+    _guard: InFlight,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The connection's I/O, noting when bytes of a new request arrive.
+struct Watched<IO> {
+    io: IO,
+    state: Arc<ConnState>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.state.on_read();
+        }
+        r
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// A hyper connection that can be asked to finish what is in flight and close.
+trait Graceful: Future<Output = Result<(), hyper::Error>> {
+    fn close_gracefully(self: Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for hyper::server::conn::http1::Connection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming>,
+    S::ResBody: Body + 'static,
+    <S::ResBody as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn close_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E> Graceful for hyper::server::conn::http2::Connection<I, S, E>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming>,
+    S::ResBody: Body + 'static,
+    <S::ResBody as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn close_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+async fn drive<IO, S, B>(
+    io: IO,
+    identity: Identity,
+    h2: bool,
+    served: Arc<Served<S, B>>,
+    stop: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let state = Arc::new(ConnState::new());
+    let io = TokioIo::new(Watched {
+        io,
+        state: state.clone(),
+    });
+    let identity = Arc::new(identity);
+    let svc = {
+        let (served, state) = (served.clone(), state.clone());
+        hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            let guard = state.begin();
+            let (served, identity) = (served.clone(), identity.clone());
+            async move {
+                if let Err(refusal) = served.gate.check(&identity) {
+                    tracing::warn!(listener = served.name, caller = %identity, reason = %refusal, "request refused");
+                    let resp = (served.refuse)(&refusal);
+                    return Ok::<_, Infallible>(resp.map(|inner| Tracked {
+                        inner,
+                        _guard: guard,
+                    }));
+                }
+                req.extensions_mut().insert((*identity).clone());
+                let resp = served.service.clone().oneshot(req).await?;
+                Ok(resp.map(|inner| Tracked {
+                    inner,
+                    _guard: guard,
+                }))
+            }
+        })
+    };
+    let s = &served.settings;
+    let result = if h2 {
+        let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new())
+            .max_concurrent_streams(s.h2_max_concurrent_streams)
+            .max_header_list_size(s.max_header_bytes);
+        run(b.serve_connection(io, svc), &state, s, false, stop).await
+    } else {
+        let mut b = hyper::server::conn::http1::Builder::new();
+        // The header timeout is ours (from the first byte, not from idle), see ConnState.
+        b.timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .keep_alive(true);
+        run(b.serve_connection(io, svc), &state, s, true, stop).await
+    };
+    if let Err(e) = result {
+        tracing::debug!(listener = served.name, error = %e, "connection ended with an error");
+    }
+}
+
+/// Drives a connection, closing it when its idle or header deadline passes, and closing
+/// it gracefully when the listener stops.
+async fn run<C: Graceful>(
+    conn: C,
+    state: &ConnState,
+    s: &Settings,
+    h1: bool,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), hyper::Error> {
+    let mut conn = std::pin::pin!(conn);
+    let mut draining = *stop.borrow();
+    if draining {
+        conn.as_mut().close_gracefully();
+    }
+    loop {
+        let wake = state.wake.notified();
+        let deadline = state.deadline(s, h1);
+        let sleep =
+            tokio::time::sleep_until(deadline.unwrap_or_else(|| Instant::now() + s.idle_timeout));
+        tokio::select! {
+            r = conn.as_mut() => return r,
+            () = sleep => {
+                if let Some(d) = state.deadline(s, h1)
+                    && d <= Instant::now()
+                {
+                    tracing::debug!(h1, "closing a connection past its idle or header deadline");
+                    return Ok(());
+                }
+            }
+            () = wake => {}
+            _ = stop.wait_for(|s| *s), if !draining => {
+                draining = true;
+                conn.as_mut().close_gracefully();
+            }
+        }
+    }
+}

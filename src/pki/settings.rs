@@ -1,0 +1,30 @@
+//! The PKI's settings (`[pki]` in the config file), owned here and composed by `config`.
+
+use serde::{Deserialize, Serialize};
+
+use super::KeyAlgorithm;
+
+/// Certificate authority settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Subject common name of a newly created CA.
+    pub ca_common_name: String,
+    /// Key algorithm of a newly created CA.
+    pub ca_key_algorithm: KeyAlgorithm,
+    /// Validity of a newly created CA, in days.
+    pub ca_validity_days: u32,
+    /// Validity of issued certificates when the request does not say, in days.
+    pub default_validity_days: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            ca_common_name: "berth CA".to_string(),
+            ca_key_algorithm: KeyAlgorithm::EcdsaP256,
+            ca_validity_days: 3650,
+            default_validity_days: 90,
+        }
+    }
+}

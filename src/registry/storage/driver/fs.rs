@@ -1,0 +1,169 @@
+//! The filesystem driver: a key is a path below the root, so the tree is exactly
+//! registry:2's filesystem layout and `docker-registry` can serve it in place. Objects are
+//! written through a temp file, fsynced, renamed and the folder fsynced; modes are set
+//! explicitly (0644 files, 0755 folders), never left to the umask.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::{Driver, Entry, Key, Meta, Writer, io_error};
+use crate::fsutil;
+use crate::registry::Error;
+
+/// Mode of every content file.
+const FILE_MODE: u32 = 0o644;
+/// Mode of every folder.
+const DIR_MODE: u32 = 0o755;
+
+/// Objects as files below a root folder.
+#[derive(Debug)]
+pub(crate) struct FsDriver {
+    root: PathBuf,
+}
+
+impl FsDriver {
+    /// A driver over `root` (registry:2's `rootdirectory`); folders are made on first write.
+    pub(crate) fn new(root: &Path) -> FsDriver {
+        FsDriver {
+            root: root.to_path_buf(),
+        }
+    }
+
+    fn path(&self, key: &Key) -> PathBuf {
+        self.root.join(key.as_str())
+    }
+
+    fn make_parent(&self, path: &Path) -> Result<(), Error> {
+        match path.parent() {
+            Some(dir) => Ok(fsutil::create_dir_all(dir, DIR_MODE)?),
+            None => Ok(()),
+        }
+    }
+}
+
+fn absent(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+    )
+}
+
+impl Driver for FsDriver {
+    fn locate(&self, key: &Key) -> PathBuf {
+        self.path(key)
+    }
+
+    fn stat(&self, key: &Key) -> Result<Option<Meta>, Error> {
+        let path = self.path(key);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => Ok(Some(Meta {
+                size: m.len(),
+                modified: m.modified().map_err(io_error("stat", path))?,
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if absent(&e) => Ok(None),
+            Err(e) => Err(io_error("stat", path)(e)),
+        }
+    }
+
+    fn has_children(&self, key: &Key) -> Result<bool, Error> {
+        Ok(self.path(key).is_dir())
+    }
+
+    fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, Error> {
+        let path = self.path(key);
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if absent(&e) || e.kind() == std::io::ErrorKind::IsADirectory => Ok(None),
+            Err(e) => Err(io_error("read", path)(e)),
+        }
+    }
+
+    fn reader(&self, key: &Key, offset: u64) -> Result<Option<Box<dyn Read + Send>>, Error> {
+        let path = self.path(key);
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if absent(&e) => return Ok(None),
+            Err(e) => return Err(io_error("open", path)(e)),
+        };
+        if offset > 0 {
+            f.seek(SeekFrom::Start(offset))
+                .map_err(io_error("seek in", path))?;
+        }
+        Ok(Some(Box::new(f)))
+    }
+
+    fn put(&self, key: &Key, bytes: &[u8]) -> Result<(), Error> {
+        let path = self.path(key);
+        self.make_parent(&path)?;
+        Ok(fsutil::write_atomic(&path, bytes, FILE_MODE)?)
+    }
+
+    fn append(&self, key: &Key) -> Result<Writer, Error> {
+        let path = self.path(key);
+        self.make_parent(&path)?;
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(FILE_MODE)
+            .open(&path)
+            .map_err(io_error("open", path.clone()))?;
+        // The umask may have cleared bits at creation; set the mode exactly.
+        file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
+            .map_err(io_error("set mode on", path))?;
+        Ok(Box::new(file))
+    }
+
+    fn list(&self, key: &Key) -> Result<Vec<Entry>, Error> {
+        let dir = self.path(key);
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if absent(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(io_error("list", dir)(e)),
+        };
+        let mut out = Vec::new();
+        for e in rd {
+            let e = e.map_err(io_error("list", dir.clone()))?;
+            let t = e.file_type().map_err(io_error("list", dir.clone()))?;
+            out.push(Entry {
+                name: e.file_name().to_string_lossy().into_owned(),
+                is_dir: t.is_dir(),
+            });
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn delete(&self, key: &Key) -> Result<bool, Error> {
+        let path = self.path(key);
+        let r = match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
+            Ok(_) => std::fs::remove_file(&path),
+            Err(e) if absent(&e) => return Ok(false),
+            Err(e) => return Err(io_error("stat", path)(e)),
+        };
+        match r {
+            Ok(()) => Ok(true),
+            Err(e) if absent(&e) => Ok(false),
+            Err(e) => Err(io_error("remove", path)(e)),
+        }
+    }
+
+    fn rename(&self, from: &Key, to: &Key) -> Result<(), Error> {
+        let (src, dst) = (self.path(from), self.path(to));
+        // Content first, then the name: after a crash the new name holds all the bytes.
+        File::open(&src)
+            .and_then(|f| f.sync_all())
+            .map_err(io_error("fsync", src.clone()))?;
+        self.make_parent(&dst)?;
+        std::fs::rename(&src, &dst).map_err(io_error("move into place", dst.clone()))?;
+        if let Some(dir) = dst.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_error("fsync folder", dir.to_path_buf()))?;
+        }
+        Ok(())
+    }
+}

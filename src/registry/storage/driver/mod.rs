@@ -1,0 +1,123 @@
+//! The storage driver seam: registry content is a set of keys (computed by the pure
+//! [`super::paths`] mapper) over a small driver that does the I/O. The filesystem driver
+//! is byte for byte registry:2's layout; the in-memory driver serves tests; an object-store
+//! driver (S3) fits the same trait. One test suite (`tests.rs`) runs against every driver,
+//! so they cannot drift apart.
+//!
+//! The trait is synchronous on purpose: storage always calls it from a blocking thread
+//! (`spawn_blocking`), which suits the filesystem, keeps GC and fsck readable, and lets a
+//! network driver block on its own runtime handle there.
+
+mod fs;
+mod memory;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+pub(crate) use fs::FsDriver;
+pub(crate) use memory::MemoryDriver;
+
+use crate::registry::Error;
+
+/// A storage key: `/`-separated segments below the storage root, never empty, never `..`.
+/// Built only by the path mapper from validated names and digests.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Key(String);
+
+impl Key {
+    /// The key `segments` spell, joined with `/`.
+    pub(crate) fn new(s: impl Into<String>) -> Key {
+        Key(s.into())
+    }
+
+    /// A key below this one.
+    pub(crate) fn join(&self, rest: &str) -> Key {
+        if self.0.is_empty() {
+            Key(rest.to_string())
+        } else {
+            Key(format!("{}/{rest}", self.0))
+        }
+    }
+
+    /// The key one level up (`None` at the top).
+    pub(crate) fn parent(&self) -> Option<Key> {
+        self.0.rsplit_once('/').map(|(p, _)| Key(p.to_string()))
+    }
+
+    /// The key as text.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What `stat` reports about a stored object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Meta {
+    /// Length in bytes.
+    pub size: u64,
+    /// Last write, which GC's grace period is measured against.
+    pub modified: SystemTime,
+}
+
+/// One child of a listed key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Entry {
+    /// The child's last segment.
+    pub name: String,
+    /// True when keys exist below it (a folder, on the filesystem).
+    pub is_dir: bool,
+}
+
+/// A streaming writer to one key. What it wrote becomes durable when the object is
+/// moved into place with [`Driver::rename`], which is the commit of an upload.
+pub(crate) type Writer = Box<dyn Write + Send>;
+
+/// The I/O a registry needs from its store. Every method is blocking.
+pub(crate) trait Driver: Send + Sync + std::fmt::Debug + 'static {
+    /// Where `key` lives, for messages and reports (a path, or `memory:KEY`).
+    fn locate(&self, key: &Key) -> PathBuf;
+
+    /// Size and modification time of the object at `key`; `None` when there is none (a
+    /// key with objects below it is not an object).
+    fn stat(&self, key: &Key) -> Result<Option<Meta>, Error>;
+
+    /// True when any object exists below `key`.
+    fn has_children(&self, key: &Key) -> Result<bool, Error>;
+
+    /// The whole object; `None` when absent. For small content (links, manifests).
+    fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, Error>;
+
+    /// A reader from byte `offset` of the object to its end; `None` when absent.
+    fn reader(&self, key: &Key, offset: u64) -> Result<Option<Box<dyn Read + Send>>, Error>;
+
+    /// Stores `bytes` at `key` atomically and durably: a reader sees the old object or
+    /// the new one, never part of either.
+    fn put(&self, key: &Key, bytes: &[u8]) -> Result<(), Error>;
+
+    /// A writer appending to the object at `key`, created empty when absent.
+    fn append(&self, key: &Key) -> Result<Writer, Error>;
+
+    /// The children of `key`, sorted by name; empty when there are none.
+    fn list(&self, key: &Key) -> Result<Vec<Entry>, Error>;
+
+    /// Deletes the object at `key`, or every object below it. False when nothing was there.
+    fn delete(&self, key: &Key) -> Result<bool, Error>;
+
+    /// Moves an object to another key durably, replacing what was there.
+    fn rename(&self, from: &Key, to: &Key) -> Result<(), Error>;
+}
+
+/// An I/O failure on a key, in storage's error type.
+pub(crate) fn io_error(op: &'static str, path: PathBuf) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { op, path, source }
+}
+
+#[cfg(test)]
+mod tests;
