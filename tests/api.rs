@@ -19,35 +19,11 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn names(cn: &str) -> Names {
-    Names {
-        common_name: cn.to_string(),
-        ..Names::default()
-    }
-}
-
-async fn issue(client: &Client, kind: CertKind, names: Names, alg: KeyAlgorithm) -> IssuedCert {
-    client
-        .issue(IssueRequest {
-            kind,
-            names,
-            validity_days: None,
-            key_algorithm: alg,
-            return_key: true,
-        })
-        .await
-        .unwrap()
-}
-
-fn write(dir: &Path, name: &str, content: &str) -> std::path::PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, content).unwrap();
-    p
-}
-
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
+
+use common::{issue, names, tls_dir, write};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn issued_certificates_verify_with_openssl_and_survive_restart() {
@@ -574,14 +550,6 @@ async fn berth_server_and_client_certificates_complete_a_rustls_mtls_handshake()
         &rustls_cert(&client.record.certificate_pem)[0].to_vec()
     );
     assert!(results[1].is_err(), "{:?}", results[1]);
-}
-
-fn tls_dir(dir: &Path, cert: &IssuedCert) -> std::path::PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    write(dir, "ca.pem", &cert.ca_pem);
-    write(dir, "cert.pem", &cert.record.certificate_pem);
-    write(dir, "key.pem", cert.key.as_ref().unwrap().secret_pem());
-    dir.to_path_buf()
 }
 
 fn foreign_identity(dir: &Path, ca_pem: &str) -> std::path::PathBuf {

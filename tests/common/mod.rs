@@ -320,3 +320,46 @@ pub async fn tls_request(
         .to_vec();
     Ok((status, body))
 }
+
+/// Subject names with only a CN.
+pub fn names(cn: &str) -> berth::pki::Names {
+    berth::pki::Names {
+        common_name: cn.to_string(),
+        ..berth::pki::Names::default()
+    }
+}
+
+/// Issues a certificate through the control API, with its key.
+pub async fn issue(
+    client: &Client,
+    kind: berth::pki::CertKind,
+    names: berth::pki::Names,
+    alg: berth::pki::KeyAlgorithm,
+) -> berth::client::IssuedCert {
+    client
+        .issue(berth::client::IssueRequest {
+            kind,
+            names,
+            validity_days: None,
+            key_algorithm: alg,
+            return_key: true,
+        })
+        .await
+        .unwrap()
+}
+
+/// Writes `content` to `dir/name`.
+pub fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, content).unwrap();
+    p
+}
+
+/// A `--tls-dir` for the CLI and `Target::Tcp`: ca.pem, cert.pem, key.pem.
+pub fn tls_dir(dir: &Path, cert: &berth::client::IssuedCert) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    write(dir, "ca.pem", &cert.ca_pem);
+    write(dir, "cert.pem", &cert.record.certificate_pem);
+    write(dir, "key.pem", cert.key.as_ref().unwrap().secret_pem());
+    dir.to_path_buf()
+}

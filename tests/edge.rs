@@ -1,0 +1,586 @@
+//! The one network edge (`net::serve`), attacked and measured on real sockets: identity
+//! re-checked on every request of an open connection (HTTP/1.1, HTTP/2, gRPC), slow
+//! headers, idle connections and stalled uploads closed after their configured timeouts,
+//! TCP_NODELAY read back from the server's own sockets, and a berthd under a tight fd limit
+//! flooded with plain TCP connections.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use berth::client::{Client, ErrorKind, Target};
+use berth::config::{Config, ListenAddr};
+use berth::pki::{CertKind, KeyAlgorithm};
+use bytes::Bytes;
+use common::{TestDaemon, issue, names, tls_dir};
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+async fn tls(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> Tls {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap()
+}
+
+/// One kept-alive connection, HTTP/1.1 or HTTP/2 by the config's ALPN.
+enum Conn {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> Conn {
+        let h2 = cfg.alpn_protocols.first().is_some_and(|p| p == b"h2");
+        let io = hyper_util::rt::TokioIo::new(tls(addr, cfg).await);
+        if h2 {
+            let (send, conn) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            Conn::H2(send)
+        } else {
+            let (send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            Conn::H1(send)
+        }
+    }
+
+    async fn send(&mut self, method: Method, path: &str, body: Vec<u8>) -> Answer {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let resp = match self {
+            Conn::H1(s) => s.send_request(req).await.unwrap(),
+            Conn::H2(s) => s.send_request(req).await.unwrap(),
+        };
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+/// A client certificate and the rustls config presenting it with `alpn`.
+async fn client_cfg(c: &Client, cn: &str, alpn: &[u8]) -> (Arc<rustls::ClientConfig>, String) {
+    let cert = issue(c, CertKind::Client, names(cn), KeyAlgorithm::EcdsaP256).await;
+    let key = cert.key.as_ref().unwrap().secret_pem().to_string();
+    let cfg = common::client_config(
+        &cert.ca_pem,
+        Some((&cert.record.certificate_pem, &key)),
+        alpn,
+    );
+    (cfg, cert.record.serial)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_client_is_refused_on_its_open_connection() {
+    let d = TestDaemon::with_registry();
+    let addr = d.registry[0];
+    let c = d.client().await;
+    for alpn in [&b"http/1.1"[..], &b"h2"[..]] {
+        let (cfg, serial) = client_cfg(&c, "keepalive", alpn).await;
+        let (other_cfg, _) = client_cfg(&c, "bystander", alpn).await;
+        let mut conn = Conn::open(addr, cfg).await;
+        let mut bystander = Conn::open(addr, other_cfg).await;
+        for _ in 0..2 {
+            assert_eq!(
+                conn.send(Method::GET, "/v2/", vec![]).await.status,
+                StatusCode::OK
+            );
+        }
+        c.revoke(&serial).await.unwrap();
+        // The same connection, the very next request: refused with the reason.
+        let a = conn.send(Method::GET, "/v2/_catalog", vec![]).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{alpn:?}");
+        let e = &a.json()["errors"][0];
+        assert_eq!(e["code"], "DENIED");
+        let msg = e["message"].as_str().unwrap();
+        assert!(msg.contains("revoked") && msg.contains(&serial), "{msg}");
+        assert_eq!(a.headers["docker-distribution-api-version"], "registry/2.0");
+        // Nobody else is affected.
+        assert_eq!(
+            bystander
+                .send(Method::GET, "/v2/_catalog", vec![])
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_admin_is_refused_on_its_open_control_channel() {
+    let d = TestDaemon::start_with(|cfg: &mut Config| {
+        cfg.control.listen = vec!["tcp://127.0.0.1:0".parse::<ListenAddr>().unwrap()];
+        cfg.control.admins = vec!["listed".into()];
+    });
+    let local = d.client().await;
+    let dirs = common::temp_dir();
+    let target = |dir: std::path::PathBuf| Target::Tcp {
+        host: "127.0.0.1".into(),
+        port: d.tcp[0].port(),
+        tls_dir: dir,
+    };
+    let admin = issue(
+        &local,
+        CertKind::Admin,
+        names("ops"),
+        KeyAlgorithm::EcdsaP256,
+    )
+    .await;
+    let listed = issue(
+        &local,
+        CertKind::Client,
+        names("listed"),
+        KeyAlgorithm::EcdsaP256,
+    )
+    .await;
+    let a = Client::connect(&target(tls_dir(&dirs.path().join("a"), &admin)))
+        .await
+        .unwrap();
+    let l = Client::connect(&target(tls_dir(&dirs.path().join("l"), &listed)))
+        .await
+        .unwrap();
+    a.info().await.unwrap();
+    l.info().await.unwrap();
+    for (client, cert) in [(&a, &admin), (&l, &listed)] {
+        local.revoke(&cert.record.serial).await.unwrap();
+        let err = client.info().await.unwrap_err();
+        assert_eq!(err.kind(), Some(ErrorKind::Unauthenticated), "{err}");
+        assert!(err.to_string().contains("revoked"), "{err}");
+    }
+}
+
+/// TCP_NODELAY as the kernel reports it on the server's end of the connection whose
+/// client side is `client`: the daemon runs in this process, so its sockets are ours to
+/// look at (a duplicate through pidfd_getfd, then getsockopt).
+fn server_nodelay(client: SocketAddr) -> bool {
+    use rustix::process::{PidfdFlags, PidfdGetfdFlags, getpid, pidfd_getfd, pidfd_open};
+    let me = pidfd_open(getpid(), PidfdFlags::empty()).unwrap();
+    for e in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let e = e.unwrap();
+        let Ok(n) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let is_socket =
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"));
+        if !is_socket {
+            continue;
+        }
+        let Ok(fd) = pidfd_getfd(&me, n, PidfdGetfdFlags::empty()) else {
+            continue;
+        };
+        let peer = rustix::net::getpeername(&fd)
+            .ok()
+            .flatten()
+            .and_then(|a| SocketAddr::try_from(a).ok());
+        if peer == Some(client) {
+            return rustix::net::sockopt::tcp_nodelay(&fd).unwrap();
+        }
+    }
+    panic!("no server-side socket whose peer is {client}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accepted_sockets_have_nodelay() {
+    let d = TestDaemon::start_with(|cfg: &mut Config| {
+        cfg.registry.enabled = true;
+        cfg.control.listen = vec!["tcp://127.0.0.1:0".parse::<ListenAddr>().unwrap()];
+    });
+    let c = d.client().await;
+    let (cfg, _) = client_cfg(&c, "fast", b"http/1.1").await;
+    // The registry: a small-blob GET, then the server's socket is read back.
+    let mut s = tls(d.registry[0], cfg).await;
+    s.write_all(b"GET /v2/ HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let local = s.get_ref().0.local_addr().unwrap();
+    assert!(server_nodelay(local), "registry socket without TCP_NODELAY");
+    // The control listener, through the real client.
+    let dirs = common::temp_dir();
+    let admin = issue(&c, CertKind::Admin, names("ops"), KeyAlgorithm::EcdsaP256).await;
+    let dir = tls_dir(dirs.path(), &admin);
+    let tcp = tokio::net::TcpStream::connect(d.tcp[0]).await.unwrap();
+    let local = tcp.local_addr().unwrap();
+    let cfg = common::client_config(
+        &admin.ca_pem,
+        Some((
+            &admin.record.certificate_pem,
+            admin.key.as_ref().unwrap().secret_pem(),
+        )),
+        b"h2",
+    );
+    let mut t = tokio_rustls::TlsConnector::from(cfg)
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    t.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let _ = t.read(&mut buf).await.unwrap();
+    assert!(server_nodelay(local), "control socket without TCP_NODELAY");
+    let _ = dir;
+}
+
+fn short(f: impl FnOnce(&mut berth::net::Settings)) -> impl FnOnce(&mut Config) {
+    move |cfg: &mut Config| {
+        cfg.registry.enabled = true;
+        f(&mut cfg.net);
+    }
+}
+
+/// Waits until the peer closes `s` (EOF or reset), failing after `limit`; returns the
+/// bytes read before that.
+async fn closed_within(s: &mut Tls, limit: Duration) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => panic!("connection still open after {limit:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return got,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_headers_are_cut_off_after_the_header_timeout() {
+    let d = TestDaemon::start_with(short(|n| {
+        n.header_read_timeout = Duration::from_millis(300);
+        n.idle_timeout = Duration::from_secs(60);
+    }));
+    let c = d.client().await;
+    let (cfg, _) = client_cfg(&c, "slow", b"http/1.1").await;
+    let mut s = tls(d.registry[0], cfg).await;
+    // Headers sent at once are answered, and the connection stays open.
+    s.write_all(b"GET /v2/ HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // Then a header one byte at a time (the attack): the server closes long before the
+    // 600 bytes (30 s at this pace) are sent, though the idle timeout is a minute.
+    let (mut rd, mut wr) = tokio::io::split(s);
+    let closed = tokio::spawn(async move {
+        let mut b = [0u8; 64];
+        loop {
+            match rd.read(&mut b).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
+    let header = format!("GET /v2/ HTTP/1.1\r\nx-slow: {}", "a".repeat(600));
+    for b in header.bytes() {
+        if closed.is_finished() {
+            break;
+        }
+        pace.tick().await;
+        if wr.write_all(&[b]).await.is_err() {
+            break;
+        }
+    }
+    assert!(
+        closed.is_finished()
+            || tokio::time::timeout(Duration::from_secs(5), closed)
+                .await
+                .is_ok(),
+        "a slow header kept the connection open for {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    let d = TestDaemon::start_with(short(|n| {
+        n.idle_timeout = Duration::from_millis(300);
+    }));
+    let c = d.client().await;
+    let (cfg, _) = client_cfg(&c, "idle", b"http/1.1").await;
+    let mut s = tls(d.registry[0], cfg).await;
+    for _ in 0..2 {
+        s.write_all(b"GET /v2/ HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    }
+    // Nothing more is sent: the server hangs up by itself (the default is 120 s; the
+    // wait here is bounded by far less).
+    closed_within(&mut s, Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_upload_ends_and_can_be_resumed() {
+    let d = TestDaemon::start_with(short(|n| {
+        n.body_stall_timeout = Duration::from_millis(300);
+    }));
+    let addr = d.registry[0];
+    let c = d.client().await;
+    let (cfg, _) = client_cfg(&c, "uploader", b"http/1.1").await;
+    let mut api = Conn::open(addr, cfg.clone()).await;
+    let a = api
+        .send(Method::POST, "/v2/team/big/blobs/uploads/", vec![])
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    let loc = a.headers["location"].to_str().unwrap().to_string();
+    let first: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+    // A PATCH that promises 1 GiB, sends 64 KiB and stops.
+    let mut s = tls(addr, cfg.clone()).await;
+    s.write_all(
+        format!(
+            "PATCH {loc} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/octet-stream\r\ncontent-length: 1073741824\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    s.write_all(&first).await.unwrap();
+    let answer = closed_within(&mut s, Duration::from_secs(20)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(
+        text.contains("BLOB_UPLOAD_INVALID") && text.contains("no progress"),
+        "{text}"
+    );
+    // The session is free again and holds what arrived: resume from there.
+    let a = api.send(Method::GET, &loc, vec![]).await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    assert_eq!(a.headers["range"], "0-65535");
+    let rest = b"and the rest of the layer".to_vec();
+    let req = Request::builder()
+        .method(Method::PATCH)
+        .uri(&loc)
+        .header("host", "localhost")
+        .header("content-range", format!("65536-{}", 65536 + rest.len() - 1))
+        .body(Full::new(Bytes::from(rest.clone())))
+        .unwrap();
+    let Conn::H1(send) = &mut api else {
+        unreachable!()
+    };
+    let r = send.send_request(req).await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let _ = r.into_body().collect().await;
+    let mut whole = first.clone();
+    whole.extend_from_slice(&rest);
+    let digest = berth::registry::Digest::sha256_of(&whole);
+    let a = api
+        .send(Method::PUT, &format!("{loc}?digest={digest}"), vec![])
+        .await;
+    assert_eq!(
+        a.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    let a = api
+        .send(Method::GET, &format!("/v2/team/big/blobs/{digest}"), vec![])
+        .await;
+    assert_eq!(a.body, whole);
+}
+
+/// berthd as a separate process under `prlimit --nofile=256:256`, flooded with 400 plain
+/// TCP connections that never start TLS: it backs off instead of spinning, logs a handful
+/// of lines instead of millions, and serves a real mTLS client once they are gone.
+#[test]
+fn a_flood_of_idle_sockets_under_a_tight_fd_limit() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    use std::sync::Mutex;
+    let dir = common::temp_dir();
+    let root = dir.path().join("state");
+    let cfg = common::write(
+        dir.path(),
+        "berthd.toml",
+        "version = 1\n[registry]\nlisten = [\"127.0.0.1:0\"]\n[net]\nmax_connections = 5000\nhandshake_timeout = \"60s\"\n",
+    );
+    let mut child = Command::new("prlimit")
+        .arg("--nofile=256:256")
+        .arg(env!("CARGO_BIN_EXE_berthd"))
+        .arg("--root")
+        .arg(&root)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--certs-d")
+        .arg(dir.path().join("certs.d"))
+        .arg("--containers-certs-d")
+        .arg(dir.path().join("containers-certs.d"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("prlimit (util-linux) and berthd");
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut readers = Vec::new();
+    for out in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let lines = lines.clone();
+        readers.push(std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines() {
+                let Ok(l) = l else { break };
+                lines.lock().unwrap().push(l);
+            }
+        }));
+    }
+    let wait_for = |what: &str, f: &dyn Fn(&[String]) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !f(&lines.lock().unwrap()) {
+            assert!(
+                Instant::now() < deadline,
+                "never saw {what}: {:#?}",
+                lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("the banner", &|l| {
+        l.iter().any(|l| l.contains("registry: https://"))
+    });
+    let port: u16 = {
+        let l = lines.lock().unwrap();
+        let b = l.iter().find(|l| l.contains("registry: https://")).unwrap();
+        b.rsplit(':').next().unwrap().trim().parse().unwrap()
+    };
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("open-file limit") && l.contains("256")),
+        "the fd limit is logged"
+    );
+    // A client certificate, through the CLI, before the flood takes every fd.
+    let certs = dir.path().join("me");
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("--socket")
+        .arg(root.join("berthd.sock"))
+        .args([
+            "cert",
+            "issue",
+            "client",
+            "--name",
+            "after-the-flood",
+            "--out",
+        ])
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca = std::fs::read_to_string(certs.join("ca.crt")).unwrap();
+    let cert = std::fs::read_to_string(certs.join("client.cert")).unwrap();
+    let key = std::fs::read_to_string(certs.join("client.key")).unwrap();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let before = lines.lock().unwrap().len();
+    let held = rt.block_on(async {
+        let tries = (0..400).map(|_| {
+            tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
+        });
+        futures_util::future::join_all(tries)
+            .await
+            .into_iter()
+            .filter_map(|r| r.ok().and_then(Result::ok))
+            .collect::<Vec<_>>()
+    });
+    assert!(
+        held.len() > 256,
+        "only {} connections were made",
+        held.len()
+    );
+    // The accept loop hits EMFILE; two throttled reports mean a second of it has passed.
+    wait_for("the accept loop backing off twice", &|l| {
+        l[before..]
+            .iter()
+            .filter(|l| l.contains("accept failed; backing off"))
+            .count()
+            >= 2
+    });
+    let logged = lines.lock().unwrap().len() - before;
+    assert!(logged < 50, "{logged} log lines during the flood");
+    drop(held);
+    // Once the flood is gone, a real mTLS client gets in.
+    let cfg = common::client_config(&ca, Some((&cert, &key)), b"http/1.1");
+    let ok = rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match common::tls_get(addr, cfg.clone(), "/v2/").await {
+                Ok((status, _)) => return status,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("the registry never recovered: {e}"),
+            }
+        }
+    });
+    assert_eq!(ok, StatusCode::OK);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    for r in readers {
+        r.join().unwrap();
+    }
+}
