@@ -1228,6 +1228,67 @@ async fn gc_in_a_loop_never_breaks_a_push_in_progress() {
     );
 }
 
+/// The lock alone, with no grace period to hide behind: for every push, a GC round with
+/// grace 0 starts at the same moment as the manifest PUT, on another thread. Either GC wins
+/// (the fresh blobs go and the PUT is refused with MANIFEST_BLOB_UNKNOWN) or the PUT does
+/// (the image is whole and GC keeps it); an accepted manifest whose blobs were swept would
+/// be distribution#3045. The check and the write happen under the lock GC takes
+/// exclusively; without it this test fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_lock_alone_keeps_every_accepted_image_whole() {
+    let api = Api::new();
+    // Bulk for each round to walk, so a round's mark and sweep are far enough apart.
+    for i in 0..100 {
+        api.push_blob("bulk", format!("old garbage {i}").as_bytes())
+            .await;
+    }
+    let zero = GcOptions {
+        dry_run: false,
+        delete_untagged: false,
+        grace: Duration::ZERO,
+    };
+    let (mut accepted, mut refused) = (Vec::new(), 0);
+    for i in 0..150 {
+        let config = format!("{{\"os\":\"linux\",\"i\":{i}}}");
+        let layer = format!("layer {i}").repeat(200);
+        let c = api.push_blob("race", config.as_bytes()).await;
+        let l = api.push_blob("race", layer.as_bytes()).await;
+        let m = image_manifest(OCI_MANIFEST, &c, config.len(), &[(&l, layer.len())]);
+        let tag = format!("v{i}");
+        let registry = api.registry.clone();
+        let opts = zero.clone();
+        let round = tokio::spawn(async move { registry.gc(&tester(), opts).await.unwrap() });
+        let r = api.put_manifest("race", &tag, OCI_MANIFEST, &m).await;
+        round.await.unwrap();
+        match r.status {
+            StatusCode::CREATED => accepted.push((tag, c, l)),
+            _ => {
+                r.assert_error(StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN");
+                refused += 1;
+            }
+        }
+    }
+    api.registry.gc(&tester(), zero).await.unwrap();
+    assert!(
+        !accepted.is_empty(),
+        "no push got through ({refused} refused)"
+    );
+    for (tag, c, l) in &accepted {
+        assert_eq!(
+            api.get(&format!("/v2/race/manifests/{tag}")).await.status,
+            StatusCode::OK
+        );
+        for d in [c, l] {
+            assert_eq!(
+                api.get(&format!("/v2/race/blobs/{d}")).await.status,
+                StatusCode::OK,
+                "{tag} was accepted, then lost {d} to GC ({} accepted, {refused} refused)",
+                accepted.len()
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn old_blobs_reused_by_a_new_push_are_protected() {
     let api = Api::new();

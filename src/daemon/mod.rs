@@ -476,3 +476,6 @@ fn take_lock(dir: &std::path::Path) -> Result<File, Error> {
     writeln!(f, "{}", std::process::id()).map_err(err)?;
     Ok(f)
 }
+
+#[cfg(test)]
+mod tests;
