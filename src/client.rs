@@ -8,10 +8,8 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
-use crate::certsd::{ActionKind, CertFile, Entry, FileAction, InstallOutcome, Root};
-use crate::pki::{
-    self, CertDetails, CertKind, CertRecord, CertStatus, Crl, KeyAlgorithm, Names, SecretKeyPem,
-};
+use crate::certsd::{Entry, FileAction, InstallOutcome};
+use crate::pki::{self, CertDetails, CertKind, CertRecord, Crl, KeyAlgorithm, Names, SecretKeyPem};
 mod registry;
 pub use registry::RegistryStatus;
 
@@ -109,6 +107,12 @@ impl Error {
             Error::Refused { kind, .. } => Some(*kind),
             _ => None,
         }
+    }
+}
+
+impl From<convert::WireError> for Error {
+    fn from(e: convert::WireError) -> Error {
+        Error::Protocol(e.to_string())
     }
 }
 
@@ -434,7 +438,7 @@ impl Client {
         let d = r
             .details
             .ok_or_else(|| Error::Protocol("CA without details".into()))?;
-        Ok((r.certificate_pem, details_in(d)?))
+        Ok((r.certificate_pem, convert::details_in(d)?))
     }
 
     /// Issues a certificate.
@@ -472,7 +476,7 @@ impl Client {
         let rec = r
             .certificate
             .ok_or_else(|| Error::Protocol("no certificate in the answer".into()))?;
-        Ok((record_in(rec)?, r.ca_certificate_pem))
+        Ok((convert::record_in(rec)?, r.ca_certificate_pem))
     }
 
     /// Lists issued certificates.
@@ -492,7 +496,10 @@ impl Client {
             })
             .await?
             .into_inner();
-        r.certificates.into_iter().map(record_in).collect()
+        Ok(r.certificates
+            .into_iter()
+            .map(convert::record_in)
+            .collect::<Result<_, _>>()?)
     }
 
     /// Decodes certificates (PEM bundle or DER).
@@ -502,7 +509,10 @@ impl Client {
             .inspect_certificate(pb::InspectCertificateRequest { data })
             .await?
             .into_inner();
-        r.certificates.into_iter().map(details_in).collect()
+        Ok(r.certificates
+            .into_iter()
+            .map(convert::details_in)
+            .collect::<Result<_, _>>()?)
     }
 
     /// Revokes a certificate.
@@ -514,10 +524,9 @@ impl Client {
             })
             .await?
             .into_inner();
-        record_in(
-            r.certificate
-                .ok_or_else(|| Error::Protocol("no certificate in the answer".into()))?,
-        )
+        Ok(convert::record_in(r.certificate.ok_or_else(|| {
+            Error::Protocol("no certificate in the answer".into())
+        })?)?)
     }
 
     /// Renews a certificate: same kind and names, fresh key, new serial.
@@ -577,7 +586,7 @@ impl Client {
             .await?
             .into_inner();
         Ok(InstallOutcome {
-            actions: actions_in(r.actions),
+            actions: convert::actions_in(r.actions)?,
             client_serial: (!r.client_serial.is_empty()).then_some(r.client_serial),
             issued_client: r.issued_client,
             directories: r.directories.into_iter().map(PathBuf::from).collect(),
@@ -600,7 +609,7 @@ impl Client {
             })
             .await?
             .into_inner();
-        Ok(actions_in(r.actions))
+        Ok(convert::actions_in(r.actions)?)
     }
 
     /// Every certs.d entry.
@@ -610,7 +619,10 @@ impl Client {
             .list_certs(pb::ListCertsRequest {})
             .await?
             .into_inner();
-        Ok(r.entries.into_iter().map(entry_in).collect())
+        Ok(r.entries
+            .into_iter()
+            .map(convert::entry_in)
+            .collect::<Result<_, _>>()?)
     }
 
     /// The certs.d entries of one registry.
@@ -622,7 +634,10 @@ impl Client {
             })
             .await?
             .into_inner();
-        Ok(r.entries.into_iter().map(entry_in).collect())
+        Ok(r.entries
+            .into_iter()
+            .map(convert::entry_in)
+            .collect::<Result<_, _>>()?)
     }
 }
 
@@ -634,123 +649,10 @@ fn issued_in(
 ) -> Result<IssuedCert, Error> {
     let rec = certificate.ok_or_else(|| Error::Protocol("no certificate in the answer".into()))?;
     Ok(IssuedCert {
-        record: record_in(rec)?,
+        record: convert::record_in(rec)?,
         key: (!private_key_pem.is_empty()).then(|| SecretKeyPem::new(private_key_pem)),
         ca_pem,
     })
-}
-
-fn kind_in(k: i32) -> Result<CertKind, Error> {
-    convert::kind_in(k).ok_or_else(|| Error::Protocol(format!("unknown certificate kind {k}")))
-}
-
-fn status_in(s: i32) -> Result<CertStatus, Error> {
-    convert::status_in(s).ok_or_else(|| Error::Protocol(format!("unknown certificate status {s}")))
-}
-
-fn names_in(n: Option<pb::Names>) -> Names {
-    let n = n.unwrap_or_default();
-    Names {
-        common_name: n.common_name,
-        organizations: n.organizations,
-        organizational_units: n.organizational_units,
-        dns_names: n.dns_names,
-        ip_addresses: n
-            .ip_addresses
-            .iter()
-            .filter_map(|s| s.parse().ok())
-            .collect(),
-        uris: n.uris,
-        emails: n.emails,
-    }
-}
-
-fn record_in(r: pb::IssuedCertificate) -> Result<CertRecord, Error> {
-    Ok(CertRecord {
-        serial: r.serial,
-        kind: kind_in(r.kind)?,
-        names: names_in(r.names),
-        not_before: r
-            .not_before
-            .map(time_in)
-            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-        not_after: r
-            .not_after
-            .map(time_in)
-            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-        fingerprint_sha256: r.fingerprint_sha256,
-        revoked_at: r.revoked_at.map(time_in),
-        key_held: r.key_held,
-        from_csr: r.from_csr,
-        key_algorithm: r.key_algorithm,
-        certificate_pem: r.certificate_pem,
-    })
-}
-
-fn details_in(d: pb::CertificateDetails) -> Result<CertDetails, Error> {
-    Ok(CertDetails {
-        subject: d.subject,
-        issuer: d.issuer,
-        serial: d.serial,
-        names: names_in(d.names),
-        not_before: d
-            .not_before
-            .map(time_in)
-            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-        not_after: d
-            .not_after
-            .map(time_in)
-            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-        is_ca: d.is_ca,
-        key_usages: d.key_usages,
-        extended_key_usages: d.extended_key_usages,
-        signature_algorithm: d.signature_algorithm,
-        key_algorithm: d.key_algorithm,
-        fingerprint_sha256: d.fingerprint_sha256,
-        status: status_in(d.status)?,
-        chains_to_berth_ca: d.chains_to_berth_ca,
-        self_signed: d.self_signed,
-    })
-}
-
-fn actions_in(a: Vec<pb::FileAction>) -> Vec<FileAction> {
-    a.into_iter()
-        .map(|a| FileAction {
-            kind: match pb::FileActionKind::try_from(a.kind) {
-                Ok(pb::FileActionKind::CreateDir) => ActionKind::CreateDir,
-                Ok(pb::FileActionKind::Create) => ActionKind::Create,
-                Ok(pb::FileActionKind::Replace) => ActionKind::Replace,
-                Ok(pb::FileActionKind::Delete) => ActionKind::Delete,
-                Ok(pb::FileActionKind::KeepModified) => ActionKind::KeepModified,
-                Ok(pb::FileActionKind::DeleteDir) => ActionKind::DeleteDir,
-                _ => ActionKind::Unchanged,
-            },
-            path: PathBuf::from(a.path),
-            mode: a.mode,
-        })
-        .collect()
-}
-
-fn entry_in(e: pb::CertsEntry) -> Entry {
-    let file = |f: pb::CertFileState| CertFile {
-        path: PathBuf::from(f.path),
-        subject: f.subject,
-        not_after: f.not_after.map(time_in),
-        berth_ca: f.berth_ca,
-    };
-    Entry {
-        root: if e.root == i32::from(pb::CertsRoot::Containers) {
-            Root::Containers
-        } else {
-            Root::Docker
-        },
-        host: e.host,
-        directory: PathBuf::from(e.directory),
-        managed: e.managed,
-        cas: e.cas.into_iter().map(file).collect(),
-        clients: e.clients.into_iter().map(file).collect(),
-        problems: e.problems,
-    }
 }
 
 /// Decodes certificates without a daemon (no CA relationship), for `cert inspect` when

@@ -4,6 +4,7 @@
 //! certificate); the cores only read it.
 
 use std::fmt;
+use std::sync::Arc;
 
 use time::OffsetDateTime;
 
@@ -20,8 +21,9 @@ pub enum Identity {
         /// Peer pid, when the kernel reports it.
         pid: Option<i32>,
     },
-    /// A TLS client whose certificate the handshake verified against the berth CA.
-    Cert(CertIdentity),
+    /// A TLS client whose certificate the handshake verified against the berth CA (shared:
+    /// every request of the connection carries it).
+    Cert(Arc<CertIdentity>),
     /// berthd itself: scheduled work such as purging stale uploads.
     Daemon,
 }

@@ -78,8 +78,14 @@ impl Conn {
             .body(Full::new(Bytes::from(body)))
             .unwrap();
         let resp = match self {
-            Conn::H1(s) => s.send_request(req).await.unwrap(),
-            Conn::H2(s) => s.send_request(req).await.unwrap(),
+            Conn::H1(s) => {
+                s.ready().await.unwrap();
+                s.send_request(req).await.unwrap()
+            }
+            Conn::H2(s) => {
+                s.ready().await.unwrap();
+                s.send_request(req).await.unwrap()
+            }
         };
         let status = resp.status();
         let headers = resp.headers().clone();

@@ -8,13 +8,11 @@ use time::OffsetDateTime;
 use tokio_stream::StreamExt;
 
 use super::{Client, Error};
-use crate::events::{Action, Event, Target};
+use crate::events::Event;
 use crate::proto as pb;
-use crate::proto::convert::time_in;
+use crate::proto::convert::{self, time_in};
 use crate::proto::registry_service_client::RegistryServiceClient;
-use crate::registry::FsckProblem;
-use crate::registry::inspect::{ImageInfo, LayerInfo, PlatformEntry};
-use crate::registry::reference::Digest;
+use crate::registry::inspect::ImageInfo;
 use crate::registry::{FsckReport, GcReport, RepoSummary, UploadInfo};
 
 /// What `berth registry status` shows.
@@ -41,23 +39,6 @@ pub struct RegistryStatus {
     pub repositories: u64,
     /// Upload sessions.
     pub uploads: u64,
-}
-
-fn digest(s: &str) -> Result<Digest, Error> {
-    s.parse()
-        .map_err(|e| Error::Protocol(format!("bad digest from berthd: {e}")))
-}
-
-fn opt_digest(s: &str) -> Result<Option<Digest>, Error> {
-    if s.is_empty() {
-        Ok(None)
-    } else {
-        digest(s).map(Some)
-    }
-}
-
-fn opt(s: String) -> Option<String> {
-    (!s.is_empty()).then_some(s)
 }
 
 impl Client {
@@ -93,15 +74,7 @@ impl Client {
             .list_repositories(pb::ListRepositoriesRequest {})
             .await?
             .into_inner();
-        Ok(r.repositories
-            .into_iter()
-            .map(|r| RepoSummary {
-                name: r.name,
-                tags: r.tags as usize,
-                manifests: r.manifests as usize,
-                bytes: r.bytes,
-            })
-            .collect())
+        Ok(r.repositories.into_iter().map(convert::repo_in).collect())
     }
 
     /// Tags of a repository.
@@ -125,49 +98,7 @@ impl Client {
             })
             .await?
             .into_inner();
-        let layers = i
-            .layers
-            .into_iter()
-            .map(|l| {
-                Ok(LayerInfo {
-                    digest: digest(&l.digest)?,
-                    size: l.size,
-                    media_type: l.media_type,
-                    compression: l.compression,
-                    diff_id: opt_digest(&l.diff_id)?,
-                    config_diff_id: opt(l.config_diff_id),
-                    diff_id_matches: l.diff_id_matches,
-                    chain_id: opt_digest(&l.chain_id)?,
-                })
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
-        let platforms = i
-            .platforms
-            .into_iter()
-            .map(|p| {
-                Ok(PlatformEntry {
-                    digest: digest(&p.digest)?,
-                    media_type: p.media_type,
-                    size: p.size,
-                    os: opt(p.os),
-                    architecture: opt(p.architecture),
-                    variant: opt(p.variant),
-                })
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
-        Ok(ImageInfo {
-            repository: i.repository,
-            digest: digest(&i.digest)?,
-            media_type: i.media_type,
-            kind: i.kind,
-            manifest_size: i.manifest_size,
-            config_digest: opt_digest(&i.config_digest)?,
-            os: opt(i.os),
-            architecture: opt(i.architecture),
-            layers,
-            platforms,
-            total_size: i.total_size,
-        })
+        Ok(convert::image_in(i)?)
     }
 
     /// Untags (`repo:tag`) or deletes (`repo@digest`); returns the digest and whether only
@@ -199,22 +130,7 @@ impl Client {
             })
             .await?
             .into_inner();
-        Ok(GcReport {
-            dry_run: r.dry_run,
-            blobs_deleted: r
-                .blobs_deleted
-                .into_iter()
-                .map(|b| (b.digest, b.size))
-                .collect(),
-            bytes_freed: r.bytes_freed,
-            manifests_deleted: r
-                .manifests_deleted
-                .into_iter()
-                .map(|m| (m.repository, m.digest))
-                .collect(),
-            blobs_in_use: r.blobs_in_use as usize,
-            blobs_young: r.blobs_young as usize,
-        })
+        Ok(convert::gc_in(r))
     }
 
     /// Lists upload sessions, or purges them.
@@ -233,15 +149,7 @@ impl Client {
             })
             .await?
             .into_inner();
-        Ok(r.uploads
-            .into_iter()
-            .map(|u| UploadInfo {
-                repository: u.repository,
-                id: u.id,
-                size: u.size,
-                started_at: u.started_at.map(time_in),
-            })
-            .collect())
+        Ok(r.uploads.into_iter().map(convert::upload_in).collect())
     }
 
     /// Re-hashes every blob and resolves every link.
@@ -251,20 +159,7 @@ impl Client {
             .fsck(pb::FsckRequest { repair })
             .await?
             .into_inner();
-        Ok(FsckReport {
-            blobs_checked: r.blobs_checked,
-            bytes_checked: r.bytes_checked,
-            problems: r
-                .problems
-                .into_iter()
-                .map(|p| FsckProblem {
-                    kind: p.kind,
-                    path: p.path.into(),
-                    digest: p.digest,
-                    detail: p.detail,
-                })
-                .collect(),
-        })
+        Ok(convert::fsck_in(r))
     }
 
     /// Streams registry events to `f` until the stream ends or `f` returns false.
@@ -281,38 +176,7 @@ impl Client {
             .await?
             .into_inner();
         while let Some(e) = s.next().await {
-            let e = e?;
-            let action = match pb::EventAction::try_from(e.action) {
-                Ok(pb::EventAction::Push) => Action::Push,
-                Ok(pb::EventAction::Pull) => Action::Pull,
-                Ok(pb::EventAction::Delete) => Action::Delete,
-                Ok(pb::EventAction::Unspecified) | Err(_) => {
-                    return Err(Error::Protocol(format!(
-                        "unknown event action {}",
-                        e.action
-                    )));
-                }
-            };
-            let target = match pb::EventTarget::try_from(e.target) {
-                Ok(pb::EventTarget::Manifest) => Target::Manifest,
-                Ok(pb::EventTarget::Blob) => Target::Blob,
-                Ok(pb::EventTarget::Tag) => Target::Tag,
-                Ok(pb::EventTarget::Unspecified) | Err(_) => {
-                    return Err(Error::Protocol(format!(
-                        "unknown event target {}",
-                        e.target
-                    )));
-                }
-            };
-            let ev = Event {
-                time: e.time.map(time_in).unwrap_or(OffsetDateTime::UNIX_EPOCH),
-                action,
-                target,
-                repository: e.repository,
-                digest: opt(e.digest),
-                tag: opt(e.tag),
-                actor: e.actor,
-            };
+            let ev = convert::event_in(e?)?;
             if !f(ev) {
                 break;
             }

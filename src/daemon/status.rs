@@ -86,3 +86,9 @@ impl From<registry::Error> for Status {
         Status::new(code, e.to_string())
     }
 }
+
+impl From<crate::proto::convert::WireError> for Status {
+    fn from(e: crate::proto::convert::WireError) -> Status {
+        Status::invalid_argument(e.to_string())
+    }
+}

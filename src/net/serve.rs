@@ -301,7 +301,7 @@ async fn connection<S, B>(
             };
             let h2 = session.alpn_protocol() == Some(b"h2");
             tracing::debug!(listener = name, %peer, client = %cert.common_name, serial = %cert.serial, h2, "client connected");
-            drive(stream, Identity::Cert(cert), h2, served, stop).await;
+            drive(stream, Identity::Cert(Arc::new(cert)), h2, served, stop).await;
         }
         Accepted::Unix(s) => {
             let id = match s.peer_cred() {

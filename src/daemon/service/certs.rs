@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{blocking, convert};
+use super::blocking;
 use crate::certsd::{HostPort, InstallRequest};
 use crate::daemon::State;
 use crate::proto as pb;
 use crate::proto::certs_service_server::CertsService;
+use crate::proto::convert;
 
 /// The CertsService adapter.
 pub(crate) struct CertsSvc {

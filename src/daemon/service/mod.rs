@@ -1,7 +1,6 @@
 //! Thin gRPC adapters: decode, call one core function, encode.
 
 mod certs;
-mod convert;
 mod pki;
 mod registry;
 mod system;

@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{blocking, convert};
+use super::blocking;
 use crate::daemon::State;
 use crate::pki::{CertKind, IssueSpec, Issued, ListFilter};
 use crate::proto as pb;
+use crate::proto::convert;
 use crate::proto::pki_service_server::PkiService;
 
 /// The PkiService adapter.
@@ -55,7 +56,7 @@ impl PkiService for PkiSvc {
         req: Request<pb::IssueCertificateRequest>,
     ) -> Result<Response<pb::IssueCertificateResponse>, Status> {
         let r = req.into_inner();
-        let kind = convert::kind_in(r.kind, "certificate kind")?.ok_or_else(|| {
+        let kind = convert::kind_request(r.kind, "certificate kind")?.ok_or_else(|| {
             Status::invalid_argument("certificate kind is required: server, client or admin")
         })?;
         let spec = IssueSpec {
@@ -87,7 +88,7 @@ impl PkiService for PkiSvc {
         req: Request<pb::SignCsrRequest>,
     ) -> Result<Response<pb::SignCsrResponse>, Status> {
         let r = req.into_inner();
-        let profile = convert::kind_in(r.profile, "profile")?
+        let profile = convert::kind_request(r.profile, "profile")?
             .ok_or_else(|| Status::invalid_argument("profile is required: server or client"))?;
         let days = (r.validity_days > 0).then_some(r.validity_days);
         let state = self.state.clone();
@@ -104,7 +105,7 @@ impl PkiService for PkiSvc {
     ) -> Result<Response<pb::ListCertificatesResponse>, Status> {
         let r = req.into_inner();
         let filter = ListFilter {
-            kind: convert::kind_in(r.kind, "certificate kind")?,
+            kind: convert::kind_request(r.kind, "certificate kind")?,
             common_name: (!r.common_name.is_empty()).then_some(r.common_name),
         };
         let certificates = self

@@ -7,13 +7,12 @@ use std::time::Duration;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::convert::ts;
 use crate::daemon::State;
-use crate::events::{Action, Event, Target};
 use crate::identity::Identity;
 use crate::net::tls::REGISTRY_CN;
 use crate::pki::{CertKind, CertStatus, ListFilter};
 use crate::proto as pb;
+use crate::proto::convert;
 use crate::proto::registry_service_server::RegistryService;
 use crate::registry::GcOptions;
 use crate::registry::reference::parse_image_ref;
@@ -32,28 +31,6 @@ fn who<T>(req: &Request<T>) -> Result<Identity, Status> {
         .get::<Identity>()
         .cloned()
         .ok_or_else(|| Status::unauthenticated("no caller identity on this request"))
-}
-
-fn event_out(e: Event) -> pb::RegistryEvent {
-    pb::RegistryEvent {
-        time: Some(ts(e.time)),
-        action: match e.action {
-            Action::Push => pb::EventAction::Push,
-            Action::Pull => pb::EventAction::Pull,
-            Action::Delete => pb::EventAction::Delete,
-        }
-        .into(),
-        target: match e.target {
-            Target::Manifest => pb::EventTarget::Manifest,
-            Target::Blob => pb::EventTarget::Blob,
-            Target::Tag => pb::EventTarget::Tag,
-        }
-        .into(),
-        repository: e.repository,
-        digest: e.digest.unwrap_or_default(),
-        tag: e.tag.unwrap_or_default(),
-        actor: e.actor,
-    }
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RegistryEvent, Status>> + Send>>;
@@ -88,7 +65,7 @@ impl RegistryService for RegistrySvc {
             storage_root: reg.root().display().to_string(),
             certificate_serial: cert.as_ref().map(|c| c.serial.clone()).unwrap_or_default(),
             certificate_sans: sans,
-            certificate_not_after: cert.map(|c| ts(c.not_after)),
+            certificate_not_after: cert.map(|c| convert::ts(c.not_after)),
             blobs: stats.blobs,
             bytes: stats.bytes,
             repositories: reg.catalog(&who).await?.len() as u64,
@@ -102,15 +79,7 @@ impl RegistryService for RegistrySvc {
     ) -> Result<Response<pb::ListRepositoriesResponse>, Status> {
         let repos = self.state.registry.repositories(&who(&req)?).await?;
         Ok(Response::new(pb::ListRepositoriesResponse {
-            repositories: repos
-                .into_iter()
-                .map(|r| pb::Repository {
-                    name: r.name,
-                    tags: r.tags as u32,
-                    manifests: r.manifests as u32,
-                    bytes: r.bytes,
-                })
-                .collect(),
+            repositories: repos.into_iter().map(convert::repo_out).collect(),
         }))
     }
 
@@ -136,43 +105,7 @@ impl RegistryService for RegistrySvc {
         let (name, reference) =
             parse_image_ref(&req.into_inner().reference).map_err(crate::registry::Error::from)?;
         let i = self.state.registry.inspect(&who, &name, &reference).await?;
-        Ok(Response::new(pb::InspectImageResponse {
-            repository: i.repository,
-            digest: i.digest.to_string(),
-            media_type: i.media_type,
-            kind: i.kind,
-            manifest_size: i.manifest_size,
-            config_digest: i.config_digest.map(|d| d.to_string()).unwrap_or_default(),
-            os: i.os.unwrap_or_default(),
-            architecture: i.architecture.unwrap_or_default(),
-            layers: i
-                .layers
-                .into_iter()
-                .map(|l| pb::Layer {
-                    digest: l.digest.to_string(),
-                    size: l.size,
-                    media_type: l.media_type,
-                    compression: l.compression,
-                    diff_id: l.diff_id.map(|d| d.to_string()).unwrap_or_default(),
-                    config_diff_id: l.config_diff_id.unwrap_or_default(),
-                    diff_id_matches: l.diff_id_matches,
-                    chain_id: l.chain_id.map(|d| d.to_string()).unwrap_or_default(),
-                })
-                .collect(),
-            platforms: i
-                .platforms
-                .into_iter()
-                .map(|p| pb::Platform {
-                    digest: p.digest.to_string(),
-                    media_type: p.media_type,
-                    size: p.size,
-                    os: p.os.unwrap_or_default(),
-                    architecture: p.architecture.unwrap_or_default(),
-                    variant: p.variant.unwrap_or_default(),
-                })
-                .collect(),
-            total_size: i.total_size,
-        }))
+        Ok(Response::new(convert::image_out(i)))
     }
 
     async fn delete_image(
@@ -213,22 +146,7 @@ impl RegistryService for RegistrySvc {
                 },
             )
             .await?;
-        Ok(Response::new(pb::GarbageCollectResponse {
-            dry_run: report.dry_run,
-            blobs_deleted: report
-                .blobs_deleted
-                .into_iter()
-                .map(|(digest, size)| pb::BlobRef { digest, size })
-                .collect(),
-            bytes_freed: report.bytes_freed,
-            manifests_deleted: report
-                .manifests_deleted
-                .into_iter()
-                .map(|(repository, digest)| pb::ManifestRef { repository, digest })
-                .collect(),
-            blobs_in_use: report.blobs_in_use as u64,
-            blobs_young: report.blobs_young as u64,
-        }))
+        Ok(Response::new(convert::gc_out(report)))
     }
 
     async fn list_uploads(
@@ -247,15 +165,7 @@ impl RegistryService for RegistrySvc {
             all
         };
         Ok(Response::new(pb::ListUploadsResponse {
-            uploads: uploads
-                .into_iter()
-                .map(|u| pb::Upload {
-                    repository: u.repository,
-                    id: u.id,
-                    size: u.size,
-                    started_at: u.started_at.map(ts),
-                })
-                .collect(),
+            uploads: uploads.into_iter().map(convert::upload_out).collect(),
             purged: r.purge,
         }))
     }
@@ -270,20 +180,7 @@ impl RegistryService for RegistrySvc {
             .registry
             .fsck(&who, req.into_inner().repair)
             .await?;
-        Ok(Response::new(pb::FsckResponse {
-            blobs_checked: report.blobs_checked,
-            bytes_checked: report.bytes_checked,
-            problems: report
-                .problems
-                .into_iter()
-                .map(|p| pb::FsckProblem {
-                    kind: p.kind,
-                    path: p.path.display().to_string(),
-                    digest: p.digest,
-                    detail: p.detail,
-                })
-                .collect(),
-        }))
+        Ok(Response::new(convert::fsck_out(report)))
     }
 
     type WatchEventsStream = EventStream;
@@ -299,7 +196,7 @@ impl RegistryService for RegistrySvc {
             loop {
                 let item = match rx.recv().await {
                     Ok(e) if !repo.is_empty() && e.repository != repo => continue,
-                    Ok(e) => Ok(event_out(e)),
+                    Ok(e) => Ok(convert::event_out(e)),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         Err(Status::resource_exhausted(format!(
                             "this subscriber fell {n} events behind and was dropped so pushes are never slowed; reconnect to continue"

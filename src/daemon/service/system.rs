@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::convert;
 use crate::daemon::State;
 use crate::identity::Identity;
 use crate::proto as pb;
+use crate::proto::convert;
 use crate::proto::system_service_server::SystemService;
 
 /// The SystemService adapter.

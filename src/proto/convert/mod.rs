@@ -1,11 +1,70 @@
-//! Domain -> wire mappings both ends of the control API need, written once so the daemon
-//! and the client cannot disagree. Each `match` is exhaustive: a new domain variant must be
-//! given a wire value before it compiles.
+//! Every domain <-> wire mapping of the control API, both directions, in one room, so the
+//! daemon and the client cannot disagree. Each `match` is exhaustive: a new domain variant
+//! must be given a wire value before it compiles. Decoding fails with a [`WireError`]; the
+//! daemon answers it as InvalidArgument, the client reports it as a protocol error.
+
+mod certs;
+mod pki;
+mod registry;
+
+pub(crate) use certs::*;
+pub(crate) use pki::*;
+pub(crate) use registry::*;
 
 use time::OffsetDateTime;
 
 use crate::pki::{CertKind, CertStatus, KeyAlgorithm, Names};
 use crate::proto as pb;
+
+/// Why a message from the wire could not be turned into domain types.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// An enum number this build does not know.
+    #[error("unknown {what} {value}")]
+    Unknown {
+        /// Which field.
+        what: &'static str,
+        /// The number.
+        value: i32,
+    },
+    /// A text field that does not parse.
+    #[error("invalid {what} {value:?}: {reason}")]
+    Invalid {
+        /// Which field.
+        what: &'static str,
+        /// What was sent.
+        value: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A required field is absent.
+    #[error("no {0} in the message")]
+    Missing(&'static str),
+}
+
+/// A digest from the wire.
+pub(crate) fn digest_in(s: &str) -> Result<crate::registry::Digest, WireError> {
+    s.parse()
+        .map_err(|e: crate::registry::reference::Error| WireError::Invalid {
+            what: "digest",
+            value: s.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+/// An optional digest from the wire (empty: none).
+pub(crate) fn opt_digest_in(s: &str) -> Result<Option<crate::registry::Digest>, WireError> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        digest_in(s).map(Some)
+    }
+}
+
+/// An optional text from the wire (empty: none).
+pub(crate) fn opt(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
 
 /// A timestamp on the wire (whole seconds: certificates carry no more).
 pub(crate) fn ts(t: OffsetDateTime) -> prost_types::Timestamp {
