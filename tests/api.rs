@@ -1099,3 +1099,73 @@ async fn renewal_issues_a_successor_and_keeps_the_old_one_valid() {
         .unwrap_err();
     assert_eq!(err.kind(), Some(Code::FailedPrecondition), "{err}");
 }
+
+/// An endless stream (`berth events`) must not hold berthd's shutdown for the whole drain
+/// deadline: it ends with "shutting down" and berthd stops.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_ends_event_streams_instead_of_draining_them() {
+    let d = TestDaemon::start_with(|cfg: &mut Config| {
+        cfg.registry.enabled = true;
+        cfg.net.drain_timeout = std::time::Duration::from_secs(3600);
+    });
+    let c = d.client().await;
+    let me = issue(
+        &c,
+        CertKind::Client,
+        names("pusher"),
+        KeyAlgorithm::EcdsaP256,
+    )
+    .await;
+    let tls = common::client_config(
+        &me.ca_pem,
+        Some((
+            &me.record.certificate_pem,
+            me.key.as_ref().unwrap().secret_pem(),
+        )),
+        b"http/1.1",
+    );
+    let (seen_tx, mut seen_rx) = tokio::sync::oneshot::channel();
+    let mut seen_tx = Some(seen_tx);
+    let events = tokio::spawn(async move {
+        c.registry_events(None, move |_| {
+            if let Some(tx) = seen_tx.take() {
+                let _ = tx.send(());
+            }
+            true
+        })
+        .await
+    });
+    // Push until the subscriber has seen an event: then it is certainly subscribed.
+    for i in 0u32.. {
+        let body = format!("blob {i}").into_bytes();
+        let digest = berth::registry::Digest::sha256_of(&body);
+        let (status, _) = common::tls_request(
+            d.registry[0],
+            tls.clone(),
+            axum::http::Method::POST,
+            &format!("/v2/ev/blobs/uploads/?digest={digest}"),
+            body,
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, axum::http::StatusCode::CREATED);
+        if seen_rx.try_recv().is_ok() {
+            break;
+        }
+        assert!(i < 10_000, "the subscriber never saw an event");
+        tokio::task::yield_now().await;
+    }
+    let stopped = tokio::task::spawn_blocking(move || d.stop());
+    let r = tokio::time::timeout(std::time::Duration::from_secs(60), stopped).await;
+    assert!(
+        r.is_ok(),
+        "berthd's shutdown waited on an open event stream"
+    );
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(60), events)
+        .await
+        .expect("the event stream never ended")
+        .unwrap();
+    let e = ended.unwrap_err();
+    assert_eq!(e.kind(), Some(Code::Unavailable), "{e}");
+    assert!(e.to_string().contains("shutting down"), "{e}");
+}

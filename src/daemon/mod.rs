@@ -115,6 +115,9 @@ pub(crate) struct State {
     pub gate: Arc<Gate>,
     /// True once the CA is loaded and every listener serves; Health says so.
     ready: AtomicBool,
+    /// Turns true when shutdown begins: listeners drain, and endless streams (events) end
+    /// so the drain is not held up by them.
+    stopping: watch::Sender<bool>,
     control_tls: OnceLock<(Names, Arc<ArcSwap<rustls::ServerConfig>>)>,
     registry_tls: OnceLock<(Names, Arc<ArcSwap<rustls::ServerConfig>>)>,
     tcp_addrs: OnceLock<Vec<SocketAddr>>,
@@ -133,6 +136,11 @@ impl State {
     /// Whether berthd is ready: its CA is loaded and every listener is serving.
     pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// A receiver that turns true when shutdown begins.
+    pub(crate) fn stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.subscribe()
     }
 
     /// Takes in a revocation or a renewed server certificate: the gate refuses revoked
@@ -208,6 +216,7 @@ impl Daemon {
                 registry,
                 gate,
                 ready: AtomicBool::new(false),
+                stopping: watch::channel(false).0,
                 control_tls: OnceLock::new(),
                 registry_tls: OnceLock::new(),
                 tcp_addrs: OnceLock::new(),
@@ -251,7 +260,7 @@ impl Daemon {
         let registry_addrs = listeners.registry_addrs();
         let _ = state.registry_addrs.set(registry_addrs.clone());
         let _ = state.tcp_addrs.set(tcp_addrs.clone());
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop_rx = state.stopping.subscribe();
         let mut tasks = tokio::task::JoinSet::new();
         let (health, routes) = routes(&state)?;
         set_health(&health, false).await;
@@ -322,7 +331,7 @@ impl Daemon {
         shutdown.await;
         state.ready.store(false, Ordering::Release);
         set_health(&health, false).await;
-        let _ = stop_tx.send(true);
+        state.stopping.send_replace(true);
         while tasks.join_next().await.is_some() {}
         let _ = std::fs::remove_file(&socket);
         tracing::info!("berthd stopped");

@@ -533,7 +533,14 @@ async fn drive<IO, S, B>(
             async move {
                 if let Err(refusal) = served.gate.check(&identity) {
                     tracing::warn!(listener = served.name, caller = %identity, reason = %refusal, "request refused");
-                    let resp = (served.refuse)(&refusal);
+                    let mut resp = (served.refuse)(&refusal);
+                    if !h2 {
+                        // An HTTP/1 connection of a refused identity is of no further use.
+                        resp.headers_mut().insert(
+                            hyper::header::CONNECTION,
+                            hyper::header::HeaderValue::from_static("close"),
+                        );
+                    }
                     return Ok::<_, Infallible>(resp.map(|inner| Tracked {
                         inner,
                         _guard: guard,

@@ -49,11 +49,9 @@ pub fn router(registry: Registry, body_stall: Duration) -> Router {
 }
 
 /// The answer to a request `net::serve` refused (revoked or expired certificate on an
-/// open connection): 403 DENIED with the reason, and the connection closes.
+/// open connection): 403 DENIED with the reason.
 pub fn refuse(r: &Refusal) -> Response {
     let mut resp = ApiError::new(Code::Denied, r.to_string()).into_response();
-    resp.headers_mut()
-        .insert("connection", HeaderValue::from_static("close"));
     resp.headers_mut().insert(
         "docker-distribution-api-version",
         HeaderValue::from_static("registry/2.0"),
