@@ -2,10 +2,13 @@
 //! large blob each and 1,000 small manifests, first against berthd's embedded registry,
 //! then the same workload against Debian's docker-registry (started by
 //! scripts/docker-registry-bench.sh with the same TLS setup), so both figures come from one
-//! run. Prints MiB/s, requests/s and the server's peak RSS; asserts nothing.
+//! run. Prints MiB/s, requests/s, new mutual-TLS connections per second (handshake plus
+//! `GET /v2/`), the latency of a 1 KiB blob GET on a kept-alive connection, and the server's
+//! peak RSS; asserts nothing.
 //!
 //! `cargo bench --bench registry`; environment: BERTH_BENCH_CLIENTS (4),
-//! BERTH_BENCH_BLOB_MIB (100), BERTH_BENCH_MANIFESTS (1000).
+//! BERTH_BENCH_BLOB_MIB (100), BERTH_BENCH_MANIFESTS (1000), BERTH_BENCH_CONNS (1000),
+//! BERTH_BENCH_SMALL_GETS (2000).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -136,7 +139,15 @@ struct Figures {
     pull_mib_s: f64,
     manifest_put_rps: f64,
     manifest_get_rps: f64,
+    conns_per_s: f64,
+    small_p50_ms: f64,
+    small_p99_ms: f64,
     peak_rss_mib: f64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
 }
 
 async fn upload(c: &mut Conn, repo: &str, data: Bytes) -> Digest {
@@ -280,7 +291,41 @@ async fn workload(
     };
     let put = run(Method::PUT).await;
     let get = run(Method::GET).await;
+
+    // New connections: handshake, one GET /v2/, close; `clients` at a time.
+    let conns = env_or("BERTH_BENCH_CONNS", 1000).max(clients);
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let tls = tls.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..conns / clients {
+                let mut c = Conn::open(addr, tls.clone()).await;
+                let (s, _, _) = c.call(Method::GET, "/v2/", None, Bytes::new()).await;
+                assert_eq!(s, StatusCode::OK);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let conns_per_s = (conns / clients * clients) as f64 / t.elapsed().as_secs_f64();
+
+    // A 1 KiB blob, GET after GET on one kept-alive connection.
+    let small = env_or("BERTH_BENCH_SMALL_GETS", 2000).max(1);
+    let path = format!("/v2/bench/manifests/blobs/{ld}");
+    let mut lat = Vec::with_capacity(small);
+    for _ in 0..small {
+        let t = Instant::now();
+        let (s, _, n) = c.call(Method::GET, &path, None, Bytes::new()).await;
+        lat.push(t.elapsed());
+        assert_eq!((s, n), (StatusCode::OK, 1024));
+    }
+    lat.sort();
     Figures {
+        conns_per_s,
+        small_p50_ms: percentile(&lat, 0.5),
+        small_p99_ms: percentile(&lat, 0.99),
         push_mib_s: push,
         pull_mib_s: pull,
         manifest_put_rps: put,
@@ -442,17 +487,27 @@ async fn main() {
     };
 
     println!(
-        "{:<28}{:>14}{:>14}{:>16}{:>16}{:>12}",
-        "server", "push MiB/s", "pull MiB/s", "manifest PUT/s", "manifest GET/s", "peak RSS"
+        "{:<22}{:>11}{:>11}{:>12}{:>12}{:>10}{:>17}{:>11}",
+        "server",
+        "push MiB/s",
+        "pull MiB/s",
+        "manif. PUT/s",
+        "manif. GET/s",
+        "new conn/s",
+        "1 KiB GET p50/p99",
+        "peak RSS"
     );
     let row = |name: &str, f: &Figures| {
         println!(
-            "{:<28}{:>14.1}{:>14.1}{:>16.0}{:>16.0}{:>9.1} MiB",
+            "{:<22}{:>11.1}{:>11.1}{:>12.0}{:>12.0}{:>10.0}{:>9.2}/{:<4.2} ms{:>7.1} MiB",
             name,
             f.push_mib_s,
             f.pull_mib_s,
             f.manifest_put_rps,
             f.manifest_get_rps,
+            f.conns_per_s,
+            f.small_p50_ms,
+            f.small_p99_ms,
             f.peak_rss_mib
         )
     };

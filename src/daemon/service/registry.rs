@@ -191,10 +191,21 @@ impl RegistryService for RegistrySvc {
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let repo = req.into_inner().repository;
         let mut rx = self.state.registry.subscribe();
+        let mut stopping = self.state.stopping();
         let (tx, out) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             loop {
-                let item = match rx.recv().await {
+                let next = tokio::select! {
+                    e = rx.recv() => Some(e),
+                    _ = stopping.wait_for(|s| *s) => None,
+                };
+                let Some(next) = next else {
+                    let _ = tx
+                        .send(Err(Status::unavailable("berthd is shutting down")))
+                        .await;
+                    return;
+                };
+                let item = match next {
                     Ok(e) if !repo.is_empty() && e.repository != repo => continue,
                     Ok(e) => Ok(convert::event_out(e)),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
