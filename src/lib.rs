@@ -9,36 +9,44 @@
 //! | module | role | may use |
 //! |---|---|---|
 //! | [`fsutil`] | atomic writes (temp file, fsync, rename, fsync dir), modes set at creation | std |
-//! | [`config`] | `Config` with embedded defaults, TOML `version = 1`, unknown keys rejected | `pki` key names |
-//! | [`pki`] | CA, issue, CSR signing, index, CRL, inspect (rcgen, x509-parser) | `fsutil` |
+//! | [`identity`] | [`identity::Identity`]: who asks (unix peer, verified certificate, berthd) | — |
+//! | [`events`] | push/pull/delete events, emitted by cores only, bounded broadcast | `identity` |
+//! | [`pki`] | CA, issue, CSR signing, index, CRL, inspect (rcgen, x509-parser); `pki::Settings` | `fsutil`, `identity` |
 //! | [`certsd`] | docker/containers `certs.d` installer: plan, stage, commit, record | `pki`, `fsutil` |
-//! | [`registry`] | embedded OCI registry: names/digests, manifests, registry:2-layout storage, and `registry::http` (axum, OCI error table, rustls with client identity) | `fsutil`, `pki` (identity decoding) |
-//! | [`proto`] | generated tonic/prost code for `proto/berth/v1` (built by protox in build.rs), and the wire mappings both ends share | — |
-//! | [`daemon`] | lock, listeners, peer authorisation, tonic services mapping domain errors to `Status` | everything above |
+//! | [`registry`] | the registry core behind one door, [`registry::Registry`]; its storage (private) is registry:2 keys over a driver (fs, memory) | `fsutil`, `identity`, `events` |
+//! | [`config`] | composes every module's `Settings`, embedded defaults, TOML `version = 1` | the cores' settings |
+//! | [`net`] | the one network edge: accept loop, limits, timeouts, drain, TLS, per-request identity check | cores |
+//! | [`oci`] | the distribution API over axum; calls only the registry's door | `registry`, `net` |
+//! | [`proto`] | generated tonic/prost code, and every domain <-> wire mapping (`proto::convert`) | domain types |
+//! | [`daemon`] | lock, listeners, who is an admin, tonic services mapping domain errors to `Status` | everything above |
 //! | [`client`] | the control API seen as domain types, errors that say what to do | `proto`, domain types |
 //!
-//! Dependencies point inward: `pki`, `certsd`, `fsutil` and `config` never name tonic,
-//! prost, hyper or the daemon (`tests/layering.rs` enforces it), so they can be tested and
-//! reused without a transport.
+//! Dependencies point inward: the cores (`pki`, `certsd`, `registry`, `identity`, `events`,
+//! `fsutil`) never name tonic, prost, axum, hyper, the edges or `config`;
+//! `tests/layering.rs` enforces it, and `registry`'s storage is private, so an edge that
+//! tried to bypass the door would not compile.
 //!
 //! # How a request flows
 //!
 //! `berth cert issue client --name ci-bot` builds a [`client::IssueRequest`]; the client
-//! dials the unix socket; the daemon's interceptor reads the peer's uid/gid (SO_PEERCRED)
-//! and either records a `Caller` or answers PermissionDenied; the PKI service runs
-//! [`pki::Pki::issue`] on a blocking thread, which signs with the CA and writes the index
-//! and the held key through [`fsutil::write_atomic`]. A failure travels as `pki::Error` ->
-//! `tonic::Status` (one exhaustive mapping in the daemon) -> [`client::Error`] -> a CLI
-//! message with a hint.
+//! dials the unix socket; [`net::serve`] reads the peer's uid/gid (SO_PEERCRED) into an
+//! [`identity::Identity`] on every request; the daemon's interceptor decides whether that
+//! identity may use the control API; the PKI service runs [`pki::Pki::issue`] on a blocking
+//! thread, which signs with the CA and writes the index and the held key through
+//! [`fsutil::write_atomic`]. A failure travels as `pki::Error` -> `tonic::Status` (one
+//! exhaustive mapping in the daemon) -> [`client::Error`] -> a CLI message with a hint.
 //!
-//! `skopeo copy ... docker://localhost:5443/team/app:1.0`: the registry listener completes a
-//! rustls handshake that requires a client certificate from the berth CA (and checks the
-//! CRL); the verified certificate becomes a `ClientIdentity` on every request; the single
-//! `/v2/{*rest}` route is parsed into a `Route` (names contain `/`); the handler calls
-//! [`registry::Registry`], whose storage streams the body to `_uploads/<id>/data` while
-//! hashing, then verifies, fsyncs and renames into `blobs/`; the handler sets `Location`,
-//! `Docker-Content-Digest` and `Range`. Errors travel `registry::Error` -> the OCI error
-//! table (one exhaustive match) -> `{"errors":[...]}` with the right status.
+//! `skopeo copy ... docker://registry.example.internal:5443/team/app:1.0`: [`net::serve`]
+//! accepts (TCP_NODELAY, connection cap, back-off), completes a rustls handshake that
+//! requires a client certificate from the berth CA (and checks the CRL), and puts the
+//! verified certificate on every request as an `Identity`, re-checked against the live
+//! revocation list and its expiry by the [`net::Gate`] before the request reaches the edge;
+//! the [`oci`] router parses the single `/v2/{*rest}` route into a `Route` (names contain
+//! `/`); the handler calls the [`registry::Registry`] door with that identity, which runs
+//! storage (keys -> driver: the body streams to `_uploads/<id>/data` while it is hashed, is
+//! verified, made durable and moved into `blobs/`) and emits the event; the handler sets
+//! `Location`, `Docker-Content-Digest` and `Range`. Errors travel `registry::Error` -> the
+//! OCI error table (one exhaustive match) -> `{"errors":[...]}` with the right status.
 #![forbid(unsafe_code)]
 
 pub mod certsd;

@@ -255,6 +255,22 @@ impl Daemon {
         listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), Error> {
+        let socket = listeners.socket.clone();
+        let state = self.state.clone();
+        let result = self.serve_until(listeners, shutdown).await;
+        if result.is_err() {
+            // Whatever did start stops with the listeners' tasks; leave no socket behind.
+            state.stopping.send_replace(true);
+            let _ = std::fs::remove_file(&socket);
+        }
+        result
+    }
+
+    async fn serve_until(
+        self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), Error> {
         let state = self.state.clone();
         let tcp_addrs = listeners.tcp_addrs();
         let registry_addrs = listeners.registry_addrs();

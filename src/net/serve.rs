@@ -73,6 +73,40 @@ pub enum Refusal {
     },
 }
 
+/// What an edge's router must be to be served: a cloneable tower service that never
+/// fails (errors are responses).
+pub trait Edge<B>:
+    Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S, B> Edge<B> for S where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// What an edge's response body must be to be sent by hyper.
+pub trait ResponseBody:
+    Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + Unpin + 'static
+{
+}
+
+impl<B> ResponseBody for B where
+    B: Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + Unpin
+        + 'static
+{
+}
+
 /// What a listener serves.
 pub struct Served<S, B> {
     /// Listener name for logs (`registry`, `control`).
@@ -157,14 +191,9 @@ struct Throttles {
 /// Serves `listener` until `stop` turns true, then drains.
 pub async fn serve<S, B>(listener: Listener, served: Served<S, B>, mut stop: watch::Receiver<bool>)
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: Edge<B>,
     S::Future: Send + 'static,
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: ResponseBody,
 {
     let cap = served.settings.connection_cap(fd_limit());
     let name = served.name;
@@ -257,14 +286,9 @@ async fn connection<S, B>(
     stop: watch::Receiver<bool>,
     throttles: Arc<Throttles>,
 ) where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: Edge<B>,
     S::Future: Send + 'static,
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: ResponseBody,
 {
     let name = served.name;
     match conn {
@@ -510,14 +534,9 @@ async fn drive<IO, S, B>(
     stop: watch::Receiver<bool>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: Edge<B>,
     S::Future: Send + 'static,
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: ResponseBody,
 {
     let state = Arc::new(ConnState::new());
     let io = TokioIo::new(Watched {

@@ -70,6 +70,21 @@ struct Local {
     seen: Mutex<HashMap<Digest, std::time::Instant>>,
 }
 
+impl Local {
+    /// The upload map; a panic elsewhere cannot leave it half-updated (single inserts and
+    /// removes), so a poisoned lock is taken as it is.
+    fn uploads(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<upload::State>>>> {
+        self.uploads.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The recently-seen map (same reasoning about poisoning).
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, std::time::Instant>> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Runs blocking driver work off the async threads.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Error> + Send + 'static,
@@ -170,12 +185,7 @@ impl Storage {
 
     /// Blobs reported as existing within `grace`; older entries are forgotten.
     fn recently_seen(&self, grace: std::time::Duration) -> std::collections::HashSet<Digest> {
-        let mut seen = self
-            .inner
-            .local
-            .seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut seen = self.inner.local.seen();
         seen.retain(|_, t| t.elapsed() < grace);
         seen.keys().cloned().collect()
     }
@@ -192,12 +202,7 @@ impl Storage {
             .run(move |drv, p| blob_size_of(drv, p, &name2, &d2))
             .await?;
         if size.is_some() {
-            let mut seen = self
-                .inner
-                .local
-                .seen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut seen = self.inner.local.seen();
             seen.insert(d.clone(), std::time::Instant::now());
         }
         Ok(size)

@@ -79,12 +79,7 @@ fn current_size(drv: &dyn Driver, key: &Key, id: &str) -> Result<u64, Error> {
 
 impl Storage {
     fn state(&self, id: &str, size: u64) -> Arc<tokio::sync::Mutex<State>> {
-        let mut map = self
-            .inner
-            .local
-            .uploads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut map = self.inner.local.uploads();
         map.entry(id.to_string())
             .or_insert_with(|| {
                 Arc::new(tokio::sync::Mutex::new(State {
@@ -115,12 +110,7 @@ impl Storage {
     }
 
     fn forget(&self, id: &str) {
-        let mut map = self
-            .inner
-            .local
-            .uploads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut map = self.inner.local.uploads();
         map.remove(id);
     }
 
@@ -328,12 +318,7 @@ impl Storage {
                 continue;
             };
             let state = {
-                let map = self
-                    .inner
-                    .local
-                    .uploads
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
+                let map = self.inner.local.uploads();
                 map.get(&u.id).cloned()
             };
             let _busy = match &state {
