@@ -130,7 +130,8 @@ async fn common_headers(req: Request, next: Next) -> Response {
         .map(ToString::to_string)
         .unwrap_or_default();
     let started = std::time::Instant::now();
-    let mut resp = next.run(req).await;
+    let span = tracing::info_span!("request", %method, %path, client = %who);
+    let mut resp = tracing::Instrument::instrument(next.run(req), span).await;
     resp.headers_mut().insert(
         "docker-distribution-api-version",
         HeaderValue::from_static("registry/2.0"),

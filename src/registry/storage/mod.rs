@@ -10,6 +10,7 @@ mod paths;
 mod upload;
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -227,21 +228,21 @@ impl Storage {
         let mut reader = blocking(move || drv.reader(&key, start))
             .await?
             .ok_or(Error::BlobUnknown(d2))?;
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
             let mut left = len;
             while left > 0 {
-                let mut buf = vec![0u8; CHUNK.min(left as usize)];
-                let n = match read_full(reader.as_mut(), &mut buf) {
+                // read_to_end fills spare capacity without zeroing it first.
+                let want = CHUNK.min(usize::try_from(left).unwrap_or(CHUNK));
+                let mut buf = Vec::with_capacity(want);
+                match std::io::Read::take(reader.as_mut(), want as u64).read_to_end(&mut buf) {
                     Ok(0) => break,
-                    Ok(n) => n,
+                    Ok(n) => left -= n as u64,
                     Err(e) => {
                         let _ = tx.blocking_send(Err(e));
                         return;
                     }
-                };
-                buf.truncate(n);
-                left -= n as u64;
+                }
                 if tx.blocking_send(Ok(buf)).is_err() {
                     return;
                 }
