@@ -86,6 +86,29 @@ pub struct HostPort {
 }
 
 impl HostPort {
+    /// Why docker will not use client certificates for this registry, when it will not:
+    /// dockerd treats every registry on a loopback address (127.0.0.0/8, and ::1 since
+    /// Engine 28, moby 6a1d8a9) as insecure, including a name that resolves there, never
+    /// reads certs.d for it and speaks plain HTTP to it. podman, skopeo and containerd
+    /// have no such rule. Names are looked up in /etc/hosts only (where loopback names
+    /// live, e.g. Debian's 127.0.1.1 for the host name), never in DNS.
+    pub fn docker_loopback(&self) -> Option<String> {
+        let h = self.host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = match h.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.is_loopback(),
+            Err(_) => {
+                h.eq_ignore_ascii_case("localhost")
+                    || h.to_ascii_lowercase().ends_with(".localhost")
+                    || std::fs::read_to_string("/etc/hosts").is_ok_and(|t| hosts_loopback(&t, h))
+            }
+        };
+        loopback.then(|| {
+            format!(
+                "docker will not use these files for {self}: it treats registries on loopback addresses (127.0.0.0/8, ::1) as insecure, sends them no client certificate and speaks plain HTTP to them. Serve the registry under a real name on a non-loopback address (registry.names and registry.listen, e.g. berthd --registry-listen 10.0.0.5:5443) and install for that name; podman, skopeo and containerd are not affected"
+            )
+        })
+    }
+
     /// The certs.d folder name docker looks up: `host:port`, or `host` alone for port 443.
     pub fn dir_name(&self) -> String {
         match self.port {
@@ -93,6 +116,18 @@ impl HostPort {
             Some(p) => format!("{}:{p}", self.host),
         }
     }
+}
+
+/// True when an /etc/hosts text maps `name` to a loopback address.
+fn hosts_loopback(hosts: &str, name: &str) -> bool {
+    hosts.lines().any(|l| {
+        let mut f = l.split('#').next().unwrap_or("").split_whitespace();
+        let loopback = f
+            .next()
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+            .is_some_and(|ip| ip.is_loopback());
+        loopback && f.any(|n| n.eq_ignore_ascii_case(name))
+    })
 }
 
 impl fmt::Display for HostPort {
@@ -283,6 +318,8 @@ pub struct InstallOutcome {
     pub issued_client: bool,
     /// The entry's folders.
     pub directories: Vec<PathBuf>,
+    /// What will still not work, e.g. docker and a loopback registry.
+    pub warnings: Vec<String>,
 }
 
 /// A certificate file found in an entry.
@@ -406,6 +443,7 @@ impl Installer {
             client_serial: client.as_ref().map(|(r, _)| r.serial.clone()),
             issued_client,
             directories: Vec::new(),
+            warnings: req.host.docker_loopback().into_iter().collect(),
         };
         for root in self.roots_for(req.containers) {
             let dir = self.root(root).join(req.host.dir_name());
@@ -433,6 +471,7 @@ impl Installer {
             client_serial: None,
             issued_client: would_issue,
             directories: Vec::new(),
+            warnings: req.host.docker_loopback().into_iter().collect(),
         };
         let state = self.load_state()?;
         let placeholder = SecretKeyPem::new(String::new());
@@ -572,7 +611,13 @@ impl Installer {
             .filter(|(_, dir)| dir.is_dir())
             .map(|(root, dir)| {
                 let managed = state.entries.contains_key(&dir);
-                entry(root, &dir, managed, pki)
+                let mut e = entry(root, &dir, managed, pki);
+                if root == Root::Docker
+                    && let Some(w) = host.docker_loopback()
+                {
+                    e.problems.push(w);
+                }
+                e
             })
             .collect())
     }

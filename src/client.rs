@@ -585,12 +585,7 @@ impl Client {
             })
             .await?
             .into_inner();
-        Ok(InstallOutcome {
-            actions: convert::actions_in(r.actions)?,
-            client_serial: (!r.client_serial.is_empty()).then_some(r.client_serial),
-            issued_client: r.issued_client,
-            directories: r.directories.into_iter().map(PathBuf::from).collect(),
-        })
+        Ok(convert::install_in(r)?)
     }
 
     /// Removes the certs.d files berth wrote for a registry.

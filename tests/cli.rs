@@ -280,6 +280,29 @@ fn the_walkthrough_works_through_the_cli() {
     assert!(!d.docker_root().join(host).exists());
     assert!(!d.containers_root().join(host).exists());
 
+    // A loopback registry: the files are written (podman and skopeo use them), but berth
+    // says plainly that docker will not, and verify does not call it set up for docker.
+    let out = run(&[
+        "certs",
+        "install",
+        "localhost:5443",
+        "--client",
+        "ci-bot",
+        "--containers",
+    ]);
+    let (stdout, stderr) = (ok(&out), String::from_utf8_lossy(&out.stderr).to_string());
+    assert!(stdout.contains("not docker"), "{stdout}");
+    assert!(
+        stderr.contains("warning: docker will not use these files for localhost:5443")
+            && stderr.contains("non-loopback address"),
+        "{stderr}"
+    );
+    let out = run(&["certs", "verify", "localhost:5443"]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("insecure") && !text.contains("ok:"), "{text}");
+    ok(&run(&["certs", "remove", "localhost:5443", "--containers"]));
+
     let comp = ok(&run(&["completions", "bash"]));
     assert!(
         comp.contains("berth") && comp.contains("certs"),

@@ -590,3 +590,36 @@ fn a_flood_of_idle_sockets_under_a_tight_fd_limit() {
         r.join().unwrap();
     }
 }
+
+/// docker speaks plain HTTP to a loopback registry; the TLS port answers it in words.
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_http_on_the_registry_port_gets_a_readable_400() {
+    let d = TestDaemon::with_registry();
+    let addr = d.registry[0];
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nUser-Agent: docker/20.10\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+    assert!(
+        text.contains("HTTPS registry")
+            && text.contains("client certificate")
+            && text.contains("docker speaks plain HTTP to registries on loopback")
+            && text.contains(&format!("NAME:{}", addr.port())),
+        "{text}"
+    );
+    // TLS clients on the same port are unaffected.
+    let c = d.client().await;
+    let (cfg, _) = client_cfg(&c, "tls", b"http/1.1").await;
+    let mut conn = Conn::open(addr, cfg).await;
+    assert_eq!(
+        conn.send(Method::GET, "/v2/", vec![]).await.status,
+        StatusCode::OK
+    );
+}

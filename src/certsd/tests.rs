@@ -42,3 +42,33 @@ fn host_port_rules() {
         assert!(e.contains(why), "{input}: {e}");
     }
 }
+
+#[test]
+fn loopback_registries_are_named_for_docker() {
+    for h in [
+        "localhost:5443",
+        "127.0.0.1:5443",
+        "127.1.2.3",
+        "[::1]:5443",
+        "app.localhost:1",
+    ] {
+        let hp: HostPort = h.parse().unwrap();
+        let w = hp
+            .docker_loopback()
+            .unwrap_or_else(|| panic!("{h} is loopback"));
+        assert!(w.contains("docker") && w.contains("non-loopback"), "{w}");
+    }
+    for h in [
+        "10.0.0.5:5443",
+        "[fd00::5]:5443",
+        "registry.example.internal:5443",
+    ] {
+        let hp: HostPort = h.parse().unwrap();
+        assert_eq!(hp.docker_loopback(), None, "{h}");
+    }
+    let hosts = "127.0.0.1 localhost\n127.0.1.1 buildhost.example buildhost # Debian\n10.0.0.5 reg\n# 127.0.0.1 commented\n";
+    assert!(hosts_loopback(hosts, "buildhost"));
+    assert!(hosts_loopback(hosts, "BUILDHOST.example"));
+    assert!(!hosts_loopback(hosts, "reg"));
+    assert!(!hosts_loopback(hosts, "commented"));
+}

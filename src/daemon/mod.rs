@@ -288,6 +288,7 @@ impl Daemon {
             tls,
             gate: state.gate.clone(),
             settings: settings.clone(),
+            plain_http_hint: None,
         };
 
         let socket = listeners.socket.clone();
@@ -323,6 +324,7 @@ impl Daemon {
             for l in listeners.registry {
                 let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
                 let l = TcpListener::from_std(l).map_err(bind_err(addr))?;
+                let hint = oci::plain_http_hint(l.local_addr().ok());
                 tasks.spawn(net::serve(
                     Listener::Tcp(l),
                     Served {
@@ -332,6 +334,7 @@ impl Daemon {
                         tls: Some(cfg.clone()),
                         gate: state.gate.clone(),
                         settings: settings.clone(),
+                        plain_http_hint: Some(hint),
                     },
                     stop_rx.clone(),
                 ));

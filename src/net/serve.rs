@@ -119,6 +119,9 @@ pub struct Served<S, B> {
     pub tls: Option<Arc<ArcSwap<ServerConfig>>>,
     /// The per-request identity check.
     pub gate: Arc<Gate>,
+    /// What to answer, as plain HTTP 400, to a client that speaks plain HTTP on this TLS
+    /// port (docker does, to loopback registries); `None` just closes such connections.
+    pub plain_http_hint: Option<String>,
     /// Limits and timeouts.
     pub settings: Settings,
 }
@@ -186,6 +189,19 @@ struct Throttles {
     accept: Throttle,
     cap: Throttle,
     handshake: Throttle,
+    /// Peers already told about plain HTTP (bounded: cleared when it grows large).
+    plain_http: Mutex<std::collections::HashSet<std::net::IpAddr>>,
+}
+
+impl Throttles {
+    /// True the first time `ip` speaks plain HTTP to us (for a while).
+    fn first_plain_http(&self, ip: std::net::IpAddr) -> bool {
+        let mut seen = self.plain_http.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= 4096 {
+            seen.clear();
+        }
+        seen.insert(ip)
+    }
 }
 
 /// Serves `listener` until `stop` turns true, then drains.
@@ -300,8 +316,21 @@ async fn connection<S, B>(
                 tracing::error!(listener = name, "TCP listener without TLS; closing");
                 return;
             };
-            let acceptor = TlsAcceptor::from(tls.load_full());
             let limit = served.settings.handshake_timeout;
+            // A TLS client starts with a handshake record (0x16); plain HTTP starts with a
+            // method name. Answer the latter in words instead of failing the handshake.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(limit, tcp.peek(&mut first)).await {
+                Ok(Ok(1)) if first[0].is_ascii_uppercase() => {
+                    if let Some(hint) = &served.plain_http_hint {
+                        plain_http(tcp, peer, hint, &served.settings, &throttles).await;
+                    }
+                    return;
+                }
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(_)) | Err(_) => {}
+            }
+            let acceptor = TlsAcceptor::from(tls.load_full());
             let stream = match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -342,6 +371,45 @@ async fn connection<S, B>(
             drive(s, id, true, served, stop).await;
         }
     }
+}
+
+/// Answers a plain-HTTP request on a TLS port with a 400 that says what is wrong, logs the
+/// same once per peer, and closes.
+async fn plain_http(
+    mut tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    hint: &str,
+    s: &Settings,
+    throttles: &Throttles,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Read the request head (bounded in size and time) so the client sees an answer, not a
+    // reset, then reply and close.
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    let read = async {
+        while head.len() < 16 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(s.header_read_timeout, read).await;
+    if throttles.first_plain_http(peer.ip()) {
+        let line = String::from_utf8_lossy(head.split(|b| *b == b'\r').next().unwrap_or(&[]))
+            .chars()
+            .take(120)
+            .collect::<String>();
+        tracing::warn!(%peer, request = %line, "plain HTTP on a TLS port: {hint}");
+    }
+    let body = format!("{hint}\n");
+    let resp = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tcp.write_all(resp.as_bytes()).await;
+    let _ = tcp.shutdown().await;
 }
 
 /// Per-connection timing, shared by the I/O wrapper, the request guards and the watchdog.

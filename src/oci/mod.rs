@@ -59,6 +59,14 @@ pub fn refuse(r: &Refusal) -> Response {
     resp
 }
 
+/// What a plain-HTTP client on the registry's TLS port is told (see `net::serve`).
+pub fn plain_http_hint(addr: Option<std::net::SocketAddr>) -> String {
+    let port = addr.map_or_else(|| "its port".to_string(), |a| a.port().to_string());
+    format!(
+        "This is an HTTPS registry (berth, port {port}) that requires a client certificate from its berth CA; this request came in plain HTTP. docker speaks plain HTTP to registries on loopback addresses (127.0.0.0/8, ::1) and never sends them a certificate: serve the registry under a real name on a non-loopback address (registry.names and registry.listen) and use NAME:{port}, with the files from `berth certs install NAME:{port}`."
+    )
+}
+
 async fn base(State(app): State<Arc<App>>, method: Method, req: Request) -> Response {
     run(&app, Ok(route::Route::Base), method, HashMap::new(), req).await
 }

@@ -33,16 +33,7 @@ impl CertsService for CertsSvc {
         };
         let state = self.state.clone();
         let out = blocking(move || state.certsd.install(&state.pki, &install)).await?;
-        Ok(Response::new(pb::InstallCertsResponse {
-            actions: convert::actions_out(&out.actions),
-            client_serial: out.client_serial.unwrap_or_default(),
-            issued_client: out.issued_client,
-            directories: out
-                .directories
-                .iter()
-                .map(|d| d.display().to_string())
-                .collect(),
-        }))
+        Ok(Response::new(convert::install_out(out)))
     }
 
     async fn remove_certs(

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{WireError, time_in, ts};
-use crate::certsd::{self, ActionKind, CertFile, Entry, FileAction, Root};
+use crate::certsd::{self, ActionKind, CertFile, Entry, FileAction, InstallOutcome, Root};
 use crate::proto as pb;
 
 fn path(p: &Path) -> String {
@@ -107,5 +107,27 @@ pub(crate) fn entry_in(e: pb::CertsEntry) -> Result<Entry, WireError> {
         cas: e.cas.into_iter().map(file).collect(),
         clients: e.clients.into_iter().map(file).collect(),
         problems: e.problems,
+    })
+}
+
+/// What an install did, on the wire.
+pub(crate) fn install_out(o: InstallOutcome) -> pb::InstallCertsResponse {
+    pb::InstallCertsResponse {
+        actions: actions_out(&o.actions),
+        client_serial: o.client_serial.unwrap_or_default(),
+        issued_client: o.issued_client,
+        directories: o.directories.iter().map(|d| path(d)).collect(),
+        warnings: o.warnings,
+    }
+}
+
+/// What an install did, from the wire.
+pub(crate) fn install_in(r: pb::InstallCertsResponse) -> Result<InstallOutcome, WireError> {
+    Ok(InstallOutcome {
+        actions: actions_in(r.actions)?,
+        client_serial: (!r.client_serial.is_empty()).then_some(r.client_serial),
+        issued_client: r.issued_client,
+        directories: r.directories.into_iter().map(PathBuf::from).collect(),
+        warnings: r.warnings,
     })
 }

@@ -85,11 +85,16 @@ pub async fn run(g: &Global, cmd: CertsCmd) -> anyhow::Result<ExitCode> {
                 print_actions(&outcome.actions, dry_run);
                 if !dry_run {
                     for d in &outcome.directories {
-                        println!(
-                            "docker, podman and skopeo now trust {host} with {}",
-                            d.display()
-                        );
+                        let who = if outcome.warnings.is_empty() {
+                            "docker, podman and skopeo"
+                        } else {
+                            "podman and skopeo (not docker: see below)"
+                        };
+                        println!("{who} now trust {host} with {}", d.display());
                     }
+                }
+                for w in &outcome.warnings {
+                    eprintln!("warning: {w}");
                 }
             }
         }
