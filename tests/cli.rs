@@ -491,7 +491,7 @@ fn berthd_starts_with_flags_refuses_a_second_copy_and_stops_on_sigterm() {
             .spawn()
             .unwrap()
     };
-    let mut first = berthd(&[]);
+    let mut first = berthd(&["--registry-name", "registry.example.internal"]);
     let socket = root.join("berthd.sock");
     wait_for("berthd to serve", || {
         berth(&socket, dir.path(), &["system", "health"])
@@ -505,6 +505,14 @@ fn berthd_starts_with_flags_refuses_a_second_copy_and_stops_on_sigterm() {
     );
     assert_eq!(mode(&root.join("pki/ca.key")), 0o600);
     assert_eq!(mode(&socket), 0o660);
+    // --registry-name reaches the registry's certificate.
+    let status = json(&berth(
+        &socket,
+        dir.path(),
+        &["registry", "status", "--json"],
+    ));
+    let sans = status["certificate_sans"].to_string();
+    assert!(sans.contains("DNS:registry.example.internal"), "{sans}");
 
     let second = berthd(&[]).wait_with_output().unwrap();
     assert!(!second.status.success());

@@ -37,6 +37,10 @@ struct Flags {
     /// Registry address (repeatable); default: `127.0.0.1:5443` and `[::1]:5443`.
     #[arg(long, value_name = "IP:PORT")]
     registry_listen: Vec<std::net::SocketAddr>,
+    /// Extra DNS name or IP for the registry's certificate (repeatable; `registry.names`).
+    /// docker needs one that is not loopback.
+    #[arg(long, value_name = "NAME")]
+    registry_name: Vec<String>,
     /// Registry storage root (registry:2 layout); default: `<state>/registry`.
     #[arg(long, value_name = "DIR")]
     registry_root: Option<PathBuf>,
@@ -73,6 +77,9 @@ fn config(flags: &Flags) -> anyhow::Result<Config> {
     }
     if !flags.registry_listen.is_empty() {
         cfg.registry.listen = flags.registry_listen.clone();
+    }
+    if !flags.registry_name.is_empty() {
+        cfg.registry.names = flags.registry_name.clone();
     }
     if let Some(d) = &flags.registry_root {
         cfg.registry.root = Some(d.clone());
