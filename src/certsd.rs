@@ -322,6 +322,15 @@ pub struct InstallOutcome {
     pub warnings: Vec<String>,
 }
 
+/// What following a renewal did to the certs.d entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Followed {
+    /// Entry folders that now hold the successor.
+    pub updated: Vec<PathBuf>,
+    /// Entries that could not be updated, and why.
+    pub problems: Vec<String>,
+}
+
 /// A certificate file found in an entry.
 #[derive(Debug, Clone, Serialize)]
 pub struct CertFile {
@@ -462,6 +471,47 @@ impl Installer {
             outcome.directories.push(dir);
         }
         Ok(outcome)
+    }
+
+    /// After a client certificate was renewed on this host: every certs.d entry berth
+    /// installed with the old certificate gets its successor (the newest valid certificate
+    /// of the same name whose key berthd holds), atomically, so nothing keeps presenting a
+    /// certificate that is about to expire. Entries someone changed by hand are left alone
+    /// and reported.
+    pub fn follow_renewal(&self, pki: &Pki, old: &pki::CertRecord) -> Result<Followed, Error> {
+        let mut out = Followed::default();
+        if old.kind != CertKind::Client {
+            return Ok(out);
+        }
+        let old_hash = sha256_hex(old.certificate_pem.as_bytes());
+        let state = self.load_state()?;
+        // host dir name -> whether the containers tree has it too
+        let mut hosts: BTreeMap<String, bool> = BTreeMap::new();
+        for (dir, files) in &state.entries {
+            if files.get(CERT_FILE) != Some(&old_hash) {
+                continue;
+            }
+            let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+                continue;
+            };
+            let name = name.to_string_lossy().into_owned();
+            let in_containers = parent == self.containers_root;
+            *hosts.entry(name).or_default() |= in_containers;
+        }
+        for (name, containers) in hosts {
+            let req = InstallRequest {
+                host: name.parse()?,
+                client: Some(old.names.common_name.clone()),
+                containers,
+                dry_run: false,
+                force: false,
+            };
+            match self.install(pki, &req) {
+                Ok(o) => out.updated.extend(o.directories),
+                Err(e) => out.problems.push(format!("{name}: {e}")),
+            }
+        }
+        Ok(out)
     }
 
     /// The plan of an install whose client certificate does not exist yet (dry run).

@@ -285,6 +285,15 @@ pub struct IssuedCert {
     pub ca_pem: String,
 }
 
+/// A renewal: the successor, and what happened to the certs.d entries of the old one.
+#[derive(Debug, Clone)]
+pub struct Renewed {
+    /// The new certificate.
+    pub issued: IssuedCert,
+    /// certs.d entries on berthd's host that now hold it.
+    pub certs: crate::certsd::Followed,
+}
+
 /// A connected client.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -535,7 +544,7 @@ impl Client {
         serial: &str,
         validity_days: Option<u32>,
         return_key: bool,
-    ) -> Result<IssuedCert, Error> {
+    ) -> Result<Renewed, Error> {
         let r = self
             .pki()
             .renew_certificate(pb::RenewCertificateRequest {
@@ -545,7 +554,13 @@ impl Client {
             })
             .await?
             .into_inner();
-        issued_in(r.certificate, r.private_key_pem, r.ca_certificate_pem)
+        Ok(Renewed {
+            issued: issued_in(r.certificate, r.private_key_pem, r.ca_certificate_pem)?,
+            certs: crate::certsd::Followed {
+                updated: r.certs_updated.into_iter().map(PathBuf::from).collect(),
+                problems: r.certs_problems,
+            },
+        })
     }
 
     /// The current CRL.

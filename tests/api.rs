@@ -1032,7 +1032,8 @@ async fn renewal_issues_a_successor_and_keeps_the_old_one_valid() {
     let next = c
         .renew(&client.record.serial, Some(30), false)
         .await
-        .unwrap();
+        .unwrap()
+        .issued;
     assert_ne!(next.record.serial, client.record.serial);
     assert_eq!(next.record.names, client.record.names);
     assert_eq!(next.record.key_algorithm, "ECDSA P-384");
@@ -1054,6 +1055,48 @@ async fn renewal_issues_a_successor_and_keeps_the_old_one_valid() {
         inst.client_serial.as_deref(),
         Some(next.record.serial.as_str())
     );
+    // Renewing again follows every certs.d entry berth installed with that certificate
+    // (both trees of r.example, docker's of s.example); one edited by hand is left alone
+    // and reported.
+    c.certs_install("r.example:5000", Some("ci-bot"), true, false, false)
+        .await
+        .unwrap();
+    c.certs_install("s.example:5000", Some("ci-bot"), false, false, false)
+        .await
+        .unwrap();
+    c.certs_install("t.example:5000", Some("ci-bot"), false, false, false)
+        .await
+        .unwrap();
+    let edited = d.docker_root().join("t.example:5000/client.key");
+    std::fs::write(&edited, "mine").unwrap();
+    let third = c.renew(&next.record.serial, None, false).await.unwrap();
+    let mut updated = third.certs.updated.clone();
+    updated.sort();
+    assert_eq!(
+        updated,
+        [
+            d.containers_root().join("r.example:5000"),
+            d.docker_root().join("r.example:5000"),
+            d.docker_root().join("s.example:5000"),
+        ]
+    );
+    for dir in &updated {
+        assert_eq!(
+            std::fs::read_to_string(dir.join("client.cert")).unwrap(),
+            third.issued.record.certificate_pem
+        );
+        assert_eq!(mode(&dir.join("client.key")), 0o600);
+    }
+    assert_eq!(third.certs.problems.len(), 1, "{:?}", third.certs.problems);
+    assert!(third.certs.problems[0].contains("t.example:5000"));
+    assert_eq!(std::fs::read_to_string(&edited).unwrap(), "mine");
+    assert!(
+        c.certs_verify("s.example:5000")
+            .await
+            .unwrap()
+            .iter()
+            .all(|e| e.problems.is_empty())
+    );
 
     let server = issue(
         &c,
@@ -1071,7 +1114,11 @@ async fn renewal_issues_a_successor_and_keeps_the_old_one_valid() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), Some(Code::InvalidArgument), "{err}");
-    let renewed = c.renew(&server.record.serial, None, true).await.unwrap();
+    let renewed = c
+        .renew(&server.record.serial, None, true)
+        .await
+        .unwrap()
+        .issued;
     let cert = write(out.path(), "renewed.pem", &renewed.record.certificate_pem);
     openssl_verify(&write(out.path(), "ca.pem", &renewed.ca_pem), &cert);
     let text = openssl_text(&cert);

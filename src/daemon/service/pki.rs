@@ -155,13 +155,24 @@ impl PkiService for PkiSvc {
         }
         let state = self.state.clone();
         let days = (r.validity_days > 0).then_some(r.validity_days);
-        let issued = blocking(move || state.pki.renew(&old.serial, days)).await?;
+        let (issued, followed) = blocking(move || {
+            let issued = state.pki.renew(&old.serial, days)?;
+            let followed = state.certsd.follow_renewal(&state.pki, &old)?;
+            Ok::<_, crate::certsd::Error>((issued, followed))
+        })
+        .await?;
         let (certificate, private_key_pem, ca_certificate_pem) =
             self.issued_out(&issued, r.return_private_key);
         Ok(Response::new(pb::RenewCertificateResponse {
             certificate,
             private_key_pem,
             ca_certificate_pem,
+            certs_updated: followed
+                .updated
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect(),
+            certs_problems: followed.problems,
         }))
     }
 

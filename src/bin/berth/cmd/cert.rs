@@ -290,7 +290,8 @@ pub async fn run(g: &Global, cmd: CertCmd) -> anyhow::Result<ExitCode> {
                     existing.display()
                 );
             }
-            let issued = client.renew(&old.serial, days, out.is_some()).await?;
+            let renewed = client.renew(&old.serial, days, out.is_some()).await?;
+            let issued = renewed.issued;
             if let Some(dir) = &out {
                 write_issued(dir, &files, &issued, force)?;
             }
@@ -310,6 +311,12 @@ pub async fn run(g: &Global, cmd: CertCmd) -> anyhow::Result<ExitCode> {
                 for f in &files {
                     println!("  wrote {}", f.display());
                 }
+                for d in &renewed.certs.updated {
+                    println!("  updated {} to the new certificate", d.display());
+                }
+            }
+            for p in &renewed.certs.problems {
+                eprintln!("warning: certs.d entry still holds the old certificate: {p}");
             }
             Ok(ExitCode::SUCCESS)
         }
