@@ -37,6 +37,8 @@ pub struct Settings {
     pub docker_root: PathBuf,
     /// containers' tree (podman, skopeo, buildah, cri-o).
     pub containers_root: PathBuf,
+    /// containerd's hosts tree (`config_path`; Kubernetes nodes, nerdctl, ctr --hosts-dir).
+    pub containerd_root: PathBuf,
 }
 
 /// Why an installer operation failed.
@@ -234,6 +236,8 @@ pub enum Root {
     Docker,
     /// containers/image's (podman, skopeo, buildah).
     Containers,
+    /// containerd's hosts tree (hosts.toml beside the pair).
+    Containerd,
 }
 
 impl Root {
@@ -242,6 +246,7 @@ impl Root {
         match self {
             Root::Docker => "docker",
             Root::Containers => "containers",
+            Root::Containerd => "containerd",
         }
     }
 }
@@ -301,6 +306,8 @@ pub struct InstallRequest {
     pub client: Option<String>,
     /// Also install into the containers tree (docker's is always written).
     pub containers: bool,
+    /// Also install into containerd's hosts tree.
+    pub containerd: bool,
     /// Plan only.
     pub dry_run: bool,
     /// Replace files berth did not write.
@@ -320,6 +327,8 @@ pub struct InstallOutcome {
     pub directories: Vec<PathBuf>,
     /// What will still not work, e.g. docker and a loopback registry.
     pub warnings: Vec<String>,
+    /// What the user must still do, e.g. containerd's `config_path` before 2.2.
+    pub notes: Vec<String>,
 }
 
 /// What following a renewal did to the certs.d entries.
@@ -378,6 +387,7 @@ pub struct Installer {
     state_path: PathBuf,
     docker_root: PathBuf,
     containers_root: PathBuf,
+    containerd_root: PathBuf,
     lock: Mutex<()>,
 }
 
@@ -393,6 +403,7 @@ impl Installer {
             state_path: state_dir.join("certsd.json"),
             docker_root: cfg.docker_root.clone(),
             containers_root: cfg.containers_root.clone(),
+            containerd_root: cfg.containerd_root.clone(),
             lock: Mutex::new(()),
         };
         inst.load_state()?;
@@ -404,6 +415,7 @@ impl Installer {
         match root {
             Root::Docker => &self.docker_root,
             Root::Containers => &self.containers_root,
+            Root::Containerd => &self.containerd_root,
         }
     }
 
@@ -440,12 +452,6 @@ impl Installer {
                 Some((rec, key))
             }
         };
-        let files = desired_files(
-            pki.ca().cert_pem(),
-            client
-                .as_ref()
-                .map(|(r, k)| (r.certificate_pem.as_str(), k)),
-        );
         let mut state = self.load_state()?;
         let mut outcome = InstallOutcome {
             actions: Vec::new(),
@@ -453,8 +459,17 @@ impl Installer {
             issued_client,
             directories: Vec::new(),
             warnings: req.host.docker_loopback().into_iter().collect(),
+            notes: self.notes(req),
         };
-        for root in self.roots_for(req.containers) {
+        for root in self.roots_for(req.containers, req.containerd) {
+            let files = desired_files(
+                pki.ca().cert_pem(),
+                client
+                    .as_ref()
+                    .map(|(r, k)| (r.certificate_pem.as_str(), k)),
+                root,
+                &req.host,
+            );
             let dir = self.root(root).join(req.host.dir_name());
             let managed = state.entries.get(&dir).cloned().unwrap_or_default();
             let plan = plan_install(&dir, &files, &managed, req.force)?;
@@ -485,8 +500,8 @@ impl Installer {
         }
         let old_hash = sha256_hex(old.certificate_pem.as_bytes());
         let state = self.load_state()?;
-        // host dir name -> whether the containers tree has it too
-        let mut hosts: BTreeMap<String, bool> = BTreeMap::new();
+        // host dir name -> (containers tree has it, containerd tree has it)
+        let mut hosts: BTreeMap<String, (bool, bool)> = BTreeMap::new();
         for (dir, files) in &state.entries {
             if files.get(CERT_FILE) != Some(&old_hash) {
                 continue;
@@ -495,14 +510,16 @@ impl Installer {
                 continue;
             };
             let name = name.to_string_lossy().into_owned();
-            let in_containers = parent == self.containers_root;
-            *hosts.entry(name).or_default() |= in_containers;
+            let t = hosts.entry(name).or_default();
+            t.0 |= parent == self.containers_root;
+            t.1 |= parent == self.containerd_root;
         }
-        for (name, containers) in hosts {
+        for (name, (containers, containerd)) in hosts {
             let req = InstallRequest {
                 host: name.parse()?,
                 client: Some(old.names.common_name.clone()),
                 containers,
+                containerd,
                 dry_run: false,
                 force: false,
             };
@@ -522,14 +539,15 @@ impl Installer {
             issued_client: would_issue,
             directories: Vec::new(),
             warnings: req.host.docker_loopback().into_iter().collect(),
+            notes: self.notes(req),
         };
         let state = self.load_state()?;
         let placeholder = SecretKeyPem::new(String::new());
-        for root in self.roots_for(req.containers) {
+        for root in self.roots_for(req.containers, req.containerd) {
             let dir = self.root(root).join(req.host.dir_name());
             let managed = state.entries.get(&dir).cloned().unwrap_or_default();
             // Content is unknown before issuing, so every existing client file is a change.
-            let files = desired_files("", Some(("", &placeholder)));
+            let files = desired_files("", Some(("", &placeholder)), root, &req.host);
             let mut plan = plan_install(&dir, &files, &managed, req.force)?;
             for a in &mut plan {
                 if a.kind == ActionKind::Unchanged {
@@ -548,13 +566,14 @@ impl Installer {
         &self,
         host: &HostPort,
         containers: bool,
+        containerd: bool,
         dry_run: bool,
     ) -> Result<Vec<FileAction>, Error> {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut state = self.load_state()?;
         let mut actions = Vec::new();
         let mut found = false;
-        for root in self.roots_for(containers) {
+        for root in self.roots_for(containers, containerd) {
             let dir = self.root(root).join(host.dir_name());
             let Some(managed) = state.entries.get(&dir).cloned() else {
                 continue;
@@ -635,7 +654,7 @@ impl Installer {
     pub fn list(&self, pki: &Pki) -> Result<Vec<Entry>, Error> {
         let state = self.load_state()?;
         let mut out = Vec::new();
-        for root in [Root::Docker, Root::Containers] {
+        for root in [Root::Docker, Root::Containers, Root::Containerd] {
             let Ok(rd) = std::fs::read_dir(self.root(root)) else {
                 continue;
             };
@@ -655,7 +674,7 @@ impl Installer {
     /// The entries of one registry.
     pub fn verify(&self, host: &HostPort, pki: &Pki) -> Result<Vec<Entry>, Error> {
         let state = self.load_state()?;
-        Ok([Root::Docker, Root::Containers]
+        Ok([Root::Docker, Root::Containers, Root::Containerd]
             .into_iter()
             .map(|root| (root, self.root(root).join(host.dir_name())))
             .filter(|(_, dir)| dir.is_dir())
@@ -672,12 +691,27 @@ impl Installer {
             .collect())
     }
 
-    fn roots_for(&self, containers: bool) -> Vec<Root> {
+    fn roots_for(&self, containers: bool, containerd: bool) -> Vec<Root> {
+        let mut roots = vec![Root::Docker];
         if containers {
-            vec![Root::Docker, Root::Containers]
-        } else {
-            vec![Root::Docker]
+            roots.push(Root::Containers);
         }
+        if containerd {
+            roots.push(Root::Containerd);
+        }
+        roots
+    }
+
+    /// What the user must still do that berth does not do for them.
+    fn notes(&self, req: &InstallRequest) -> Vec<String> {
+        if !req.containerd {
+            return Vec::new();
+        }
+        let root = self.containerd_root.display();
+        vec![format!(
+            "containerd reads {root}/{}/hosts.toml only where its config_path names {root}: containerd 2.2 and later look in /etc/containerd/certs.d by default; before 2.2 add to /etc/containerd/config.toml\n  [plugins.\"io.containerd.grpc.v1.cri\".registry]\n    config_path = \"{root}\"\nand restart containerd; ctr needs --hosts-dir {root}",
+            req.host.dir_name()
+        )]
     }
 
     fn load_state(&self) -> Result<StateFile, Error> {
@@ -710,14 +744,46 @@ impl Installer {
 
 type DesiredFile<'a> = (&'static str, Vec<u8>, u32);
 
-/// The files of an entry, in the order they must be written: CA, certificate, key.
-fn desired_files<'a>(ca_pem: &str, client: Option<(&str, &SecretKeyPem)>) -> Vec<DesiredFile<'a>> {
+/// The files of an entry, in the order they must be written: CA, certificate, key, then
+/// (docker's and containerd's trees) the hosts.toml that points containerd at them.
+fn desired_files<'a>(
+    ca_pem: &str,
+    client: Option<(&str, &SecretKeyPem)>,
+    root: Root,
+    host: &HostPort,
+) -> Vec<DesiredFile<'a>> {
     let mut files = vec![(CA_FILE, ca_pem.as_bytes().to_vec(), 0o644)];
     if let Some((cert, key)) = client {
         files.push((CERT_FILE, cert.as_bytes().to_vec(), 0o644));
         files.push((KEY_FILE, key.secret_pem().as_bytes().to_vec(), 0o600));
     }
+    match root {
+        // docker ignores hosts.toml; Docker 29's containerd image store reads it there.
+        Root::Docker | Root::Containerd => files.push((
+            HOSTS_FILE,
+            hosts_toml(host, client.is_some()).into_bytes(),
+            0o644,
+        )),
+        Root::Containers => {}
+    }
     files
+}
+
+/// File name containerd reads in a hosts folder.
+const HOSTS_FILE: &str = "hosts.toml";
+
+/// containerd's hosts.toml for `host`: `server` plus a `[host."https://..."]` table, because
+/// containerd 1.6 refuses top-level keys alone ("invalid `host` tree") and without a host
+/// table it speaks plain HTTP to localhost. Paths are relative to the folder.
+fn hosts_toml(host: &HostPort, with_client: bool) -> String {
+    let url = format!("https://{}", host.dir_name());
+    let mut t = format!(
+        "# Written by berth: containerd's registry settings for {host}.\nserver = \"{url}\"\n\n[host.\"{url}\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n  ca = \"{CA_FILE}\"\n"
+    );
+    if with_client {
+        t.push_str(&format!("  client = [[\"{CERT_FILE}\", \"{KEY_FILE}\"]]\n"));
+    }
+    t
 }
 
 fn action(kind: ActionKind, path: &Path, mode: u32) -> FileAction {

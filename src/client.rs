@@ -294,6 +294,28 @@ pub struct Renewed {
     pub certs: crate::certsd::Followed,
 }
 
+/// Which certs.d trees an install or removal touches besides docker's (always).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trees {
+    /// containers/image's (podman, skopeo, buildah).
+    pub containers: bool,
+    /// containerd's hosts tree.
+    pub containerd: bool,
+}
+
+impl Trees {
+    /// docker's tree only.
+    pub const DOCKER: Trees = Trees {
+        containers: false,
+        containerd: false,
+    };
+    /// docker's and containers'.
+    pub const CONTAINERS: Trees = Trees {
+        containers: true,
+        containerd: false,
+    };
+}
+
 /// A connected client.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -585,7 +607,7 @@ impl Client {
         &self,
         host: &str,
         client_name: Option<&str>,
-        containers: bool,
+        trees: Trees,
         dry_run: bool,
         force: bool,
     ) -> Result<InstallOutcome, Error> {
@@ -594,7 +616,8 @@ impl Client {
             .install_certs(pb::InstallCertsRequest {
                 host: host.to_string(),
                 client_name: client_name.unwrap_or_default().to_string(),
-                containers,
+                containers: trees.containers,
+                containerd: trees.containerd,
                 dry_run,
                 force,
             })
@@ -607,14 +630,15 @@ impl Client {
     pub async fn certs_remove(
         &self,
         host: &str,
-        containers: bool,
+        trees: Trees,
         dry_run: bool,
     ) -> Result<Vec<FileAction>, Error> {
         let r = self
             .certs()
             .remove_certs(pb::RemoveCertsRequest {
                 host: host.to_string(),
-                containers,
+                containers: trees.containers,
+                containerd: trees.containerd,
                 dry_run,
             })
             .await?

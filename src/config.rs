@@ -170,6 +170,7 @@ impl Default for certsd::Settings {
             certsd::Settings {
                 docker_root: PathBuf::from("/etc/docker/certs.d"),
                 containers_root: PathBuf::from("/etc/containers/certs.d"),
+                containerd_root: PathBuf::from("/etc/containerd/certs.d"),
             }
         } else {
             // Rootless docker and rootless podman read these.
@@ -177,6 +178,7 @@ impl Default for certsd::Settings {
             certsd::Settings {
                 docker_root: cfg.join("docker/certs.d"),
                 containers_root: cfg.join("containers/certs.d"),
+                containerd_root: cfg.join("containerd/certs.d"),
             }
         }
     }

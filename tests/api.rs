@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use berth::client::ErrorKind as Code;
+use berth::client::Trees;
 use berth::client::{Client, IssueRequest, IssuedCert, Target};
 use berth::config::{Config, ListenAddr};
 use berth::pki::{CertKind, CertStatus, KeyAlgorithm, Names};
@@ -682,7 +683,7 @@ async fn certs_install_writes_docker_layout_with_safe_modes_and_removes_only_its
         .certs_install(
             "registry.example.internal:5443",
             Some("ci-bot"),
-            true,
+            Trees::CONTAINERS,
             true,
             false,
         )
@@ -700,7 +701,7 @@ async fn certs_install_writes_docker_layout_with_safe_modes_and_removes_only_its
         .certs_install(
             "registry.example.internal:5443",
             Some("ci-bot"),
-            true,
+            Trees::CONTAINERS,
             false,
             false,
         )
@@ -727,19 +728,25 @@ async fn certs_install_writes_docker_layout_with_safe_modes_and_removes_only_its
             ),
             pubkey(&["pkey", "-pubout", "-in"], &dir.join("client.key"))
         );
-        // No temp files left behind.
-        let names: Vec<String> = std::fs::read_dir(&dir)
+        // No temp files left behind; docker's folder also holds the hosts.toml Docker 29's
+        // containerd image store reads (classic docker ignores it).
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names.len(), 3, "{names:?}");
+        names.sort();
+        let mut want = vec!["ca.crt", "client.cert", "client.key"];
+        if root == &docker {
+            want.push("hosts.toml");
+        }
+        assert_eq!(names, want);
     }
     // Installing again reuses the same client and changes nothing.
     let again = c
         .certs_install(
             "registry.example.internal:5443",
             Some("ci-bot"),
-            false,
+            Trees::DOCKER,
             false,
             false,
         )
@@ -757,9 +764,15 @@ async fn certs_install_writes_docker_layout_with_safe_modes_and_removes_only_its
     );
 
     // Port 443: the folder is the host alone, as docker looks it up.
-    c.certs_install("registry.example.internal:443", None, false, false, false)
-        .await
-        .unwrap();
+    c.certs_install(
+        "registry.example.internal:443",
+        None,
+        Trees::DOCKER,
+        false,
+        false,
+    )
+    .await
+    .unwrap();
     assert!(docker.join("registry.example.internal/ca.crt").exists());
     assert!(!docker.join("registry.example.internal/client.key").exists());
 
@@ -785,7 +798,7 @@ async fn certs_install_writes_docker_layout_with_safe_modes_and_removes_only_its
     )
     .unwrap();
     let err = c
-        .certs_install("other.example:5000", None, false, false, false)
+        .certs_install("other.example:5000", None, Trees::DOCKER, false, false)
         .await
         .unwrap_err();
     assert_eq!(err.kind(), Some(Code::AlreadyExists), "{err}");
@@ -794,7 +807,7 @@ async fn certs_install_writes_docker_layout_with_safe_modes_and_removes_only_its
         std::fs::read(fixture("rsa-ca.crt")).unwrap()
     );
     let err = c
-        .certs_remove("other.example:5000", false, false)
+        .certs_remove("other.example:5000", Trees::DOCKER, false)
         .await
         .unwrap_err();
     assert_eq!(err.kind(), Some(Code::NotFound), "{err}");
@@ -813,12 +826,12 @@ async fn certs_install_writes_docker_layout_with_safe_modes_and_removes_only_its
     let dir = docker.join("registry.example.internal:5443");
     std::fs::write(dir.join("extra.crt"), "user file").unwrap();
     let planned = c
-        .certs_remove("registry.example.internal:5443", true, true)
+        .certs_remove("registry.example.internal:5443", Trees::CONTAINERS, true)
         .await
         .unwrap();
     assert!(!planned.is_empty());
     assert!(dir.join("client.key").exists(), "dry run deletes nothing");
-    c.certs_remove("registry.example.internal:5443", true, false)
+    c.certs_remove("registry.example.internal:5443", Trees::CONTAINERS, false)
         .await
         .unwrap();
     assert!(
@@ -838,7 +851,7 @@ async fn certs_install_writes_docker_layout_with_safe_modes_and_removes_only_its
     let cdir = docker.join("registry.example.internal");
     std::fs::write(cdir.join("ca.crt"), "edited by hand").unwrap();
     let actions = c
-        .certs_remove("registry.example.internal", false, false)
+        .certs_remove("registry.example.internal", Trees::DOCKER, false)
         .await
         .unwrap();
     assert!(
@@ -920,7 +933,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         "../../etc",
     ] {
         let err = c
-            .certs_install(host, None, false, true, false)
+            .certs_install(host, None, Trees::DOCKER, true, false)
             .await
             .unwrap_err();
         assert_eq!(err.kind(), Some(Code::InvalidArgument), "{host:?}: {err}");
@@ -1048,7 +1061,13 @@ async fn renewal_issues_a_successor_and_keeps_the_old_one_valid() {
     assert!(all.iter().all(|r| r.status() == CertStatus::Valid));
     // certs install now picks the successor.
     let inst = c
-        .certs_install("r.example:5000", Some("ci-bot"), false, false, false)
+        .certs_install(
+            "r.example:5000",
+            Some("ci-bot"),
+            Trees::DOCKER,
+            false,
+            false,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -1058,15 +1077,33 @@ async fn renewal_issues_a_successor_and_keeps_the_old_one_valid() {
     // Renewing again follows every certs.d entry berth installed with that certificate
     // (both trees of r.example, docker's of s.example); one edited by hand is left alone
     // and reported.
-    c.certs_install("r.example:5000", Some("ci-bot"), true, false, false)
-        .await
-        .unwrap();
-    c.certs_install("s.example:5000", Some("ci-bot"), false, false, false)
-        .await
-        .unwrap();
-    c.certs_install("t.example:5000", Some("ci-bot"), false, false, false)
-        .await
-        .unwrap();
+    c.certs_install(
+        "r.example:5000",
+        Some("ci-bot"),
+        Trees::CONTAINERS,
+        false,
+        false,
+    )
+    .await
+    .unwrap();
+    c.certs_install(
+        "s.example:5000",
+        Some("ci-bot"),
+        Trees::DOCKER,
+        false,
+        false,
+    )
+    .await
+    .unwrap();
+    c.certs_install(
+        "t.example:5000",
+        Some("ci-bot"),
+        Trees::DOCKER,
+        false,
+        false,
+    )
+    .await
+    .unwrap();
     let edited = d.docker_root().join("t.example:5000/client.key");
     std::fs::write(&edited, "mine").unwrap();
     let third = c.renew(&next.record.serial, None, false).await.unwrap();

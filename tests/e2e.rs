@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use berth::client::Trees;
 use berth::registry::Digest;
 use common::TestDaemon;
 use serde_json::{Value, json};
@@ -179,7 +180,7 @@ async fn registry_with_certs() -> (TestDaemon, String, PathBuf) {
     let d = TestDaemon::with_registry();
     let host = format!("localhost:{}", d.registry[0].port());
     let c = d.client().await;
-    c.certs_install(&host, Some("e2e"), true, false, false)
+    c.certs_install(&host, Some("e2e"), Trees::CONTAINERS, false, false)
         .await
         .unwrap();
     let certs = d.docker_root().join(&host);
@@ -446,7 +447,7 @@ async fn data_moves_between_berth_and_docker_registry_in_both_directions() {
     let host = format!("localhost:{}", d.registry[0].port());
     d.client()
         .await
-        .certs_install(&host, Some("interop"), false, false, false)
+        .certs_install(&host, Some("interop"), Trees::DOCKER, false, false)
         .await
         .unwrap();
     let certs = d.docker_root().join(&host).display().to_string();
@@ -552,7 +553,7 @@ async fn data_moves_between_berth_and_docker_registry_in_both_directions() {
     let host = format!("localhost:{}", d.registry[0].port());
     d.client()
         .await
-        .certs_install(&host, Some("interop"), false, false, false)
+        .certs_install(&host, Some("interop"), Trees::DOCKER, false, false)
         .await
         .unwrap();
     let certs = d.docker_root().join(&host).display().to_string();
@@ -605,4 +606,174 @@ async fn data_moves_between_berth_and_docker_registry_in_both_directions() {
         ],
     );
     assert!(tags.contains("\"1.0\""), "{tags}");
+}
+
+/// Runs `ctr` against a private containerd, returning its output or panicking with it.
+fn ctr(sock: &Path, args: &[&str]) -> std::process::Output {
+    common::run(
+        Command::new("ctr")
+            .arg("--address")
+            .arg(sock)
+            .args(args)
+            .stdin(Stdio::null()),
+    )
+}
+
+/// A containerd of the test's own: own root, state, socket; no CRI, nothing shared with a
+/// containerd the host may run. Killed on drop.
+struct Containerd {
+    child: Child,
+    sock: PathBuf,
+}
+
+impl Containerd {
+    fn start(dir: &Path) -> Containerd {
+        let sock = dir.join("containerd.sock");
+        let cfg = dir.join("config.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{}\"\n[ttrpc]\n  address = \"{}\"\n",
+                dir.join("root").display(),
+                dir.join("state").display(),
+                sock.display(),
+                dir.join("ttrpc.sock").display(),
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("containerd (apt install containerd; .ci/run does)");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ctr(&sock, &["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd never answered: {}",
+                std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Containerd { child, sock }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// containerd (Kubernetes nodes, Docker 29's image store) pulls and pushes through mutual
+/// TLS with nothing but the hosts folder `berth certs install --containerd` wrote; without
+/// its hosts.toml the same pull fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn containerd_pulls_and_pushes_with_the_installed_hosts_toml() {
+    let d = TestDaemon::with_registry();
+    let host = format!("localhost:{}", d.registry[0].port());
+    let c = d.client().await;
+    let out = c
+        .certs_install(
+            &host,
+            Some("ctrd"),
+            berth::client::Trees {
+                containers: false,
+                containerd: true,
+            },
+            false,
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(
+        out.notes.iter().any(|n| n.contains("config_path")),
+        "{:?}",
+        out.notes
+    );
+    let hosts_dir = d.containerd_root().to_path_buf();
+    let toml = std::fs::read_to_string(hosts_dir.join(&host).join("hosts.toml")).unwrap();
+    assert!(
+        toml.contains(&format!("[host.\"https://{host}\"]")),
+        "{toml}"
+    );
+
+    // An image to pull, pushed with skopeo.
+    let work = common::temp_dir();
+    let pol = policy(work.path());
+    let src = Layout::new(&work.path().join("src"));
+    let single = src.image("amd64", 3);
+    src.refs(vec![("single", single.clone())]);
+    skopeo(
+        &pol,
+        &[
+            "copy",
+            "--dest-cert-dir",
+            &d.docker_root().join(&host).display().to_string(),
+            &format!("oci:{}:single", src.dir.display()),
+            &format!("docker://{host}/team/ctr:1.0"),
+        ],
+    );
+
+    let cd = Containerd::start(work.path());
+    let image = format!("{host}/team/ctr:1.0");
+    let hosts = hosts_dir.display().to_string();
+    let o = ctr(
+        &cd.sock,
+        &[
+            "images",
+            "pull",
+            "--snapshotter",
+            "native",
+            "--hosts-dir",
+            &hosts,
+            &image,
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "ctr pull: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let ls = String::from_utf8_lossy(&ctr(&cd.sock, &["images", "ls"]).stdout).to_string();
+    let digest = single["digest"].as_str().unwrap();
+    assert!(ls.contains(&image) && ls.contains(digest), "{ls}");
+
+    // And back: containerd pushes the image under a new name.
+    let copy = format!("{host}/team/ctr-copy:1.0");
+    let o = ctr(
+        &cd.sock,
+        &["images", "push", "--hosts-dir", &hosts, &copy, &image],
+    );
+    assert!(
+        o.status.success(),
+        "ctr push: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(c.registry_tags("team/ctr-copy").await.unwrap(), ["1.0"]);
+    let info = c.image_inspect("team/ctr-copy:1.0").await.unwrap();
+    assert_eq!(info.digest.to_string(), digest);
+
+    // Without the hosts.toml containerd does not know how to reach the registry.
+    std::fs::remove_file(hosts_dir.join(&host).join("hosts.toml")).unwrap();
+    let o = ctr(
+        &cd.sock,
+        &[
+            "images",
+            "pull",
+            "--snapshotter",
+            "native",
+            "--hosts-dir",
+            &hosts,
+            &format!("{host}/team/ctr-copy:1.0"),
+        ],
+    );
+    assert!(!o.status.success(), "pulled without hosts.toml");
 }

@@ -34,6 +34,9 @@ struct Flags {
     /// containers' (podman, skopeo) certs.d root.
     #[arg(long, value_name = "DIR")]
     containers_certs_d: Option<PathBuf>,
+    /// containerd's hosts root (hosts.toml folders).
+    #[arg(long, value_name = "DIR")]
+    containerd_certs_d: Option<PathBuf>,
     /// Registry address (repeatable); default: `127.0.0.1:5443` and `[::1]:5443`.
     #[arg(long, value_name = "IP:PORT")]
     registry_listen: Vec<std::net::SocketAddr>,
@@ -74,6 +77,9 @@ fn config(flags: &Flags) -> anyhow::Result<Config> {
     }
     if let Some(d) = &flags.containers_certs_d {
         cfg.certsd.containers_root = d.clone();
+    }
+    if let Some(d) = &flags.containerd_certs_d {
+        cfg.certsd.containerd_root = d.clone();
     }
     if !flags.registry_listen.is_empty() {
         cfg.registry.listen = flags.registry_listen.clone();

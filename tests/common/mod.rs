@@ -34,6 +34,7 @@ pub fn config(dir: &Path) -> Config {
     cfg.set_root(&dir.join("state"));
     cfg.certsd.docker_root = dir.join("docker-certs.d");
     cfg.certsd.containers_root = dir.join("containers-certs.d");
+    cfg.certsd.containerd_root = dir.join("containerd-certs.d");
     // Off unless a test asks (it issues its own server certificate, which would change
     // what PKI tests count); when on, an ephemeral port, so tests never collide.
     cfg.registry.enabled = false;
@@ -143,6 +144,11 @@ impl TestDaemon {
     /// docker's certs.d root of this daemon.
     pub fn docker_root(&self) -> &Path {
         &self.config.certsd.docker_root
+    }
+
+    /// containerd's hosts root of this daemon.
+    pub fn containerd_root(&self) -> &Path {
+        &self.config.certsd.containerd_root
     }
 
     /// containers' certs.d root of this daemon.

@@ -28,6 +28,7 @@ impl CertsService for CertsSvc {
             host: r.host.parse::<HostPort>()?,
             client: (!r.client_name.trim().is_empty()).then(|| r.client_name.trim().to_string()),
             containers: r.containers,
+            containerd: r.containerd,
             dry_run: r.dry_run,
             force: r.force,
         };
@@ -43,7 +44,12 @@ impl CertsService for CertsSvc {
         let r = req.into_inner();
         let host = r.host.parse::<HostPort>()?;
         let state = self.state.clone();
-        let actions = blocking(move || state.certsd.remove(&host, r.containers, r.dry_run)).await?;
+        let actions = blocking(move || {
+            state
+                .certsd
+                .remove(&host, r.containers, r.containerd, r.dry_run)
+        })
+        .await?;
         Ok(Response::new(pb::RemoveCertsResponse {
             actions: convert::actions_out(&actions),
         }))

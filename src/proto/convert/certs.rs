@@ -42,6 +42,7 @@ pub(crate) fn entry_out(e: &certsd::Entry) -> pb::CertsEntry {
         root: match e.root {
             Root::Docker => pb::CertsRoot::Docker,
             Root::Containers => pb::CertsRoot::Containers,
+            Root::Containerd => pb::CertsRoot::Containerd,
         }
         .into(),
         host: e.host.clone(),
@@ -92,6 +93,7 @@ pub(crate) fn entry_in(e: pb::CertsEntry) -> Result<Entry, WireError> {
     let root = match pb::CertsRoot::try_from(e.root) {
         Ok(pb::CertsRoot::Docker) => Root::Docker,
         Ok(pb::CertsRoot::Containers) => Root::Containers,
+        Ok(pb::CertsRoot::Containerd) => Root::Containerd,
         Ok(pb::CertsRoot::Unspecified) | Err(_) => {
             return Err(WireError::Unknown {
                 what: "certs.d root",
@@ -118,6 +120,7 @@ pub(crate) fn install_out(o: InstallOutcome) -> pb::InstallCertsResponse {
         issued_client: o.issued_client,
         directories: o.directories.iter().map(|d| path(d)).collect(),
         warnings: o.warnings,
+        notes: o.notes,
     }
 }
 
@@ -129,5 +132,6 @@ pub(crate) fn install_in(r: pb::InstallCertsResponse) -> Result<InstallOutcome, 
         issued_client: r.issued_client,
         directories: r.directories.into_iter().map(PathBuf::from).collect(),
         warnings: r.warnings,
+        notes: r.notes,
     })
 }

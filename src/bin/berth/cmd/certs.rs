@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use berth::certsd::{ActionKind, Entry, FileAction};
+use berth::client::Trees;
 use clap::Subcommand;
 use serde::Serialize;
 
@@ -22,6 +23,9 @@ pub enum CertsCmd {
         /// Also write the containers (podman, skopeo, buildah) certs.d folder.
         #[arg(long)]
         containers: bool,
+        /// Also write containerd's hosts folder (hosts.toml with the pair).
+        #[arg(long)]
+        containerd: bool,
         /// Print what would change and change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -39,6 +43,9 @@ pub enum CertsCmd {
         /// Also the containers certs.d folder.
         #[arg(long)]
         containers: bool,
+        /// Also containerd's hosts folder.
+        #[arg(long)]
+        containerd: bool,
         /// Print what would be deleted and delete nothing.
         #[arg(long)]
         dry_run: bool,
@@ -64,11 +71,21 @@ pub async fn run(g: &Global, cmd: CertsCmd) -> anyhow::Result<ExitCode> {
             host,
             client: name,
             containers,
+            containerd,
             dry_run,
             force,
         } => {
             let outcome = client
-                .certs_install(&host, name.as_deref(), containers, dry_run, force)
+                .certs_install(
+                    &host,
+                    name.as_deref(),
+                    Trees {
+                        containers,
+                        containerd,
+                    },
+                    dry_run,
+                    force,
+                )
                 .await?;
             if g.json {
                 output::json(&outcome)?;
@@ -96,6 +113,9 @@ pub async fn run(g: &Global, cmd: CertsCmd) -> anyhow::Result<ExitCode> {
                 for w in &outcome.warnings {
                     eprintln!("warning: {w}");
                 }
+                for n in &outcome.notes {
+                    println!("note: {n}");
+                }
             }
         }
         CertsCmd::Ls => {
@@ -109,9 +129,19 @@ pub async fn run(g: &Global, cmd: CertsCmd) -> anyhow::Result<ExitCode> {
         CertsCmd::Remove {
             host,
             containers,
+            containerd,
             dry_run,
         } => {
-            let actions = client.certs_remove(&host, containers, dry_run).await?;
+            let actions = client
+                .certs_remove(
+                    &host,
+                    Trees {
+                        containers,
+                        containerd,
+                    },
+                    dry_run,
+                )
+                .await?;
             if g.json {
                 output::json(&PlanJson {
                     dry_run,
