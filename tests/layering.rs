@@ -177,11 +177,22 @@ fn the_checker_catches_what_it_should() {
 fn the_readme_config_example_parses() {
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let start = readme.find("```toml\n").expect("README has a toml example") + "```toml\n".len();
-    let len = readme[start..].find("```").unwrap();
-    let cfg = berth::config::Config::from_toml(&readme[start..start + len], Path::new("README.md"))
-        .unwrap();
+    // The berthd config reference is the toml block that starts with `version = 1` (others
+    // show files for other programs, e.g. containerd's hosts.toml).
+    let example = readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.starts_with("version = 1"))
+        .expect("README has the berthd config reference");
+    let cfg = berth::config::Config::from_toml(example, Path::new("README.md")).unwrap();
     assert_eq!(cfg.control.socket_mode, 0o660);
     assert_eq!(cfg.control.listen.len(), 1);
     assert_eq!(cfg.pki.default_validity_days, 90);
+    // Every [net] key is documented with its default.
+    assert_eq!(cfg.net, berth::net::Settings::default());
+    assert_eq!(
+        cfg.certsd.containerd_root,
+        Path::new("/etc/containerd/certs.d")
+    );
 }
