@@ -452,24 +452,58 @@ impl Installer {
                 Some((rec, key))
             }
         };
+        self.write_entry(
+            pki.ca().cert_pem(),
+            client
+                .as_ref()
+                .map(|(r, k)| (r.certificate_pem.as_str(), k)),
+            client.as_ref().map(|(r, _)| r.serial.clone()),
+            issued_client,
+            req,
+        )
+    }
+
+    /// Installs a pair this host holds itself (a host that enrolled with `berth join`: its
+    /// own key, the certificate berthd signed, the CA it pinned), for every tree asked.
+    pub fn install_pair(
+        &self,
+        req: &InstallRequest,
+        ca_pem: &str,
+        certificate_pem: &str,
+        key: &SecretKeyPem,
+        serial: &str,
+    ) -> Result<InstallOutcome, Error> {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.write_entry(
+            ca_pem,
+            Some((certificate_pem, key)),
+            Some(serial.to_string()),
+            false,
+            req,
+        )
+    }
+
+    /// Plans and (unless dry) writes the files of an entry into every tree asked, and
+    /// records what berth wrote. The caller holds the lock.
+    fn write_entry(
+        &self,
+        ca_pem: &str,
+        client: Option<(&str, &SecretKeyPem)>,
+        client_serial: Option<String>,
+        issued_client: bool,
+        req: &InstallRequest,
+    ) -> Result<InstallOutcome, Error> {
         let mut state = self.load_state()?;
         let mut outcome = InstallOutcome {
             actions: Vec::new(),
-            client_serial: client.as_ref().map(|(r, _)| r.serial.clone()),
+            client_serial,
             issued_client,
             directories: Vec::new(),
             warnings: req.host.docker_loopback().into_iter().collect(),
             notes: self.notes(req),
         };
         for root in self.roots_for(req.containers, req.containerd) {
-            let files = desired_files(
-                pki.ca().cert_pem(),
-                client
-                    .as_ref()
-                    .map(|(r, k)| (r.certificate_pem.as_str(), k)),
-                root,
-                &req.host,
-            );
+            let files = desired_files(ca_pem, client, root, &req.host);
             let dir = self.root(root).join(req.host.dir_name());
             let managed = state.entries.get(&dir).cloned().unwrap_or_default();
             let plan = plan_install(&dir, &files, &managed, req.force)?;

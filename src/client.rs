@@ -10,7 +10,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::certsd::{Entry, FileAction, InstallOutcome};
 use crate::pki::{self, CertDetails, CertKind, CertRecord, Crl, KeyAlgorithm, Names, SecretKeyPem};
+mod enrol;
 mod registry;
+pub use enrol::{CreatedToken, Enrolled, parse_fingerprint};
 pub use registry::RegistryStatus;
 
 use crate::proto as pb;
@@ -46,6 +48,11 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A `--ca-fingerprint` that is not a SHA-256.
+    #[error(
+        "invalid CA fingerprint {0:?}: give the SHA-256 `berth system info` shows on the CA host, e.g. sha256:3f5a...(64 hex digits)"
+    )]
+    InvalidFingerprint(String),
     /// The address given with --host is not understood.
     #[error("invalid --host {0:?}: use unix:///path/to/berthd.sock or tcp://HOST:PORT")]
     InvalidHost(String),
@@ -160,7 +167,7 @@ fn refusal_message(kind: ErrorKind, msg: &str) -> String {
 }
 
 /// A transport error and its causes, as one line.
-fn transport_reason(e: &tonic::transport::Error) -> String {
+pub(crate) fn transport_reason(e: &tonic::transport::Error) -> String {
     let mut out = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {

@@ -24,6 +24,9 @@ pub enum Identity {
     /// A TLS client whose certificate the handshake verified against the berth CA (shared:
     /// every request of the connection carries it).
     Cert(Arc<CertIdentity>),
+    /// A TLS peer that presented no certificate. Only enrolment (a one-time token traded
+    /// for a certificate) accepts it; every other door refuses it.
+    Anonymous,
     /// berthd itself: scheduled work such as purging stale uploads.
     Daemon,
 }
@@ -72,7 +75,7 @@ impl Identity {
     pub fn certificate(&self) -> Option<&CertIdentity> {
         match self {
             Identity::Cert(c) => Some(c),
-            Identity::Unix { .. } | Identity::Daemon => None,
+            Identity::Unix { .. } | Identity::Anonymous | Identity::Daemon => None,
         }
     }
 }
@@ -85,6 +88,7 @@ impl fmt::Display for Identity {
             Identity::Unix { uid, .. } => write!(f, "uid {uid}"),
             Identity::Cert(c) if c.common_name.is_empty() => write!(f, "serial {}", c.serial),
             Identity::Cert(c) => write!(f, "{} (serial {})", c.common_name, c.serial),
+            Identity::Anonymous => f.write_str("anonymous"),
             Identity::Daemon => f.write_str("berthd"),
         }
     }

@@ -636,28 +636,19 @@ async fn remote_control_over_mtls_admits_admins_only() {
     assert!(rogue_result.is_err());
     assert_ne!(rogue_result.unwrap_err().kind(), Some(Code::Other));
 
-    // No client certificate at all: the server refuses the handshake.
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls_cert(&admin.ca_pem).remove(0)).unwrap();
-    let mut cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let no_cert = async {
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
-            .await?;
-        // Under TLS 1.3 the refusal arrives with the first read.
-        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
-        let mut buf = [0u8; 1];
-        let n = tls.read(&mut buf).await?;
-        if n == 0 {
-            return Err(std::io::Error::other("closed"));
-        }
-        Ok(())
-    };
-    assert!(no_cert.await.is_err());
+    // No client certificate at all: the handshake completes (a joining host has none
+    // yet), but every call except enrolment is refused.
+    let fp = local.info().await.unwrap().ca_fingerprint_sha256;
+    let anon = Client::connect_pinned("127.0.0.1", addr.port(), &fp)
+        .await
+        .unwrap();
+    let err = anon.info().await.unwrap_err();
+    assert_eq!(err.kind(), Some(Code::Unauthenticated), "{err}");
+    assert!(err.to_string().contains("client certificate"), "{err}");
+    let err = anon.token_list().await.unwrap_err();
+    assert_eq!(err.kind(), Some(Code::Unauthenticated), "{err}");
+    let err = anon.list(None, None).await.unwrap_err();
+    assert_eq!(err.kind(), Some(Code::Unauthenticated), "{err}");
 
     // A revoked admin is refused from then on.
     local.revoke(&admin.record.serial).await.unwrap();
@@ -1252,4 +1243,33 @@ async fn shutdown_ends_event_streams_instead_of_draining_them() {
     let e = ended.unwrap_err();
     assert_eq!(e.kind(), Some(Code::Unavailable), "{e}");
     assert!(e.to_string().contains("shutting down"), "{e}");
+}
+
+/// Enrolment is open to anonymous TLS peers, so failures are rate-limited per address.
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_enrolments_are_rate_limited() {
+    let d = TestDaemon::start_with(|cfg: &mut Config| {
+        cfg.control.listen = vec!["tcp://127.0.0.1:0".parse::<ListenAddr>().unwrap()];
+    });
+    let local = d.client().await;
+    let fp = local.info().await.unwrap().ca_fingerprint_sha256;
+    let good = local.token_create("late-comer", None).await.unwrap();
+    let anon = Client::connect_pinned("127.0.0.1", d.tcp[0].port(), &fp)
+        .await
+        .unwrap();
+    let mut kinds = Vec::new();
+    for i in 0..12 {
+        let e = anon
+            .enrol(&format!("bt1.{i:012x}.guess"), "not a csr")
+            .await
+            .unwrap_err();
+        kinds.push(e.kind());
+    }
+    assert!(kinds[..10].iter().all(|k| *k == Some(Code::PermissionDenied)), "{kinds:?}");
+    assert_eq!(kinds[10..], [Some(Code::ResourceExhausted); 2]);
+    // Even the right token waits out the minute from that address.
+    let e = anon.enrol(&good.secret, "x").await.unwrap_err();
+    assert_eq!(e.kind(), Some(Code::ResourceExhausted), "{e}");
+    let tokens = local.token_list().await.unwrap();
+    assert!(tokens[0].used_at.is_none(), "a rate-limited attempt does not use a token");
 }

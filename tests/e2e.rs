@@ -628,6 +628,7 @@ struct Containerd {
 
 impl Containerd {
     fn start(dir: &Path) -> Containerd {
+        std::fs::create_dir_all(dir).unwrap();
         let sock = dir.join("containerd.sock");
         let cfg = dir.join("config.toml");
         std::fs::write(
@@ -776,4 +777,162 @@ async fn containerd_pulls_and_pushes_with_the_installed_hosts_toml() {
         ],
     );
     assert!(!o.status.success(), "pulled without hosts.toml");
+}
+
+/// Runs the `berth` CLI.
+fn berth_cli(args: &[&str]) -> std::process::Output {
+    common::run(
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(args)
+            .stdin(Stdio::null()),
+    )
+}
+
+/// Two hosts on one machine: berthd (the CA host, control listener on loopback) makes a
+/// token; a client host (its own temp roots, no berthd) joins with it, and skopeo and a
+/// private containerd use what `join` wrote. Bad tokens and a wrong CA pin are refused, the
+/// latter before the token is sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_joins_with_a_token_and_pushes_with_what_join_wrote() {
+    let d = TestDaemon::start_with(|cfg| {
+        cfg.registry.enabled = true;
+        cfg.control.listen = vec!["tcp://127.0.0.1:0".parse().unwrap()];
+    });
+    let sock = d.socket.display().to_string();
+    let server = format!("tcp://127.0.0.1:{}", d.tcp[0].port());
+    let registry = format!("localhost:{}", d.registry[0].port());
+    let c = d.client().await;
+    let fp = c.info().await.unwrap().ca_fingerprint_sha256;
+    let token = |name: &str, ttl: &str| {
+        let o = berth_cli(&[
+            "--socket", &sock, "token", "create", "--name", name, "--ttl", ttl,
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    };
+    let host = common::temp_dir();
+    let roots = |name: &str| host.path().join(name).display().to_string();
+    let join = |tok: &str, pin: &str| {
+        berth_cli(&[
+            "join",
+            &registry,
+            "--server",
+            &server,
+            "--token",
+            tok,
+            "--ca-fingerprint",
+            pin,
+            "--state-dir",
+            &roots("state"),
+            "--certs-d",
+            &roots("docker"),
+            "--containers-certs-d",
+            &roots("containers"),
+            "--containerd-certs-d",
+            &roots("containerd"),
+        ])
+    };
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).to_string();
+
+    // A wrong pin: refused before the token leaves the host, so the token still works.
+    let t1 = token("ci-runner-07", "1h");
+    let wrong = "sha256:".to_string() + &"00".repeat(32);
+    let o = join(&t1, &wrong);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--ca-fingerprint"), "{}", stderr(&o));
+    let ls =
+        String::from_utf8_lossy(&berth_cli(&["--socket", &sock, "token", "ls"]).stdout).to_string();
+    assert!(ls.contains("usable"), "{ls}");
+    // A wrong token.
+    let o = join("bt1.0011223344ff.notthesecret", &fp);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("token is not valid"), "{}", stderr(&o));
+    // The right one.
+    let o = join(&t1, &fp);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let docker_dir = host.path().join("docker").join(&registry);
+    for f in ["ca.crt", "client.cert", "client.key", "hosts.toml"] {
+        assert!(docker_dir.join(f).is_file(), "{f}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(docker_dir.join("client.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    common::openssl_verify(&docker_dir.join("ca.crt"), &docker_dir.join("client.cert"));
+    let listed = c.list(None, Some("ci-runner-07".into())).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(!listed[0].key_held, "berthd never saw the key");
+    assert!(listed[0].names.dns_names.is_empty());
+    // Used once: not again.
+    let o = join(&t1, &fp);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("token is not valid"), "{}", stderr(&o));
+    // Revoked and expired tokens.
+    let t2 = token("other", "1h");
+    let id = t2.split('.').nth(1).unwrap().to_string();
+    assert!(
+        berth_cli(&["--socket", &sock, "token", "revoke", &id])
+            .status
+            .success()
+    );
+    assert!(!join(&t2, &fp).status.success());
+    let t3 = token("late", "1s");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&berth_cli(&["--socket", &sock, "token", "ls"]).stdout)
+        .lines()
+        .any(|l| l.contains("late") && l.contains("expired"))
+    {
+        assert!(Instant::now() < deadline, "the token never expired");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!join(&t3, &fp).status.success());
+
+    // skopeo pushes and pulls with the files join wrote.
+    let work = common::temp_dir();
+    let pol = policy(work.path());
+    let src = Layout::new(&work.path().join("src"));
+    let single = src.image("amd64", 5);
+    src.refs(vec![("single", single.clone())]);
+    skopeo(
+        &pol,
+        &[
+            "copy",
+            "--dest-cert-dir",
+            &docker_dir.display().to_string(),
+            &format!("oci:{}:single", src.dir.display()),
+            &format!("docker://{registry}/fleet/app:1.0"),
+        ],
+    );
+    skopeo(
+        &pol,
+        &[
+            "copy",
+            "--src-cert-dir",
+            &host
+                .path()
+                .join("containers")
+                .join(&registry)
+                .display()
+                .to_string(),
+            &format!("docker://{registry}/fleet/app:1.0"),
+            &format!("oci:{}:1.0", work.path().join("back").display()),
+        ],
+    );
+    // And containerd pulls with join's hosts.toml.
+    let cd = Containerd::start(&work.path().join("ctrd"));
+    let o = ctr(
+        &cd.sock,
+        &[
+            "images",
+            "pull",
+            "--snapshotter",
+            "native",
+            "--hosts-dir",
+            &roots("containerd"),
+            &format!("{registry}/fleet/app:1.0"),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

@@ -76,6 +76,9 @@ fn authorize(req: &Request<()>, state: &State) -> Result<(), Status> {
                 c.common_name, c.serial
             )))
         }
+        Identity::Anonymous => Err(Status::unauthenticated(
+            "a client certificate from the berth CA is required (without one, only enrolment with a token is possible: berth join)",
+        )),
         Identity::Daemon => Err(Status::unauthenticated("unknown caller")),
     }
 }
@@ -92,4 +95,69 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
             })
         })
         .unwrap_or_default()
+}
+
+/// The interceptor of the enrolment service: any caller may present a token (that is the
+/// point of enrolment), but no more than a few failures a minute per peer address.
+#[derive(Clone)]
+pub(crate) struct EnrolGate {
+    pub state: Arc<State>,
+}
+
+impl tonic::service::Interceptor for EnrolGate {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let peer = req.extensions().get::<crate::net::Peer>().and_then(|p| p.0);
+        if let Some(ip) = peer.map(|p| p.ip())
+            && self.state.enrol_failures.blocked(ip)
+        {
+            tracing::warn!(%ip, "enrolment attempts rate-limited");
+            return Err(Status::resource_exhausted(
+                "too many failed enrolment attempts from this address; wait a minute",
+            ));
+        }
+        Ok(req)
+    }
+}
+
+/// Failed enrolments per peer address in the current minute.
+#[derive(Debug, Default)]
+pub(crate) struct Failures {
+    by_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
+}
+
+/// Failed attempts one address may make per minute.
+const MAX_FAILURES: u32 = 10;
+
+impl Failures {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u32)>,
+    > {
+        self.by_ip.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True while `ip` has used up its failures for this minute.
+    pub(crate) fn blocked(&self, ip: std::net::IpAddr) -> bool {
+        let mut m = self.lock();
+        match m.get(&ip) {
+            Some((since, _)) if since.elapsed() > std::time::Duration::from_secs(60) => {
+                m.remove(&ip);
+                false
+            }
+            Some((_, n)) => *n >= MAX_FAILURES,
+            None => false,
+        }
+    }
+
+    /// Counts a failure of `ip`.
+    pub(crate) fn failed(&self, ip: std::net::IpAddr) {
+        let mut m = self.lock();
+        if m.len() > 65_536 {
+            m.clear();
+        }
+        let e = m.entry(ip).or_insert((std::time::Instant::now(), 0));
+        e.1 += 1;
+    }
 }

@@ -35,9 +35,11 @@ use crate::identity::Identity;
 use crate::net::{self, Gate, Listener, Refusal, Served};
 use crate::pki::{self, Names, Pki};
 use crate::proto::certs_service_server::CertsServiceServer;
+use crate::proto::enrol_service_server::EnrolServiceServer;
 use crate::proto::pki_service_server::PkiServiceServer;
 use crate::proto::registry_service_server::RegistryServiceServer;
 use crate::proto::system_service_server::SystemServiceServer;
+use crate::proto::token_service_server::TokenServiceServer;
 use crate::registry::{Backend, Registry};
 use crate::{fsutil, oci, proto};
 
@@ -113,6 +115,8 @@ pub(crate) struct State {
     pub registry: Registry,
     /// The per-request revocation and expiry check of every TCP listener.
     pub gate: Arc<Gate>,
+    /// Failed enrolments per peer address, for rate limiting.
+    pub enrol_failures: auth::Failures,
     /// True once the CA is loaded and every listener serves; Health says so.
     ready: AtomicBool,
     /// Turns true when shutdown begins: listeners drain, and endless streams (events) end
@@ -215,6 +219,7 @@ impl Daemon {
                 started_at: OffsetDateTime::now_utc(),
                 registry,
                 gate,
+                enrol_failures: auth::Failures::default(),
                 ready: AtomicBool::new(false),
                 stopping: watch::channel(false).0,
                 control_tls: OnceLock::new(),
@@ -289,6 +294,7 @@ impl Daemon {
             gate: state.gate.clone(),
             settings: settings.clone(),
             plain_http_hint: None,
+            allow_anonymous: true,
         };
 
         let socket = listeners.socket.clone();
@@ -335,6 +341,7 @@ impl Daemon {
                         gate: state.gate.clone(),
                         settings: settings.clone(),
                         plain_http_hint: Some(hint),
+                        allow_anonymous: false,
                     },
                     stop_rx.clone(),
                 ));
@@ -378,6 +385,8 @@ async fn set_health(h: &tonic_health::server::HealthReporter, serving: bool) {
         <PkiServiceServer<service::PkiSvc> as tonic::server::NamedService>::NAME,
         <CertsServiceServer<service::CertsSvc> as tonic::server::NamedService>::NAME,
         <RegistryServiceServer<service::RegistrySvc> as tonic::server::NamedService>::NAME,
+        <TokenServiceServer<service::TokenSvc> as tonic::server::NamedService>::NAME,
+        <EnrolServiceServer<service::EnrolSvc> as tonic::server::NamedService>::NAME,
     ] {
         h.set_service_status(name, status).await;
     }
@@ -418,6 +427,20 @@ fn routes(state: &Arc<State>) -> Result<(tonic_health::server::HealthReporter, R
             state: state.clone(),
         }),
         authz.clone(),
+    ))
+    .add_service(InterceptedService::new(
+        TokenServiceServer::new(service::TokenSvc {
+            state: state.clone(),
+        }),
+        authz.clone(),
+    ))
+    .add_service(InterceptedService::new(
+        EnrolServiceServer::new(service::EnrolSvc {
+            state: state.clone(),
+        }),
+        auth::EnrolGate {
+            state: state.clone(),
+        },
     ))
     .add_service(InterceptedService::new(health, authz.clone()))
     .add_service(InterceptedService::new(reflection, authz))

@@ -35,6 +35,7 @@ impl From<pki::Error> for Status {
             | E::InvalidCertificate(_)
             | E::UnknownKeyAlgorithm(_) => Code::InvalidArgument,
             E::NotFound(_) => Code::NotFound,
+            E::TokenRefused => Code::PermissionDenied,
             E::AlreadyRevoked(_) => Code::FailedPrecondition,
             E::CorruptIndex { .. } | E::CorruptCa { .. } => Code::DataLoss,
             E::Fs(f) => return fs_status(f),

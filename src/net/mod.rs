@@ -8,6 +8,6 @@ mod serve;
 mod settings;
 pub mod tls;
 
-pub use serve::{Listener, Refusal, Served, raise_fd_limit, serve};
+pub use serve::{Listener, Peer, Refusal, Served, raise_fd_limit, serve};
 pub use settings::Settings;
 pub use tls::Gate;

@@ -46,6 +46,11 @@ pub enum Listener {
     Unix(UnixListener),
 }
 
+/// The remote address of a request's connection (`None` on the unix socket), for logs and
+/// per-address limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub Option<std::net::SocketAddr>);
+
 /// Why the edge refused a request before looking at it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -122,6 +127,9 @@ pub struct Served<S, B> {
     /// What to answer, as plain HTTP 400, to a client that speaks plain HTTP on this TLS
     /// port (docker does, to loopback registries); `None` just closes such connections.
     pub plain_http_hint: Option<String>,
+    /// Whether a TLS peer without a certificate is served (as [`Identity::Anonymous`]; the
+    /// control listener allows it for enrolment only). The TLS config must allow it too.
+    pub allow_anonymous: bool,
     /// Limits and timeouts.
     pub settings: Settings,
 }
@@ -347,14 +355,25 @@ async fn connection<S, B>(
                 }
             };
             let (_, session) = stream.get_ref();
-            let leaf = session.peer_certificates().and_then(|c| c.first());
-            let Some(cert) = leaf.and_then(|l| pki::cert_identity(l.as_ref()).ok()) else {
-                tracing::warn!(listener = name, %peer, "connection without a readable client certificate");
-                return;
-            };
             let h2 = session.alpn_protocol() == Some(b"h2");
-            tracing::debug!(listener = name, %peer, client = %cert.common_name, serial = %cert.serial, h2, "client connected");
-            drive(stream, Identity::Cert(Arc::new(cert)), h2, served, stop).await;
+            let identity = match session.peer_certificates().and_then(|c| c.first()) {
+                None if served.allow_anonymous => Identity::Anonymous,
+                None => {
+                    tracing::warn!(listener = name, %peer, "connection without a client certificate");
+                    return;
+                }
+                Some(leaf) => match pki::cert_identity(leaf.as_ref()) {
+                    Ok(cert) => {
+                        tracing::debug!(listener = name, %peer, client = %cert.common_name, serial = %cert.serial, h2, "client connected");
+                        Identity::Cert(Arc::new(cert))
+                    }
+                    Err(e) => {
+                        tracing::warn!(listener = name, %peer, error = %e, "unreadable client certificate");
+                        return;
+                    }
+                },
+            };
+            drive(stream, identity, Peer(Some(peer)), h2, served, stop).await;
         }
         Accepted::Unix(s) => {
             let id = match s.peer_cred() {
@@ -368,7 +387,7 @@ async fn connection<S, B>(
                     return;
                 }
             };
-            drive(s, id, true, served, stop).await;
+            drive(s, id, Peer(None), true, served, stop).await;
         }
     }
 }
@@ -597,6 +616,7 @@ where
 async fn drive<IO, S, B>(
     io: IO,
     identity: Identity,
+    peer: Peer,
     h2: bool,
     served: Arc<Served<S, B>>,
     stop: watch::Receiver<bool>,
@@ -634,6 +654,7 @@ async fn drive<IO, S, B>(
                     }));
                 }
                 req.extensions_mut().insert((*identity).clone());
+                req.extensions_mut().insert(peer);
                 let resp = served.service.clone().oneshot(req).await?;
                 Ok(resp.map(|inner| Tracked {
                     inner,

@@ -72,14 +72,16 @@ pub fn service_names(listen: &[SocketAddr], extra: &[String]) -> Names {
     n
 }
 
-/// The control listener's config: gRPC, so HTTP/2 only.
+/// The control listener's config: gRPC, so HTTP/2 only. A client certificate is optional
+/// at the handshake (a joining host has none yet), and verified when presented; the
+/// daemon then lets a certificate-less peer call enrolment and nothing else.
 pub fn control_config(pki: &Pki, names: &Names) -> Result<Arc<ServerConfig>, Error> {
-    server_config(pki, CONTROL_CN, names, &[b"h2"])
+    server_config(pki, CONTROL_CN, names, &[b"h2"], false)
 }
 
 /// The registry's config: docker speaks HTTP/1.1, others HTTP/2.
 pub fn registry_config(pki: &Pki, names: &Names) -> Result<Arc<ServerConfig>, Error> {
-    server_config(pki, REGISTRY_CN, names, &[b"h2", b"http/1.1"])
+    server_config(pki, REGISTRY_CN, names, &[b"h2", b"http/1.1"], true)
 }
 
 /// Builds a rustls config: ring provider only, client certificate from the berth CA
@@ -91,6 +93,7 @@ fn server_config(
     cn: &str,
     names: &Names,
     alpn: &[&[u8]],
+    client_required: bool,
 ) -> Result<Arc<ServerConfig>, Error> {
     let (record, key) = pki.service_identity(cn, names)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -99,8 +102,14 @@ fn server_config(
         .add(CertificateDer::from(pki.ca().cert_der().to_vec()))
         .map_err(|e| Error::Rustls(format!("CA certificate: {e}")))?;
     let crl = CertificateRevocationListDer::from(pki.crl()?.der()?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .with_crls([crl])
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .with_crls([crl]);
+    let builder = if client_required {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    let verifier = builder
         .build()
         .map_err(|e| Error::Rustls(format!("client verifier: {e}")))?;
     let chain = vec![

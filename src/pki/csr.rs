@@ -15,6 +15,7 @@ pub(super) fn sign(
     serial: &[u8],
     days: u32,
     ca: &Ca,
+    subject: Option<&str>,
 ) -> Result<Vec<u8>, Error> {
     let der = if csr.trim_ascii_start().starts_with(b"-----BEGIN") {
         CertificateSigningRequestDer::from_pem_slice(csr).map_err(|_| {
@@ -34,6 +35,13 @@ pub(super) fn sign(
         other => Error::InvalidCsr(format!("cannot decode it as PKCS#10 ({other})")),
     })?;
     let p = &mut req.params;
+    if let Some(cn) = subject {
+        // An enrolment: the token decides who this is; the CSR contributes only its key.
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        p.distinguished_name = dn;
+        p.subject_alt_names.clear();
+    }
     let has_cn = p.distinguished_name.get(&DnType::CommonName).is_some();
     let mut has_host_san = false;
     for san in &p.subject_alt_names {

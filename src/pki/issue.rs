@@ -205,6 +205,11 @@ pub(super) fn check_dns(d: &str, allow_wildcard: bool) -> Result<(), Error> {
     Ok(())
 }
 
+/// A common name berth accepts (enrolment tokens are bound to one).
+pub(super) fn check_common_name(cn: &str) -> Result<(), Error> {
+    check_dn_value("common name", cn)
+}
+
 fn check_dn_value(field: &'static str, v: &str) -> Result<(), Error> {
     if v.trim().is_empty() {
         return Err(invalid(field, v, "empty"));

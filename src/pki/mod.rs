@@ -22,6 +22,7 @@ mod keys;
 mod revoke;
 mod settings;
 mod store;
+mod tokens;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,7 @@ pub use inspect::{CertDetails, fingerprint_sha256, parse_certificates};
 pub use keys::{KeyAlgorithm, SecretKeyPem};
 pub use revoke::Crl;
 pub use settings::Settings;
+pub use tokens::{NewToken, TokenRecord};
 
 use crate::fsutil;
 use store::Store;
@@ -81,6 +83,12 @@ pub enum Error {
         "unknown key algorithm {0:?}: use ecdsa-p256, ecdsa-p384, ed25519, rsa2048, rsa3072 or rsa4096"
     )]
     UnknownKeyAlgorithm(String),
+    /// An enrolment token is unknown, wrong, used, expired or revoked (which one is only
+    /// logged: an anonymous caller learns nothing about other tokens).
+    #[error(
+        "the enrolment token is not valid (unknown, already used, expired or revoked): ask the registry's operator for a new one (berth token create)"
+    )]
+    TokenRefused,
     /// Key generation failed.
     #[error("key generation failed: {0}")]
     KeyGeneration(String),
@@ -289,6 +297,7 @@ pub struct Pki {
     dir: PathBuf,
     ca: Ca,
     store: Mutex<Store>,
+    tokens: Mutex<tokens::Tokens>,
     default_validity_days: u32,
 }
 
@@ -306,12 +315,14 @@ impl Pki {
     pub fn open(state_dir: &Path, cfg: &Settings) -> Result<Pki, Error> {
         let dir = state_dir.join("pki");
         fsutil::create_dir_all(&dir, 0o700)?;
+        let tokens_dir = dir.clone();
         let store = Store::open(&dir)?;
         let ca = Ca::load_or_create(&dir, cfg)?;
         let pki = Pki {
             dir,
             ca,
             store: Mutex::new(store),
+            tokens: Mutex::new(tokens::Tokens::open(&tokens_dir)),
             default_validity_days: cfg.default_validity_days,
         };
         // Re-sign the CRL at every start so its nextUpdate never lapses on a long-running host.
@@ -389,14 +400,61 @@ impl Pki {
         profile: CertKind,
         validity_days: Option<u32>,
     ) -> Result<CertRecord, Error> {
+        self.sign_csr_for(csr, profile, validity_days, None)
+    }
+
+    /// [`Pki::sign_csr`], optionally requiring the CSR to name exactly `subject`.
+    fn sign_csr_for(
+        &self,
+        csr: &[u8],
+        profile: CertKind,
+        validity_days: Option<u32>,
+        subject: Option<&str>,
+    ) -> Result<CertRecord, Error> {
         let days = validity_days.unwrap_or(self.default_validity_days);
         let mut store = self.lock();
         let serial = store.fresh_serial()?;
-        let der = csr::sign(csr, profile, &serial, days, &self.ca)?;
+        let der = csr::sign(csr, profile, &serial, days, &self.ca, subject)?;
         let record = self.record(profile, &der, false, true)?;
         store.insert(record.clone(), None)?;
         tracing::info!(serial = %record.serial, kind = profile.name(), cn = %record.names.common_name, "signed CSR");
         Ok(record)
+    }
+
+    /// Makes a one-time enrolment token for a client named `name`, usable for `ttl`.
+    pub fn create_token(&self, name: &str, ttl: std::time::Duration) -> Result<NewToken, Error> {
+        issue::check_common_name(name)?;
+        let t = self.tokens_lock().create(name, ttl)?;
+        tracing::info!(id = %t.record.id, name, "enrolment token created");
+        Ok(t)
+    }
+
+    /// Every token, oldest first (no secrets).
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, Error> {
+        self.tokens_lock().list()
+    }
+
+    /// Makes a token unusable.
+    pub fn revoke_token(&self, id: &str) -> Result<TokenRecord, Error> {
+        let t = self.tokens_lock().revoke(id)?;
+        tracing::warn!(id, name = %t.name, "enrolment token revoked");
+        Ok(t)
+    }
+
+    /// Enrols a host: redeems `token` and signs `csr` as a client certificate for the
+    /// token's subject. Only the CSR's key is used: the subject is the token's and no SANs
+    /// are copied, so a token for `ci-runner-07` cannot mint a certificate for another name.
+    pub fn enrol(&self, token: &str, csr: &[u8]) -> Result<CertRecord, Error> {
+        let tokens = self.tokens_lock();
+        let t = tokens.redeem(token)?;
+        let record = self.sign_csr_for(csr, CertKind::Client, None, Some(&t.name))?;
+        tokens.record_serial(&t.id, &record.serial)?;
+        tracing::info!(token = %t.id, serial = %record.serial, cn = %t.name, "enrolled a host");
+        Ok(record)
+    }
+
+    fn tokens_lock(&self) -> MutexGuard<'_, tokens::Tokens> {
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Every recorded certificate matching `filter`, oldest first.

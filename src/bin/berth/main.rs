@@ -67,6 +67,11 @@ enum Command {
     Image(cmd::image::ImageCmd),
     /// Live registry events (push, pull, delete), like `docker events`.
     Events(cmd::events::EventsCmd),
+    /// One-time enrolment tokens for `berth join`.
+    #[command(subcommand)]
+    Token(cmd::token::TokenCmd),
+    /// Enrol this host with a token and install its certificate for every runtime.
+    Join(cmd::join::JoinCmd),
     /// Print shell completions, e.g. `berth completions bash > /etc/bash_completion.d/berth`.
     Completions {
         /// The shell.
@@ -105,6 +110,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Registry(c) => cmd::registry::run(g, c).await,
         Command::Image(c) => cmd::image::run(g, c).await,
         Command::Events(c) => cmd::events::run(g, c).await,
+        Command::Token(c) => cmd::token::run(g, c).await,
+        Command::Join(c) => cmd::join::run(g, c).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

@@ -124,7 +124,7 @@ pub(crate) fn caller_out(c: &Identity) -> pb::Caller {
             certificate_serial: cert.serial.clone(),
             ..Default::default()
         },
-        Identity::Daemon => pb::Caller::default(),
+        Identity::Anonymous | Identity::Daemon => pb::Caller::default(),
     }
 }
 
@@ -179,4 +179,32 @@ pub(crate) fn details_in(d: pb::CertificateDetails) -> Result<pki::CertDetails, 
         chains_to_berth_ca: d.chains_to_berth_ca,
         self_signed: d.self_signed,
     })
+}
+
+/// An enrolment token on the wire (never its secret).
+pub(crate) fn token_out(t: &pki::TokenRecord) -> pb::Token {
+    pb::Token {
+        id: t.id.clone(),
+        name: t.name.clone(),
+        created_at: Some(ts(t.created_at)),
+        expires_at: Some(ts(t.expires_at)),
+        used_at: t.used_at.map(ts),
+        revoked_at: t.revoked_at.map(ts),
+        certificate_serial: t.certificate_serial.clone().unwrap_or_default(),
+    }
+}
+
+/// An enrolment token from the wire.
+pub(crate) fn token_in(t: pb::Token) -> pki::TokenRecord {
+    let at =
+        |t: Option<prost_types::Timestamp>| t.map(time_in).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    pki::TokenRecord {
+        id: t.id,
+        name: t.name,
+        created_at: at(t.created_at),
+        expires_at: at(t.expires_at),
+        used_at: t.used_at.map(time_in),
+        revoked_at: t.revoked_at.map(time_in),
+        certificate_serial: super::opt(t.certificate_serial),
+    }
 }

@@ -178,7 +178,7 @@ pub async fn run(g: &Global, cmd: CertsCmd) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_actions(actions: &[FileAction], dry_run: bool) {
+pub(crate) fn print_actions(actions: &[FileAction], dry_run: bool) {
     let mut t = Table::new(&["ACTION", "MODE", "PATH"]);
     for a in actions {
         let verb = if dry_run && a.kind != ActionKind::Unchanged {

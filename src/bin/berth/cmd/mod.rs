@@ -5,5 +5,7 @@ pub mod cert;
 pub mod certs;
 pub mod events;
 pub mod image;
+pub mod join;
 pub mod registry;
 pub mod system;
+pub mod token;

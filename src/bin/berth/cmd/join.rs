@@ -1,0 +1,133 @@
+//! `berth join`: provisions this host (a CI runner, a build machine, a Kubernetes node) for a
+//! registry. The key is made here and never leaves the host; berthd is trusted only through
+//! the pinned CA fingerprint; a one-time token buys the certificate; the files land in
+//! every runtime's tree, atomically, with the modes docker expects.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use berth::certsd::{HostPort, InstallRequest, Installer};
+use berth::client::Client;
+use berth::pki::SecretKeyPem;
+use clap::Args;
+
+use crate::Global;
+use crate::output;
+
+/// Enrol this host and install its certificate for a registry.
+#[derive(Debug, Args)]
+pub struct JoinCmd {
+    /// The registry as docker names it, e.g. registry.example.internal:5443.
+    registry: String,
+    /// berthd's control listener, e.g. tcp://registry.example.internal:2376.
+    #[arg(long, value_name = "tcp://HOST:PORT")]
+    server: String,
+    /// The token from `berth token create` on the CA host.
+    #[arg(long, env = "BERTH_JOIN_TOKEN")]
+    token: String,
+    /// The CA's SHA-256 fingerprint (`berth system info` on the CA host); berthd must show
+    /// this CA before the token is sent.
+    #[arg(long, value_name = "sha256:HEX")]
+    ca_fingerprint: String,
+    /// Where berth records what it wrote [default: berthd's state folder for this user].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// docker's certs.d root.
+    #[arg(long, value_name = "DIR")]
+    certs_d: Option<PathBuf>,
+    /// containers' (podman, skopeo) certs.d root; written when given or when its parent
+    /// folder exists.
+    #[arg(long, value_name = "DIR")]
+    containers_certs_d: Option<PathBuf>,
+    /// containerd's hosts root; written when given or when its parent folder exists.
+    #[arg(long, value_name = "DIR")]
+    containerd_certs_d: Option<PathBuf>,
+}
+
+fn exists_parent(p: &std::path::Path) -> bool {
+    p.parent().is_some_and(std::path::Path::is_dir)
+}
+
+pub async fn run(g: &Global, cmd: JoinCmd) -> anyhow::Result<ExitCode> {
+    let host: HostPort = cmd.registry.parse()?;
+    let (server_host, server_port) = parse_server(&cmd.server)?;
+    let mut settings = berth::certsd::Settings::default();
+    let containers = cmd.containers_certs_d.is_some() || exists_parent(&settings.containers_root);
+    let containerd = cmd.containerd_certs_d.is_some() || exists_parent(&settings.containerd_root);
+    if let Some(d) = cmd.certs_d {
+        settings.docker_root = d;
+    }
+    if let Some(d) = cmd.containers_certs_d {
+        settings.containers_root = d;
+    }
+    if let Some(d) = cmd.containerd_certs_d {
+        settings.containerd_root = d;
+    }
+    let state_dir = cmd
+        .state_dir
+        .unwrap_or_else(berth::config::default_state_dir);
+    berth::fsutil::create_dir_all(&state_dir, 0o700)?;
+    let installer = Installer::open(&state_dir, &settings)?;
+
+    // The key is made here; only its public half travels, inside the CSR.
+    let key = rcgen::KeyPair::generate().context("generating the key")?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "berth join");
+    let csr = params.serialize_request(&key)?.pem()?;
+    let client = Client::connect_pinned(&server_host, server_port, &cmd.ca_fingerprint).await?;
+    let enrolled = client.enrol(&cmd.token, &csr).await?;
+    let req = InstallRequest {
+        host,
+        client: None,
+        containers,
+        containerd,
+        dry_run: false,
+        force: false,
+    };
+    let out = installer.install_pair(
+        &req,
+        &enrolled.ca_pem,
+        &enrolled.certificate_pem,
+        &SecretKeyPem::new(key.serialize_pem()),
+        &enrolled.serial,
+    )?;
+    if g.json {
+        output::json(&serde_json::json!({
+            "serial": enrolled.serial,
+            "not_after": enrolled.not_after.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            "install": out,
+        }))?;
+    } else {
+        super::certs::print_actions(&out.actions, false);
+        println!(
+            "joined {}: certificate {} valid until {}",
+            req.host,
+            enrolled.serial,
+            output::date(enrolled.not_after)
+        );
+        for n in &out.notes {
+            println!("note: {n}");
+        }
+    }
+    for w in &out.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_server(s: &str) -> anyhow::Result<(String, u16)> {
+    let rest = s.strip_prefix("tcp://").unwrap_or(s);
+    let (h, p) = rest
+        .rsplit_once(':')
+        .with_context(|| format!("invalid --server {s:?}: use tcp://HOST:PORT"))?;
+    let port = p
+        .parse::<u16>()
+        .with_context(|| format!("invalid port in --server {s:?}"))?;
+    Ok((
+        h.trim_start_matches('[').trim_end_matches(']').to_string(),
+        port,
+    ))
+}

@@ -1,0 +1,252 @@
+//! The enrolment half of the client: token administration (`berth token`) and joining a
+//! host (`berth join`), which reaches berthd before it has any certificate. Joining trusts
+//! the control listener only if the CA in its chain has the fingerprint the operator
+//! gave (`--ca-fingerprint`), like kubeadm's discovery hash: a server that cannot show
+//! that CA never sees the token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use tonic::transport::{Endpoint, Uri};
+
+use super::{Client, Error};
+use crate::pki::TokenRecord;
+use crate::proto as pb;
+use crate::proto::convert::{self, time_in};
+use crate::proto::enrol_service_client::EnrolServiceClient;
+use crate::proto::token_service_client::TokenServiceClient;
+
+/// A token as `berth token create` shows it once.
+#[derive(Debug, Clone)]
+pub struct CreatedToken {
+    /// The stored record.
+    pub record: TokenRecord,
+    /// The text to hand to `berth join --token`.
+    pub secret: String,
+}
+
+/// What enrolment returned.
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    /// PEM certificate.
+    pub certificate_pem: String,
+    /// PEM CA certificate.
+    pub ca_pem: String,
+    /// Serial, hex.
+    pub serial: String,
+    /// Expiry.
+    pub not_after: OffsetDateTime,
+}
+
+/// A CA fingerprint as people write it: `sha256:HEX`, `SHA256 AB:CD:...` or bare hex.
+pub fn parse_fingerprint(s: &str) -> Result<Vec<u8>, Error> {
+    let t = s.trim();
+    let t = t
+        .strip_prefix("sha256:")
+        .or_else(|| t.strip_prefix("SHA256:"))
+        .or_else(|| t.strip_prefix("SHA256 "))
+        .unwrap_or(t);
+    let hexs: String = t.chars().filter(|c| *c != ':').collect();
+    match hex::decode(&hexs) {
+        Ok(b) if b.len() == 32 => Ok(b),
+        _ => Err(Error::InvalidFingerprint(s.to_string())),
+    }
+}
+
+/// Accepts the server only if its chain holds the pinned CA and the leaf verifies against
+/// it for the name dialled.
+#[derive(Debug)]
+struct PinnedCa {
+    fingerprint: Vec<u8>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| Sha256::digest(c.as_ref()).as_slice() == self.fingerprint.as_slice())
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the server's CA does not have the fingerprint given with --ca-fingerprint; the token was not sent".into(),
+                )
+            })?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(ca.clone().into_owned())
+            .map_err(|e| rustls::Error::General(format!("pinned CA: {e}")))?;
+        let v = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(format!("verifier: {e}")))?;
+        v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+impl Client {
+    /// Connects to berthd's TCP control listener without a client certificate, trusting it
+    /// only through the pinned CA fingerprint: what a host that is joining has.
+    pub async fn connect_pinned(
+        host: &str,
+        port: u16,
+        ca_fingerprint: &str,
+    ) -> Result<Client, Error> {
+        let fingerprint = parse_fingerprint(ca_fingerprint)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let target = format!("tcp://{host}:{port}");
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Connect {
+                target: target.clone(),
+                reason: e.to_string(),
+            })?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCa {
+                fingerprint,
+                provider,
+            }))
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        let cfg = Arc::new(cfg);
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|_| Error::InvalidHost(target.clone()))?;
+        let addr = format!("{host}:{port}");
+        let channel = Endpoint::from_static("http://berthd.join")
+            .connect_timeout(Duration::from_secs(30))
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let (cfg, name, addr) = (cfg.clone(), name.clone(), addr.clone());
+                async move {
+                    let tcp = tokio::net::TcpStream::connect(addr).await?;
+                    let tls = tokio_rustls::TlsConnector::from(cfg)
+                        .connect(name, tcp)
+                        .await?;
+                    Ok::<_, std::io::Error>(TokioIo::new(tls))
+                }
+            }))
+            .await
+            .map_err(|e| Error::Connect {
+                target,
+                reason: super::transport_reason(&e),
+            })?;
+        Ok(Client { channel })
+    }
+
+    fn tokens(&self) -> TokenServiceClient<tonic::transport::Channel> {
+        TokenServiceClient::new(self.channel.clone())
+    }
+
+    /// Makes a one-time enrolment token for `name`.
+    pub async fn token_create(
+        &self,
+        name: &str,
+        ttl: Option<Duration>,
+    ) -> Result<CreatedToken, Error> {
+        let r = self
+            .tokens()
+            .create_token(pb::CreateTokenRequest {
+                name: name.to_string(),
+                ttl_seconds: ttl.map_or(0, |d| d.as_secs().max(1)),
+            })
+            .await?
+            .into_inner();
+        let t = r
+            .token
+            .ok_or_else(|| Error::Protocol("no token in the answer".into()))?;
+        Ok(CreatedToken {
+            record: convert::token_in(t),
+            secret: r.secret,
+        })
+    }
+
+    /// Every enrolment token.
+    pub async fn token_list(&self) -> Result<Vec<TokenRecord>, Error> {
+        let r = self
+            .tokens()
+            .list_tokens(pb::ListTokensRequest {})
+            .await?
+            .into_inner();
+        Ok(r.tokens.into_iter().map(convert::token_in).collect())
+    }
+
+    /// Makes a token unusable.
+    pub async fn token_revoke(&self, id: &str) -> Result<TokenRecord, Error> {
+        let r = self
+            .tokens()
+            .revoke_token(pb::RevokeTokenRequest { id: id.to_string() })
+            .await?
+            .into_inner();
+        let t = r
+            .token
+            .ok_or_else(|| Error::Protocol("no token in the answer".into()))?;
+        Ok(convert::token_in(t))
+    }
+
+    /// Trades a token and a CSR for a client certificate.
+    pub async fn enrol(&self, token: &str, csr_pem: &str) -> Result<Enrolled, Error> {
+        let r = EnrolServiceClient::new(self.channel.clone())
+            .enrol(pb::EnrolRequest {
+                token: token.to_string(),
+                csr_pem: csr_pem.as_bytes().to_vec(),
+            })
+            .await?
+            .into_inner();
+        Ok(Enrolled {
+            certificate_pem: r.certificate_pem,
+            ca_pem: r.ca_certificate_pem,
+            serial: r.serial,
+            not_after: r
+                .not_after
+                .map(time_in)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        })
+    }
+}

@@ -1,0 +1,97 @@
+//! TokenService (admins make, list and revoke enrolment tokens) and EnrolService (any TLS
+//! peer trades a token and a CSR for its client certificate).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use super::blocking;
+use crate::daemon::State;
+use crate::net::Peer;
+use crate::proto as pb;
+use crate::proto::convert;
+use crate::proto::enrol_service_server::EnrolService;
+use crate::proto::token_service_server::TokenService;
+
+/// Lifetime of a token when the request does not say.
+const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+
+/// The TokenService adapter.
+pub(crate) struct TokenSvc {
+    pub state: Arc<State>,
+}
+
+/// The EnrolService adapter.
+pub(crate) struct EnrolSvc {
+    pub state: Arc<State>,
+}
+
+#[tonic::async_trait]
+impl TokenService for TokenSvc {
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let r = req.into_inner();
+        let ttl = match r.ttl_seconds {
+            0 => DEFAULT_TTL,
+            s => Duration::from_secs(s),
+        };
+        let state = self.state.clone();
+        let t = blocking(move || state.pki.create_token(&r.name, ttl)).await?;
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: Some(convert::token_out(&t.record)),
+            secret: t.secret,
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        _: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let tokens = self.state.pki.tokens()?;
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: tokens.iter().map(convert::token_out).collect(),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let t = self.state.pki.revoke_token(&req.into_inner().id)?;
+        Ok(Response::new(pb::RevokeTokenResponse {
+            token: Some(convert::token_out(&t)),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl EnrolService for EnrolSvc {
+    async fn enrol(
+        &self,
+        req: Request<pb::EnrolRequest>,
+    ) -> Result<Response<pb::EnrolResponse>, Status> {
+        let peer = req.extensions().get::<Peer>().and_then(|p| p.0);
+        let r = req.into_inner();
+        let state = self.state.clone();
+        let result = blocking(move || state.pki.enrol(&r.token, &r.csr_pem)).await;
+        let record = match result {
+            Ok(rec) => rec,
+            Err(e) => {
+                if let Some(p) = peer {
+                    self.state.enrol_failures.failed(p.ip());
+                }
+                tracing::warn!(peer = ?peer, error = %e.message(), "enrolment refused");
+                return Err(e);
+            }
+        };
+        Ok(Response::new(pb::EnrolResponse {
+            certificate_pem: record.certificate_pem.clone(),
+            ca_certificate_pem: self.state.pki.ca().cert_pem().to_string(),
+            serial: record.serial.clone(),
+            not_after: Some(convert::ts(record.not_after)),
+        }))
+    }
+}
