@@ -30,7 +30,7 @@ use crate::pki::{self, CertKind, CertStatus, IssueSpec, KeyAlgorithm, Names, Pki
 
 /// Roots of the certs.d trees the installer manages (`[certsd]` in the config file). Its
 /// embedded defaults depend on whether berthd runs as root, so `config` provides them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// docker's tree.

@@ -11,6 +11,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use crate::certsd::{Entry, FileAction, InstallOutcome};
 use crate::pki::{self, CertDetails, CertKind, CertRecord, Crl, KeyAlgorithm, Names, SecretKeyPem};
 mod enrol;
+pub mod host;
 mod registry;
 pub use enrol::{CreatedToken, Enrolled, parse_fingerprint};
 pub use registry::RegistryStatus;
@@ -75,6 +76,9 @@ pub enum Error {
     /// berthd answered with something this client cannot read.
     #[error("unexpected answer from berthd: {0}")]
     Protocol(String),
+    /// Work on this host (keys, files, the enrolment record) failed.
+    #[error("{0}")]
+    Host(String),
 }
 
 /// The class of an error berthd answered with: what the caller can do about it.

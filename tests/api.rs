@@ -639,7 +639,7 @@ async fn remote_control_over_mtls_admits_admins_only() {
     // No client certificate at all: the handshake completes (a joining host has none
     // yet), but every call except enrolment is refused.
     let fp = local.info().await.unwrap().ca_fingerprint_sha256;
-    let anon = Client::connect_pinned("127.0.0.1", addr.port(), &fp)
+    let anon = Client::connect_pinned("127.0.0.1", addr.port(), &fp, None)
         .await
         .unwrap();
     let err = anon.info().await.unwrap_err();
@@ -1254,7 +1254,7 @@ async fn failed_enrolments_are_rate_limited() {
     let local = d.client().await;
     let fp = local.info().await.unwrap().ca_fingerprint_sha256;
     let good = local.token_create("late-comer", None).await.unwrap();
-    let anon = Client::connect_pinned("127.0.0.1", d.tcp[0].port(), &fp)
+    let anon = Client::connect_pinned("127.0.0.1", d.tcp[0].port(), &fp, None)
         .await
         .unwrap();
     let mut kinds = Vec::new();
@@ -1265,11 +1265,19 @@ async fn failed_enrolments_are_rate_limited() {
             .unwrap_err();
         kinds.push(e.kind());
     }
-    assert!(kinds[..10].iter().all(|k| *k == Some(Code::PermissionDenied)), "{kinds:?}");
+    assert!(
+        kinds[..10]
+            .iter()
+            .all(|k| *k == Some(Code::PermissionDenied)),
+        "{kinds:?}"
+    );
     assert_eq!(kinds[10..], [Some(Code::ResourceExhausted); 2]);
     // Even the right token waits out the minute from that address.
     let e = anon.enrol(&good.secret, "x").await.unwrap_err();
     assert_eq!(e.kind(), Some(Code::ResourceExhausted), "{e}");
     let tokens = local.token_list().await.unwrap();
-    assert!(tokens[0].used_at.is_none(), "a rate-limited attempt does not use a token");
+    assert!(
+        tokens[0].used_at.is_none(),
+        "a rate-limited attempt does not use a token"
+    );
 }

@@ -935,4 +935,59 @@ async fn a_host_joins_with_a_token_and_pushes_with_what_join_wrote() {
         ],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // status shows the enrolment; renew leaves a fresh certificate alone (exit 0)...
+    let state = roots("state");
+    let o = berth_cli(&["status", "--state-dir", &state]);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success() && text.contains(&registry) && text.contains(&server),
+        "{text}"
+    );
+    let o = berth_cli(&["renew", "--all", "--state-dir", &state]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("not due"));
+    // ...and --force renews it with the current certificate: every copy replaced.
+    let before = std::fs::read_to_string(docker_dir.join("client.cert")).unwrap();
+    let o = berth_cli(&["renew", "--all", "--force", "--state-dir", &state]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let after = std::fs::read_to_string(docker_dir.join("client.cert")).unwrap();
+    assert_ne!(before, after);
+    for tree in ["containers", "containerd"] {
+        let copy = host.path().join(tree).join(&registry).join("client.cert");
+        assert_eq!(std::fs::read_to_string(copy).unwrap(), after, "{tree}");
+    }
+    let certs = c.list(None, Some("ci-runner-07".into())).await.unwrap();
+    assert_eq!(certs.len(), 2, "a successor, same name");
+    // The next push uses the new certificate.
+    skopeo(
+        &pol,
+        &[
+            "copy",
+            "--dest-cert-dir",
+            &docker_dir.display().to_string(),
+            &format!("oci:{}:single", src.dir.display()),
+            &format!("docker://{registry}/fleet/app:2.0"),
+        ],
+    );
+    // A revoked certificate cannot renew (passive revocation): a non-zero exit.
+    // The certificate installed now is the one the enrolment record names.
+    let newest = berth::client::host::enrolments(&host.path().join("state"))
+        .unwrap()
+        .remove(0)
+        .serial;
+    assert!(
+        certs
+            .iter()
+            .any(|r| r.serial == newest && r.certificate_pem.trim() == after.trim())
+    );
+    assert_ne!(newest, listed[0].serial, "the record follows the renewal");
+    c.revoke(&newest).await.unwrap();
+    let o = berth_cli(&["renew", "--all", "--force", "--state-dir", &state]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("revoked"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(docker_dir.join("client.cert")).unwrap(),
+        after
+    );
 }

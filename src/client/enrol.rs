@@ -133,28 +133,44 @@ impl ServerCertVerifier for PinnedCa {
 }
 
 impl Client {
-    /// Connects to berthd's TCP control listener without a client certificate, trusting it
-    /// only through the pinned CA fingerprint: what a host that is joining has.
+    /// Connects to berthd's TCP control listener trusting it only through the pinned CA
+    /// fingerprint, with no client certificate (a host that is joining) or with the one it
+    /// holds (`identity`: certificate and key PEM, for renewal).
     pub async fn connect_pinned(
         host: &str,
         port: u16,
         ca_fingerprint: &str,
+        identity: Option<(&str, &str)>,
     ) -> Result<Client, Error> {
         let fingerprint = parse_fingerprint(ca_fingerprint)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let target = format!("tcp://{host}:{port}");
-        let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        let tls_err = |reason: String| Error::Connect {
+            target: target.clone(),
+            reason,
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Connect {
-                target: target.clone(),
-                reason: e.to_string(),
-            })?
+            .map_err(|e| tls_err(e.to_string()))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(PinnedCa {
                 fingerprint,
                 provider,
-            }))
-            .with_no_client_auth();
+            }));
+        let mut cfg = match identity {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                use rustls::pki_types::pem::PemObject;
+                let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| tls_err(format!("client certificate: {e}")))?;
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes())
+                    .map_err(|e| tls_err(format!("client key: {e}")))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| tls_err(e.to_string()))?
+            }
+        };
         cfg.alpn_protocols = vec![b"h2".to_vec()];
         let cfg = Arc::new(cfg);
         let name = ServerName::try_from(host.to_string())
@@ -230,6 +246,17 @@ impl Client {
         Ok(convert::token_in(t))
     }
 
+    /// Asks for a successor of the client certificate this connection presents.
+    pub async fn renew_own(&self, csr_pem: &str) -> Result<Enrolled, Error> {
+        let r = EnrolServiceClient::new(self.channel.clone())
+            .renew(pb::RenewRequest {
+                csr_pem: csr_pem.as_bytes().to_vec(),
+            })
+            .await?
+            .into_inner();
+        Ok(enrolled_in(r))
+    }
+
     /// Trades a token and a CSR for a client certificate.
     pub async fn enrol(&self, token: &str, csr_pem: &str) -> Result<Enrolled, Error> {
         let r = EnrolServiceClient::new(self.channel.clone())
@@ -239,14 +266,18 @@ impl Client {
             })
             .await?
             .into_inner();
-        Ok(Enrolled {
-            certificate_pem: r.certificate_pem,
-            ca_pem: r.ca_certificate_pem,
-            serial: r.serial,
-            not_after: r
-                .not_after
-                .map(time_in)
-                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-        })
+        Ok(enrolled_in(r))
+    }
+}
+
+fn enrolled_in(r: pb::EnrolResponse) -> Enrolled {
+    Enrolled {
+        certificate_pem: r.certificate_pem,
+        ca_pem: r.ca_certificate_pem,
+        serial: r.serial,
+        not_after: r
+            .not_after
+            .map(time_in)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
     }
 }

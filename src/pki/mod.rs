@@ -453,6 +453,25 @@ impl Pki {
         Ok(record)
     }
 
+    /// Renews an enrolled host's certificate, asked for with that certificate: the same
+    /// name, the CSR's key, a new serial. Only a valid (unrevoked, unexpired) client
+    /// certificate may do this.
+    pub fn renew_enrolled(&self, serial: &str, csr: &[u8]) -> Result<CertRecord, Error> {
+        let old = self.get(serial)?;
+        if old.kind != CertKind::Client || old.status() != CertStatus::Valid {
+            return Err(Error::InvalidRequest(format!(
+                "certificate {} is a {} certificate in state {}: only a valid client certificate renews itself",
+                old.serial,
+                old.kind.name(),
+                old.status().name()
+            )));
+        }
+        let record =
+            self.sign_csr_for(csr, CertKind::Client, None, Some(&old.names.common_name))?;
+        tracing::info!(old = %old.serial, new = %record.serial, cn = %old.names.common_name, "renewed an enrolled host");
+        Ok(record)
+    }
+
     fn tokens_lock(&self) -> MutexGuard<'_, tokens::Tokens> {
         self.tokens.lock().unwrap_or_else(|p| p.into_inner())
     }

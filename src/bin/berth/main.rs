@@ -72,6 +72,10 @@ enum Command {
     Token(cmd::token::TokenCmd),
     /// Enrol this host with a token and install its certificate for every runtime.
     Join(cmd::join::JoinCmd),
+    /// Renew this host's certificates that are due (2/3 of their life, with jitter).
+    Renew(cmd::host::RenewCmd),
+    /// What this host has joined, expiry and next renewal.
+    Status(cmd::host::StatusCmd),
     /// Print shell completions, e.g. `berth completions bash > /etc/bash_completion.d/berth`.
     Completions {
         /// The shell.
@@ -112,6 +116,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(c) => cmd::events::run(g, c).await,
         Command::Token(c) => cmd::token::run(g, c).await,
         Command::Join(c) => cmd::join::run(g, c).await,
+        Command::Renew(c) => cmd::host::renew(g, c).await,
+        Command::Status(c) => cmd::host::status(g, c).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::blocking;
 use crate::daemon::State;
+use crate::identity::Identity;
 use crate::net::Peer;
 use crate::proto as pb;
 use crate::proto::convert;
@@ -87,11 +88,36 @@ impl EnrolService for EnrolSvc {
                 return Err(e);
             }
         };
-        Ok(Response::new(pb::EnrolResponse {
+        Ok(Response::new(self.answer(&record)))
+    }
+
+    async fn renew(
+        &self,
+        req: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::EnrolResponse>, Status> {
+        // net::serve has already refused a revoked or expired certificate.
+        let serial = match req.extensions().get::<Identity>() {
+            Some(Identity::Cert(c)) => c.serial.clone(),
+            _ => {
+                return Err(Status::unauthenticated(
+                    "renewal is asked for with the current client certificate over mutual TLS",
+                ));
+            }
+        };
+        let csr = req.into_inner().csr_pem;
+        let state = self.state.clone();
+        let record = blocking(move || state.pki.renew_enrolled(&serial, &csr)).await?;
+        Ok(Response::new(self.answer(&record)))
+    }
+}
+
+impl EnrolSvc {
+    fn answer(&self, record: &crate::pki::CertRecord) -> pb::EnrolResponse {
+        pb::EnrolResponse {
             certificate_pem: record.certificate_pem.clone(),
             ca_certificate_pem: self.state.pki.ca().cert_pem().to_string(),
             serial: record.serial.clone(),
             not_after: Some(convert::ts(record.not_after)),
-        }))
+        }
     }
 }

@@ -7,9 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use berth::certsd::{HostPort, InstallRequest, Installer};
-use berth::client::Client;
-use berth::pki::SecretKeyPem;
+use berth::certsd::HostPort;
+use berth::client::host::JoinSpec;
 use clap::Args;
 
 use crate::Global;
@@ -49,51 +48,38 @@ fn exists_parent(p: &std::path::Path) -> bool {
     p.parent().is_some_and(std::path::Path::is_dir)
 }
 
+/// The state folder of this host's berth records.
+pub(crate) fn state_dir(given: Option<PathBuf>) -> PathBuf {
+    given.unwrap_or_else(berth::config::default_state_dir)
+}
+
 pub async fn run(g: &Global, cmd: JoinCmd) -> anyhow::Result<ExitCode> {
-    let host: HostPort = cmd.registry.parse()?;
+    let registry: HostPort = cmd.registry.parse()?;
     let (server_host, server_port) = parse_server(&cmd.server)?;
-    let mut settings = berth::certsd::Settings::default();
-    let containers = cmd.containers_certs_d.is_some() || exists_parent(&settings.containers_root);
-    let containerd = cmd.containerd_certs_d.is_some() || exists_parent(&settings.containerd_root);
+    let mut roots = berth::certsd::Settings::default();
+    let containers = cmd.containers_certs_d.is_some() || exists_parent(&roots.containers_root);
+    let containerd = cmd.containerd_certs_d.is_some() || exists_parent(&roots.containerd_root);
     if let Some(d) = cmd.certs_d {
-        settings.docker_root = d;
+        roots.docker_root = d;
     }
     if let Some(d) = cmd.containers_certs_d {
-        settings.containers_root = d;
+        roots.containers_root = d;
     }
     if let Some(d) = cmd.containerd_certs_d {
-        settings.containerd_root = d;
+        roots.containerd_root = d;
     }
-    let state_dir = cmd
-        .state_dir
-        .unwrap_or_else(berth::config::default_state_dir);
-    berth::fsutil::create_dir_all(&state_dir, 0o700)?;
-    let installer = Installer::open(&state_dir, &settings)?;
-
-    // The key is made here; only its public half travels, inside the CSR.
-    let key = rcgen::KeyPair::generate().context("generating the key")?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "berth join");
-    let csr = params.serialize_request(&key)?.pem()?;
-    let client = Client::connect_pinned(&server_host, server_port, &cmd.ca_fingerprint).await?;
-    let enrolled = client.enrol(&cmd.token, &csr).await?;
-    let req = InstallRequest {
-        host,
-        client: None,
+    let spec = JoinSpec {
+        registry,
+        server_host,
+        server_port,
+        token: cmd.token,
+        ca_fingerprint: cmd.ca_fingerprint,
+        state_dir: state_dir(cmd.state_dir),
+        roots,
         containers,
         containerd,
-        dry_run: false,
-        force: false,
     };
-    let out = installer.install_pair(
-        &req,
-        &enrolled.ca_pem,
-        &enrolled.certificate_pem,
-        &SecretKeyPem::new(key.serialize_pem()),
-        &enrolled.serial,
-    )?;
+    let (enrolled, out) = berth::client::host::join(&spec).await?;
     if g.json {
         output::json(&serde_json::json!({
             "serial": enrolled.serial,
@@ -103,8 +89,8 @@ pub async fn run(g: &Global, cmd: JoinCmd) -> anyhow::Result<ExitCode> {
     } else {
         super::certs::print_actions(&out.actions, false);
         println!(
-            "joined {}: certificate {} valid until {}",
-            req.host,
+            "joined {}: certificate {} valid until {}; `berth renew --all` renews it (at 2/3 of its life)",
+            spec.registry,
             enrolled.serial,
             output::date(enrolled.not_after)
         );

@@ -4,6 +4,7 @@ pub mod ca;
 pub mod cert;
 pub mod certs;
 pub mod events;
+pub mod host;
 pub mod image;
 pub mod join;
 pub mod registry;
