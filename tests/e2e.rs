@@ -970,6 +970,43 @@ async fn a_host_joins_with_a_token_and_pushes_with_what_join_wrote() {
             &format!("docker://{registry}/fleet/app:2.0"),
         ],
     );
+    // berth agent renews on time by itself: make the record look long due and watch it.
+    let record = host.path().join("state/enrolments.json");
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let due_serial = v[0]["serial"].as_str().unwrap().to_string();
+    v[0]["not_before"] = json!("2020-01-01T00:00:00Z");
+    v[0]["not_after"] = json!("2020-04-01T00:00:00Z");
+    std::fs::write(&record, serde_json::to_vec(&v).unwrap()).unwrap();
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["agent", "--state-dir", &state])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = berth::client::host::enrolments(&host.path().join("state")).unwrap();
+        if now[0].serial != due_serial {
+            break;
+        }
+        assert!(Instant::now() < deadline, "berth agent never renewed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let out = agent.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("renewed"));
+    let after = std::fs::read_to_string(docker_dir.join("client.cert")).unwrap();
+    let certs = c.list(None, Some("ci-runner-07".into())).await.unwrap();
+
     // A revoked certificate cannot renew (passive revocation): a non-zero exit.
     // The certificate installed now is the one the enrolment record names.
     let newest = berth::client::host::enrolments(&host.path().join("state"))

@@ -252,6 +252,74 @@ pub async fn renew_all(state_dir: &Path, force: bool) -> Result<Vec<Renewal>, Er
     Ok(out)
 }
 
+/// When the agent should look again: the earliest renewal due among the enrolments
+/// (never sooner than a minute, never later than a day), or after `backoff` when the last
+/// pass failed.
+pub fn next_pass(
+    all: &[Enrolment],
+    now: OffsetDateTime,
+    backoff: Option<std::time::Duration>,
+) -> std::time::Duration {
+    let minute = std::time::Duration::from_secs(60);
+    let day = std::time::Duration::from_secs(86_400);
+    let due = all
+        .iter()
+        .map(|e| e.renewal_at() - now)
+        .min()
+        .map_or(day, |d| std::time::Duration::try_from(d).unwrap_or(minute));
+    let wait = backoff.map_or(due, |b| b.min(due));
+    wait.clamp(minute, day)
+}
+
+/// `berth agent`: renews on time until `stop` resolves. A failed pass is retried with a
+/// growing pause (1 minute doubling up to an hour); every pass is logged.
+pub async fn agent(
+    state_dir: &Path,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    let mut stop = std::pin::pin!(stop);
+    let mut backoff: Option<std::time::Duration> = None;
+    loop {
+        let pass = renew_all(state_dir, false).await;
+        let failed = match &pass {
+            Ok(done) => {
+                for r in done {
+                    match (&r.new_serial, &r.error) {
+                        (_, Some(e)) => {
+                            tracing::warn!(registry = %r.registry, error = %e, "renewal failed")
+                        }
+                        (Some(s), None) => {
+                            tracing::info!(registry = %r.registry, old = %r.old_serial, new = %s, "renewed")
+                        }
+                        (None, None) => {
+                            tracing::debug!(registry = %r.registry, next = %r.next, "not due")
+                        }
+                    }
+                }
+                done.iter().any(|r| r.error.is_some())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "renewal pass failed");
+                true
+            }
+        };
+        backoff = if failed {
+            Some(backoff.map_or(std::time::Duration::from_secs(60), |b| {
+                (b * 2).min(std::time::Duration::from_secs(3600))
+            }))
+        } else {
+            None
+        };
+        let all = enrolments(state_dir).unwrap_or_default();
+        let wait = next_pass(&all, OffsetDateTime::now_utc(), backoff);
+        tracing::info!(seconds = wait.as_secs(), "next renewal check");
+        tokio::select! {
+            () = &mut stop => return Ok(()),
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
 async fn renew_one(state_dir: &Path, e: &mut Enrolment) -> Result<String, Error> {
     let dir = e.roots.docker_root.join(
         e.registry

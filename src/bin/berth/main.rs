@@ -76,6 +76,8 @@ enum Command {
     Renew(cmd::host::RenewCmd),
     /// What this host has joined, expiry and next renewal.
     Status(cmd::host::StatusCmd),
+    /// Renew on time, until stopped (run it as a service; logs to stderr).
+    Agent(cmd::host::AgentCmd),
     /// Print shell completions, e.g. `berth completions bash > /etc/bash_completion.d/berth`.
     Completions {
         /// The shell.
@@ -118,6 +120,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Join(c) => cmd::join::run(g, c).await,
         Command::Renew(c) => cmd::host::renew(g, c).await,
         Command::Status(c) => cmd::host::status(g, c).await,
+        Command::Agent(c) => cmd::host::agent(c).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

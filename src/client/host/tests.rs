@@ -33,3 +33,47 @@ fn renewal_is_due_at_two_thirds_of_life_minus_a_stable_jitter() {
     // A certificate with no life left is due at once.
     assert!(renewal_due(nb, nb, "01", nb));
 }
+
+#[test]
+fn the_agent_looks_again_when_the_first_renewal_is_due() {
+    let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+    let e = |nb: OffsetDateTime, days: i64, serial: &str| Enrolment {
+        registry: "r:1".into(),
+        server_host: "h".into(),
+        server_port: 1,
+        ca_fingerprint: String::new(),
+        serial: serial.into(),
+        not_before: nb,
+        not_after: nb + time::Duration::days(days),
+        roots: certsd::Settings {
+            docker_root: "/d".into(),
+            containers_root: "/c".into(),
+            containerd_root: "/k".into(),
+        },
+        containers: false,
+        containerd: false,
+    };
+    let min = std::time::Duration::from_secs(60);
+    let day = std::time::Duration::from_secs(86_400);
+    // Nothing joined: once a day.
+    assert_eq!(next_pass(&[], now, None), day);
+    // Overdue: a minute (then renew_all renews it).
+    assert_eq!(
+        next_pass(&[e(now - time::Duration::days(89), 90, "01")], now, None),
+        min
+    );
+    // Two: the earlier one decides, capped at a day.
+    let soon = e(now - time::Duration::hours(1), 3, "02");
+    let wait = next_pass(&[e(now, 90, "03"), soon.clone()], now, None);
+    let expected = std::time::Duration::try_from(soon.renewal_at() - now).unwrap();
+    assert_eq!(wait, expected.clamp(min, day));
+    // A failed pass retries after its backoff when that is sooner.
+    assert_eq!(
+        next_pass(
+            &[e(now, 90, "04")],
+            now,
+            Some(std::time::Duration::from_secs(120))
+        ),
+        std::time::Duration::from_secs(120)
+    );
+}

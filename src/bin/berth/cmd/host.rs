@@ -30,6 +30,41 @@ pub struct StatusCmd {
     state_dir: Option<PathBuf>,
 }
 
+/// Renew this host's certificates on time, until stopped (for a systemd service).
+#[derive(Debug, Args)]
+pub struct AgentCmd {
+    /// This host's berth records [default: berth's state folder for this user].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+pub async fn agent(cmd: AgentCmd) -> anyhow::Result<ExitCode> {
+    // The agent is a service: it logs (to stderr, for the journal), unlike other commands.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .try_init();
+    let dir = super::join::state_dir(cmd.state_dir);
+    let stop = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    };
+    berth::client::host::agent(&dir, stop).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Exit 0 when nothing was due or everything due was renewed (systemd timers count on it),
 /// non-zero only when a renewal failed.
 pub async fn renew(g: &Global, cmd: RenewCmd) -> anyhow::Result<ExitCode> {
