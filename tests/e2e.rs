@@ -977,7 +977,7 @@ async fn a_host_joins_with_a_token_and_pushes_with_what_join_wrote() {
     v[0]["not_before"] = json!("2020-01-01T00:00:00Z");
     v[0]["not_after"] = json!("2020-04-01T00:00:00Z");
     std::fs::write(&record, serde_json::to_vec(&v).unwrap()).unwrap();
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_berth"))
+    let agent = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["agent", "--state-dir", &state])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
