@@ -814,3 +814,35 @@ async fn registry_operations_through_the_cli() {
     let _ = events.kill();
     let _ = events.wait();
 }
+
+/// The systemd units in contrib/systemd are accepted by `systemd-analyze verify` without a
+/// single warning (unknown keys are only warnings there, so stderr must be empty), with
+/// ExecStart pointing at the binaries this build made.
+#[test]
+fn systemd_units_verify() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/systemd");
+    let dir = common::temp_dir();
+    let mut units = Vec::new();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("/usr/local/bin/berthd", env!("CARGO_BIN_EXE_berthd"))
+            .replace("/usr/local/bin/berth ", &format!("{} ", env!("CARGO_BIN_EXE_berth")));
+        let to = dir.path().join(p.file_name().unwrap());
+        std::fs::write(&to, text).unwrap();
+        units.push(to);
+    }
+    units.sort();
+    let names: Vec<String> = units
+        .iter()
+        .map(|u| u.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        ["berth-agent.service", "berth-renew.service", "berth-renew.timer", "berthd.service"]
+    );
+    let out = common::run(Command::new("systemd-analyze").arg("verify").args(&units));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.trim().is_empty(), "{err}");
+}
