@@ -828,7 +828,10 @@ fn systemd_units_verify() {
         let text = std::fs::read_to_string(&p)
             .unwrap()
             .replace("/usr/local/bin/berthd", env!("CARGO_BIN_EXE_berthd"))
-            .replace("/usr/local/bin/berth ", &format!("{} ", env!("CARGO_BIN_EXE_berth")));
+            .replace(
+                "/usr/local/bin/berth ",
+                &format!("{} ", env!("CARGO_BIN_EXE_berth")),
+            );
         let to = dir.path().join(p.file_name().unwrap());
         std::fs::write(&to, text).unwrap();
         units.push(to);
@@ -840,7 +843,12 @@ fn systemd_units_verify() {
         .collect();
     assert_eq!(
         names,
-        ["berth-agent.service", "berth-renew.service", "berth-renew.timer", "berthd.service"]
+        [
+            "berth-agent.service",
+            "berth-renew.service",
+            "berth-renew.timer",
+            "berthd.service"
+        ]
     );
     let out = common::run(Command::new("systemd-analyze").arg("verify").args(&units));
     let err = String::from_utf8_lossy(&out.stderr);

@@ -1028,3 +1028,46 @@ async fn a_host_joins_with_a_token_and_pushes_with_what_join_wrote() {
         after
     );
 }
+
+/// docker for real: a private dockerd and berthd in a network namespace of the test's own
+/// (lo given the non-loopback 10.99.0.1, nothing leaves it), a host joined with a token,
+/// `docker push` and `docker pull` through the certs.d folder `berth join` wrote, the image
+/// ID equal to the config digest; then docker against the same registry on loopback fails
+/// the way berth warned it would, with the registry's hint in docker's own error.
+#[test]
+fn docker_pushes_and_pulls_through_what_join_wrote() {
+    let work = common::temp_dir();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/docker-netns.sh");
+    let out = common::run(
+        Command::new("unshare")
+            .args([
+                "--net",
+                "--mount",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "bash",
+            ])
+            .arg(&script)
+            .arg(work.path())
+            .env("BERTHD", env!("CARGO_BIN_EXE_berthd"))
+            .env("BERTH", env!("CARGO_BIN_EXE_berth"))
+            .stdin(Stdio::null()),
+    );
+    let log = |name: &str| std::fs::read_to_string(work.path().join(name)).unwrap_or_default();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && stdout.contains("docker push and pull through berth: ok")
+            && stdout.contains("docker and loopback, as berth says: ok"),
+        "stdout:\n{stdout}\nstderr:\n{}\nberthd.log:\n{}\ndockerd.log (tail):\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        log("berthd.log"),
+        log("dockerd.log")
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
