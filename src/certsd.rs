@@ -803,6 +803,28 @@ fn desired_files<'a>(
     files
 }
 
+/// What buildkitd needs for `host` (in /etc/buildkit/buildkitd.toml), pointing at the pair
+/// installed in `dir`. berth does not edit buildkitd.toml: it holds the user's other
+/// settings, and buildkitd must be restarted to read it.
+pub fn buildkit_snippet(host: &HostPort, dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "[registry.\"{}\"]\n  ca = [\"{d}/{CA_FILE}\"]\n  [[registry.\"{}\".keypair]]\n    key = \"{d}/{KEY_FILE}\"\n    cert = \"{d}/{CERT_FILE}\"\n",
+        host.dir_name(),
+        host.dir_name()
+    )
+}
+
+/// What k3s needs for `host` (in /etc/rancher/k3s/registries.yaml), pointing at the pair in
+/// `dir`; k3s reads the file only at start, so it must be restarted.
+pub fn k3s_snippet(host: &HostPort, dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "configs:\n  \"{}\":\n    tls:\n      ca_file: {d}/{CA_FILE}\n      cert_file: {d}/{CERT_FILE}\n      key_file: {d}/{KEY_FILE}\n",
+        host.dir_name()
+    )
+}
+
 /// File name containerd reads in a hosts folder.
 const HOSTS_FILE: &str = "hosts.toml";
 

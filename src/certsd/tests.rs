@@ -72,3 +72,29 @@ fn loopback_registries_are_named_for_docker() {
     assert!(!hosts_loopback(hosts, "reg"));
     assert!(!hosts_loopback(hosts, "commented"));
 }
+
+#[test]
+fn buildkit_and_k3s_snippets_name_the_installed_pair() {
+    let h: HostPort = "registry.example.internal:5443".parse().unwrap();
+    let dir = Path::new("/etc/docker/certs.d/registry.example.internal:5443");
+    let b = buildkit_snippet(&h, dir);
+    let parsed: toml::Table = toml::from_str(&b).unwrap();
+    let reg = &parsed["registry"]["registry.example.internal:5443"];
+    assert_eq!(
+        reg["ca"][0].as_str().unwrap(),
+        format!("{}/ca.crt", dir.display())
+    );
+    assert_eq!(
+        reg["keypair"][0]["key"].as_str().unwrap(),
+        format!("{}/client.key", dir.display())
+    );
+    assert_eq!(
+        reg["keypair"][0]["cert"].as_str().unwrap(),
+        format!("{}/client.cert", dir.display())
+    );
+    let k = k3s_snippet(&h, dir);
+    assert!(k.starts_with("configs:\n  \"registry.example.internal:5443\":\n    tls:\n"));
+    for f in ["ca_file: ", "cert_file: ", "key_file: "] {
+        assert!(k.contains(&format!("{f}{}/", dir.display())), "{k}");
+    }
+}

@@ -42,6 +42,12 @@ pub struct JoinCmd {
     /// containerd's hosts root; written when given or when its parent folder exists.
     #[arg(long, value_name = "DIR")]
     containerd_certs_d: Option<PathBuf>,
+    /// Also print the buildkitd.toml section that points buildkitd at the installed pair.
+    #[arg(long)]
+    buildkit: bool,
+    /// Also print the k3s registries.yaml entry that points k3s at the installed pair.
+    #[arg(long)]
+    k3s: bool,
 }
 
 fn exists_parent(p: &std::path::Path) -> bool {
@@ -79,12 +85,27 @@ pub async fn run(g: &Global, cmd: JoinCmd) -> anyhow::Result<ExitCode> {
         containers,
         containerd,
     };
+    let docker_dir = spec.roots.docker_root.join(spec.registry.dir_name());
     let (enrolled, out) = berth::client::host::join(&spec).await?;
+    let mut extra = Vec::new();
+    if cmd.buildkit {
+        extra.push(format!(
+            "buildkitd reads registry client certificates from /etc/buildkit/buildkitd.toml; add this and restart buildkitd:\n{}",
+            berth::certsd::buildkit_snippet(&spec.registry, &docker_dir)
+        ));
+    }
+    if cmd.k3s {
+        extra.push(format!(
+            "k3s reads /etc/rancher/k3s/registries.yaml only when it starts; add this and restart k3s (systemctl restart k3s, or k3s-agent):\n{}",
+            berth::certsd::k3s_snippet(&spec.registry, &docker_dir)
+        ));
+    }
     if g.json {
         output::json(&serde_json::json!({
             "serial": enrolled.serial,
             "not_after": enrolled.not_after.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
             "install": out,
+            "snippets": extra,
         }))?;
     } else {
         super::certs::print_actions(&out.actions, false);
@@ -94,7 +115,7 @@ pub async fn run(g: &Global, cmd: JoinCmd) -> anyhow::Result<ExitCode> {
             enrolled.serial,
             output::date(enrolled.not_after)
         );
-        for n in &out.notes {
+        for n in out.notes.iter().chain(extra.iter()) {
             println!("note: {n}");
         }
     }
