@@ -825,6 +825,101 @@ pub fn k3s_snippet(host: &HostPort, dir: &Path) -> String {
     )
 }
 
+/// What [`configure_buildkit`] and [`configure_k3s`] did to a runtime's config file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConfigChange {
+    /// The file did not exist and now holds the entry.
+    Created,
+    /// The entry was added at the end of the file (which still parses).
+    Appended,
+    /// The file already had exactly this entry.
+    Unchanged,
+    /// The file has another entry for this registry, or cannot be merged safely: it was
+    /// left alone, and the entry must be added by hand.
+    LeftAlone(String),
+}
+
+/// Points buildkitd at the pair in `dir`: creates `file` with the section, or appends the
+/// section to an existing file that has none for this registry and still parses after;
+/// anything else is left alone and said. buildkitd reads the file only when it starts.
+pub fn configure_buildkit(file: &Path, host: &HostPort, dir: &Path) -> Result<ConfigChange, Error> {
+    let snippet = buildkit_snippet(host, dir);
+    let old = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = file.parent() {
+                fsutil::create_dir_all(parent, 0o755)?;
+            }
+            fsutil::write_atomic(file, snippet.as_bytes(), 0o644)?;
+            return Ok(ConfigChange::Created);
+        }
+        Err(source) => {
+            return Err(fsutil::Error::Io {
+                op: "read",
+                path: file.to_path_buf(),
+                source,
+            }
+            .into());
+        }
+    };
+    let Ok(table) = toml::from_str::<toml::Table>(&old) else {
+        return Ok(ConfigChange::LeftAlone(format!(
+            "{} does not parse as TOML",
+            file.display()
+        )));
+    };
+    let ours: toml::Table = toml::from_str(&snippet).unwrap_or_default();
+    let key = host.dir_name();
+    let theirs = table
+        .get("registry")
+        .and_then(|r| r.as_table())
+        .and_then(|r| r.get(&key));
+    match theirs {
+        Some(t) if ours.get("registry").and_then(|r| r.get(&key)) == Some(t) => {
+            Ok(ConfigChange::Unchanged)
+        }
+        Some(_) => Ok(ConfigChange::LeftAlone(format!(
+            "{} already has a [registry.\"{key}\"] section of its own",
+            file.display()
+        ))),
+        None => {
+            let merged = format!("{}\n# Added by berth for {key}.\n{snippet}", old.trim_end());
+            if toml::from_str::<toml::Table>(&merged).is_err() {
+                return Ok(ConfigChange::LeftAlone(format!(
+                    "adding the section would make {} invalid TOML",
+                    file.display()
+                )));
+            }
+            fsutil::write_atomic(file, merged.as_bytes(), 0o644)?;
+            Ok(ConfigChange::Appended)
+        }
+    }
+}
+
+/// Points k3s at the pair in `dir`: creates `file` (registries.yaml) when there is none.
+/// An existing one holds the user's mirrors and other registries and is YAML, which berth
+/// does not rewrite: it is left alone and the entry must be added by hand. k3s reads the
+/// file only when it starts.
+pub fn configure_k3s(file: &Path, host: &HostPort, dir: &Path) -> Result<ConfigChange, Error> {
+    if file.exists() {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let snippet = k3s_snippet(host, dir);
+        if text == snippet {
+            return Ok(ConfigChange::Unchanged);
+        }
+        return Ok(ConfigChange::LeftAlone(format!(
+            "{} exists; berth does not rewrite it",
+            file.display()
+        )));
+    }
+    if let Some(parent) = file.parent() {
+        fsutil::create_dir_all(parent, 0o755)?;
+    }
+    fsutil::write_atomic(file, k3s_snippet(host, dir).as_bytes(), 0o600)?;
+    Ok(ConfigChange::Created)
+}
+
 /// File name containerd reads in a hosts folder.
 const HOSTS_FILE: &str = "hosts.toml";
 

@@ -830,6 +830,12 @@ async fn a_host_joins_with_a_token_and_pushes_with_what_join_wrote() {
             &roots("containers"),
             "--containerd-certs-d",
             &roots("containerd"),
+            "--buildkit",
+            "--buildkit-config",
+            &roots("buildkit/buildkitd.toml"),
+            "--k3s",
+            "--k3s-registries",
+            &roots("rancher/k3s/registries.yaml"),
         ])
     };
     let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).to_string();
@@ -861,6 +867,21 @@ async fn a_host_joins_with_a_token_and_pushes_with_what_join_wrote() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
     common::openssl_verify(&docker_dir.join("ca.crt"), &docker_dir.join("client.cert"));
+    // buildkit and k3s point at the same pair, and berth says they need a restart.
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(stdout.contains("restart buildkitd") && stdout.contains("restart k3s"), "{stdout}");
+    let bk = std::fs::read_to_string(host.path().join("buildkit/buildkitd.toml")).unwrap();
+    assert!(
+        bk.contains(&format!("[registry.\"{registry}\"]"))
+            && bk.contains(&docker_dir.join("client.key").display().to_string()),
+        "{bk}"
+    );
+    let k3s = std::fs::read_to_string(host.path().join("rancher/k3s/registries.yaml")).unwrap();
+    assert!(
+        k3s.contains(&format!("\"{registry}\":"))
+            && k3s.contains(&format!("cert_file: {}", docker_dir.join("client.cert").display())),
+        "{k3s}"
+    );
     let listed = c.list(None, Some("ci-runner-07".into())).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert!(!listed[0].key_held, "berthd never saw the key");

@@ -98,3 +98,63 @@ fn buildkit_and_k3s_snippets_name_the_installed_pair() {
         assert!(k.contains(&format!("{f}{}/", dir.display())), "{k}");
     }
 }
+
+#[test]
+fn buildkit_config_is_created_appended_or_left_alone() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("buildkit/buildkitd.toml");
+    let h: HostPort = "r.example:5443".parse().unwrap();
+    let pair = Path::new("/etc/docker/certs.d/r.example:5443");
+    assert_eq!(
+        configure_buildkit(&f, &h, pair).unwrap(),
+        ConfigChange::Created
+    );
+    assert_eq!(
+        configure_buildkit(&f, &h, pair).unwrap(),
+        ConfigChange::Unchanged
+    );
+    // Another registry's section and the user's settings stay; ours is appended.
+    std::fs::write(
+        &f,
+        "# mine\ndebug = true\n[registry.\"docker.io\"]\n  mirrors = [\"m.example\"]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        configure_buildkit(&f, &h, pair).unwrap(),
+        ConfigChange::Appended
+    );
+    let text = std::fs::read_to_string(&f).unwrap();
+    assert!(text.starts_with("# mine\ndebug = true"));
+    let t: toml::Table = toml::from_str(&text).unwrap();
+    assert!(t["registry"]["docker.io"]["mirrors"].is_array());
+    assert!(t["registry"]["r.example:5443"]["keypair"].is_array());
+    // A section of the user's own for this registry: left alone, said.
+    std::fs::write(&f, "[registry.\"r.example:5443\"]\n  http = true\n").unwrap();
+    assert!(matches!(
+        configure_buildkit(&f, &h, pair).unwrap(),
+        ConfigChange::LeftAlone(_)
+    ));
+    assert!(std::fs::read_to_string(&f).unwrap().contains("http = true"));
+}
+
+#[test]
+fn k3s_registries_are_created_never_rewritten() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("rancher/k3s/registries.yaml");
+    let h: HostPort = "r.example:5443".parse().unwrap();
+    let pair = Path::new("/p");
+    assert_eq!(configure_k3s(&f, &h, pair).unwrap(), ConfigChange::Created);
+    assert_eq!(
+        configure_k3s(&f, &h, pair).unwrap(),
+        ConfigChange::Unchanged
+    );
+    std::fs::write(&f, "mirrors:\n  docker.io: {}\n").unwrap();
+    assert!(matches!(
+        configure_k3s(&f, &h, pair).unwrap(),
+        ConfigChange::LeftAlone(_)
+    ));
+    assert_eq!(
+        std::fs::read_to_string(&f).unwrap(),
+        "mirrors:\n  docker.io: {}\n"
+    );
+}

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use berth::certsd::HostPort;
+use berth::certsd::{ConfigChange, HostPort};
 use berth::client::host::JoinSpec;
 use clap::Args;
 
@@ -42,12 +42,34 @@ pub struct JoinCmd {
     /// containerd's hosts root; written when given or when its parent folder exists.
     #[arg(long, value_name = "DIR")]
     containerd_certs_d: Option<PathBuf>,
-    /// Also print the buildkitd.toml section that points buildkitd at the installed pair.
+    /// Write containers' tree even if its parent folder does not exist.
+    #[arg(long)]
+    containers: bool,
+    /// Write containerd's tree even if its parent folder does not exist.
+    #[arg(long)]
+    containerd: bool,
+    /// Also point buildkitd at the pair: a [registry."HOST"] section in buildkitd.toml
+    /// (created, or appended to one that has none for this registry; never rewritten).
     #[arg(long)]
     buildkit: bool,
-    /// Also print the k3s registries.yaml entry that points k3s at the installed pair.
+    /// buildkitd's config file.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/buildkit/buildkitd.toml"
+    )]
+    buildkit_config: PathBuf,
+    /// Also point k3s at the pair: registries.yaml (created when there is none; an existing
+    /// one is left alone and the entry printed).
     #[arg(long)]
     k3s: bool,
+    /// k3s's registries file.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/rancher/k3s/registries.yaml"
+    )]
+    k3s_registries: PathBuf,
 }
 
 fn exists_parent(p: &std::path::Path) -> bool {
@@ -63,8 +85,10 @@ pub async fn run(g: &Global, cmd: JoinCmd) -> anyhow::Result<ExitCode> {
     let registry: HostPort = cmd.registry.parse()?;
     let (server_host, server_port) = parse_server(&cmd.server)?;
     let mut roots = berth::certsd::Settings::default();
-    let containers = cmd.containers_certs_d.is_some() || exists_parent(&roots.containers_root);
-    let containerd = cmd.containerd_certs_d.is_some() || exists_parent(&roots.containerd_root);
+    let containers =
+        cmd.containers || cmd.containers_certs_d.is_some() || exists_parent(&roots.containers_root);
+    let containerd =
+        cmd.containerd || cmd.containerd_certs_d.is_some() || exists_parent(&roots.containerd_root);
     if let Some(d) = cmd.certs_d {
         roots.docker_root = d;
     }
@@ -89,16 +113,36 @@ pub async fn run(g: &Global, cmd: JoinCmd) -> anyhow::Result<ExitCode> {
     let (enrolled, out) = berth::client::host::join(&spec).await?;
     let mut extra = Vec::new();
     if cmd.buildkit {
-        extra.push(format!(
-            "buildkitd reads registry client certificates from /etc/buildkit/buildkitd.toml; add this and restart buildkitd:\n{}",
-            berth::certsd::buildkit_snippet(&spec.registry, &docker_dir)
-        ));
+        let file = &cmd.buildkit_config;
+        extra.push(
+            match berth::certsd::configure_buildkit(file, &spec.registry, &docker_dir)? {
+                ConfigChange::Created | ConfigChange::Appended => format!(
+                    "{} now points buildkitd at the pair; restart buildkitd to use it",
+                    file.display()
+                ),
+                ConfigChange::Unchanged => {
+                    format!("{} already points buildkitd at the pair", file.display())
+                }
+                ConfigChange::LeftAlone(why) => format!(
+                    "{why}: add this to it yourself and restart buildkitd:\n{}",
+                    berth::certsd::buildkit_snippet(&spec.registry, &docker_dir)
+                ),
+            },
+        );
     }
     if cmd.k3s {
-        extra.push(format!(
-            "k3s reads /etc/rancher/k3s/registries.yaml only when it starts; add this and restart k3s (systemctl restart k3s, or k3s-agent):\n{}",
-            berth::certsd::k3s_snippet(&spec.registry, &docker_dir)
-        ));
+        let file = &cmd.k3s_registries;
+        extra.push(match berth::certsd::configure_k3s(file, &spec.registry, &docker_dir)? {
+            ConfigChange::Created | ConfigChange::Appended => format!(
+                "{} now points k3s at the pair; k3s reads it only at start: systemctl restart k3s (or k3s-agent)",
+                file.display()
+            ),
+            ConfigChange::Unchanged => format!("{} already points k3s at the pair", file.display()),
+            ConfigChange::LeftAlone(why) => format!(
+                "{why}: add this under configs: yourself, then restart k3s:\n{}",
+                berth::certsd::k3s_snippet(&spec.registry, &docker_dir)
+            ),
+        });
     }
     if g.json {
         output::json(&serde_json::json!({
