@@ -19,7 +19,7 @@
 //! | [`oci`] | the distribution API over axum; calls only the registry's door | `registry`, `net` |
 //! | [`proto`] | generated tonic/prost code, and every domain <-> wire mapping (`proto::convert`) | domain types |
 //! | [`daemon`] | lock, listeners, who is an admin, tonic services mapping domain errors to `Status` | everything above |
-//! | [`client`] | the control API seen as domain types, errors that say what to do | `proto`, domain types |
+//! | [`client`] | the control API seen as domain types, errors that say what to do; `client::host`: a client host's join, records and renewal | `proto`, `certsd`, domain types |
 //!
 //! Dependencies point inward: the cores (`pki`, `certsd`, `registry`, `identity`, `events`,
 //! `fsutil`) never name tonic, prost, axum, hyper, the edges or `config`;
