@@ -869,7 +869,10 @@ async fn a_host_joins_with_a_token_and_pushes_with_what_join_wrote() {
     common::openssl_verify(&docker_dir.join("ca.crt"), &docker_dir.join("client.cert"));
     // buildkit and k3s point at the same pair, and berth says they need a restart.
     let stdout = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(stdout.contains("restart buildkitd") && stdout.contains("restart k3s"), "{stdout}");
+    assert!(
+        stdout.contains("restart buildkitd") && stdout.contains("restart k3s"),
+        "{stdout}"
+    );
     let bk = std::fs::read_to_string(host.path().join("buildkit/buildkitd.toml")).unwrap();
     assert!(
         bk.contains(&format!("[registry.\"{registry}\"]"))
@@ -879,7 +882,10 @@ async fn a_host_joins_with_a_token_and_pushes_with_what_join_wrote() {
     let k3s = std::fs::read_to_string(host.path().join("rancher/k3s/registries.yaml")).unwrap();
     assert!(
         k3s.contains(&format!("\"{registry}\":"))
-            && k3s.contains(&format!("cert_file: {}", docker_dir.join("client.cert").display())),
+            && k3s.contains(&format!(
+                "cert_file: {}",
+                docker_dir.join("client.cert").display()
+            )),
         "{k3s}"
     );
     let listed = c.list(None, Some("ci-runner-07".into())).await.unwrap();

@@ -98,7 +98,7 @@ impl EnrolService for EnrolSvc {
         // net::serve has already refused a revoked or expired certificate.
         let serial = match req.extensions().get::<Identity>() {
             Some(Identity::Cert(c)) => c.serial.clone(),
-            _ => {
+            Some(Identity::Unix { .. } | Identity::Anonymous | Identity::Daemon) | None => {
                 return Err(Status::unauthenticated(
                     "renewal is asked for with the current client certificate over mutual TLS",
                 ));
