@@ -183,4 +183,14 @@ impl Client {
         }
         Ok(())
     }
+
+    /// Reads registry.policy again on berthd; returns what is in force.
+    pub async fn reload_policy(&self) -> Result<String, Error> {
+        let r = self
+            .registry()
+            .reload_policy(pb::ReloadPolicyRequest {})
+            .await?
+            .into_inner();
+        Ok(r.source)
+    }
 }

@@ -96,6 +96,9 @@ pub enum Error {
     /// The PKI could not be opened.
     #[error(transparent)]
     Pki(#[from] pki::Error),
+    /// The registry's policy file is invalid.
+    #[error(transparent)]
+    Policy(#[from] crate::registry::policy::Error),
     /// The certs.d installer could not be opened.
     #[error(transparent)]
     Certsd(#[from] certsd::Error),
@@ -204,6 +207,9 @@ impl Daemon {
             Backend::Filesystem(registry_root),
             config.registry.delete_enabled,
         );
+        if let Some(p) = &config.registry.policy {
+            registry.set_policy(crate::registry::policy::Policy::load(p)?);
+        }
         net::raise_fd_limit();
         let gate = Arc::new(Gate::new(&pki));
         tracing::info!(state_dir = %dir.display(), ca = %pki.ca().fingerprint(), "berthd state opened");
@@ -348,6 +354,7 @@ impl Daemon {
             }
             tracing::info!(addrs = ?registry_addrs, root = %state.registry.root().display(), "registry serving (mutual TLS)");
         }
+        tasks.spawn(reload_on_sighup(state.clone(), stop_rx.clone()));
         tasks.spawn(renew_certificates(state.clone(), stop_rx.clone()));
         tasks.spawn(purge_uploads(state.clone(), stop_rx.clone()));
         state.ready.store(true, Ordering::Release);
@@ -446,6 +453,38 @@ fn routes(state: &Arc<State>) -> Result<(tonic_health::server::HealthReporter, R
     .add_service(InterceptedService::new(reflection, authz))
     .prepare();
     Ok((health_reporter, routes))
+}
+
+impl State {
+    /// Reads `registry.policy` again and puts it in force; an invalid file keeps the
+    /// running policy, and the error says why.
+    pub(crate) fn reload_policy(&self) -> Result<String, crate::registry::policy::Error> {
+        let p = match &self.config.registry.policy {
+            Some(path) => crate::registry::policy::Policy::load(path)?,
+            None => crate::registry::policy::Policy::default(),
+        };
+        let source = p.source.clone();
+        self.registry.set_policy(p);
+        Ok(source)
+    }
+}
+
+/// Reloads the registry policy on SIGHUP, like most daemons reload their config.
+async fn reload_on_sighup(state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; use `berth policy reload`");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match state.reload_policy() {
+                Ok(source) => tracing::info!(%source, "policy reloaded on SIGHUP"),
+                Err(e) => tracing::error!(error = %e, "policy reload refused; the running policy stays"),
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// How often berthd checks whether its own server certificates need renewing.

@@ -81,6 +81,7 @@ impl From<registry::Error> for Status {
             | E::RangeNotSatisfiable { .. }
             | E::DeleteDisabled => Code::FailedPrecondition,
             E::Body(_) => Code::Aborted,
+            E::Denied { .. } => Code::PermissionDenied,
             E::Fs(f) => return fs_status(f),
             E::Io { .. } => Code::Internal,
         };

@@ -11,6 +11,7 @@
 
 pub mod inspect;
 pub mod manifest;
+pub mod policy;
 pub mod reference;
 mod settings;
 mod storage;
@@ -103,6 +104,18 @@ pub enum Error {
     /// A pagination parameter is malformed.
     #[error("invalid pagination: {0}")]
     PaginationInvalid(String),
+    /// The policy does not let this caller do this here.
+    #[error("{who} may not {action} {repository} (policy rule {rule:?})")]
+    Denied {
+        /// The caller, as events name it.
+        who: String,
+        /// The action refused.
+        action: &'static str,
+        /// The repository.
+        repository: String,
+        /// The rule that decided (`default` when none matched).
+        rule: String,
+    },
     /// Deleting is switched off in the configuration.
     #[error("deleting is disabled on this registry (registry.delete_enabled = false)")]
     DeleteDisabled,
@@ -235,6 +248,8 @@ pub struct Registry {
     storage: Storage,
     delete_enabled: bool,
     events: Events,
+    /// Who may do what (swapped whole on reload; every request reads one version).
+    policy: Arc<arc_swap::ArcSwap<policy::Policy>>,
 }
 
 fn tag_of(r: &Reference) -> Option<String> {
@@ -258,7 +273,40 @@ impl Registry {
             storage,
             delete_enabled,
             events: Events::default(),
+            policy: Arc::new(arc_swap::ArcSwap::from_pointee(policy::Policy::default())),
         }
+    }
+
+    /// Puts `p` in force for every request from now on.
+    pub fn set_policy(&self, p: policy::Policy) {
+        tracing::info!(source = %p.source, "registry policy in force");
+        self.policy.store(Arc::new(p));
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<policy::Policy> {
+        self.policy.load_full()
+    }
+
+    /// Refuses what the policy does not allow (distribution API operations; the control
+    /// API's own operations are authorised by the control API).
+    fn authorize(
+        &self,
+        who: &Identity,
+        action: policy::Action,
+        name: &RepoName,
+    ) -> Result<(), Error> {
+        let d = self.policy.load().decide(who, action, name.as_str());
+        if d.allowed {
+            return Ok(());
+        }
+        tracing::warn!(caller = %who, action = action.name(), repo = %name, rule = %d.rule, "denied by policy");
+        Err(Error::Denied {
+            who: who.to_string(),
+            action: action.name(),
+            repository: name.to_string(),
+            rule: d.rule,
+        })
     }
 
     /// Where the content lives (a folder, or `memory:`), for status output.
@@ -299,6 +347,7 @@ impl Registry {
         name: &RepoName,
         digest: &Digest,
     ) -> Result<u64, Error> {
+        self.authorize(_who, policy::Action::Pull, name)?;
         self.storage
             .blob_size(name, digest)
             .await?
@@ -314,6 +363,7 @@ impl Registry {
         digest: &Digest,
         range: Option<ByteRange>,
     ) -> Result<BlobReader, Error> {
+        self.authorize(who, policy::Action::Pull, name)?;
         let blob = self
             .storage
             .open_blob(name, digest, move |size| match range {
@@ -336,6 +386,8 @@ impl Registry {
         from: &RepoName,
         digest: &Digest,
     ) -> Result<BlobCommit, Error> {
+        self.authorize(who, policy::Action::Pull, from)?;
+        self.authorize(who, policy::Action::Push, name)?;
         if self.storage.mount(name, from, digest).await? {
             tracing::debug!(repo = %name, from = %from, digest = %digest, "mounted blob");
             self.emit(who, Action::Push, Target::Blob, name, Some(digest), None);
@@ -350,6 +402,7 @@ impl Registry {
         _who: &Identity,
         name: &RepoName,
     ) -> Result<UploadStatus, Error> {
+        self.authorize(_who, policy::Action::Push, name)?;
         self.storage.start_upload(name).await
     }
 
@@ -362,6 +415,7 @@ impl Registry {
         digest: &Digest,
         body: &mut (impl tokio::io::AsyncRead + Unpin + ?Sized),
     ) -> Result<(), Error> {
+        self.authorize(who, policy::Action::Push, name)?;
         let st = self.storage.start_upload(name).await?;
         let result = async {
             self.storage.append(name, &st.id, Some(0), body).await?;
@@ -383,6 +437,7 @@ impl Registry {
         name: &RepoName,
         id: &str,
     ) -> Result<UploadStatus, Error> {
+        self.authorize(_who, policy::Action::Push, name)?;
         self.storage.upload_status(name, id).await
     }
 
@@ -395,6 +450,7 @@ impl Registry {
         start: Option<u64>,
         body: &mut (impl tokio::io::AsyncRead + Unpin + ?Sized),
     ) -> Result<UploadStatus, Error> {
+        self.authorize(_who, policy::Action::Push, name)?;
         self.storage.append(name, id, start, body).await
     }
 
@@ -408,6 +464,7 @@ impl Registry {
         digest: &Digest,
         last_chunk: Option<(Option<u64>, &mut (dyn tokio::io::AsyncRead + Unpin + Send))>,
     ) -> Result<(), Error> {
+        self.authorize(who, policy::Action::Push, name)?;
         if let Some((start, body)) = last_chunk {
             self.storage.append(name, id, start, body).await?;
         }
@@ -423,6 +480,7 @@ impl Registry {
         name: &RepoName,
         id: &str,
     ) -> Result<(), Error> {
+        self.authorize(_who, policy::Action::Push, name)?;
         self.storage.cancel_upload(name, id).await
     }
 
@@ -433,6 +491,7 @@ impl Registry {
         name: &RepoName,
         digest: &Digest,
     ) -> Result<(), Error> {
+        self.authorize(who, policy::Action::Delete, name)?;
         if !self.delete_enabled {
             return Err(Error::DeleteDisabled);
         }
@@ -454,6 +513,7 @@ impl Registry {
         body: Vec<u8>,
         content_type: Option<&str>,
     ) -> Result<PutManifest, Error> {
+        self.authorize(who, policy::Action::Push, name)?;
         if body.len() > MAX_MANIFEST_BYTES {
             return Err(Error::ManifestTooLarge {
                 limit: MAX_MANIFEST_BYTES,
@@ -516,6 +576,7 @@ impl Registry {
         name: &RepoName,
         reference: &Reference,
     ) -> Result<StoredManifest, Error> {
+        self.authorize(who, policy::Action::Pull, name)?;
         let m = self.storage.manifest(name, reference).await?;
         self.emit(
             who,
@@ -535,6 +596,7 @@ impl Registry {
         name: &RepoName,
         reference: &Reference,
     ) -> Result<StoredManifest, Error> {
+        self.authorize(_who, policy::Action::Pull, name)?;
         self.storage.manifest(name, reference).await
     }
 
@@ -546,6 +608,7 @@ impl Registry {
         name: &RepoName,
         reference: &Reference,
     ) -> Result<(), Error> {
+        self.authorize(who, policy::Action::Delete, name)?;
         if !self.delete_enabled {
             return Err(Error::DeleteDisabled);
         }
@@ -597,13 +660,22 @@ impl Registry {
     // ---- listings ----
 
     /// Every tag of a repository, sorted.
-    pub async fn tags(&self, _who: &Identity, name: &RepoName) -> Result<Vec<String>, Error> {
+    pub async fn tags(&self, who: &Identity, name: &RepoName) -> Result<Vec<String>, Error> {
+        if self.authorize(who, policy::Action::List, name).is_err() {
+            self.authorize(who, policy::Action::Pull, name)?;
+        }
         self.storage.tags(name).await
     }
 
-    /// Every repository holding manifests, sorted.
-    pub async fn catalog(&self, _who: &Identity) -> Result<Vec<String>, Error> {
-        self.storage.repositories().await
+    /// Every repository holding manifests that the caller may list or pull, sorted.
+    pub async fn catalog(&self, who: &Identity) -> Result<Vec<String>, Error> {
+        let p = self.policy.load_full();
+        let mut all = self.storage.repositories().await?;
+        all.retain(|r| {
+            p.decide(who, policy::Action::List, r).allowed
+                || p.decide(who, policy::Action::Pull, r).allowed
+        });
+        Ok(all)
     }
 
     /// The referrers index of `subject`: every manifest in the repository whose `subject`
@@ -616,6 +688,7 @@ impl Registry {
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<(Value, bool), Error> {
+        self.authorize(_who, policy::Action::Pull, name)?;
         let mut entries = Vec::new();
         for (digest, bytes) in self.storage.manifests_of(name).await? {
             let Ok(m) = Manifest::parse(&bytes, None) else {

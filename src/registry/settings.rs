@@ -25,6 +25,10 @@ pub struct Settings {
     pub delete_enabled: bool,
     /// Upload sessions idle longer than this many hours are purged (checked hourly).
     pub upload_max_age_hours: u64,
+    /// Who may pull, push, delete and list what (see `registry::policy`); read at start, on
+    /// SIGHUP and on `berth policy reload`. None: the built-in defaults (any berth client
+    /// may pull, push and list; nobody may delete over HTTP).
+    pub policy: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -39,6 +43,7 @@ impl Default for Settings {
             root: None,
             delete_enabled: true,
             upload_max_age_hours: 24,
+            policy: None,
         }
     }
 }

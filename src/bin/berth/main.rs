@@ -67,6 +67,9 @@ enum Command {
     Image(cmd::image::ImageCmd),
     /// Live registry events (push, pull, delete), like `docker events`.
     Events(cmd::events::EventsCmd),
+    /// The registry's policy: reload it, explain a decision.
+    #[command(subcommand)]
+    Policy(cmd::policy::PolicyCmd),
     /// One-time enrolment tokens for `berth join`.
     #[command(subcommand)]
     Token(cmd::token::TokenCmd),
@@ -117,6 +120,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image(c) => cmd::image::run(g, c).await,
         Command::Events(c) => cmd::events::run(g, c).await,
         Command::Token(c) => cmd::token::run(g, c).await,
+        Command::Policy(c) => cmd::policy::run(g, c).await,
         Command::Join(c) => cmd::join::run(g, c).await,
         Command::Renew(c) => cmd::host::renew(g, c).await,
         Command::Status(c) => cmd::host::status(g, c).await,

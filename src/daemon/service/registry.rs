@@ -225,4 +225,15 @@ impl RegistryService for RegistrySvc {
             tokio_stream::wrappers::ReceiverStream::new(out),
         )))
     }
+
+    async fn reload_policy(
+        &self,
+        _: Request<pb::ReloadPolicyRequest>,
+    ) -> Result<Response<pb::ReloadPolicyResponse>, Status> {
+        let source = self
+            .state
+            .reload_policy()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(pb::ReloadPolicyResponse { source }))
+    }
 }

@@ -7,6 +7,7 @@ pub mod events;
 pub mod host;
 pub mod image;
 pub mod join;
+pub mod policy;
 pub mod registry;
 pub mod system;
 pub mod token;
