@@ -541,6 +541,63 @@ fn berthd_starts_with_flags_refuses_a_second_copy_and_stops_on_sigterm() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ca_validty_days"), "{err}");
 
+    // An invalid policy file: berthd refuses to start and names the file, line and key.
+    let pol = dir.path().join("policy.toml");
+    std::fs::write(&pol, "version = 1\n[defaults]\nalow = [\"pull\"]\n").unwrap();
+    std::fs::write(
+        &cfg,
+        format!("version = 1\n[registry]\npolicy = \"{}\"\n", pol.display()),
+    )
+    .unwrap();
+    let out = berthd(&["--config", cfg.to_str().unwrap()])
+        .wait_with_output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("policy.toml") && err.contains("alow") && err.contains("line 3"),
+        "{err}"
+    );
+    // A valid one is read at start and again on SIGHUP; a broken edit keeps the running one.
+    std::fs::write(&pol, "version = 1\n[defaults]\nallow = [\"pull\"]\n").unwrap();
+    let mut third = berthd(&["--config", cfg.to_str().unwrap()]);
+    wait_for("berthd to serve with a policy", || {
+        berth(&socket, dir.path(), &["system", "health"])
+            .status
+            .success()
+    });
+    let hup = |pid: u32| {
+        assert!(
+            common::run(Command::new("kill").args(["-HUP", &pid.to_string()]))
+                .status
+                .success()
+        )
+    };
+    let mut log = std::io::BufReader::new(third.stderr.take().unwrap());
+    let mut wait_line = |needle: &str| {
+        use std::io::BufRead;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(
+                log.read_line(&mut line).unwrap() > 0,
+                "berthd's log ended before {needle:?}"
+            );
+            if line.contains(needle) {
+                return line.clone();
+            }
+        }
+    };
+    wait_line("registry policy in force");
+    hup(third.id());
+    wait_line("policy reloaded on SIGHUP");
+    std::fs::write(&pol, "version = 1\n[defaults]\nallow = [\"pul\"]\n").unwrap();
+    hup(third.id());
+    let refused = wait_line("policy reload refused");
+    assert!(refused.contains("pul"), "{refused}");
+    let _ = common::run(Command::new("kill").args(["-TERM", &third.id().to_string()]));
+    assert!(third.wait().unwrap().success());
+
     // A file where the state folder should be.
     let blocked = dir.path().join("blocked");
     std::fs::write(&blocked, "").unwrap();
@@ -853,4 +910,55 @@ fn systemd_units_verify() {
     let out = common::run(Command::new("systemd-analyze").arg("verify").args(&units));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.trim().is_empty(), "{err}");
+}
+
+/// `berth policy check` explains a decision offline: allowed or denied, and by which rule.
+#[test]
+fn policy_check_explains_decisions() {
+    let dir = common::temp_dir();
+    let pol = dir.path().join("p.toml");
+    std::fs::write(
+        &pol,
+        "version = 1\n[groups]\nci = [{ uri_prefix = \"spiffe://example.org/ns/ci/\" }]\n[[rules]]\nname = \"builders push team-a\"\neffect = \"allow\"\nsubjects = [{ o = \"builders\" }, { group = \"ci\" }]\nactions = [\"push\"]\nrepositories = [\"team-a/**\"]\n",
+    )
+    .unwrap();
+    let check = |args: &[&str]| {
+        common::run(
+            Command::new(env!("CARGO_BIN_EXE_berth"))
+                .args(["policy", "check", "--file"])
+                .arg(&pol)
+                .args(args),
+        )
+    };
+    let out = check(&["--subject", "CN=ci-bot,O=builders", "push", "team-a/app"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.starts_with("allowed")
+            && text.contains("builders push team-a"),
+        "{text}"
+    );
+    let out = check(&[
+        "--subject",
+        "CN=x",
+        "--san",
+        "URI:spiffe://example.org/ns/ci/r1",
+        "push",
+        "team-a/app",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = check(&["--subject", "CN=x", "delete", "team-a/app"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text.starts_with("denied") && text.contains("\"default\""),
+        "{text}"
+    );
+    let out = check(&["--subject", "CN=x", "pusj", "team-a/app"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pull, push, delete or list"));
 }

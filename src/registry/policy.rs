@@ -238,9 +238,16 @@ impl Policy {
 
     /// Parses policy text; `path` only names it in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Policy, Error> {
+        // One line: the message goes into logs and gRPC statuses.
         let f: File = toml::from_str(text).map_err(|e| Error::Parse {
             path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
+            message: e
+                .to_string()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && *l != "|")
+                .collect::<Vec<_>>()
+                .join(" "),
         })?;
         let invalid = |message: String| Error::Invalid {
             path: path.to_path_buf(),
