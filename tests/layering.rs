@@ -179,12 +179,21 @@ fn the_readme_config_example_parses() {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     // The berthd config reference is the toml block that starts with `version = 1` (others
     // show files for other programs, e.g. containerd's hosts.toml).
-    let example = readme
+    let blocks: Vec<&str> = readme
         .split("```toml\n")
         .skip(1)
         .filter_map(|b| b.split("```").next())
-        .find(|b| b.starts_with("version = 1"))
+        .collect();
+    let example = blocks
+        .iter()
+        .find(|b| b.starts_with("version = 1") && b.contains("[control]"))
         .expect("README has the berthd config reference");
+    // The policy example is a valid policy too.
+    let policy = blocks
+        .iter()
+        .find(|b| b.starts_with("version = 1") && b.contains("[[rules]]"))
+        .expect("README has a policy example");
+    berth::registry::policy::Policy::parse(policy, Path::new("README.md")).unwrap();
     let cfg = berth::config::Config::from_toml(example, Path::new("README.md")).unwrap();
     assert_eq!(cfg.control.socket_mode, 0o660);
     assert_eq!(cfg.control.listen.len(), 1);
