@@ -1281,3 +1281,27 @@ async fn failed_enrolments_are_rate_limited() {
         "a rate-limited attempt does not use a token"
     );
 }
+
+/// A CSR whose subject carries a newline would forge log and event lines: refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn csrs_with_control_characters_in_names_are_refused() {
+    let d = TestDaemon::start();
+    let c = d.client().await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        "x\n2026-12-01T00:00:00Z  WARN berth: evil",
+    );
+    let csr = p.serialize_request(&key).unwrap().pem().unwrap();
+    let err = c
+        .sign_csr(csr.into_bytes(), CertKind::Client, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), Some(Code::InvalidArgument), "{err}");
+    assert!(err.to_string().contains("control characters"), "{err}");
+    assert!(
+        c.list(None, None).await.unwrap().is_empty(),
+        "nothing recorded"
+    );
+}

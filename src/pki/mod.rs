@@ -416,6 +416,22 @@ impl Pki {
         let serial = store.fresh_serial()?;
         let der = csr::sign(csr, profile, &serial, days, &self.ca, subject)?;
         let record = self.record(profile, &der, false, true)?;
+        // A name with a control character would forge lines in logs, events and the audit
+        // trail (a CN of "x\n2026-... WARN ..."): refuse it, as issuing does.
+        let n = &record.names;
+        let values = std::iter::once(&n.common_name)
+            .chain(&n.organizations)
+            .chain(&n.organizational_units)
+            .chain(&n.dns_names)
+            .chain(&n.uris)
+            .chain(&n.emails);
+        for v in values {
+            if v.chars().any(char::is_control) {
+                return Err(Error::InvalidCsr(format!(
+                    "it names {v:?}, which contains control characters"
+                )));
+            }
+        }
         store.insert(record.clone(), None)?;
         tracing::info!(serial = %record.serial, kind = profile.name(), cn = %record.names.common_name, "signed CSR");
         Ok(record)
