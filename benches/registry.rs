@@ -371,7 +371,19 @@ async fn main() {
 
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // A policy file berthd reads at start (defaults only); the policy figures below swap in
+    // 200 rules with `berth policy reload`.
+    let policy = d.join("policy.toml");
+    std::fs::write(&policy, "version = 1\n").unwrap();
+    let config = d.join("berthd.toml");
+    std::fs::write(
+        &config,
+        format!("version = 1\n[registry]\npolicy = \"{}\"\n", policy.display()),
+    )
+    .unwrap();
     let mut berthd = Command::new(env!("CARGO_BIN_EXE_berthd"))
+        .arg("--config")
+        .arg(&config)
         .arg("--root")
         .arg(d.join("berth"))
         .args(["--certs-d", &d.join("docker").display().to_string()])
@@ -451,6 +463,10 @@ async fn main() {
     );
     wait_tls(addr, &tls, &mut berthd).await;
     let berth = workload(addr, tls.clone(), clients, blob_mib, manifests, berthd.id()).await;
+    let (get0, head0) = policy_rates(addr, tls.clone(), clients).await;
+    std::fs::write(&policy, two_hundred_rules()).unwrap();
+    client.reload_policy().await.unwrap();
+    let (get200, head200) = policy_rates(addr, tls.clone(), clients).await;
     stop(berthd);
 
     let write = |name: &str, content: &str| {
@@ -515,4 +531,64 @@ async fn main() {
     if let Some(f) = &other {
         row("docker-registry 2.8", f);
     }
+    println!();
+    println!(
+        "{:<22}{:>16}{:>16}",
+        "berthd policy", "manifest GET/s", "blob HEAD/s"
+    );
+    println!("{:<22}{:>16.0}{:>16.0}", "defaults only", get0, head0);
+    println!(
+        "{:<22}{:>16.0}{:>16.0}   ({:+.1} % / {:+.1} %)",
+        "200 rules",
+        get200,
+        head200,
+        (get200 / get0 - 1.0) * 100.0,
+        (head200 / head0 - 1.0) * 100.0
+    );
+}
+
+/// 199 rules that do not match the bench's certificate (other names, other repositories)
+/// and one that does, so every request walks all of them.
+fn two_hundred_rules() -> String {
+    let mut p = String::from("version = 1\n");
+    for i in 0..199 {
+        p.push_str(&format!(
+            "[[rules]]\nname = \"r{i}\"\neffect = \"{}\"\nsubjects = [{{ cn = \"team-{i}-bot\" }}, {{ uri_prefix = \"spiffe://example.org/ns/t{i}/\" }}]\nactions = [\"pull\", \"push\"]\nrepositories = [\"team-{i}/**\", \"*/cache-{i}\"]\n",
+            if i % 2 == 0 { "allow" } else { "deny" }
+        ));
+    }
+    p.push_str("[[rules]]\nname = \"bench\"\neffect = \"allow\"\nsubjects = [{ cn = \"bench\" }]\nactions = [\"pull\", \"push\", \"list\"]\nrepositories = [\"bench/**\"]\n");
+    p
+}
+
+/// Manifest GET and blob HEAD requests per second, `clients` kept-alive connections.
+async fn policy_rates(addr: SocketAddr, tls: Arc<rustls::ClientConfig>, clients: usize) -> (f64, f64) {
+    let n = env_or("BERTH_BENCH_POLICY_REQUESTS", 4000).max(clients);
+    let mut c = Conn::open(addr, tls.clone()).await;
+    let layer = Bytes::from(vec![3u8; 1024]);
+    let ld = upload(&mut c, "bench/policy", layer).await;
+    let rate = |method: Method, path: String| {
+        let tls = tls.clone();
+        async move {
+            let t = Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..clients {
+                let (tls, path, method) = (tls.clone(), path.clone(), method.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut c = Conn::open(addr, tls).await;
+                    for _ in 0..n / clients {
+                        let (s, _, _) = c.call(method.clone(), &path, None, Bytes::new()).await;
+                        assert!(s.is_success(), "{method} {path}: {s}");
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            (n / clients * clients) as f64 / t.elapsed().as_secs_f64()
+        }
+    };
+    let get = rate(Method::GET, "/v2/bench/manifests/manifests/t0".to_string()).await;
+    let head = rate(Method::HEAD, format!("/v2/bench/policy/blobs/{ld}")).await;
+    (get, head)
 }
