@@ -378,7 +378,10 @@ async fn main() {
     let config = d.join("berthd.toml");
     std::fs::write(
         &config,
-        format!("version = 1\n[registry]\npolicy = \"{}\"\n", policy.display()),
+        format!(
+            "version = 1\n[registry]\npolicy = \"{}\"\n",
+            policy.display()
+        ),
     )
     .unwrap();
     let mut berthd = Command::new(env!("CARGO_BIN_EXE_berthd"))
@@ -562,7 +565,11 @@ fn two_hundred_rules() -> String {
 }
 
 /// Manifest GET and blob HEAD requests per second, `clients` kept-alive connections.
-async fn policy_rates(addr: SocketAddr, tls: Arc<rustls::ClientConfig>, clients: usize) -> (f64, f64) {
+async fn policy_rates(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    clients: usize,
+) -> (f64, f64) {
     let n = env_or("BERTH_BENCH_POLICY_REQUESTS", 4000).max(clients);
     let mut c = Conn::open(addr, tls.clone()).await;
     let layer = Bytes::from(vec![3u8; 1024]);

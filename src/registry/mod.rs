@@ -249,8 +249,30 @@ pub struct Registry {
     delete_enabled: bool,
     events: Events,
     /// Who may do what (swapped whole on reload; every request reads one version).
-    policy: Arc<arc_swap::ArcSwap<policy::Policy>>,
+    policy: Arc<arc_swap::ArcSwap<Versioned>>,
+    /// Decisions already made under the policy in force, by (serial, action, repository):
+    /// a client repeats the same few requests, and a decision depends on nothing else.
+    /// Emptied on every policy change; bounded.
+    decisions: Arc<std::sync::Mutex<DecisionCache>>,
 }
+
+/// A policy and the number of the change that put it in force (never reused, unlike an
+/// address), which the decision cache is keyed on.
+#[derive(Debug)]
+struct Versioned {
+    version: u64,
+    policy: Arc<policy::Policy>,
+}
+
+/// Cached policy decisions and the policy version they were made under.
+#[derive(Debug, Default)]
+struct DecisionCache {
+    under: u64,
+    map: std::collections::HashMap<(String, policy::Action, String), policy::Decision>,
+}
+
+/// Decisions kept at most before the cache starts over.
+const MAX_CACHED_DECISIONS: usize = 65_536;
 
 fn tag_of(r: &Reference) -> Option<String> {
     match r {
@@ -273,19 +295,57 @@ impl Registry {
             storage,
             delete_enabled,
             events: Events::default(),
-            policy: Arc::new(arc_swap::ArcSwap::from_pointee(policy::Policy::default())),
+            policy: Arc::new(arc_swap::ArcSwap::from_pointee(Versioned {
+                version: 0,
+                policy: Arc::new(policy::Policy::default()),
+            })),
+            decisions: Arc::default(),
         }
     }
 
     /// Puts `p` in force for every request from now on.
     pub fn set_policy(&self, p: policy::Policy) {
         tracing::info!(source = %p.source, "registry policy in force");
-        self.policy.store(Arc::new(p));
+        // Reloads are rare and serialised by whoever calls this; rcu keeps them exact.
+        let p = Arc::new(p);
+        self.policy.rcu(|old| Versioned {
+            version: old.version + 1,
+            policy: p.clone(),
+        });
+    }
+
+    /// The decision for `who`, from the cache when this policy already made it.
+    fn decide(&self, who: &Identity, action: policy::Action, repository: &str) -> policy::Decision {
+        let v = self.policy.load_full();
+        let p = &v.policy;
+        let Some(cert) = who.certificate() else {
+            return p.decide(who, action, repository);
+        };
+        let under = v.version;
+        let key = (cert.serial.clone(), action, repository.to_string());
+        {
+            let mut c = self.decisions.lock().unwrap_or_else(|e| e.into_inner());
+            if c.under != under {
+                c.map.clear();
+                c.under = under;
+            } else if let Some(d) = c.map.get(&key) {
+                return d.clone();
+            }
+        }
+        let d = p.decide(who, action, repository);
+        let mut c = self.decisions.lock().unwrap_or_else(|e| e.into_inner());
+        if c.under == under {
+            if c.map.len() >= MAX_CACHED_DECISIONS {
+                c.map.clear();
+            }
+            c.map.insert(key, d.clone());
+        }
+        d
     }
 
     /// The policy in force.
     pub fn policy(&self) -> Arc<policy::Policy> {
-        self.policy.load_full()
+        self.policy.load().policy.clone()
     }
 
     /// Refuses what the policy does not allow (distribution API operations; the control
@@ -296,7 +356,7 @@ impl Registry {
         action: policy::Action,
         name: &RepoName,
     ) -> Result<(), Error> {
-        let d = self.policy.load().decide(who, action, name.as_str());
+        let d = self.decide(who, action, name.as_str());
         if d.allowed {
             return Ok(());
         }
@@ -669,11 +729,10 @@ impl Registry {
 
     /// Every repository holding manifests that the caller may list or pull, sorted.
     pub async fn catalog(&self, who: &Identity) -> Result<Vec<String>, Error> {
-        let p = self.policy.load_full();
         let mut all = self.storage.repositories().await?;
         all.retain(|r| {
-            p.decide(who, policy::Action::List, r).allowed
-                || p.decide(who, policy::Action::Pull, r).allowed
+            self.decide(who, policy::Action::List, r).allowed
+                || self.decide(who, policy::Action::Pull, r).allowed
         });
         Ok(all)
     }

@@ -59,7 +59,7 @@ pub enum Error {
 }
 
 /// What a request wants to do to a repository.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// Read manifests, blobs, referrers.
