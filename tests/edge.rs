@@ -417,6 +417,7 @@ async fn a_stalled_upload_ends_and_can_be_resumed() {
     let Conn::H1(send) = &mut api else {
         unreachable!()
     };
+    send.ready().await.unwrap();
     let r = send.send_request(req).await.unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let _ = r.into_body().collect().await;
