@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use berth::client::ErrorKind as Code;
 use berth::client::Trees;
-use berth::client::{Client, IssueRequest, IssuedCert, Target};
+use berth::client::{Client, IssueRequest, IssuedCert};
 use berth::config::{Config, ListenAddr};
 use berth::pki::{CertKind, CertStatus, KeyAlgorithm, Names};
 use common::{TestDaemon, fixture, openssl_text, openssl_verify};
@@ -596,11 +596,7 @@ async fn remote_control_over_mtls_admits_admins_only() {
     )
     .await;
     let dirs = common::temp_dir();
-    let target = |dir: std::path::PathBuf| Target::Tcp {
-        host: "127.0.0.1".into(),
-        port: addr.port(),
-        tls_dir: dir,
-    };
+    let target = |dir: std::path::PathBuf| d.tcp_target(dir);
 
     let remote = Client::connect(&target(tls_dir(&dirs.path().join("ops"), &admin)))
         .await
@@ -1184,21 +1180,8 @@ async fn shutdown_ends_event_streams_instead_of_draining_them() {
         cfg.net.drain_timeout = std::time::Duration::from_secs(3600);
     });
     let c = d.client().await;
-    let me = issue(
-        &c,
-        CertKind::Client,
-        names("pusher"),
-        KeyAlgorithm::EcdsaP256,
-    )
-    .await;
-    let tls = common::client_config(
-        &me.ca_pem,
-        Some((
-            &me.record.certificate_pem,
-            me.key.as_ref().unwrap().secret_pem(),
-        )),
-        b"http/1.1",
-    );
+    let me = common::client_cert(&c, "pusher").await;
+    let tls = common::presenting(&me, b"http/1.1");
     let (seen_tx, mut seen_rx) = tokio::sync::oneshot::channel();
     let mut seen_tx = Some(seen_tx);
     let events = tokio::spawn(async move {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, Method, Request, StatusCode};
-use berth::client::{Client, ErrorKind, Target};
+use berth::client::{Client, ErrorKind};
 use berth::config::{Config, ListenAddr};
 use berth::pki::{CertKind, KeyAlgorithm};
 use bytes::Bytes;
@@ -106,14 +106,8 @@ impl Conn {
 
 /// A client certificate and the rustls config presenting it with `alpn`.
 async fn client_cfg(c: &Client, cn: &str, alpn: &[u8]) -> (Arc<rustls::ClientConfig>, String) {
-    let cert = issue(c, CertKind::Client, names(cn), KeyAlgorithm::EcdsaP256).await;
-    let key = cert.key.as_ref().unwrap().secret_pem().to_string();
-    let cfg = common::client_config(
-        &cert.ca_pem,
-        Some((&cert.record.certificate_pem, &key)),
-        alpn,
-    );
-    (cfg, cert.record.serial)
+    let cert = common::client_cert(c, cn).await;
+    (common::presenting(&cert, alpn), cert.record.serial)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -160,11 +154,7 @@ async fn a_revoked_admin_is_refused_on_its_open_control_channel() {
     });
     let local = d.client().await;
     let dirs = common::temp_dir();
-    let target = |dir: std::path::PathBuf| Target::Tcp {
-        host: "127.0.0.1".into(),
-        port: d.tcp[0].port(),
-        tls_dir: dir,
-    };
+    let target = |dir: std::path::PathBuf| d.tcp_target(dir);
     let admin = issue(
         &local,
         CertKind::Admin,

@@ -141,6 +141,15 @@ impl TestDaemon {
         }
     }
 
+    /// The daemon's first TCP control listener, reached with the TLS files in `tls_dir`.
+    pub fn tcp_target(&self, tls_dir: PathBuf) -> Target {
+        Target::Tcp {
+            host: "127.0.0.1".into(),
+            port: self.tcp[0].port(),
+            tls_dir,
+        }
+    }
+
     /// docker's certs.d root of this daemon.
     pub fn docker_root(&self) -> &Path {
         &self.config.certsd.docker_root
@@ -368,4 +377,30 @@ pub fn tls_dir(dir: &Path, cert: &berth::client::IssuedCert) -> PathBuf {
     write(dir, "cert.pem", &cert.record.certificate_pem);
     write(dir, "key.pem", cert.key.as_ref().unwrap().secret_pem());
     dir.to_path_buf()
+}
+
+/// A client certificate for `cn` (P-256), with its key.
+pub async fn client_cert(client: &Client, cn: &str) -> berth::client::IssuedCert {
+    issue(
+        client,
+        berth::pki::CertKind::Client,
+        names(cn),
+        berth::pki::KeyAlgorithm::EcdsaP256,
+    )
+    .await
+}
+
+/// A rustls client config presenting `cert` (which must carry its key) with `alpn`.
+pub fn presenting(
+    cert: &berth::client::IssuedCert,
+    alpn: &[u8],
+) -> std::sync::Arc<rustls::ClientConfig> {
+    client_config(
+        &cert.ca_pem,
+        Some((
+            &cert.record.certificate_pem,
+            cert.key.as_ref().unwrap().secret_pem(),
+        )),
+        alpn,
+    )
 }
