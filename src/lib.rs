@@ -49,6 +49,7 @@
 //! OCI error table (one exhaustive match) -> `{"errors":[...]}` with the right status.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod certsd;
 pub mod client;
 pub mod config;
