@@ -26,6 +26,7 @@ use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::fsutil;
+use crate::identity::Identity;
 use crate::pki::{self, CertKind, CertStatus, IssueSpec, KeyAlgorithm, Names, Pki, SecretKeyPem};
 
 /// Roots of the certs.d trees the installer manages (`[certsd]` in the config file). Its
@@ -389,6 +390,8 @@ pub struct Installer {
     containers_root: PathBuf,
     containerd_root: PathBuf,
     lock: Mutex<()>,
+    /// Where installs and removals are recorded.
+    audit: crate::audit::Audit,
 }
 
 const CA_FILE: &str = "ca.crt";
@@ -405,9 +408,15 @@ impl Installer {
             containers_root: cfg.containers_root.clone(),
             containerd_root: cfg.containerd_root.clone(),
             lock: Mutex::new(()),
+            audit: crate::audit::Audit::disabled(),
         };
         inst.load_state()?;
         Ok(inst)
+    }
+
+    /// Records every install and removal from now on in `audit`.
+    pub fn set_audit(&mut self, audit: crate::audit::Audit) {
+        self.audit = audit;
     }
 
     /// The root folder of a tree.
@@ -422,7 +431,31 @@ impl Installer {
     /// Installs the berth CA, and a client pair when asked, for a registry. A client that
     /// berthd holds no valid certificate for is issued one here, so a single command sets up
     /// a new machine.
-    pub fn install(&self, pki: &Pki, req: &InstallRequest) -> Result<InstallOutcome, Error> {
+    pub fn install(
+        &self,
+        who: &Identity,
+        pki: &Pki,
+        req: &InstallRequest,
+    ) -> Result<InstallOutcome, Error> {
+        let r = self.install_inner(who, pki, req);
+        if !req.dry_run {
+            let mut rec = crate::audit::Record::new(who, crate::audit::Action::CertsInstall)
+                .name(req.host.to_string())
+                .outcome(&r);
+            if let Ok(Some(serial)) = r.as_ref().map(|o| o.client_serial.clone()) {
+                rec = rec.serial(serial);
+            }
+            self.audit.note(&rec);
+        }
+        r
+    }
+
+    fn install_inner(
+        &self,
+        who: &Identity,
+        pki: &Pki,
+        req: &InstallRequest,
+    ) -> Result<InstallOutcome, Error> {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut issued_client = false;
         let client = match &req.client {
@@ -435,16 +468,19 @@ impl Installer {
                     }
                     None => {
                         issued_client = true;
-                        pki.issue(&IssueSpec {
-                            kind: CertKind::Client,
-                            names: Names {
-                                common_name: name.clone(),
-                                ..Names::default()
+                        pki.issue(
+                            who,
+                            &IssueSpec {
+                                kind: CertKind::Client,
+                                names: Names {
+                                    common_name: name.clone(),
+                                    ..Names::default()
+                                },
+                                validity_days: None,
+                                key_algorithm: KeyAlgorithm::default(),
+                                hold_key: true,
                             },
-                            validity_days: None,
-                            key_algorithm: KeyAlgorithm::default(),
-                            hold_key: true,
-                        })?
+                        )?
                         .record
                     }
                 };
@@ -557,7 +593,7 @@ impl Installer {
                 dry_run: false,
                 force: false,
             };
-            match self.install(pki, &req) {
+            match self.install(&Identity::Daemon, pki, &req) {
                 Ok(o) => out.updated.extend(o.directories),
                 Err(e) => out.problems.push(format!("{name}: {e}")),
             }
@@ -597,6 +633,25 @@ impl Installer {
     /// Deletes the files berth wrote for a registry, and the folder when that leaves it
     /// empty. Files changed since berth wrote them are kept and reported.
     pub fn remove(
+        &self,
+        who: &Identity,
+        host: &HostPort,
+        containers: bool,
+        containerd: bool,
+        dry_run: bool,
+    ) -> Result<Vec<FileAction>, Error> {
+        let r = self.remove_inner(host, containers, containerd, dry_run);
+        if !dry_run {
+            self.audit.note(
+                &crate::audit::Record::new(who, crate::audit::Action::CertsRemove)
+                    .name(host.to_string())
+                    .outcome(&r),
+            );
+        }
+        r
+    }
+
+    fn remove_inner(
         &self,
         host: &HostPort,
         containers: bool,

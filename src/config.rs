@@ -70,9 +70,19 @@ pub struct Config {
     pub registry: registry::Settings,
     /// Limits and timeouts of every TCP listener (registry and control).
     pub net: net::Settings,
+    /// The audit log.
+    pub audit: crate::audit::Settings,
 }
 
 impl Config {
+    /// Where the audit log lives.
+    pub fn audit_dir(&self) -> PathBuf {
+        self.audit
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("audit"))
+    }
+
     /// Where registry content lives.
     pub fn registry_root(&self) -> PathBuf {
         self.registry
@@ -147,6 +157,7 @@ impl Default for Config {
             certsd: certsd::Settings::default(),
             registry: registry::Settings::default(),
             net: net::Settings::default(),
+            audit: crate::audit::Settings::default(),
         }
     }
 }

@@ -339,7 +339,9 @@ fn writer(s: &Shared, mut file: File) {
                     file = f;
                     size = 0;
                 }
-                Err(e) => tracing::error!(error = %e, "audit log rotation failed; still writing to the live file"),
+                Err(e) => {
+                    tracing::error!(error = %e, "audit log rotation failed; still writing to the live file")
+                }
             }
         }
     }

@@ -32,16 +32,20 @@ impl Filter {
         self.since.is_none_or(|t| r.time >= t)
             && self.actor.as_deref().is_none_or(|a| r.actor.matches(a))
             && self.repository.as_deref().is_none_or(|want| {
-                r.target.repository.as_deref().is_some_and(|have| {
-                    match want.strip_suffix('*') {
+                r.target
+                    .repository
+                    .as_deref()
+                    .is_some_and(|have| match want.strip_suffix('*') {
                         Some(prefix) => have.starts_with(prefix.trim_end_matches('*')),
                         None => have == want,
-                    }
-                })
+                    })
             })
             && self.action.as_deref().is_none_or(|a| {
                 let name = r.action.name();
-                name == a || name.strip_prefix(a).is_some_and(|rest| rest.starts_with('.'))
+                name == a
+                    || name
+                        .strip_prefix(a)
+                        .is_some_and(|rest| rest.starts_with('.'))
             })
             && self.decision.is_none_or(|d| r.decision == d)
     }

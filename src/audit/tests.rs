@@ -49,7 +49,10 @@ fn control_characters_cannot_forge_a_line() {
         .unwrap();
     let text = std::fs::read_to_string(d.path().join(FILE)).unwrap();
     assert_eq!(text.lines().count(), 1, "{text}");
-    assert_eq!(lines(d.path(), FILE)[0]["target"]["name"], "x\n{\"action\":\"gc\"}\r\u{1b}[2J");
+    assert_eq!(
+        lines(d.path(), FILE)[0]["target"]["name"],
+        "x\n{\"action\":\"gc\"}\r\u{1b}[2J"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,7 +74,10 @@ async fn concurrent_records_are_each_one_whole_line() {
     }
     let got = lines(d.path(), FILE);
     assert_eq!(got.len(), 200);
-    let mut uids: Vec<u64> = got.iter().map(|v| v["actor"]["uid"].as_u64().unwrap()).collect();
+    let mut uids: Vec<u64> = got
+        .iter()
+        .map(|v| v["actor"]["uid"].as_u64().unwrap())
+        .collect();
     uids.sort_unstable();
     assert_eq!(uids, (0..200).collect::<Vec<u64>>());
 }
@@ -93,7 +99,10 @@ fn rotates_by_size_keeping_the_newest_files() {
     assert!(d.path().join("audit.log.2").exists());
     assert!(!d.path().join("audit.log.3").exists());
     for f in ["audit.log", "audit.log.1", "audit.log.2"] {
-        let mode = std::fs::metadata(d.path().join(f)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(d.path().join(f))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{f}");
     }
     // The query reads across files, oldest first, and the newest record is last.
@@ -127,21 +136,71 @@ fn queries_filter_by_actor_repository_action_decision_and_time() {
     let a = Audit::open(d.path(), &Settings::default()).unwrap();
     a.record(&Record::new(&unix(7), Action::ManifestPut).repository("team-a/app"))
         .unwrap();
-    a.record(&Record::new(&unix(8), Action::ManifestDelete).repository("team-b/app").denied("no-delete"))
-        .unwrap();
+    a.record(
+        &Record::new(&unix(8), Action::ManifestDelete)
+            .repository("team-b/app")
+            .denied("no-delete"),
+    )
+    .unwrap();
     a.record(&Record::new(&unix(7), Action::BlobCommit).repository("team-a/app"))
         .unwrap();
     let q = |f: Filter| -> Vec<&'static str> {
-        a.query(&f).unwrap().iter().map(|r| r.action.name()).collect()
+        a.query(&f)
+            .unwrap()
+            .iter()
+            .map(|r| r.action.name())
+            .collect()
     };
-    assert_eq!(q(Filter { actor: Some("7".into()), ..Filter::default() }), ["manifest.put", "blob.commit"]);
-    assert_eq!(q(Filter { action: Some("manifest".into()), ..Filter::default() }), ["manifest.put", "manifest.delete"]);
-    assert_eq!(q(Filter { action: Some("manifest.del".into()), ..Filter::default() }), Vec::<&str>::new());
-    assert_eq!(q(Filter { repository: Some("team-b/*".into()), ..Filter::default() }), ["manifest.delete"]);
-    assert_eq!(q(Filter { decision: Some(Decision::Deny), ..Filter::default() }), ["manifest.delete"]);
-    assert_eq!(q(Filter { limit: 1, ..Filter::default() }), ["blob.commit"]);
+    assert_eq!(
+        q(Filter {
+            actor: Some("7".into()),
+            ..Filter::default()
+        }),
+        ["manifest.put", "blob.commit"]
+    );
+    assert_eq!(
+        q(Filter {
+            action: Some("manifest".into()),
+            ..Filter::default()
+        }),
+        ["manifest.put", "manifest.delete"]
+    );
+    assert_eq!(
+        q(Filter {
+            action: Some("manifest.del".into()),
+            ..Filter::default()
+        }),
+        Vec::<&str>::new()
+    );
+    assert_eq!(
+        q(Filter {
+            repository: Some("team-b/*".into()),
+            ..Filter::default()
+        }),
+        ["manifest.delete"]
+    );
+    assert_eq!(
+        q(Filter {
+            decision: Some(Decision::Deny),
+            ..Filter::default()
+        }),
+        ["manifest.delete"]
+    );
+    assert_eq!(
+        q(Filter {
+            limit: 1,
+            ..Filter::default()
+        }),
+        ["blob.commit"]
+    );
     let later = time::OffsetDateTime::now_utc() + time::Duration::minutes(1);
-    assert!(q(Filter { since: Some(later), ..Filter::default() }).is_empty());
+    assert!(
+        q(Filter {
+            since: Some(later),
+            ..Filter::default()
+        })
+        .is_empty()
+    );
 }
 
 #[test]

@@ -29,6 +29,7 @@ use tonic::service::interceptor::InterceptedService;
 
 pub use listen::Listeners;
 
+use crate::audit::Audit;
 use crate::certsd::{self, Installer};
 use crate::config::Config;
 use crate::identity::Identity;
@@ -105,6 +106,9 @@ pub enum Error {
     /// A file operation failed.
     #[error(transparent)]
     Fs(#[from] fsutil::Error),
+    /// The audit log could not be opened.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::Error),
 }
 
 /// Everything the request handlers share.
@@ -116,6 +120,8 @@ pub(crate) struct State {
     pub started_at: OffsetDateTime,
     /// The embedded registry (served when `registry.enabled`).
     pub registry: Registry,
+    /// The audit log (the cores record in it; `berth audit` reads it).
+    pub audit: Audit,
     /// The per-request revocation and expiry check of every TCP listener.
     pub gate: Arc<Gate>,
     /// Failed enrolments per peer address, for rate limiting.
@@ -199,14 +205,22 @@ impl Daemon {
         })?;
         let lock = take_lock(dir)?;
         let group = listen::resolve_group(config.control.group.as_deref())?;
-        let pki = Pki::open(dir, &config.pki)?;
-        let certsd = Installer::open(dir, &config.certsd)?;
+        let audit = if config.audit.enabled {
+            Audit::open(&config.audit_dir(), &config.audit)?
+        } else {
+            Audit::disabled()
+        };
+        let mut pki = Pki::open(dir, &config.pki)?;
+        pki.set_audit(audit.clone());
+        let mut certsd = Installer::open(dir, &config.certsd)?;
+        certsd.set_audit(audit.clone());
         let registry_root = config.registry_root();
         fsutil::create_dir_all(&registry_root, 0o755)?;
         let registry = Registry::open(
             Backend::Filesystem(registry_root),
             config.registry.delete_enabled,
-        );
+        )
+        .with_audit(audit.clone());
         if let Some(p) = &config.registry.policy {
             registry.set_policy(crate::registry::policy::Policy::load(p)?);
         }
@@ -224,6 +238,7 @@ impl Daemon {
                 certsd,
                 started_at: OffsetDateTime::now_utc(),
                 registry,
+                audit,
                 gate,
                 enrol_failures: auth::Failures::default(),
                 ready: AtomicBool::new(false),
@@ -458,14 +473,15 @@ fn routes(state: &Arc<State>) -> Result<(tonic_health::server::HealthReporter, R
 impl State {
     /// Reads `registry.policy` again and puts it in force; an invalid file keeps the
     /// running policy, and the error says why.
-    pub(crate) fn reload_policy(&self) -> Result<String, crate::registry::policy::Error> {
+    pub(crate) fn reload_policy(
+        &self,
+        who: &Identity,
+    ) -> Result<String, crate::registry::policy::Error> {
         let p = match &self.config.registry.policy {
-            Some(path) => crate::registry::policy::Policy::load(path)?,
-            None => crate::registry::policy::Policy::default(),
+            Some(path) => crate::registry::policy::Policy::load(path),
+            None => Ok(crate::registry::policy::Policy::default()),
         };
-        let source = p.source.clone();
-        self.registry.set_policy(p);
-        Ok(source)
+        self.registry.reload_policy(who, p)
     }
 }
 
@@ -478,7 +494,7 @@ async fn reload_on_sighup(state: Arc<State>, mut stop: watch::Receiver<bool>) {
     };
     loop {
         tokio::select! {
-            _ = hup.recv() => match state.reload_policy() {
+            _ = hup.recv() => match state.reload_policy(&Identity::Daemon) {
                 Ok(source) => tracing::info!(%source, "policy reloaded on SIGHUP"),
                 Err(e) => tracing::error!(error = %e, "policy reload refused; the running policy stays"),
             },

@@ -655,7 +655,14 @@ async fn drive<IO, S, B>(
                 }
                 req.extensions_mut().insert((*identity).clone());
                 req.extensions_mut().insert(peer);
-                let resp = served.service.clone().oneshot(req).await?;
+                // The cores record the request id and peer in the audit log without
+                // every door taking them; the client gets the id to quote.
+                let ctx = crate::audit::Context::new(peer.0);
+                let id = hyper::header::HeaderValue::from_str(&ctx.request_id).ok();
+                let mut resp = ctx.scope(served.service.clone().oneshot(req)).await?;
+                if let Some(id) = id {
+                    resp.headers_mut().insert("x-request-id", id);
+                }
                 Ok(resp.map(|inner| Tracked {
                     inner,
                     _guard: guard,

@@ -38,7 +38,9 @@ pub use revoke::Crl;
 pub use settings::Settings;
 pub use tokens::{NewToken, TokenRecord};
 
+use crate::audit::{self, Audit, Record};
 use crate::fsutil;
+use crate::identity::Identity;
 use store::Store;
 
 /// Why a PKI operation failed. Each variant maps to one gRPC status class at the edge.
@@ -299,6 +301,8 @@ pub struct Pki {
     store: Mutex<Store>,
     tokens: Mutex<tokens::Tokens>,
     default_validity_days: u32,
+    /// Where every issue, signing, renewal, revocation and token change is recorded.
+    audit: Audit,
 }
 
 impl std::fmt::Debug for Pki {
@@ -324,10 +328,33 @@ impl Pki {
             store: Mutex::new(store),
             tokens: Mutex::new(tokens::Tokens::open(&tokens_dir)),
             default_validity_days: cfg.default_validity_days,
+            audit: Audit::disabled(),
         };
         // Re-sign the CRL at every start so its nextUpdate never lapses on a long-running host.
         pki.write_crl(&mut pki.lock())?;
         Ok(pki)
+    }
+
+    /// Records every mutation from now on in `audit`.
+    pub fn set_audit(&mut self, audit: Audit) {
+        self.audit = audit;
+    }
+
+    /// Records `r`'s outcome as `rec` (plus what `done` adds from a success); the
+    /// operation has happened either way, so a lost record is logged, not returned.
+    fn audited<T>(
+        &self,
+        rec: Record,
+        r: Result<T, Error>,
+        done: impl FnOnce(&T, Record) -> Record,
+    ) -> Result<T, Error> {
+        let rec = rec.outcome(&r);
+        let rec = match &r {
+            Ok(t) => done(t, rec),
+            Err(_) => rec,
+        };
+        self.audit.note(&rec);
+        r
     }
 
     /// The CA.
@@ -340,8 +367,14 @@ impl Pki {
         &self.dir
     }
 
-    /// Issues a certificate with a fresh key.
-    pub fn issue(&self, spec: &IssueSpec) -> Result<Issued, Error> {
+    /// Issues a certificate with a fresh key, for `who`.
+    pub fn issue(&self, who: &Identity, spec: &IssueSpec) -> Result<Issued, Error> {
+        let rec = Record::new(who, audit::Action::CertIssue).name(spec.names.common_name.clone());
+        let r = self.issue_inner(spec);
+        self.audited(rec, r, |i, rec| rec.serial(i.record.serial.clone()))
+    }
+
+    fn issue_inner(&self, spec: &IssueSpec) -> Result<Issued, Error> {
         let days = spec.validity_days.unwrap_or(self.default_validity_days);
         let key = spec.key_algorithm.generate()?;
         let mut store = self.lock();
@@ -369,7 +402,23 @@ impl Pki {
     /// a new serial. The old certificate stays valid until it expires or is revoked, so
     /// nothing using it breaks mid-rollout. A CSR-signed certificate cannot be renewed
     /// here (its key is not ours): sign a new CSR.
-    pub fn renew(&self, serial: &str, validity_days: Option<u32>) -> Result<Issued, Error> {
+    pub fn renew(
+        &self,
+        who: &Identity,
+        serial: &str,
+        validity_days: Option<u32>,
+    ) -> Result<Issued, Error> {
+        let rec = Record::new(who, audit::Action::CertRenew).serial(serial);
+        let r = self.renew_inner(serial, validity_days);
+        self.audited(rec, r, |i, rec| {
+            rec.name(format!(
+                "{} -> {}",
+                i.record.names.common_name, i.record.serial
+            ))
+        })
+    }
+
+    fn renew_inner(&self, serial: &str, validity_days: Option<u32>) -> Result<Issued, Error> {
         let old = self.get(serial)?;
         if old.revoked_at.is_some() {
             return Err(Error::AlreadyRevoked(old.serial));
@@ -381,7 +430,7 @@ impl Pki {
             )));
         }
         let key_algorithm = KeyAlgorithm::from_description(&old.key_algorithm).unwrap_or_default();
-        let issued = self.issue(&IssueSpec {
+        let issued = self.issue_inner(&IssueSpec {
             kind: old.kind,
             names: old.names.clone(),
             validity_days,
@@ -396,11 +445,17 @@ impl Pki {
     /// CA rights, key usages and EKUs come from the profile. The key is never seen here.
     pub fn sign_csr(
         &self,
+        who: &Identity,
         csr: &[u8],
         profile: CertKind,
         validity_days: Option<u32>,
     ) -> Result<CertRecord, Error> {
-        self.sign_csr_for(csr, profile, validity_days, None)
+        let rec = Record::new(who, audit::Action::CertSign);
+        let r = self.sign_csr_for(csr, profile, validity_days, None);
+        self.audited(rec, r, |c, rec| {
+            rec.serial(c.serial.clone())
+                .name(c.names.common_name.clone())
+        })
     }
 
     /// [`Pki::sign_csr`], optionally requiring the CSR to name exactly `subject`.
@@ -438,11 +493,21 @@ impl Pki {
     }
 
     /// Makes a one-time enrolment token for a client named `name`, usable for `ttl`.
-    pub fn create_token(&self, name: &str, ttl: std::time::Duration) -> Result<NewToken, Error> {
-        issue::check_common_name(name)?;
-        let t = self.tokens_lock().create(name, ttl)?;
-        tracing::info!(id = %t.record.id, name, "enrolment token created");
-        Ok(t)
+    pub fn create_token(
+        &self,
+        who: &Identity,
+        name: &str,
+        ttl: std::time::Duration,
+    ) -> Result<NewToken, Error> {
+        let rec = Record::new(who, audit::Action::TokenCreate).name(name);
+        let r = issue::check_common_name(name).and_then(|()| self.tokens_lock().create(name, ttl));
+        if let Ok(t) = &r {
+            tracing::info!(id = %t.record.id, name, "enrolment token created");
+        }
+        // The id, never the secret.
+        self.audited(rec, r, |t, rec| {
+            rec.serial(format!("token {}", t.record.id))
+        })
     }
 
     /// Every token, oldest first (no secrets).
@@ -451,16 +516,36 @@ impl Pki {
     }
 
     /// Makes a token unusable.
-    pub fn revoke_token(&self, id: &str) -> Result<TokenRecord, Error> {
-        let t = self.tokens_lock().revoke(id)?;
-        tracing::warn!(id, name = %t.name, "enrolment token revoked");
-        Ok(t)
+    pub fn revoke_token(&self, who: &Identity, id: &str) -> Result<TokenRecord, Error> {
+        let rec = Record::new(who, audit::Action::TokenRevoke).serial(format!("token {id}"));
+        let r = self.tokens_lock().revoke(id);
+        if let Ok(t) = &r {
+            tracing::warn!(id, name = %t.name, "enrolment token revoked");
+        }
+        self.audited(rec, r, |t, rec| rec.name(t.name.clone()))
     }
 
     /// Enrols a host: redeems `token` and signs `csr` as a client certificate for the
     /// token's subject. Only the CSR's key is used: the subject is the token's and no SANs
     /// are copied, so a token for `ci-runner-07` cannot mint a certificate for another name.
-    pub fn enrol(&self, token: &str, csr: &[u8]) -> Result<CertRecord, Error> {
+    pub fn enrol(&self, who: &Identity, token: &str, csr: &[u8]) -> Result<CertRecord, Error> {
+        // The token's id (its public half) names it; the secret is never recorded.
+        let id = token
+            .split('.')
+            .nth(1)
+            .unwrap_or("?")
+            .chars()
+            .take(32)
+            .collect::<String>();
+        let rec = Record::new(who, audit::Action::TokenUse).name(format!("token {id}"));
+        let r = self.enrol_inner(token, csr);
+        self.audited(rec, r, |c, rec| {
+            rec.serial(c.serial.clone())
+                .name(format!("token {id} -> {}", c.names.common_name))
+        })
+    }
+
+    fn enrol_inner(&self, token: &str, csr: &[u8]) -> Result<CertRecord, Error> {
         let tokens = self.tokens_lock();
         let t = tokens.redeem(token)?;
         let record = self.sign_csr_for(csr, CertKind::Client, None, Some(&t.name))?;
@@ -472,7 +557,20 @@ impl Pki {
     /// Renews an enrolled host's certificate, asked for with that certificate: the same
     /// name, the CSR's key, a new serial. Only a valid (unrevoked, unexpired) client
     /// certificate may do this.
-    pub fn renew_enrolled(&self, serial: &str, csr: &[u8]) -> Result<CertRecord, Error> {
+    pub fn renew_enrolled(
+        &self,
+        who: &Identity,
+        serial: &str,
+        csr: &[u8],
+    ) -> Result<CertRecord, Error> {
+        let rec = Record::new(who, audit::Action::CertRenew).serial(serial);
+        let r = self.renew_enrolled_inner(serial, csr);
+        self.audited(rec, r, |c, rec| {
+            rec.name(format!("{} -> {}", c.names.common_name, c.serial))
+        })
+    }
+
+    fn renew_enrolled_inner(&self, serial: &str, csr: &[u8]) -> Result<CertRecord, Error> {
         let old = self.get(serial)?;
         if old.kind != CertKind::Client || old.status() != CertStatus::Valid {
             return Err(Error::InvalidRequest(format!(
@@ -585,18 +683,27 @@ impl Pki {
         }
         let mut n = names.clone();
         n.common_name = common_name.to_string();
-        let issued = self.issue(&IssueSpec {
-            kind: CertKind::Server,
-            names: n,
-            validity_days: None,
-            key_algorithm: KeyAlgorithm::default(),
-            hold_key: true,
-        })?;
+        let issued = self.issue(
+            &Identity::Daemon,
+            &IssueSpec {
+                kind: CertKind::Server,
+                names: n,
+                validity_days: None,
+                key_algorithm: KeyAlgorithm::default(),
+                hold_key: true,
+            },
+        )?;
         Ok((issued.record, issued.key))
     }
 
     /// Revokes `serial` and re-signs the CRL.
-    pub fn revoke(&self, serial: &str) -> Result<CertRecord, Error> {
+    pub fn revoke(&self, who: &Identity, serial: &str) -> Result<CertRecord, Error> {
+        let rec = Record::new(who, audit::Action::CertRevoke).serial(serial);
+        let r = self.revoke_inner(serial);
+        self.audited(rec, r, |c, rec| rec.name(c.names.common_name.clone()))
+    }
+
+    fn revoke_inner(&self, serial: &str) -> Result<CertRecord, Error> {
         let serial = normalize_serial(serial)?;
         let mut store = self.lock();
         let rec = store.revoke(&serial, OffsetDateTime::now_utc())?;

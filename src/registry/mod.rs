@@ -30,6 +30,7 @@ pub use storage::{
     UploadInfo, UploadStatus,
 };
 
+use crate::audit::{self, Audit, Record};
 use crate::events::{Action, Event, Events, Target};
 use crate::identity::Identity;
 use storage::Storage;
@@ -254,6 +255,8 @@ pub struct Registry {
     /// a client repeats the same few requests, and a decision depends on nothing else.
     /// Emptied on every policy change; bounded.
     decisions: Arc<std::sync::Mutex<DecisionCache>>,
+    /// Where every mutation and every denial is recorded, durably, before the answer.
+    audit: Audit,
 }
 
 /// A policy and the number of the change that put it in force (never reused, unlike an
@@ -300,7 +303,41 @@ impl Registry {
                 policy: Arc::new(policy::Policy::default()),
             })),
             decisions: Arc::default(),
+            audit: Audit::disabled(),
         }
+    }
+
+    /// The same registry recording every mutation and denial in `audit`.
+    #[must_use]
+    pub fn with_audit(mut self, audit: Audit) -> Registry {
+        self.audit = audit;
+        self
+    }
+
+    /// Records `r`'s outcome as `rec`, durably, and passes `r` on.
+    async fn audited<T>(&self, rec: Record, r: Result<T, Error>) -> Result<T, Error> {
+        self.audit.note_async(&rec.outcome(&r)).await;
+        r
+    }
+
+    /// Puts the policy `load` produced (from the file named in the settings) in force;
+    /// a failed load keeps the running policy. Either way it is recorded.
+    pub fn reload_policy(
+        &self,
+        who: &Identity,
+        load: Result<policy::Policy, policy::Error>,
+    ) -> Result<String, policy::Error> {
+        let r = load.map(|p| {
+            let source = p.source.clone();
+            self.set_policy(p);
+            source
+        });
+        let mut rec = Record::new(who, audit::Action::PolicyReload).outcome(&r);
+        if let Ok(source) = &r {
+            rec = rec.name(source.clone());
+        }
+        self.audit.note(&rec);
+        r
     }
 
     /// Puts `p` in force for every request from now on.
@@ -350,17 +387,26 @@ impl Registry {
 
     /// Refuses what the policy does not allow (distribution API operations; the control
     /// API's own operations are authorised by the control API).
-    fn authorize(
+    /// A denial is recorded in the audit log as the operation `op` was attempted.
+    async fn authorize(
         &self,
         who: &Identity,
         action: policy::Action,
         name: &RepoName,
+        op: audit::Action,
     ) -> Result<(), Error> {
         let d = self.decide(who, action, name.as_str());
         if d.allowed {
             return Ok(());
         }
         tracing::warn!(caller = %who, action = action.name(), repo = %name, rule = %d.rule, "denied by policy");
+        self.audit
+            .note_async(
+                &Record::new(who, op)
+                    .repository(name.as_str())
+                    .denied(d.rule.clone()),
+            )
+            .await;
         Err(Error::Denied {
             who: who.to_string(),
             action: action.name(),
@@ -407,7 +453,8 @@ impl Registry {
         name: &RepoName,
         digest: &Digest,
     ) -> Result<u64, Error> {
-        self.authorize(_who, policy::Action::Pull, name)?;
+        self.authorize(_who, policy::Action::Pull, name, audit::Action::Pull)
+            .await?;
         self.storage
             .blob_size(name, digest)
             .await?
@@ -423,7 +470,8 @@ impl Registry {
         digest: &Digest,
         range: Option<ByteRange>,
     ) -> Result<BlobReader, Error> {
-        self.authorize(who, policy::Action::Pull, name)?;
+        self.authorize(who, policy::Action::Pull, name, audit::Action::Pull)
+            .await?;
         let blob = self
             .storage
             .open_blob(name, digest, move |size| match range {
@@ -446,14 +494,21 @@ impl Registry {
         from: &RepoName,
         digest: &Digest,
     ) -> Result<BlobCommit, Error> {
-        self.authorize(who, policy::Action::Pull, from)?;
-        self.authorize(who, policy::Action::Push, name)?;
-        if self.storage.mount(name, from, digest).await? {
-            tracing::debug!(repo = %name, from = %from, digest = %digest, "mounted blob");
-            self.emit(who, Action::Push, Target::Blob, name, Some(digest), None);
-            return Ok(BlobCommit::Created(digest.clone()));
+        self.authorize(who, policy::Action::Pull, from, audit::Action::BlobMount)
+            .await?;
+        self.authorize(who, policy::Action::Push, name, audit::Action::BlobMount)
+            .await?;
+        if !self.storage.mount(name, from, digest).await? {
+            return Ok(BlobCommit::Upload(self.storage.start_upload(name).await?));
         }
-        Ok(BlobCommit::Upload(self.storage.start_upload(name).await?))
+        tracing::debug!(repo = %name, from = %from, digest = %digest, "mounted blob");
+        self.emit(who, Action::Push, Target::Blob, name, Some(digest), None);
+        let rec = Record::new(who, audit::Action::BlobMount)
+            .repository(name.as_str())
+            .from(from.as_str())
+            .digest(digest);
+        self.audited(rec, Ok(BlobCommit::Created(digest.clone())))
+            .await
     }
 
     /// Opens an upload session.
@@ -462,7 +517,8 @@ impl Registry {
         _who: &Identity,
         name: &RepoName,
     ) -> Result<UploadStatus, Error> {
-        self.authorize(_who, policy::Action::Push, name)?;
+        self.authorize(_who, policy::Action::Push, name, audit::Action::BlobUpload)
+            .await?;
         self.storage.start_upload(name).await
     }
 
@@ -475,19 +531,23 @@ impl Registry {
         digest: &Digest,
         body: &mut (impl tokio::io::AsyncRead + Unpin + ?Sized),
     ) -> Result<(), Error> {
-        self.authorize(who, policy::Action::Push, name)?;
+        self.authorize(who, policy::Action::Push, name, audit::Action::BlobCommit)
+            .await?;
+        let rec = Record::new(who, audit::Action::BlobCommit)
+            .repository(name.as_str())
+            .digest(digest);
         let st = self.storage.start_upload(name).await?;
         let result = async {
             self.storage.append(name, &st.id, Some(0), body).await?;
             self.storage.finish_upload(name, &st.id, digest).await
         }
         .await;
-        if let Err(e) = result {
+        if result.is_err() {
             let _ = self.storage.cancel_upload(name, &st.id).await;
-            return Err(e);
+        } else {
+            self.emit(who, Action::Push, Target::Blob, name, Some(digest), None);
         }
-        self.emit(who, Action::Push, Target::Blob, name, Some(digest), None);
-        Ok(())
+        self.audited(rec, result.map(|_| ())).await
     }
 
     /// Where an upload stands.
@@ -497,7 +557,8 @@ impl Registry {
         name: &RepoName,
         id: &str,
     ) -> Result<UploadStatus, Error> {
-        self.authorize(_who, policy::Action::Push, name)?;
+        self.authorize(_who, policy::Action::Push, name, audit::Action::BlobUpload)
+            .await?;
         self.storage.upload_status(name, id).await
     }
 
@@ -510,7 +571,8 @@ impl Registry {
         start: Option<u64>,
         body: &mut (impl tokio::io::AsyncRead + Unpin + ?Sized),
     ) -> Result<UploadStatus, Error> {
-        self.authorize(_who, policy::Action::Push, name)?;
+        self.authorize(_who, policy::Action::Push, name, audit::Action::BlobUpload)
+            .await?;
         self.storage.append(name, id, start, body).await
     }
 
@@ -524,13 +586,22 @@ impl Registry {
         digest: &Digest,
         last_chunk: Option<(Option<u64>, &mut (dyn tokio::io::AsyncRead + Unpin + Send))>,
     ) -> Result<(), Error> {
-        self.authorize(who, policy::Action::Push, name)?;
-        if let Some((start, body)) = last_chunk {
-            self.storage.append(name, id, start, body).await?;
+        self.authorize(who, policy::Action::Push, name, audit::Action::BlobCommit)
+            .await?;
+        let rec = Record::new(who, audit::Action::BlobCommit)
+            .repository(name.as_str())
+            .digest(digest);
+        let r = async {
+            if let Some((start, body)) = last_chunk {
+                self.storage.append(name, id, start, body).await?;
+            }
+            self.storage.finish_upload(name, id, digest).await
         }
-        self.storage.finish_upload(name, id, digest).await?;
-        self.emit(who, Action::Push, Target::Blob, name, Some(digest), None);
-        Ok(())
+        .await;
+        if r.is_ok() {
+            self.emit(who, Action::Push, Target::Blob, name, Some(digest), None);
+        }
+        self.audited(rec, r.map(|_| ())).await
     }
 
     /// Abandons an upload.
@@ -540,7 +611,8 @@ impl Registry {
         name: &RepoName,
         id: &str,
     ) -> Result<(), Error> {
-        self.authorize(_who, policy::Action::Push, name)?;
+        self.authorize(_who, policy::Action::Push, name, audit::Action::BlobUpload)
+            .await?;
         self.storage.cancel_upload(name, id).await
     }
 
@@ -551,13 +623,19 @@ impl Registry {
         name: &RepoName,
         digest: &Digest,
     ) -> Result<(), Error> {
-        self.authorize(who, policy::Action::Delete, name)?;
+        self.authorize(who, policy::Action::Delete, name, audit::Action::BlobDelete)
+            .await?;
         if !self.delete_enabled {
             return Err(Error::DeleteDisabled);
         }
-        self.storage.unlink_blob(name, digest).await?;
-        self.emit(who, Action::Delete, Target::Blob, name, Some(digest), None);
-        Ok(())
+        let rec = Record::new(who, audit::Action::BlobDelete)
+            .repository(name.as_str())
+            .digest(digest);
+        let r = self.storage.unlink_blob(name, digest).await;
+        if r.is_ok() {
+            self.emit(who, Action::Delete, Target::Blob, name, Some(digest), None);
+        }
+        self.audited(rec, r).await
     }
 
     // ---- manifests ----
@@ -573,7 +651,29 @@ impl Registry {
         body: Vec<u8>,
         content_type: Option<&str>,
     ) -> Result<PutManifest, Error> {
-        self.authorize(who, policy::Action::Push, name)?;
+        self.authorize(who, policy::Action::Push, name, audit::Action::ManifestPut)
+            .await?;
+        let rec = Record::new(who, audit::Action::ManifestPut)
+            .repository(name.as_str())
+            .tag(tag_of(reference));
+        let r = self
+            .put_manifest_inner(who, name, reference, body, content_type)
+            .await;
+        let rec = match &r {
+            Ok(p) => rec.digest(&p.digest),
+            Err(_) => rec,
+        };
+        self.audited(rec, r).await
+    }
+
+    async fn put_manifest_inner(
+        &self,
+        who: &Identity,
+        name: &RepoName,
+        reference: &Reference,
+        body: Vec<u8>,
+        content_type: Option<&str>,
+    ) -> Result<PutManifest, Error> {
         if body.len() > MAX_MANIFEST_BYTES {
             return Err(Error::ManifestTooLarge {
                 limit: MAX_MANIFEST_BYTES,
@@ -636,7 +736,8 @@ impl Registry {
         name: &RepoName,
         reference: &Reference,
     ) -> Result<StoredManifest, Error> {
-        self.authorize(who, policy::Action::Pull, name)?;
+        self.authorize(who, policy::Action::Pull, name, audit::Action::Pull)
+            .await?;
         let m = self.storage.manifest(name, reference).await?;
         self.emit(
             who,
@@ -656,7 +757,8 @@ impl Registry {
         name: &RepoName,
         reference: &Reference,
     ) -> Result<StoredManifest, Error> {
-        self.authorize(_who, policy::Action::Pull, name)?;
+        self.authorize(_who, policy::Action::Pull, name, audit::Action::Pull)
+            .await?;
         self.storage.manifest(name, reference).await
     }
 
@@ -668,27 +770,65 @@ impl Registry {
         name: &RepoName,
         reference: &Reference,
     ) -> Result<(), Error> {
-        self.authorize(who, policy::Action::Delete, name)?;
+        let op = match reference {
+            Reference::Digest(_) => audit::Action::ManifestDelete,
+            Reference::Tag(_) => audit::Action::TagDelete,
+        };
+        self.authorize(who, policy::Action::Delete, name, op)
+            .await?;
         if !self.delete_enabled {
             return Err(Error::DeleteDisabled);
         }
-        let (target, digest) = match reference {
+        let mut rec = Record::new(who, op)
+            .repository(name.as_str())
+            .tag(tag_of(reference));
+        let r = match reference {
             Reference::Digest(d) => {
-                self.storage.delete_manifest(name, d).await?;
-                (Target::Manifest, Some(d))
+                rec = rec.digest(d);
+                self.storage
+                    .delete_manifest(name, d)
+                    .await
+                    .map(|()| (Target::Manifest, Some(d)))
             }
-            Reference::Tag(t) => {
-                self.storage.delete_tag(name, t).await?;
-                (Target::Tag, None)
-            }
+            Reference::Tag(t) => self
+                .storage
+                .delete_tag(name, t)
+                .await
+                .map(|()| (Target::Tag, None)),
         };
-        self.emit(who, Action::Delete, target, name, digest, tag_of(reference));
-        Ok(())
+        if let Ok((target, digest)) = &r {
+            self.emit(
+                who,
+                Action::Delete,
+                *target,
+                name,
+                *digest,
+                tag_of(reference),
+            );
+        }
+        self.audited(rec, r.map(|_| ())).await
     }
 
     /// Deletes an image for an operator (the control API's `berth image rm`): allowed
     /// whatever `delete_enabled` says, and answers what the reference resolved to.
     pub async fn delete_image(
+        &self,
+        who: &Identity,
+        name: &RepoName,
+        reference: &Reference,
+    ) -> Result<Deleted, Error> {
+        let rec = Record::new(who, audit::Action::ImageDelete)
+            .repository(name.as_str())
+            .tag(tag_of(reference));
+        let r = self.delete_image_inner(who, name, reference).await;
+        let rec = match &r {
+            Ok(d) => rec.digest(&d.digest),
+            Err(_) => rec,
+        };
+        self.audited(rec, r).await
+    }
+
+    async fn delete_image_inner(
         &self,
         who: &Identity,
         name: &RepoName,
@@ -721,8 +861,12 @@ impl Registry {
 
     /// Every tag of a repository, sorted.
     pub async fn tags(&self, who: &Identity, name: &RepoName) -> Result<Vec<String>, Error> {
-        if self.authorize(who, policy::Action::List, name).is_err() {
-            self.authorize(who, policy::Action::Pull, name)?;
+        let may_list = self
+            .decide(who, policy::Action::List, name.as_str())
+            .allowed;
+        if !may_list {
+            self.authorize(who, policy::Action::Pull, name, audit::Action::List)
+                .await?;
         }
         self.storage.tags(name).await
     }
@@ -747,7 +891,8 @@ impl Registry {
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<(Value, bool), Error> {
-        self.authorize(_who, policy::Action::Pull, name)?;
+        self.authorize(_who, policy::Action::Pull, name, audit::Action::Pull)
+            .await?;
         let mut entries = Vec::new();
         for (digest, bytes) in self.storage.manifests_of(name).await? {
             let Ok(m) = Manifest::parse(&bytes, None) else {
@@ -796,13 +941,32 @@ impl Registry {
     /// Online garbage collection (see `storage/gc.rs` for why it is safe while serving).
     pub async fn gc(&self, who: &Identity, opts: GcOptions) -> Result<GcReport, Error> {
         tracing::info!(by = %who, dry_run = opts.dry_run, delete_untagged = opts.delete_untagged, "garbage collection");
-        self.storage.gc(opts).await
+        let dry_run = opts.dry_run;
+        let r = self.storage.gc(opts).await;
+        if dry_run {
+            return r;
+        }
+        let rec = Record::new(who, audit::Action::Gc);
+        let rec = match &r {
+            Ok(g) => rec.name(format!(
+                "{} blobs, {} bytes freed",
+                g.blobs_deleted.len(),
+                g.bytes_freed
+            )),
+            Err(_) => rec,
+        };
+        self.audited(rec, r).await
     }
 
     /// Re-hashes every blob and resolves every link; with `repair`, quarantines.
     pub async fn fsck(&self, who: &Identity, repair: bool) -> Result<FsckReport, Error> {
         tracing::info!(by = %who, repair, "fsck");
-        self.storage.fsck(repair).await
+        let r = self.storage.fsck(repair).await;
+        if !repair {
+            return r;
+        }
+        self.audited(Record::new(who, audit::Action::FsckRepair), r)
+            .await
     }
 
     /// Upload sessions in progress, oldest first.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::blocking;
+use super::{blocking, caller};
 use crate::certsd::{HostPort, InstallRequest};
 use crate::daemon::State;
 use crate::proto as pb;
@@ -23,6 +23,7 @@ impl CertsService for CertsSvc {
         &self,
         req: Request<pb::InstallCertsRequest>,
     ) -> Result<Response<pb::InstallCertsResponse>, Status> {
+        let who = caller(&req);
         let r = req.into_inner();
         let install = InstallRequest {
             host: r.host.parse::<HostPort>()?,
@@ -33,7 +34,7 @@ impl CertsService for CertsSvc {
             force: r.force,
         };
         let state = self.state.clone();
-        let out = blocking(move || state.certsd.install(&state.pki, &install)).await?;
+        let out = blocking(move || state.certsd.install(&who, &state.pki, &install)).await?;
         Ok(Response::new(convert::install_out(out)))
     }
 
@@ -41,13 +42,14 @@ impl CertsService for CertsSvc {
         &self,
         req: Request<pb::RemoveCertsRequest>,
     ) -> Result<Response<pb::RemoveCertsResponse>, Status> {
+        let who = caller(&req);
         let r = req.into_inner();
         let host = r.host.parse::<HostPort>()?;
         let state = self.state.clone();
         let actions = blocking(move || {
             state
                 .certsd
-                .remove(&host, r.containers, r.containerd, r.dry_run)
+                .remove(&who, &host, r.containers, r.containerd, r.dry_run)
         })
         .await?;
         Ok(Response::new(pb::RemoveCertsResponse {

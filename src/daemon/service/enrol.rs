@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use super::blocking;
+use super::{blocking, caller};
 use crate::daemon::State;
 use crate::identity::Identity;
 use crate::net::Peer;
@@ -34,13 +34,14 @@ impl TokenService for TokenSvc {
         &self,
         req: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let who = caller(&req);
         let r = req.into_inner();
         let ttl = match r.ttl_seconds {
             0 => DEFAULT_TTL,
             s => Duration::from_secs(s),
         };
         let state = self.state.clone();
-        let t = blocking(move || state.pki.create_token(&r.name, ttl)).await?;
+        let t = blocking(move || state.pki.create_token(&who, &r.name, ttl)).await?;
         Ok(Response::new(pb::CreateTokenResponse {
             token: Some(convert::token_out(&t.record)),
             secret: t.secret,
@@ -61,7 +62,8 @@ impl TokenService for TokenSvc {
         &self,
         req: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
-        let t = self.state.pki.revoke_token(&req.into_inner().id)?;
+        let who = caller(&req);
+        let t = self.state.pki.revoke_token(&who, &req.into_inner().id)?;
         Ok(Response::new(pb::RevokeTokenResponse {
             token: Some(convert::token_out(&t)),
         }))
@@ -75,9 +77,10 @@ impl EnrolService for EnrolSvc {
         req: Request<pb::EnrolRequest>,
     ) -> Result<Response<pb::EnrolResponse>, Status> {
         let peer = req.extensions().get::<Peer>().and_then(|p| p.0);
+        let who = caller(&req);
         let r = req.into_inner();
         let state = self.state.clone();
-        let result = blocking(move || state.pki.enrol(&r.token, &r.csr_pem)).await;
+        let result = blocking(move || state.pki.enrol(&who, &r.token, &r.csr_pem)).await;
         let record = match result {
             Ok(rec) => rec,
             Err(e) => {
@@ -96,6 +99,7 @@ impl EnrolService for EnrolSvc {
         req: Request<pb::RenewRequest>,
     ) -> Result<Response<pb::EnrolResponse>, Status> {
         // net::serve has already refused a revoked or expired certificate.
+        let who = caller(&req);
         let serial = match req.extensions().get::<Identity>() {
             Some(Identity::Cert(c)) => c.serial.clone(),
             Some(Identity::Unix { .. } | Identity::Anonymous | Identity::Daemon) | None => {
@@ -106,7 +110,7 @@ impl EnrolService for EnrolSvc {
         };
         let csr = req.into_inner().csr_pem;
         let state = self.state.clone();
-        let record = blocking(move || state.pki.renew_enrolled(&serial, &csr)).await?;
+        let record = blocking(move || state.pki.renew_enrolled(&who, &serial, &csr)).await?;
         Ok(Response::new(self.answer(&record)))
     }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::blocking;
+use super::{blocking, caller};
 use crate::daemon::State;
 use crate::pki::{CertKind, IssueSpec, Issued, ListFilter};
 use crate::proto as pb;
@@ -55,6 +55,7 @@ impl PkiService for PkiSvc {
         &self,
         req: Request<pb::IssueCertificateRequest>,
     ) -> Result<Response<pb::IssueCertificateResponse>, Status> {
+        let who = caller(&req);
         let r = req.into_inner();
         let kind = convert::kind_request(r.kind, "certificate kind")?.ok_or_else(|| {
             Status::invalid_argument("certificate kind is required: server, client or admin")
@@ -73,7 +74,7 @@ impl PkiService for PkiSvc {
             ));
         }
         let state = self.state.clone();
-        let issued = blocking(move || state.pki.issue(&spec)).await?;
+        let issued = blocking(move || state.pki.issue(&who, &spec)).await?;
         let (certificate, private_key_pem, ca_certificate_pem) =
             self.issued_out(&issued, r.return_private_key);
         Ok(Response::new(pb::IssueCertificateResponse {
@@ -87,12 +88,13 @@ impl PkiService for PkiSvc {
         &self,
         req: Request<pb::SignCsrRequest>,
     ) -> Result<Response<pb::SignCsrResponse>, Status> {
+        let who = caller(&req);
         let r = req.into_inner();
         let profile = convert::kind_request(r.profile, "profile")?
             .ok_or_else(|| Status::invalid_argument("profile is required: server or client"))?;
         let days = (r.validity_days > 0).then_some(r.validity_days);
         let state = self.state.clone();
-        let record = blocking(move || state.pki.sign_csr(&r.csr, profile, days)).await?;
+        let record = blocking(move || state.pki.sign_csr(&who, &r.csr, profile, days)).await?;
         Ok(Response::new(pb::SignCsrResponse {
             certificate: Some(convert::record_out(&record)),
             ca_certificate_pem: self.state.pki.ca().cert_pem().to_string(),
@@ -132,9 +134,10 @@ impl PkiService for PkiSvc {
         &self,
         req: Request<pb::RevokeCertificateRequest>,
     ) -> Result<Response<pb::RevokeCertificateResponse>, Status> {
+        let who = caller(&req);
         let serial = req.into_inner().serial;
         let state = self.state.clone();
-        let record = blocking(move || state.pki.revoke(&serial)).await?;
+        let record = blocking(move || state.pki.revoke(&who, &serial)).await?;
         // The next TLS handshake must already see the new CRL.
         self.state.reload_tls()?;
         Ok(Response::new(pb::RevokeCertificateResponse {
@@ -146,6 +149,7 @@ impl PkiService for PkiSvc {
         &self,
         req: Request<pb::RenewCertificateRequest>,
     ) -> Result<Response<pb::RenewCertificateResponse>, Status> {
+        let who = caller(&req);
         let r = req.into_inner();
         let old = self.state.pki.get(&r.serial)?;
         if old.kind != CertKind::Client && !r.return_private_key && !old.key_held {
@@ -156,7 +160,7 @@ impl PkiService for PkiSvc {
         let state = self.state.clone();
         let days = (r.validity_days > 0).then_some(r.validity_days);
         let (issued, followed) = blocking(move || {
-            let issued = state.pki.renew(&old.serial, days)?;
+            let issued = state.pki.renew(&who, &old.serial, days)?;
             let followed = state.certsd.follow_renewal(&state.pki, &old)?;
             Ok::<_, crate::certsd::Error>((issued, followed))
         })

@@ -228,11 +228,11 @@ impl RegistryService for RegistrySvc {
 
     async fn reload_policy(
         &self,
-        _: Request<pb::ReloadPolicyRequest>,
+        req: Request<pb::ReloadPolicyRequest>,
     ) -> Result<Response<pb::ReloadPolicyResponse>, Status> {
         let source = self
             .state
-            .reload_policy()
+            .reload_policy(&super::caller(&req))
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(Response::new(pb::ReloadPolicyResponse { source }))
     }
