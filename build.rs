@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/berth/v1/certs.proto",
         "proto/berth/v1/registry.proto",
         "proto/berth/v1/enrol.proto",
+        "proto/berth/v1/audit.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
     // The encoded descriptor set feeds tonic-reflection, so grpcurl works without .proto files.

@@ -109,6 +109,53 @@ pub struct ControlConfig {
     pub admins: Vec<String>,
     /// Extra DNS names or IPs for the TCP listener's server certificate.
     pub tls_names: Vec<String>,
+    /// The role members of `group` get on the socket (root and berthd's own user are
+    /// always admins). `admin` by default, as the docker group is.
+    pub group_role: Role,
+    /// Roles of TCP callers by certificate identity, besides admin-profile certificates
+    /// and `admins`. A certificate matching several gets the strongest; an issuer's
+    /// `names` add up.
+    pub roles: Vec<RoleGrant>,
+}
+
+/// What a caller may do on the control API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read-only: status, listings, inspection, events, the audit log.
+    Viewer,
+    /// A viewer that may also issue, sign, renew and revoke certificates, and make
+    /// enrolment tokens, for the subjects its `names` match (never admin certificates).
+    Issuer,
+    /// Everything.
+    #[default]
+    Admin,
+}
+
+impl Role {
+    /// The role's name in config files and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Issuer => "issuer",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// One grant of a role to the certificates `subjects` match (`[[control.roles]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleGrant {
+    /// The role.
+    pub role: Role,
+    /// Who gets it: any of these matchers (the registry policy's: cn, o, ou, serial,
+    /// dns, email, uri and their `_prefix` forms; no groups).
+    pub subjects: Vec<registry::policy::Matcher>,
+    /// For issuers: common-name patterns (`ci-*`, `runner-??` is not a pattern; `*` is
+    /// any run of characters) of the certificates and tokens it may act on.
+    #[serde(default)]
+    pub names: Vec<String>,
 }
 
 /// A TCP address to serve the control API on with mutual TLS.
@@ -171,6 +218,8 @@ impl Default for ControlConfig {
             listen: Vec::new(),
             admins: Vec::new(),
             tls_names: Vec::new(),
+            group_role: Role::Admin,
+            roles: Vec::new(),
         }
     }
 }

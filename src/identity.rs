@@ -70,6 +70,49 @@ impl CertIdentity {
     }
 }
 
+impl CertIdentity {
+    /// A certificate identity as a person describes one (`CN=ci-bot,O=builders`, SANs as
+    /// `DNS:x`, `URI:x`, `email:x`), for explaining policy decisions without a certificate.
+    pub fn described(subject: &str, sans: &[String], serial: &str) -> Result<CertIdentity, String> {
+        let mut c = CertIdentity {
+            subject: subject.to_string(),
+            common_name: String::new(),
+            organizations: Vec::new(),
+            organizational_units: Vec::new(),
+            dns_names: Vec::new(),
+            ip_addresses: Vec::new(),
+            uris: Vec::new(),
+            emails: Vec::new(),
+            serial: serial.to_ascii_lowercase(),
+            not_after: OffsetDateTime::now_utc(),
+            issuer: String::new(),
+        };
+        for part in subject.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("invalid subject part {part:?}: expected KEY=VALUE"))?;
+            match k.trim().to_ascii_uppercase().as_str() {
+                "CN" => c.common_name = v.trim().to_string(),
+                "O" => c.organizations.push(v.trim().to_string()),
+                "OU" => c.organizational_units.push(v.trim().to_string()),
+                other => return Err(format!("a subject here has CN, O and OU, not {other}")),
+            }
+        }
+        for san in sans {
+            let (k, v) = san
+                .split_once(':')
+                .ok_or_else(|| format!("invalid SAN {san:?}: expected DNS:x, URI:x or email:x"))?;
+            match k.to_ascii_lowercase().as_str() {
+                "dns" => c.dns_names.push(v.to_string()),
+                "uri" => c.uris.push(v.to_string()),
+                "email" => c.emails.push(v.to_string()),
+                other => return Err(format!("a SAN here is DNS, URI or email, not {other}")),
+            }
+        }
+        Ok(c)
+    }
+}
+
 impl Identity {
     /// The certificate behind this identity, if it came over TLS.
     pub fn certificate(&self) -> Option<&CertIdentity> {

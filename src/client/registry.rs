@@ -193,4 +193,49 @@ impl Client {
             .into_inner();
         Ok(r.source)
     }
+
+    /// What berthd's loaded policy decides for a subject (`CN=ci-bot,O=builders`), its
+    /// SANs and serial, an action and a repository; with the policy's source.
+    pub async fn check_policy(
+        &self,
+        subject: &str,
+        sans: &[String],
+        serial: &str,
+        action: crate::registry::policy::Action,
+        repository: &str,
+    ) -> Result<(crate::registry::policy::Decision, String), Error> {
+        let r = self
+            .registry()
+            .check_policy(pb::CheckPolicyRequest {
+                subject: subject.to_string(),
+                sans: sans.to_vec(),
+                serial: serial.to_string(),
+                action: action.name().to_string(),
+                repository: repository.to_string(),
+            })
+            .await?
+            .into_inner();
+        Ok((
+            crate::registry::policy::Decision {
+                allowed: r.allowed,
+                rule: r.rule,
+            },
+            r.source,
+        ))
+    }
+
+    /// The audit records `filter` selects, oldest first.
+    pub async fn audit(
+        &self,
+        filter: &crate::audit::Filter,
+    ) -> Result<Vec<crate::audit::Record>, Error> {
+        let r = crate::proto::audit_service_client::AuditServiceClient::new(self.channel.clone())
+            .query(convert::audit_filter_out(filter))
+            .await?
+            .into_inner();
+        r.records
+            .into_iter()
+            .map(|x| convert::audit_record_in(x).map_err(Into::into))
+            .collect()
+    }
 }

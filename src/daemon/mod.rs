@@ -35,6 +35,7 @@ use crate::config::Config;
 use crate::identity::Identity;
 use crate::net::{self, Gate, Listener, Refusal, Served};
 use crate::pki::{self, Names, Pki};
+use crate::proto::audit_service_server::AuditServiceServer;
 use crate::proto::certs_service_server::CertsServiceServer;
 use crate::proto::enrol_service_server::EnrolServiceServer;
 use crate::proto::pki_service_server::PkiServiceServer;
@@ -106,6 +107,9 @@ pub enum Error {
     /// A file operation failed.
     #[error(transparent)]
     Fs(#[from] fsutil::Error),
+    /// `control.roles` says something impossible.
+    #[error("invalid control.roles: {0}")]
+    Roles(String),
     /// The audit log could not be opened.
     #[error(transparent)]
     Audit(#[from] crate::audit::Error),
@@ -205,6 +209,7 @@ impl Daemon {
         })?;
         let lock = take_lock(dir)?;
         let group = listen::resolve_group(config.control.group.as_deref())?;
+        auth::check_roles(&config.control.roles).map_err(Error::Roles)?;
         let audit = if config.audit.enabled {
             Audit::open(&config.audit_dir(), &config.audit)?
         } else {
@@ -409,53 +414,41 @@ async fn set_health(h: &tonic_health::server::HealthReporter, serving: bool) {
         <RegistryServiceServer<service::RegistrySvc> as tonic::server::NamedService>::NAME,
         <TokenServiceServer<service::TokenSvc> as tonic::server::NamedService>::NAME,
         <EnrolServiceServer<service::EnrolSvc> as tonic::server::NamedService>::NAME,
+        <AuditServiceServer<service::AuditSvc> as tonic::server::NamedService>::NAME,
     ] {
         h.set_service_status(name, status).await;
     }
 }
 
-/// Every control service behind the authorising interceptor, as one router that every
-/// control listener serves. Health starts NOT_SERVING: readiness waits mean something.
-fn routes(state: &Arc<State>) -> Result<(tonic_health::server::HealthReporter, Routes), Error> {
-    let authz = auth::Authorizer {
-        state: state.clone(),
-    };
+/// Every control service behind the guard that authorises by role, as one router that
+/// every control listener serves. Health starts NOT_SERVING: readiness waits mean something.
+fn routes(
+    state: &Arc<State>,
+) -> Result<(tonic_health::server::HealthReporter, auth::Guard<Routes>), Error> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| Error::Reflection(e.to_string()))?;
-    let routes = Routes::new(InterceptedService::new(
-        SystemServiceServer::new(service::SystemSvc {
-            state: state.clone(),
-        }),
-        authz.clone(),
-    ))
-    .add_service(InterceptedService::new(
-        PkiServiceServer::new(service::PkiSvc {
-            state: state.clone(),
-        }),
-        authz.clone(),
-    ))
-    .add_service(InterceptedService::new(
-        CertsServiceServer::new(service::CertsSvc {
-            state: state.clone(),
-        }),
-        authz.clone(),
-    ))
-    .add_service(InterceptedService::new(
-        RegistryServiceServer::new(service::RegistrySvc {
-            state: state.clone(),
-        }),
-        authz.clone(),
-    ))
-    .add_service(InterceptedService::new(
-        TokenServiceServer::new(service::TokenSvc {
-            state: state.clone(),
-        }),
-        authz.clone(),
-    ))
+    let routes = Routes::new(SystemServiceServer::new(service::SystemSvc {
+        state: state.clone(),
+    }))
+    .add_service(PkiServiceServer::new(service::PkiSvc {
+        state: state.clone(),
+    }))
+    .add_service(CertsServiceServer::new(service::CertsSvc {
+        state: state.clone(),
+    }))
+    .add_service(RegistryServiceServer::new(service::RegistrySvc {
+        state: state.clone(),
+    }))
+    .add_service(AuditServiceServer::new(service::AuditSvc {
+        state: state.clone(),
+    }))
+    .add_service(TokenServiceServer::new(service::TokenSvc {
+        state: state.clone(),
+    }))
     .add_service(InterceptedService::new(
         EnrolServiceServer::new(service::EnrolSvc {
             state: state.clone(),
@@ -464,10 +457,14 @@ fn routes(state: &Arc<State>) -> Result<(tonic_health::server::HealthReporter, R
             state: state.clone(),
         },
     ))
-    .add_service(InterceptedService::new(health, authz.clone()))
-    .add_service(InterceptedService::new(reflection, authz))
+    .add_service(health)
+    .add_service(reflection)
     .prepare();
-    Ok((health_reporter, routes))
+    let guard = auth::Guard {
+        inner: routes,
+        state: state.clone(),
+    };
+    Ok((health_reporter, guard))
 }
 
 impl State {

@@ -35,7 +35,7 @@ impl From<pki::Error> for Status {
             | E::InvalidCertificate(_)
             | E::UnknownKeyAlgorithm(_) => Code::InvalidArgument,
             E::NotFound(_) => Code::NotFound,
-            E::TokenRefused => Code::PermissionDenied,
+            E::TokenRefused | E::NotPermitted(_) => Code::PermissionDenied,
             E::AlreadyRevoked(_) => Code::FailedPrecondition,
             E::CorruptIndex { .. } | E::CorruptCa { .. } => Code::DataLoss,
             E::Fs(f) => return fs_status(f),
@@ -92,5 +92,16 @@ impl From<registry::Error> for Status {
 impl From<crate::proto::convert::WireError> for Status {
     fn from(e: crate::proto::convert::WireError) -> Status {
         Status::invalid_argument(e.to_string())
+    }
+}
+
+impl From<crate::audit::Error> for Status {
+    fn from(e: crate::audit::Error) -> Status {
+        use crate::audit::Error as E;
+        let code = match &e {
+            E::Query(_) => Code::InvalidArgument,
+            E::Io { .. } | E::Fs(_) | E::Write(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
     }
 }

@@ -46,6 +46,9 @@ use store::Store;
 /// Why a PKI operation failed. Each variant maps to one gRPC status class at the edge.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The caller may not have this certificate (outside its role's names).
+    #[error("{0}")]
+    NotPermitted(String),
     /// A subject name or SAN is malformed.
     #[error("invalid {field} {value:?}: {reason}")]
     InvalidName {
@@ -443,15 +446,18 @@ impl Pki {
 
     /// Signs a CSR with a fixed profile. The CSR contributes only its public key and names:
     /// CA rights, key usages and EKUs come from the profile. The key is never seen here.
+    /// `permit` sees the names the certificate would carry before anything is stored,
+    /// and may refuse them (an issuer signs only for its own subjects).
     pub fn sign_csr(
         &self,
         who: &Identity,
         csr: &[u8],
         profile: CertKind,
         validity_days: Option<u32>,
+        permit: &dyn Fn(&Names) -> Result<(), String>,
     ) -> Result<CertRecord, Error> {
         let rec = Record::new(who, audit::Action::CertSign);
-        let r = self.sign_csr_for(csr, profile, validity_days, None);
+        let r = self.sign_csr_for(csr, profile, validity_days, None, permit);
         self.audited(rec, r, |c, rec| {
             rec.serial(c.serial.clone())
                 .name(c.names.common_name.clone())
@@ -465,6 +471,7 @@ impl Pki {
         profile: CertKind,
         validity_days: Option<u32>,
         subject: Option<&str>,
+        permit: &dyn Fn(&Names) -> Result<(), String>,
     ) -> Result<CertRecord, Error> {
         let days = validity_days.unwrap_or(self.default_validity_days);
         let mut store = self.lock();
@@ -487,6 +494,7 @@ impl Pki {
                 )));
             }
         }
+        permit(&record.names).map_err(Error::NotPermitted)?;
         store.insert(record.clone(), None)?;
         tracing::info!(serial = %record.serial, kind = profile.name(), cn = %record.names.common_name, "signed CSR");
         Ok(record)
@@ -548,7 +556,7 @@ impl Pki {
     fn enrol_inner(&self, token: &str, csr: &[u8]) -> Result<CertRecord, Error> {
         let tokens = self.tokens_lock();
         let t = tokens.redeem(token)?;
-        let record = self.sign_csr_for(csr, CertKind::Client, None, Some(&t.name))?;
+        let record = self.sign_csr_for(csr, CertKind::Client, None, Some(&t.name), &|_| Ok(()))?;
         tokens.record_serial(&t.id, &record.serial)?;
         tracing::info!(token = %t.id, serial = %record.serial, cn = %t.name, "enrolled a host");
         Ok(record)
@@ -580,8 +588,13 @@ impl Pki {
                 old.status().name()
             )));
         }
-        let record =
-            self.sign_csr_for(csr, CertKind::Client, None, Some(&old.names.common_name))?;
+        let record = self.sign_csr_for(
+            csr,
+            CertKind::Client,
+            None,
+            Some(&old.names.common_name),
+            &|_| Ok(()),
+        )?;
         tracing::info!(old = %old.serial, new = %record.serial, cn = %old.names.common_name, "renewed an enrolled host");
         Ok(record)
     }

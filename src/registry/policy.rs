@@ -85,7 +85,7 @@ impl Action {
 }
 
 /// One way to recognise a certificate; every field given must match (AND).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Matcher {
     /// Subject CN, exactly.
@@ -226,6 +226,31 @@ fn field_matches(want: Option<&String>, have: &str) -> bool {
     want.is_none_or(|w| w == have)
 }
 
+impl Matcher {
+    /// Whether `c` matches every field given; `in_group` says whether it matches a named
+    /// group (the control API's roles have none: pass `|_| false`).
+    pub fn matches_with(&self, c: &CertIdentity, in_group: &dyn Fn(&str) -> bool) -> bool {
+        let m = self;
+        let prefix = |p: Option<&String>, vals: &[String]| {
+            p.is_none_or(|p| vals.iter().any(|v| v.starts_with(p.as_str())))
+        };
+        let any = |w: Option<&String>, vals: &[String]| w.is_none_or(|w| vals.contains(w));
+        field_matches(m.cn.as_ref(), &c.common_name)
+            && m.cn_prefix
+                .as_ref()
+                .is_none_or(|p| c.common_name.starts_with(p.as_str()))
+            && any(m.o.as_ref(), &c.organizations)
+            && any(m.ou.as_ref(), &c.organizational_units)
+            && field_matches(m.serial.as_ref(), &c.serial)
+            && any(m.dns.as_ref(), &c.dns_names)
+            && prefix(m.dns_prefix.as_ref(), &c.dns_names)
+            && any(m.email.as_ref(), &c.emails)
+            && any(m.uri.as_ref(), &c.uris)
+            && prefix(m.uri_prefix.as_ref(), &c.uris)
+            && m.group.as_deref().is_none_or(in_group)
+    }
+}
+
 impl Policy {
     /// Reads and checks a policy file.
     pub fn load(path: &Path) -> Result<Policy, Error> {
@@ -303,27 +328,11 @@ impl Policy {
     }
 
     fn matches(&self, m: &Matcher, c: &CertIdentity) -> bool {
-        let prefix = |p: Option<&String>, vals: &[String]| {
-            p.is_none_or(|p| vals.iter().any(|v| v.starts_with(p.as_str())))
-        };
-        let any = |w: Option<&String>, vals: &[String]| w.is_none_or(|w| vals.contains(w));
-        field_matches(m.cn.as_ref(), &c.common_name)
-            && m.cn_prefix
-                .as_ref()
-                .is_none_or(|p| c.common_name.starts_with(p.as_str()))
-            && any(m.o.as_ref(), &c.organizations)
-            && any(m.ou.as_ref(), &c.organizational_units)
-            && field_matches(m.serial.as_ref(), &c.serial)
-            && any(m.dns.as_ref(), &c.dns_names)
-            && prefix(m.dns_prefix.as_ref(), &c.dns_names)
-            && any(m.email.as_ref(), &c.emails)
-            && any(m.uri.as_ref(), &c.uris)
-            && prefix(m.uri_prefix.as_ref(), &c.uris)
-            && m.group.as_ref().is_none_or(|g| {
-                self.groups
-                    .get(g)
-                    .is_some_and(|ms| ms.iter().any(|gm| self.matches(gm, c)))
-            })
+        m.matches_with(c, &|g| {
+            self.groups
+                .get(g)
+                .is_some_and(|ms| ms.iter().any(|gm| self.matches(gm, c)))
+        })
     }
 
     /// Decides `action` on `repository` for a certificate.

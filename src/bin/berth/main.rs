@@ -67,6 +67,8 @@ enum Command {
     Image(cmd::image::ImageCmd),
     /// Live registry events (push, pull, delete), like `docker events`.
     Events(cmd::events::EventsCmd),
+    /// Who did what: the audit log of every change and every denial.
+    Audit(cmd::audit::AuditCmd),
     /// The registry's policy: reload it, explain a decision.
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCmd),
@@ -121,6 +123,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(c) => cmd::events::run(g, c).await,
         Command::Token(c) => cmd::token::run(g, c).await,
         Command::Policy(c) => cmd::policy::run(g, c).await,
+        Command::Audit(c) => cmd::audit::run(g, c).await,
         Command::Join(c) => cmd::join::run(g, c).await,
         Command::Renew(c) => cmd::host::renew(g, c).await,
         Command::Status(c) => cmd::host::status(g, c).await,

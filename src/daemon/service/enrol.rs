@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::{blocking, caller};
 use crate::daemon::State;
+use crate::daemon::auth::Grant;
 use crate::identity::Identity;
 use crate::net::Peer;
 use crate::proto as pb;
@@ -35,7 +36,15 @@ impl TokenService for TokenSvc {
         req: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         let who = caller(&req);
+        let grant = Grant::of(&req)?;
         let r = req.into_inner();
+        grant.may_act_on(
+            &self.state,
+            &who,
+            Some(crate::pki::CertKind::Client),
+            &r.name,
+            "make an enrolment token for",
+        )?;
         let ttl = match r.ttl_seconds {
             0 => DEFAULT_TTL,
             s => Duration::from_secs(s),
@@ -63,7 +72,26 @@ impl TokenService for TokenSvc {
         req: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         let who = caller(&req);
-        let t = self.state.pki.revoke_token(&who, &req.into_inner().id)?;
+        let grant = Grant::of(&req)?;
+        let id = req.into_inner().id;
+        if grant.role != crate::config::Role::Admin {
+            let name = self
+                .state
+                .pki
+                .tokens()?
+                .into_iter()
+                .find(|t| t.id == id)
+                .map(|t| t.name)
+                .ok_or_else(|| Status::not_found(format!("no enrolment token {id}")))?;
+            grant.may_act_on(
+                &self.state,
+                &who,
+                Some(crate::pki::CertKind::Client),
+                &name,
+                "revoke the enrolment token of",
+            )?;
+        }
+        let t = self.state.pki.revoke_token(&who, &id)?;
         Ok(Response::new(pb::RevokeTokenResponse {
             token: Some(convert::token_out(&t)),
         }))

@@ -1,11 +1,13 @@
 //! Thin gRPC adapters: decode, call one core function, encode.
 
+mod audit;
 mod certs;
 mod enrol;
 mod pki;
 mod registry;
 mod system;
 
+pub(crate) use audit::AuditSvc;
 pub(crate) use certs::CertsSvc;
 pub(crate) use enrol::{EnrolSvc, TokenSvc};
 pub(crate) use pki::PkiSvc;

@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::{blocking, caller};
 use crate::daemon::State;
+use crate::daemon::auth::Grant;
 use crate::pki::{CertKind, IssueSpec, Issued, ListFilter};
 use crate::proto as pb;
 use crate::proto::convert;
@@ -56,6 +57,7 @@ impl PkiService for PkiSvc {
         req: Request<pb::IssueCertificateRequest>,
     ) -> Result<Response<pb::IssueCertificateResponse>, Status> {
         let who = caller(&req);
+        let req_grant = Grant::of(&req)?;
         let r = req.into_inner();
         let kind = convert::kind_request(r.kind, "certificate kind")?.ok_or_else(|| {
             Status::invalid_argument("certificate kind is required: server, client or admin")
@@ -73,6 +75,13 @@ impl PkiService for PkiSvc {
                 "server and admin keys are not kept by berthd: set return_private_key (the CLI's --out) or the key is lost",
             ));
         }
+        req_grant.may_act_on(
+            &self.state,
+            &who,
+            Some(kind),
+            &spec.names.common_name,
+            "issue a certificate for",
+        )?;
         let state = self.state.clone();
         let issued = blocking(move || state.pki.issue(&who, &spec)).await?;
         let (certificate, private_key_pem, ca_certificate_pem) =
@@ -89,12 +98,27 @@ impl PkiService for PkiSvc {
         req: Request<pb::SignCsrRequest>,
     ) -> Result<Response<pb::SignCsrResponse>, Status> {
         let who = caller(&req);
+        let grant = Grant::of(&req)?;
         let r = req.into_inner();
         let profile = convert::kind_request(r.profile, "profile")?
             .ok_or_else(|| Status::invalid_argument("profile is required: server or client"))?;
         let days = (r.validity_days > 0).then_some(r.validity_days);
         let state = self.state.clone();
-        let record = blocking(move || state.pki.sign_csr(&who, &r.csr, profile, days)).await?;
+        let record = blocking(move || {
+            let permit = |n: &crate::pki::Names| {
+                grant
+                    .may_act_on(
+                        &state,
+                        &who,
+                        Some(profile),
+                        &n.common_name,
+                        "sign a CSR for",
+                    )
+                    .map_err(|s| s.message().to_string())
+            };
+            state.pki.sign_csr(&who, &r.csr, profile, days, &permit)
+        })
+        .await?;
         Ok(Response::new(pb::SignCsrResponse {
             certificate: Some(convert::record_out(&record)),
             ca_certificate_pem: self.state.pki.ca().cert_pem().to_string(),
@@ -135,7 +159,18 @@ impl PkiService for PkiSvc {
         req: Request<pb::RevokeCertificateRequest>,
     ) -> Result<Response<pb::RevokeCertificateResponse>, Status> {
         let who = caller(&req);
+        let grant = Grant::of(&req)?;
         let serial = req.into_inner().serial;
+        if grant.role != crate::config::Role::Admin {
+            let old = self.state.pki.get(&serial)?;
+            grant.may_act_on(
+                &self.state,
+                &who,
+                Some(old.kind),
+                &old.names.common_name,
+                "revoke",
+            )?;
+        }
         let state = self.state.clone();
         let record = blocking(move || state.pki.revoke(&who, &serial)).await?;
         // The next TLS handshake must already see the new CRL.
@@ -150,8 +185,16 @@ impl PkiService for PkiSvc {
         req: Request<pb::RenewCertificateRequest>,
     ) -> Result<Response<pb::RenewCertificateResponse>, Status> {
         let who = caller(&req);
+        let grant = Grant::of(&req)?;
         let r = req.into_inner();
         let old = self.state.pki.get(&r.serial)?;
+        grant.may_act_on(
+            &self.state,
+            &who,
+            Some(old.kind),
+            &old.names.common_name,
+            "renew",
+        )?;
         if old.kind != CertKind::Client && !r.return_private_key && !old.key_held {
             return Err(Status::invalid_argument(
                 "server and admin keys are not kept by berthd: set return_private_key (the CLI's --out) or the key is lost",

@@ -175,11 +175,16 @@ impl RegistryService for RegistrySvc {
         req: Request<pb::FsckRequest>,
     ) -> Result<Response<pb::FsckResponse>, Status> {
         let who = who(&req)?;
-        let report = self
-            .state
-            .registry
-            .fsck(&who, req.into_inner().repair)
-            .await?;
+        let repair = req.get_ref().repair;
+        if repair {
+            crate::daemon::auth::Grant::of(&req)?.require(
+                &self.state,
+                &who,
+                crate::config::Role::Admin,
+                "fsck --repair",
+            )?;
+        }
+        let report = self.state.registry.fsck(&who, repair).await?;
         Ok(Response::new(convert::fsck_out(report)))
     }
 
@@ -235,5 +240,22 @@ impl RegistryService for RegistrySvc {
             .reload_policy(&super::caller(&req))
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(Response::new(pb::ReloadPolicyResponse { source }))
+    }
+
+    async fn check_policy(
+        &self,
+        req: Request<pb::CheckPolicyRequest>,
+    ) -> Result<Response<pb::CheckPolicyResponse>, Status> {
+        let r = req.into_inner();
+        let c = crate::identity::CertIdentity::described(&r.subject, &r.sans, &r.serial)
+            .map_err(Status::invalid_argument)?;
+        let action = convert::policy_action_in(&r.action)?;
+        let p = self.state.registry.policy();
+        let d = p.decide_cert(&c, action, &r.repository);
+        Ok(Response::new(pb::CheckPolicyResponse {
+            allowed: d.allowed,
+            rule: d.rule,
+            source: p.source.clone(),
+        }))
     }
 }

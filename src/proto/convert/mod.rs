@@ -3,10 +3,12 @@
 //! must be given a wire value before it compiles. Decoding fails with a [`WireError`]; the
 //! daemon answers it as InvalidArgument, the client reports it as a protocol error.
 
+mod audit;
 mod certs;
 mod pki;
 mod registry;
 
+pub(crate) use audit::*;
 pub(crate) use certs::*;
 pub(crate) use pki::*;
 pub(crate) use registry::*;

@@ -269,3 +269,14 @@ pub(crate) fn repo_in(r: pb::Repository) -> RepoSummary {
         bytes: r.bytes,
     }
 }
+
+/// A registry policy action by name (`pull`, `push`, `delete`, `list`).
+pub(crate) fn policy_action_in(s: &str) -> Result<crate::registry::policy::Action, WireError> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
+        WireError::Invalid {
+            what: "policy action",
+            value: s.to_string(),
+            reason: "expected pull, push, delete or list".into(),
+        }
+    })
+}

@@ -1,5 +1,6 @@
 //! One module per noun of the command line.
 
+pub mod audit;
 pub mod ca;
 pub mod cert;
 pub mod certs;
