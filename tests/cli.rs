@@ -459,6 +459,86 @@ fn other_users_are_refused_unless_in_the_control_group() {
     );
 }
 
+fn nobody(bin: &Path, socket: &Path, cwd: &Path, args: &[&str]) -> Output {
+    common::run(
+        Command::new(bin)
+            .args(args)
+            .env("BERTH_SOCKET", socket)
+            .env_remove("BERTH_HOST")
+            .env("HOME", cwd)
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .uid(NOBODY)
+            .gid(NOBODY),
+    )
+}
+
+/// The socket group's configurable role: a viewer (another uid) may read, is refused a
+/// change with the role it needs, asks the daemon's live policy, and finds its denial in
+/// `berth audit`, recorded with its uid.
+#[test]
+fn the_socket_group_gets_its_configured_role_and_denials_are_audited() {
+    if !nix::unistd::Uid::effective().is_root() {
+        panic!("this test spawns the CLI as uid {NOBODY} and must run as root (CI does)");
+    }
+    let cwd = common::temp_dir();
+    std::fs::set_permissions(cwd.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = binary_for_others(cwd.path());
+    let pol = cwd.path().join("policy.toml");
+    std::fs::write(
+        &pol,
+        "version = 1\n[[rules]]\nname = \"builders delete\"\neffect = \"allow\"\nsubjects = [{ o = \"builders\" }]\nactions = [\"delete\"]\nrepositories = [\"team-a/**\"]\n",
+    )
+    .unwrap();
+    let p = pol.clone();
+    let d = TestDaemon::start_with(move |cfg| {
+        cfg.control.socket = cfg.state_dir.parent().unwrap().join("run/berthd.sock");
+        cfg.control.group = Some(NOBODY.to_string());
+        cfg.control.group_role = berth::config::Role::Viewer;
+        cfg.registry.policy = Some(p);
+    });
+    let run = |args: &[&str]| nobody(&bin, &d.socket, cwd.path(), args);
+    ok(&run(&["cert", "ls"]));
+    let err = failed(&run(&["cert", "issue", "client", "--name", "sneaky"]));
+    assert!(
+        err.contains("permission denied")
+            && err.contains("role viewer (group 65534)")
+            && err.contains("needs the issuer role"),
+        "{err}"
+    );
+    let err = failed(&run(&["registry", "gc"]));
+    assert!(err.contains("needs the admin role"), "{err}");
+    let err = failed(&run(&["registry", "fsck", "--repair"]));
+    assert!(err.contains("needs the admin role"), "{err}");
+    // fsck without --repair only reads.
+    ok(&run(&["registry", "fsck"]));
+    // The live policy check: the daemon's loaded file decides.
+    let out = run(&["policy", "check", "--subject", "CN=ci,O=builders", "delete", "team-a/app"]);
+    let text = ok(&out);
+    assert!(
+        text.starts_with("allowed") && text.contains("builders delete") && text.contains("policy.toml"),
+        "{text}"
+    );
+    let out = run(&["policy", "check", "--subject", "CN=x", "delete", "team-a/app"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"default\""));
+    // The viewer may read the audit log: its own denials are there, with its uid.
+    let out = run(&["audit", "--json", "--denied", "--action", "control"]);
+    let lines: Vec<Value> = ok(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines.iter().all(|l| l["actor"]["uid"] == NOBODY && l["decision"] == "deny"));
+    assert!(lines[0]["target"]["name"].as_str().unwrap().contains("IssueCertificate"), "{lines:?}");
+    assert!(lines.iter().all(|l| !l["request_id"].as_str().unwrap_or_default().is_empty()));
+    // root is an admin, and sees the same in a table.
+    let table = ok(&berth(&d.socket, cwd.path(), &["audit", "--actor", "65534"]));
+    assert!(table.contains("control.call") && table.contains("DENY"), "{table}");
+    // Nothing the viewer tried happened.
+    assert!(!ok(&berth(&d.socket, cwd.path(), &["cert", "ls"])).contains("sneaky"));
+}
+
 /// Waits for a condition with a deadline instead of sleeping a fixed time.
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
