@@ -1288,3 +1288,216 @@ async fn csrs_with_control_characters_in_names_are_refused() {
         "nothing recorded"
     );
 }
+
+fn csr_for(cn: &str) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    p.serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap()
+        .into_bytes()
+}
+
+/// Roles over TCP by certificate identity: a viewer reads and is refused every change
+/// with the role it needs; an issuer (by O) acts only on the names it was given, never on
+/// admin certificates; every refusal is in the audit log with the caller's subject.
+#[tokio::test(flavor = "multi_thread")]
+async fn control_roles_by_certificate_identity() {
+    let d = TestDaemon::start_with(|cfg: &mut Config| {
+        cfg.control.listen = vec!["tcp://127.0.0.1:0".parse::<ListenAddr>().unwrap()];
+        cfg.control.roles = toml::from_str::<Config>(
+            r#"
+            [[control.roles]]
+            role = "viewer"
+            subjects = [{ cn = "dashboard" }]
+            [[control.roles]]
+            role = "issuer"
+            subjects = [{ o = "builders" }]
+            names = ["ci-*"]
+            "#,
+        )
+        .unwrap()
+        .control
+        .roles;
+    });
+    let local = d.client().await;
+    let viewer_cert = common::client_cert(&local, "dashboard").await;
+    let issuer_cert = issue(
+        &local,
+        CertKind::Client,
+        Names {
+            common_name: "ci-issuer".into(),
+            organizations: vec!["builders".into()],
+            ..Names::default()
+        },
+        KeyAlgorithm::EcdsaP256,
+    )
+    .await;
+    let dirs = common::temp_dir();
+    let viewer = Client::connect(&d.tcp_target(tls_dir(&dirs.path().join("v"), &viewer_cert)))
+        .await
+        .unwrap();
+    let issuer = Client::connect(&d.tcp_target(tls_dir(&dirs.path().join("i"), &issuer_cert)))
+        .await
+        .unwrap();
+    let refused = |e: berth::client::Error, needs: &str| {
+        assert_eq!(e.kind(), Some(Code::PermissionDenied), "{e}");
+        assert!(e.to_string().contains(needs), "{e}");
+    };
+    let client_req = |cn: &str, kind| IssueRequest {
+        kind,
+        names: names(cn),
+        validity_days: None,
+        key_algorithm: KeyAlgorithm::EcdsaP256,
+        return_key: true,
+    };
+
+    // The viewer reads, and nothing more.
+    assert!(viewer.info().await.unwrap().caller.contains("dashboard"));
+    viewer.list(None, None).await.unwrap();
+    viewer.token_list().await.unwrap();
+    viewer.registry_status().await.unwrap();
+    refused(
+        viewer
+            .issue(client_req("ci-1", CertKind::Client))
+            .await
+            .unwrap_err(),
+        "needs the issuer role",
+    );
+    refused(
+        viewer.token_create("ci-1", None).await.unwrap_err(),
+        "needs the issuer role",
+    );
+    refused(
+        viewer.registry_gc(true, false, None).await.unwrap_err(),
+        "needs the admin role",
+    );
+    refused(
+        viewer.reload_policy().await.unwrap_err(),
+        "needs the admin role",
+    );
+
+    // The issuer: its names only.
+    let made = issuer
+        .issue(client_req("ci-1", CertKind::Client))
+        .await
+        .unwrap();
+    refused(
+        issuer
+            .issue(client_req("prod-db", CertKind::Client))
+            .await
+            .unwrap_err(),
+        "covers only [\"ci-*\"]",
+    );
+    refused(
+        issuer
+            .issue(client_req("ci-root", CertKind::Admin))
+            .await
+            .unwrap_err(),
+        "admin certificates need the admin role",
+    );
+    let (signed, _) = issuer
+        .sign_csr(csr_for("ci-csr"), CertKind::Client, None)
+        .await
+        .unwrap();
+    assert_eq!(signed.names.common_name, "ci-csr");
+    refused(
+        issuer
+            .sign_csr(csr_for("prod-csr"), CertKind::Client, None)
+            .await
+            .unwrap_err(),
+        "prod-csr",
+    );
+    let t = issuer.token_create("ci-runner-7", None).await.unwrap();
+    issuer.token_revoke(&t.record.id).await.unwrap();
+    refused(issuer.token_create("db-1", None).await.unwrap_err(), "db-1");
+    let other = local.token_create("db-2", None).await.unwrap();
+    refused(
+        issuer.token_revoke(&other.record.id).await.unwrap_err(),
+        "db-2",
+    );
+    issuer.renew(&made.record.serial, None, true).await.unwrap();
+    issuer.revoke(&made.record.serial).await.unwrap();
+    let prod = common::client_cert(&local, "prod-web").await;
+    refused(
+        issuer.revoke(&prod.record.serial).await.unwrap_err(),
+        "prod-web",
+    );
+    refused(
+        issuer
+            .renew(&prod.record.serial, None, true)
+            .await
+            .unwrap_err(),
+        "prod-web",
+    );
+    refused(
+        issuer.registry_fsck(true).await.unwrap_err(),
+        "needs the admin role",
+    );
+    issuer.registry_fsck(false).await.unwrap();
+    // Nothing refused happened.
+    let all = local.list(None, None).await.unwrap();
+    assert!(
+        all.iter()
+            .all(|c| c.names.common_name != "prod-db" && c.names.common_name != "prod-csr")
+    );
+    assert_eq!(
+        local
+            .list(None, None)
+            .await
+            .unwrap()
+            .iter()
+            .find(|c| c.serial == prod.record.serial)
+            .unwrap()
+            .status(),
+        CertStatus::Valid
+    );
+
+    // The audit log: every refusal, with the subject and peer address, and the changes
+    // that were allowed, by whom.
+    let denials = local
+        .audit(&berth::audit::Filter {
+            decision: Some(berth::audit::Decision::Deny),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(denials.len(), 12, "{denials:#?}");
+    for r in &denials {
+        let s = r.actor.subject.as_deref().unwrap();
+        assert!(s.contains("dashboard") || s.contains("ci-issuer"), "{r:?}");
+        assert!(
+            r.actor.peer.as_deref().unwrap().starts_with("127.0.0.1:"),
+            "{r:?}"
+        );
+        assert!(r.rule.as_deref().unwrap().starts_with("role "), "{r:?}");
+    }
+    let by_issuer = local
+        .audit(&berth::audit::Filter {
+            actor: Some("ci-issuer".into()),
+            decision: Some(berth::audit::Decision::Allow),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let actions: Vec<&str> = by_issuer.iter().map(|r| r.action.name()).collect();
+    assert_eq!(
+        actions,
+        [
+            "cert.issue",
+            "cert.sign",
+            "token.create",
+            "token.revoke",
+            "cert.renew",
+            "cert.revoke"
+        ]
+    );
+    // A token's secret is never recorded.
+    let text = std::fs::read_to_string(d.config.state_dir.join("audit/audit.log")).unwrap();
+    assert!(!text.contains(&t.secret) && !text.contains(&other.secret));
+    for line in text.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap();
+    }
+}

@@ -513,13 +513,29 @@ fn the_socket_group_gets_its_configured_role_and_denials_are_audited() {
     // fsck without --repair only reads.
     ok(&run(&["registry", "fsck"]));
     // The live policy check: the daemon's loaded file decides.
-    let out = run(&["policy", "check", "--subject", "CN=ci,O=builders", "delete", "team-a/app"]);
+    let out = run(&[
+        "policy",
+        "check",
+        "--subject",
+        "CN=ci,O=builders",
+        "delete",
+        "team-a/app",
+    ]);
     let text = ok(&out);
     assert!(
-        text.starts_with("allowed") && text.contains("builders delete") && text.contains("policy.toml"),
+        text.starts_with("allowed")
+            && text.contains("builders delete")
+            && text.contains("policy.toml"),
         "{text}"
     );
-    let out = run(&["policy", "check", "--subject", "CN=x", "delete", "team-a/app"]);
+    let out = run(&[
+        "policy",
+        "check",
+        "--subject",
+        "CN=x",
+        "delete",
+        "team-a/app",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"default\""));
     // The viewer may read the audit log: its own denials are there, with its uid.
@@ -529,12 +545,33 @@ fn the_socket_group_gets_its_configured_role_and_denials_are_audited() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 3, "{lines:?}");
-    assert!(lines.iter().all(|l| l["actor"]["uid"] == NOBODY && l["decision"] == "deny"));
-    assert!(lines[0]["target"]["name"].as_str().unwrap().contains("IssueCertificate"), "{lines:?}");
-    assert!(lines.iter().all(|l| !l["request_id"].as_str().unwrap_or_default().is_empty()));
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["actor"]["uid"] == NOBODY && l["decision"] == "deny")
+    );
+    assert!(
+        lines[0]["target"]["name"]
+            .as_str()
+            .unwrap()
+            .contains("IssueCertificate"),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l["request_id"].as_str().unwrap_or_default().is_empty())
+    );
     // root is an admin, and sees the same in a table.
-    let table = ok(&berth(&d.socket, cwd.path(), &["audit", "--actor", "65534"]));
-    assert!(table.contains("control.call") && table.contains("DENY"), "{table}");
+    let table = ok(&berth(
+        &d.socket,
+        cwd.path(),
+        &["audit", "--actor", "65534"],
+    ));
+    assert!(
+        table.contains("control.call") && table.contains("DENY"),
+        "{table}"
+    );
     // Nothing the viewer tried happened.
     assert!(!ok(&berth(&d.socket, cwd.path(), &["cert", "ls"])).contains("sneaky"));
 }

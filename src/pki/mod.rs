@@ -351,6 +351,10 @@ impl Pki {
         r: Result<T, Error>,
         done: impl FnOnce(&T, Record) -> Record,
     ) -> Result<T, Error> {
+        if matches!(r, Err(Error::NotPermitted(_))) {
+            // Refused by the caller's role, which recorded the denial itself.
+            return r;
+        }
         let rec = rec.outcome(&r);
         let rec = match &r {
             Ok(t) => done(t, rec),

@@ -21,7 +21,7 @@ impl AuditService for AuditSvc {
         &self,
         req: Request<pb::AuditQueryRequest>,
     ) -> Result<Response<pb::AuditQueryResponse>, Status> {
-        let filter = convert::audit_filter_in(req.into_inner());
+        let filter = convert::audit_filter_in(req.into_inner())?;
         let state = self.state.clone();
         let records = blocking(move || state.audit.query(&filter)).await?;
         Ok(Response::new(pb::AuditQueryResponse {

@@ -12,18 +12,30 @@ fn opt(s: String) -> Option<String> {
 }
 
 /// A filter, from the wire.
-pub(crate) fn audit_filter_in(q: pb::AuditQueryRequest) -> Filter {
-    Filter {
+pub(crate) fn audit_filter_in(q: pb::AuditQueryRequest) -> Result<Filter, WireError> {
+    let decision = match q.decision.as_str() {
+        "" => None,
+        "allow" => Some(Decision::Allow),
+        "deny" => Some(Decision::Deny),
+        other => {
+            return Err(WireError::Invalid {
+                what: "audit decision",
+                value: other.to_string(),
+                reason: "expected allow or deny".into(),
+            });
+        }
+    };
+    Ok(Filter {
         since: q.since.map(time_in),
         actor: opt(q.actor),
         repository: opt(q.repository),
         action: opt(q.action),
-        decision: q.denied_only.then_some(Decision::Deny),
+        decision,
         limit: match q.limit {
             0 => DEFAULT_LIMIT,
             n => n as usize,
         },
-    }
+    })
 }
 
 /// A filter, to the wire.
@@ -33,7 +45,11 @@ pub(crate) fn audit_filter_out(f: &Filter) -> pb::AuditQueryRequest {
         actor: f.actor.clone().unwrap_or_default(),
         repository: f.repository.clone().unwrap_or_default(),
         action: f.action.clone().unwrap_or_default(),
-        denied_only: f.decision == Some(Decision::Deny),
+        decision: match f.decision {
+            None => String::new(),
+            Some(Decision::Allow) => "allow".into(),
+            Some(Decision::Deny) => "deny".into(),
+        },
         limit: u32::try_from(f.limit).unwrap_or(u32::MAX),
     }
 }
