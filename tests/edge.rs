@@ -844,4 +844,151 @@ repositories = ["team-a/**"]
             .status,
         StatusCode::CREATED
     );
+
+    // The live check explains the loaded policy (the valid file, not the refused one).
+    let (dec, source) = c
+        .check_policy("CN=stranger", &[], "", berth::registry::policy::Action::Push, "team-a/app")
+        .await
+        .unwrap();
+    assert!(dec.allowed && dec.rule == "builders own team-a", "{dec:?}");
+    assert_eq!(source, policy.display().to_string());
+
+    // Every case above is in the audit log, one JSON line each, with who and which rule.
+    let text = std::fs::read_to_string(d.config.state_dir.join("audit/audit.log")).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let find = |action: &str, decision: &str, cn: &str, repo: &str| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| {
+                l["action"] == action
+                    && l["decision"] == decision
+                    && l["actor"]["subject"].as_str().unwrap_or_default().contains(cn)
+                    && l["target"]["repository"].as_str().unwrap_or_default() == repo
+            })
+            .collect()
+    };
+    let one = |action: &str, decision: &str, cn: &str, repo: &str| -> serde_json::Value {
+        let hits = find(action, decision, cn, repo);
+        assert!(!hits.is_empty(), "no {action} {decision} by {cn} on {repo} in\n{text}");
+        hits[0].clone()
+    };
+    let l = one("blob.commit", "allow", "O=builders", "team-a/app");
+    assert_eq!(l["result"], "ok");
+    assert_eq!(l["target"]["digest"], layer.to_string());
+    assert!(l["actor"]["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(l["request_id"].as_str().unwrap().len(), 32);
+    one("blob.commit", "allow", "runner", "team-a/x/y");
+    assert_eq!(one("blob.commit", "deny", "stranger", "team-a/app")["rule"], "default");
+    assert_eq!(
+        one("blob.commit", "deny", "ci-bot", "team-a/secret")["rule"],
+        "nobody touches team-a/secret"
+    );
+    let put = one("manifest.put", "allow", "ci-bot", "team-a/app");
+    assert_eq!(put["target"]["tag"], "1.0");
+    assert!(put["target"]["digest"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(
+        one("registry.list", "deny", "outsider", "team-a/app")["rule"],
+        "outsiders see nothing of team-a"
+    );
+    assert_eq!(one("blob.mount", "allow", "ci-bot", "team-a/copy")["target"]["from"], "team-a/app");
+    one("blob.mount", "deny", "ci-bot", "team-a/secret");
+    one("blob.mount", "deny", "stranger", "team-a/copy");
+    one("tag.delete", "allow", "ci-bot", "team-a/app");
+    // Pulls are not mutations: no record of the stranger's GET.
+    assert!(find("registry.pull", "allow", "stranger", "team-a/app").is_empty());
+    // Both reloads, the refused one with why, by the local admin.
+    let reloads: Vec<_> = lines.iter().filter(|l| l["action"] == "policy.reload").collect();
+    assert_eq!(reloads.len(), 2, "{text}");
+    assert_eq!(reloads[0]["result"], "ok");
+    assert_eq!(reloads[0]["actor"]["kind"], "unix");
+    assert!(reloads[1]["result"].as_str().unwrap().contains("allwo"), "{}", reloads[1]);
+}
+
+/// Policy reloads under load: clients keep pulling and pushing on open connections while
+/// the policy is swapped back and forth and invalid files are offered in between; no
+/// request fails, every refused file changes nothing, and each valid one is in force at
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn policy_reloads_under_load_fail_no_request() {
+    let dir = common::temp_dir();
+    let policy = dir.path().join("policy.toml");
+    let rules = |name: &str| {
+        format!(
+            "version = 1\n[defaults]\nallow = []\n[[rules]]\nname = \"{name}\"\neffect = \"allow\"\nsubjects = [{{ cn_prefix = \"load\" }}]\nactions = [\"pull\", \"push\"]\nrepositories = [\"load/**\"]\n"
+        )
+    };
+    std::fs::write(&policy, rules("gen-0")).unwrap();
+    let p = policy.clone();
+    let d = TestDaemon::start_with(move |cfg: &mut Config| {
+        cfg.registry.enabled = true;
+        cfg.registry.policy = Some(p);
+    });
+    let addr = d.registry[0];
+    let c = d.client().await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..4 {
+        let alpn: &[u8] = if i % 2 == 0 { b"http/1.1" } else { b"h2" };
+        let (cfg, _) = client_cfg(&c, &format!("load-{i}"), alpn).await;
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let mut conn = Conn::open(addr, cfg).await;
+            let (mut ok, mut n) = (0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 20 {
+                n += 1;
+                let data = format!("blob {i} {n}");
+                let dg = berth::registry::Digest::sha256_of(data.as_bytes());
+                let a = conn
+                    .send(
+                        Method::POST,
+                        &format!("/v2/load/app{i}/blobs/uploads/?digest={dg}"),
+                        data.into_bytes(),
+                    )
+                    .await;
+                assert_eq!(a.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&a.body));
+                let a = conn
+                    .send(Method::GET, &format!("/v2/load/app{i}/blobs/{dg}"), vec![])
+                    .await;
+                assert_eq!(a.status, StatusCode::OK, "{}", String::from_utf8_lossy(&a.body));
+                ok += 2;
+            }
+            ok
+        });
+    }
+    for generation in 1..=20 {
+        std::fs::write(&policy, "version = 1\n[[rules]]\nname = 1\n").unwrap();
+        c.reload_policy().await.unwrap_err();
+        let want = format!("gen-{}", generation - 1);
+        let (dec, _) = c
+            .check_policy("CN=load-0", &[], "", berth::registry::policy::Action::Push, "load/app0")
+            .await
+            .unwrap();
+        assert_eq!(dec.rule, want, "a refused file changed the policy");
+        std::fs::write(&policy, rules(&format!("gen-{generation}"))).unwrap();
+        c.reload_policy().await.unwrap();
+        let (dec, _) = c
+            .check_policy("CN=load-0", &[], "", berth::registry::policy::Action::Push, "load/app0")
+            .await
+            .unwrap();
+        assert_eq!(dec.rule, format!("gen-{generation}"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    while let Some(r) = tasks.join_next().await {
+        total += r.unwrap();
+    }
+    assert!(total >= 160, "{total}");
+    // A refused reload leaves the policy in force that the last valid one loaded, and
+    // the clients' requests were decided by it.
+    let denied = c
+        .audit(&berth::audit::Filter {
+            decision: Some(berth::audit::Decision::Deny),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(denied.is_empty(), "{denied:?}");
 }
