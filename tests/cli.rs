@@ -1127,7 +1127,9 @@ fn audit_records_survive_kill_9_mid_burst() {
             })
         })
         .collect();
-    wait_for("a burst of acknowledged writes", || acked.lock().unwrap().len() >= 200);
+    wait_for("a burst of acknowledged writes", || {
+        acked.lock().unwrap().len() >= 200
+    });
     daemon.kill().unwrap();
     daemon.wait().unwrap();
     for t in tasks {
@@ -1150,7 +1152,10 @@ fn audit_records_survive_kill_9_mid_burst() {
         .map(|s| s.trim_start_matches("token ").to_string())
         .collect();
     for id in &acked {
-        assert!(ids.contains(id), "token {id} was acknowledged but not audited");
+        assert!(
+            ids.contains(id),
+            "token {id} was acknowledged but not audited"
+        );
     }
     // The restart cuts off a record the kill may have torn; then every line is whole.
     let mut daemon = spawn();

@@ -847,7 +847,13 @@ repositories = ["team-a/**"]
 
     // The live check explains the loaded policy (the valid file, not the refused one).
     let (dec, source) = c
-        .check_policy("CN=stranger", &[], "", berth::registry::policy::Action::Push, "team-a/app")
+        .check_policy(
+            "CN=stranger",
+            &[],
+            "",
+            berth::registry::policy::Action::Push,
+            "team-a/app",
+        )
         .await
         .unwrap();
     assert!(dec.allowed && dec.rule == "builders own team-a", "{dec:?}");
@@ -865,46 +871,75 @@ repositories = ["team-a/**"]
             .filter(|l| {
                 l["action"] == action
                     && l["decision"] == decision
-                    && l["actor"]["subject"].as_str().unwrap_or_default().contains(cn)
+                    && l["actor"]["subject"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains(cn)
                     && l["target"]["repository"].as_str().unwrap_or_default() == repo
             })
             .collect()
     };
     let one = |action: &str, decision: &str, cn: &str, repo: &str| -> serde_json::Value {
         let hits = find(action, decision, cn, repo);
-        assert!(!hits.is_empty(), "no {action} {decision} by {cn} on {repo} in\n{text}");
+        assert!(
+            !hits.is_empty(),
+            "no {action} {decision} by {cn} on {repo} in\n{text}"
+        );
         hits[0].clone()
     };
     let l = one("blob.commit", "allow", "O=builders", "team-a/app");
     assert_eq!(l["result"], "ok");
     assert_eq!(l["target"]["digest"], layer.to_string());
-    assert!(l["actor"]["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(
+        l["actor"]["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
     assert_eq!(l["request_id"].as_str().unwrap().len(), 32);
     one("blob.commit", "allow", "runner", "team-a/x/y");
-    assert_eq!(one("blob.commit", "deny", "stranger", "team-a/app")["rule"], "default");
+    assert_eq!(
+        one("blob.commit", "deny", "stranger", "team-a/app")["rule"],
+        "default"
+    );
     assert_eq!(
         one("blob.commit", "deny", "ci-bot", "team-a/secret")["rule"],
         "nobody touches team-a/secret"
     );
     let put = one("manifest.put", "allow", "ci-bot", "team-a/app");
     assert_eq!(put["target"]["tag"], "1.0");
-    assert!(put["target"]["digest"].as_str().unwrap().starts_with("sha256:"));
+    assert!(
+        put["target"]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
     assert_eq!(
         one("registry.list", "deny", "outsider", "team-a/app")["rule"],
         "outsiders see nothing of team-a"
     );
-    assert_eq!(one("blob.mount", "allow", "ci-bot", "team-a/copy")["target"]["from"], "team-a/app");
+    assert_eq!(
+        one("blob.mount", "allow", "ci-bot", "team-a/copy")["target"]["from"],
+        "team-a/app"
+    );
     one("blob.mount", "deny", "ci-bot", "team-a/secret");
     one("blob.mount", "deny", "stranger", "team-a/copy");
     one("tag.delete", "allow", "ci-bot", "team-a/app");
     // Pulls are not mutations: no record of the stranger's GET.
     assert!(find("registry.pull", "allow", "stranger", "team-a/app").is_empty());
     // Both reloads, the refused one with why, by the local admin.
-    let reloads: Vec<_> = lines.iter().filter(|l| l["action"] == "policy.reload").collect();
+    let reloads: Vec<_> = lines
+        .iter()
+        .filter(|l| l["action"] == "policy.reload")
+        .collect();
     assert_eq!(reloads.len(), 2, "{text}");
     assert_eq!(reloads[0]["result"], "ok");
     assert_eq!(reloads[0]["actor"]["kind"], "unix");
-    assert!(reloads[1]["result"].as_str().unwrap().contains("allwo"), "{}", reloads[1]);
+    assert!(
+        reloads[1]["result"].as_str().unwrap().contains("allwo"),
+        "{}",
+        reloads[1]
+    );
 }
 
 /// Policy reloads under load: clients keep pulling and pushing on open connections while
@@ -948,11 +983,21 @@ async fn policy_reloads_under_load_fail_no_request() {
                         data.into_bytes(),
                     )
                     .await;
-                assert_eq!(a.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&a.body));
+                assert_eq!(
+                    a.status,
+                    StatusCode::CREATED,
+                    "{}",
+                    String::from_utf8_lossy(&a.body)
+                );
                 let a = conn
                     .send(Method::GET, &format!("/v2/load/app{i}/blobs/{dg}"), vec![])
                     .await;
-                assert_eq!(a.status, StatusCode::OK, "{}", String::from_utf8_lossy(&a.body));
+                assert_eq!(
+                    a.status,
+                    StatusCode::OK,
+                    "{}",
+                    String::from_utf8_lossy(&a.body)
+                );
                 ok += 2;
             }
             ok
@@ -963,14 +1008,26 @@ async fn policy_reloads_under_load_fail_no_request() {
         c.reload_policy().await.unwrap_err();
         let want = format!("gen-{}", generation - 1);
         let (dec, _) = c
-            .check_policy("CN=load-0", &[], "", berth::registry::policy::Action::Push, "load/app0")
+            .check_policy(
+                "CN=load-0",
+                &[],
+                "",
+                berth::registry::policy::Action::Push,
+                "load/app0",
+            )
             .await
             .unwrap();
         assert_eq!(dec.rule, want, "a refused file changed the policy");
         std::fs::write(&policy, rules(&format!("gen-{generation}"))).unwrap();
         c.reload_policy().await.unwrap();
         let (dec, _) = c
-            .check_policy("CN=load-0", &[], "", berth::registry::policy::Action::Push, "load/app0")
+            .check_policy(
+                "CN=load-0",
+                &[],
+                "",
+                berth::registry::policy::Action::Push,
+                "load/app0",
+            )
             .await
             .unwrap();
         assert_eq!(dec.rule, format!("gen-{generation}"));

@@ -122,6 +122,9 @@ struct Shared {
     synced: Condvar,
     /// Async callers wait here: the sequence number written so far.
     synced_tx: tokio::sync::watch::Sender<u64>,
+    /// Held by a test to stall the writer before it writes.
+    #[cfg(test)]
+    pause: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -172,6 +175,8 @@ impl Audit {
             wake: Condvar::new(),
             synced: Condvar::new(),
             synced_tx: tokio::sync::watch::channel(0).0,
+            #[cfg(test)]
+            pause: Mutex::new(()),
         });
         let s = shared.clone();
         std::thread::Builder::new()
@@ -321,7 +326,11 @@ fn writer(s: &Shared, mut file: File) {
             }
             (std::mem::take(&mut q.buf), q.done + 1, q.queued)
         };
+        #[cfg(test)]
+        let paused = s.pause.lock().unwrap_or_else(|e| e.into_inner());
         let r = file.write_all(&buf).and_then(|()| file.sync_data());
+        #[cfg(test)]
+        drop(paused);
         size += buf.len() as u64;
         {
             let mut q = s.lock();

@@ -209,3 +209,35 @@ fn the_disabled_log_records_nothing_and_never_blocks() {
     a.record(&Record::new(&unix(1), Action::Gc)).unwrap();
     assert!(a.query(&Filter::default()).unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_returns_only_once_it_is_written() {
+    let d = tempfile::tempdir().unwrap();
+    let a = Audit::open(d.path(), &Settings::default()).unwrap();
+    let shared = a.inner.as_ref().unwrap().shared.clone();
+    let paused = shared.pause.lock().unwrap();
+    let (a1, a2) = (a.clone(), a.clone());
+    let r_async =
+        tokio::spawn(async move { a1.record_async(&Record::new(&unix(1), Action::Gc)).await });
+    let r_sync = tokio::task::spawn_blocking(move || a2.record(&Record::new(&unix(2), Action::Gc)));
+    // Both are queued and the writer is stalled: neither may have returned.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while shared.lock().queued < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "records were never queued"
+        );
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        !r_async.is_finished() && !r_sync.is_finished(),
+        "a record returned before it was written"
+    );
+    drop(paused);
+    r_async.await.unwrap().unwrap();
+    r_sync.await.unwrap().unwrap();
+    assert_eq!(lines(d.path(), FILE).len(), 2);
+}
