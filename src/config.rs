@@ -72,6 +72,8 @@ pub struct Config {
     pub net: net::Settings,
     /// The audit log.
     pub audit: crate::audit::Settings,
+    /// The Prometheus endpoint.
+    pub metrics: crate::metrics::Settings,
 }
 
 impl Config {
@@ -205,6 +207,7 @@ impl Default for Config {
             registry: registry::Settings::default(),
             net: net::Settings::default(),
             audit: crate::audit::Settings::default(),
+            metrics: crate::metrics::Settings::default(),
         }
     }
 }

@@ -57,6 +57,7 @@ pub mod daemon;
 pub mod events;
 pub mod fsutil;
 pub mod identity;
+pub mod metrics;
 pub mod net;
 pub mod oci;
 pub mod pki;

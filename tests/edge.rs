@@ -1049,3 +1049,224 @@ async fn policy_reloads_under_load_fail_no_request() {
         .unwrap();
     assert!(denied.is_empty(), "{denied:?}");
 }
+
+/// Plain-HTTP GET of the metrics listener: content type and body.
+async fn scrape(addr: SocketAddr) -> (String, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri("/metrics")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = send.send_request(req).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    (ct, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// The value of the sample `name` whose labels include every `k="v"` of `labels`.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+        (n == name
+            && labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+        .then(|| value.parse().ok())?
+    })
+}
+
+/// `/metrics` scraped and parsed: requests by route and status, bytes, handshake failures
+/// by reason, requests refused on open connections, policy denials, uploads in progress,
+/// GC, open connections and certificate expiry.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_what_happened() {
+    let d = TestDaemon::start_with(|cfg: &mut Config| {
+        cfg.registry.enabled = true;
+        cfg.metrics.enabled = true;
+        cfg.metrics.listen = "127.0.0.1:0".parse().unwrap();
+    });
+    let m = d.metrics.unwrap();
+    assert!(m.ip().is_loopback());
+    let addr = d.registry[0];
+    let c = d.client().await;
+    let (cfg, serial) = client_cfg(&c, "counted", b"http/1.1").await;
+    let mut conn = Conn::open(addr, cfg.clone()).await;
+    assert_eq!(
+        conn.send(Method::GET, "/v2/", vec![]).await.status,
+        StatusCode::OK
+    );
+    let missing = berth::registry::Digest::sha256_of(b"missing");
+    assert_eq!(
+        conn.send(Method::HEAD, &format!("/v2/a/b/blobs/{missing}"), vec![])
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    // Delete needs a grant: a policy denial.
+    assert_eq!(
+        conn.send(Method::DELETE, "/v2/a/b/manifests/latest", vec![])
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    // An upload left open.
+    assert_eq!(
+        conn.send(Method::POST, "/v2/a/b/blobs/uploads/", vec![])
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    // Handshakes without a certificate and with a foreign one.
+    let (ct, text) = scrape(m).await;
+    assert_eq!(
+        ct,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let ca = c.ca().await.unwrap().0;
+    let _ = tokio_rustls::TlsConnector::from(common::client_config(&ca, None, b"http/1.1"))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+        )
+        .await;
+    let rogue_key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let rogue_ca = rcgen::CertifiedIssuer::self_signed(p, rogue_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "rogue");
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = p.signed_by(&key, &rogue_ca).unwrap();
+    let rogue = common::client_config(&ca, Some((&cert.pem(), &key.serialize_pem())), b"http/1.1");
+    if let Ok(mut s) = tokio_rustls::TlsConnector::from(rogue)
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+        )
+        .await
+    {
+        // TLS 1.3: the server judges the certificate after the client's side is done.
+        use tokio::io::AsyncReadExt;
+        let _ = s.read(&mut [0u8; 1]).await;
+    }
+    // Revoked: refused on the open connection, then at the next handshake.
+    c.revoke(&serial).await.unwrap();
+    assert_eq!(
+        conn.send(Method::GET, "/v2/", vec![]).await.status,
+        StatusCode::FORBIDDEN
+    );
+    if let Ok(mut s) = tokio_rustls::TlsConnector::from(cfg)
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+        )
+        .await
+    {
+        use tokio::io::AsyncReadExt;
+        let _ = s.read(&mut [0u8; 1]).await;
+    }
+    c.registry_gc(false, false, None).await.unwrap();
+
+    let mut text = String::new();
+    for _ in 0..500 {
+        text = scrape(m).await.1;
+        if sample(
+            &text,
+            "berth_tls_handshake_failures_total",
+            &[("reason", "revoked")],
+        )
+        .is_some()
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let req = |route: &str, status: &str| {
+        sample(
+            &text,
+            "berth_requests_total",
+            &[
+                ("listener", "registry"),
+                ("route", route),
+                ("status", status),
+            ],
+        )
+    };
+    assert_eq!(req("base", "200"), Some(1.0), "{text}");
+    assert_eq!(req("blob", "404"), Some(1.0), "{text}");
+    assert_eq!(req("manifest", "403"), Some(1.0), "{text}");
+    assert_eq!(req("upload", "202"), Some(1.0), "{text}");
+    assert!(
+        sample(
+            &text,
+            "berth_requests_total",
+            &[("listener", "control"), ("route", "pki")]
+        )
+        .is_some()
+    );
+    for reason in ["no_certificate", "unknown_ca", "revoked"] {
+        assert_eq!(
+            sample(
+                &text,
+                "berth_tls_handshake_failures_total",
+                &[("listener", "registry"), ("reason", reason)]
+            ),
+            Some(1.0),
+            "{reason}\n{text}"
+        );
+    }
+    assert_eq!(
+        sample(
+            &text,
+            "berth_refused_requests_total",
+            &[("reason", "revoked")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "berth_policy_denials_total", &[("action", "delete")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "berth_uploads_in_progress", &[]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "berth_gc_runs_total", &[]),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "berth_received_bytes_total",
+            &[("listener", "registry")]
+        )
+        .unwrap()
+            > 0.0
+    );
+    assert!(sample(&text, "berth_sent_bytes_total", &[("listener", "registry")]).unwrap() > 0.0);
+    assert!(sample(&text, "berth_connections_open", &[("listener", "metrics")]).unwrap() >= 1.0);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() as f64;
+    for which in ["ca", "registry", "soonest_client"] {
+        let t = sample(
+            &text,
+            "berth_certificate_expiry_timestamp_seconds",
+            &[("certificate", which)],
+        )
+        .unwrap_or_else(|| panic!("{which}\n{text}"));
+        assert!(t > now, "{which}");
+    }
+}

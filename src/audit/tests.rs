@@ -1,3 +1,5 @@
+//! Unit tests of the audit log.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::os::unix::fs::PermissionsExt;
 
 use super::*;
@@ -211,6 +213,8 @@ fn the_disabled_log_records_nothing_and_never_blocks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The writer is stalled on purpose while the test awaits.
+#[allow(clippy::await_holding_lock)]
 async fn a_record_returns_only_once_it_is_written() {
     let d = tempfile::tempdir().unwrap();
     let a = Audit::open(d.path(), &Settings::default()).unwrap();

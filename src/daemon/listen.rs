@@ -15,6 +15,7 @@ pub struct Listeners {
     pub(super) socket: PathBuf,
     pub(super) tcp: Vec<std::net::TcpListener>,
     pub(super) registry: Vec<std::net::TcpListener>,
+    pub(super) metrics: Option<std::net::TcpListener>,
 }
 
 impl Listeners {
@@ -29,6 +30,11 @@ impl Listeners {
             .iter()
             .filter_map(|l| l.local_addr().ok())
             .collect()
+    }
+
+    /// The bound metrics address, when metrics are served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The bound TCP addresses (with the real port when 0 was asked for).
@@ -106,7 +112,18 @@ pub(super) fn bind(cfg: &ControlConfig, group: Option<u32>) -> Result<Listeners,
         socket: path.clone(),
         tcp,
         registry: Vec::new(),
+        metrics: None,
     })
+}
+
+/// Binds the metrics listener.
+pub(super) fn bind_metrics(addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
+    std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| Error::Bind {
+            addr: format!("metrics {addr} (set metrics.listen, or stop what holds the port)"),
+            source,
+        })
 }
 
 /// Binds the registry's addresses. An address this host cannot have (no IPv6, say) is

@@ -7,6 +7,7 @@
 
 mod auth;
 mod listen;
+mod scrape;
 mod service;
 mod status;
 
@@ -126,6 +127,8 @@ pub(crate) struct State {
     pub registry: Registry,
     /// The audit log (the cores record in it; `berth audit` reads it).
     pub audit: Audit,
+    /// What the listeners and cores count, for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The per-request revocation and expiry check of every TCP listener.
     pub gate: Arc<Gate>,
     /// Failed enrolments per peer address, for rate limiting.
@@ -210,6 +213,7 @@ impl Daemon {
         let lock = take_lock(dir)?;
         let group = listen::resolve_group(config.control.group.as_deref())?;
         auth::check_roles(&config.control.roles).map_err(Error::Roles)?;
+        let metrics = crate::metrics::Metrics::new();
         let audit = if config.audit.enabled {
             Audit::open(&config.audit_dir(), &config.audit)?
         } else {
@@ -225,7 +229,8 @@ impl Daemon {
             Backend::Filesystem(registry_root),
             config.registry.delete_enabled,
         )
-        .with_audit(audit.clone());
+        .with_audit(audit.clone())
+        .with_metrics(metrics.clone());
         if let Some(p) = &config.registry.policy {
             registry.set_policy(crate::registry::policy::Policy::load(p)?);
         }
@@ -244,6 +249,7 @@ impl Daemon {
                 started_at: OffsetDateTime::now_utc(),
                 registry,
                 audit,
+                metrics,
                 gate,
                 enrol_failures: auth::Failures::default(),
                 ready: AtomicBool::new(false),
@@ -264,6 +270,16 @@ impl Daemon {
         if reg.enabled {
             match listen::bind_registry(&reg.listen) {
                 Ok(r) => l.registry = r,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&l.socket);
+                    return Err(e);
+                }
+            }
+        }
+        let m = &self.state.config.metrics;
+        if m.enabled {
+            match listen::bind_metrics(m.listen) {
+                Ok(r) => l.metrics = Some(r),
                 Err(e) => {
                     let _ = std::fs::remove_file(&l.socket);
                     return Err(e);
@@ -321,6 +337,9 @@ impl Daemon {
             settings: settings.clone(),
             plain_http_hint: None,
             allow_anonymous: true,
+            metrics: state.metrics.clone(),
+            route: grpc_route,
+            plain: false,
         };
 
         let socket = listeners.socket.clone();
@@ -368,11 +387,36 @@ impl Daemon {
                         settings: settings.clone(),
                         plain_http_hint: Some(hint),
                         allow_anonymous: false,
+                        metrics: state.metrics.clone(),
+                        route: oci::route_name,
+                        plain: false,
                     },
                     stop_rx.clone(),
                 ));
             }
             tracing::info!(addrs = ?registry_addrs, root = %state.registry.root().display(), "registry serving (mutual TLS)");
+        }
+        if let Some(l) = listeners.metrics {
+            let addr = l.local_addr().ok();
+            let l = TcpListener::from_std(l).map_err(bind_err(format!("metrics {addr:?}")))?;
+            tasks.spawn(net::serve(
+                Listener::Tcp(l),
+                Served {
+                    name: "metrics",
+                    service: scrape::router(state.clone()),
+                    refuse: scrape::refuse,
+                    tls: None,
+                    gate: state.gate.clone(),
+                    settings: settings.clone(),
+                    plain_http_hint: None,
+                    allow_anonymous: true,
+                    metrics: state.metrics.clone(),
+                    route: scrape::route,
+                    plain: true,
+                },
+                stop_rx.clone(),
+            ));
+            tracing::info!(addr = ?addr, "metrics serving (plain HTTP)");
         }
         tasks.spawn(reload_on_sighup(state.clone(), stop_rx.clone()));
         tasks.spawn(renew_certificates(state.clone(), stop_rx.clone()));
@@ -389,6 +433,23 @@ impl Daemon {
         let _ = std::fs::remove_file(&socket);
         tracing::info!("berthd stopped");
         Ok(())
+    }
+}
+
+/// The route label of a control request: its service, from a fixed set.
+fn grpc_route(path: &str) -> &'static str {
+    let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    match service {
+        "berth.v1.SystemService" => "system",
+        "berth.v1.PkiService" => "pki",
+        "berth.v1.CertsService" => "certs",
+        "berth.v1.RegistryService" => "registry",
+        "berth.v1.TokenService" => "tokens",
+        "berth.v1.EnrolService" => "enrol",
+        "berth.v1.AuditService" => "audit",
+        "grpc.health.v1.Health" => "health",
+        s if s.starts_with("grpc.reflection.") => "reflection",
+        _ => "other",
     }
 }
 

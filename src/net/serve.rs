@@ -132,6 +132,12 @@ pub struct Served<S, B> {
     pub allow_anonymous: bool,
     /// Limits and timeouts.
     pub settings: Settings,
+    /// Where requests, bytes, connections and refusals are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// The edge's name for a request path's route, a fixed set (metrics labels).
+    pub route: fn(&str) -> &'static str,
+    /// Serve plain HTTP/1.1 on TCP, without TLS: the loopback metrics listener only.
+    pub plain: bool,
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the soft limit now in
@@ -255,6 +261,11 @@ where
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             refused += 1;
+            served
+                .metrics
+                .connections_refused
+                .get_or_create(&crate::metrics::ListenerLabels { listener: name })
+                .inc();
             if let Some(suppressed) = throttles.cap.hit() {
                 tracing::warn!(
                     listener = name,
@@ -321,7 +332,19 @@ async fn connection<S, B>(
                 tracing::debug!(listener = name, %peer, error = %e, "cannot set TCP_NODELAY");
             }
             let Some(tls) = &served.tls else {
-                tracing::error!(listener = name, "TCP listener without TLS; closing");
+                if served.plain {
+                    drive(
+                        tcp,
+                        Identity::Anonymous,
+                        Peer(Some(peer)),
+                        false,
+                        served,
+                        stop,
+                    )
+                    .await;
+                } else {
+                    tracing::error!(listener = name, "TCP listener without TLS; closing");
+                }
                 return;
             };
             let limit = served.settings.handshake_timeout;
@@ -342,12 +365,28 @@ async fn connection<S, B>(
             let stream = match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
+                    served
+                        .metrics
+                        .handshake_failures
+                        .get_or_create(&crate::metrics::ReasonLabels {
+                            listener: name,
+                            reason: handshake_reason(&e),
+                        })
+                        .inc();
                     if let Some(suppressed) = throttles.handshake.hit() {
                         tracing::info!(listener = name, %peer, error = %e, suppressed, "TLS handshake refused");
                     }
                     return;
                 }
                 Err(_) => {
+                    served
+                        .metrics
+                        .handshake_failures
+                        .get_or_create(&crate::metrics::ReasonLabels {
+                            listener: name,
+                            reason: "timeout",
+                        })
+                        .inc();
                     if let Some(suppressed) = throttles.handshake.hit() {
                         tracing::info!(listener = name, %peer, suppressed, "TLS handshake timed out");
                     }
@@ -389,6 +428,20 @@ async fn connection<S, B>(
             };
             drive(s, id, Peer(None), true, served, stop).await;
         }
+    }
+}
+
+/// Why a handshake failed, as a metrics label.
+fn handshake_reason(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error as E};
+    match e.get_ref().and_then(|x| x.downcast_ref::<E>()) {
+        Some(E::NoCertificatesPresented) => "no_certificate",
+        Some(E::InvalidCertificate(CertificateError::UnknownIssuer)) => "unknown_ca",
+        Some(E::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        )) => "expired",
+        Some(E::InvalidCertificate(CertificateError::Revoked)) => "revoked",
+        Some(_) | None => "other",
     }
 }
 
@@ -532,10 +585,12 @@ impl<B: Body + Unpin> Body for Tracked<B> {
     }
 }
 
-/// The connection's I/O, noting when bytes of a new request arrive.
+/// The connection's I/O, noting when bytes of a new request arrive and counting bytes.
 struct Watched<IO> {
     io: IO,
     state: Arc<ConnState>,
+    bytes_in: prometheus_client::metrics::counter::Counter,
+    bytes_out: prometheus_client::metrics::counter::Counter,
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
@@ -546,8 +601,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+        let n = buf.filled().len().saturating_sub(before);
+        if matches!(r, Poll::Ready(Ok(()))) && n > 0 {
             self.state.on_read();
+            self.bytes_in.inc_by(n as u64);
         }
         r
     }
@@ -559,7 +616,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.bytes_out.inc_by(n as u64);
+        }
+        r
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -575,7 +636,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            self.bytes_out.inc_by(n as u64);
+        }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -627,9 +692,18 @@ async fn drive<IO, S, B>(
     B: ResponseBody,
 {
     let state = Arc::new(ConnState::new());
+    let m = &served.metrics;
+    let listener = crate::metrics::ListenerLabels {
+        listener: served.name,
+    };
+    let open = m.connections_open.get_or_create(&listener).clone();
+    open.inc();
+    let _open = scopeguard(open);
     let io = TokioIo::new(Watched {
         io,
         state: state.clone(),
+        bytes_in: m.bytes_in.get_or_create(&listener).clone(),
+        bytes_out: m.bytes_out.get_or_create(&listener).clone(),
     });
     let identity = Arc::new(identity);
     let svc = {
@@ -638,7 +712,20 @@ async fn drive<IO, S, B>(
             let guard = state.begin();
             let (served, identity) = (served.clone(), identity.clone());
             async move {
+                let route = (served.route)(req.uri().path());
                 if let Err(refusal) = served.gate.check(&identity) {
+                    let reason = match refusal {
+                        Refusal::Revoked { .. } => "revoked",
+                        Refusal::Expired { .. } => "expired",
+                    };
+                    served
+                        .metrics
+                        .refused_requests
+                        .get_or_create(&crate::metrics::ReasonLabels {
+                            listener: served.name,
+                            reason,
+                        })
+                        .inc();
                     tracing::warn!(listener = served.name, caller = %identity, reason = %refusal, "request refused");
                     let mut resp = (served.refuse)(&refusal);
                     if !h2 {
@@ -663,6 +750,9 @@ async fn drive<IO, S, B>(
                 if let Some(id) = id {
                     resp.headers_mut().insert("x-request-id", id);
                 }
+                served
+                    .metrics
+                    .request(served.name, route, resp.status().as_u16());
                 Ok(resp.map(|inner| Tracked {
                     inner,
                     _guard: guard,
@@ -726,4 +816,17 @@ async fn run<C: Graceful>(
             }
         }
     }
+}
+
+/// Decrements the open-connections gauge when the connection's task ends.
+struct OpenGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn scopeguard(g: prometheus_client::metrics::gauge::Gauge) -> OpenGuard {
+    OpenGuard(g)
 }

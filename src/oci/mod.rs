@@ -59,6 +59,27 @@ pub fn refuse(r: &Refusal) -> Response {
     resp
 }
 
+/// The route label of a registry request for metrics, from a fixed set (never the
+/// repository: clients choose those).
+pub fn route_name(path: &str) -> &'static str {
+    let Some(rest) = path
+        .strip_prefix("/v2/")
+        .or_else(|| (path == "/v2").then_some(""))
+    else {
+        return "other";
+    };
+    match route::parse(rest) {
+        Ok(route::Route::Base) => "base",
+        Ok(route::Route::Catalog) => "catalog",
+        Ok(route::Route::Tags(_)) => "tags",
+        Ok(route::Route::Manifest(..)) => "manifest",
+        Ok(route::Route::Blob(..)) => "blob",
+        Ok(route::Route::UploadStart(_) | route::Route::Upload(..)) => "upload",
+        Ok(route::Route::Referrers(..)) => "referrers",
+        Err(_) => "invalid",
+    }
+}
+
 /// What a plain-HTTP client on the registry's TLS port is told (see `net::serve`).
 pub fn plain_http_hint(addr: Option<std::net::SocketAddr>) -> String {
     let port = addr.map_or_else(|| "its port".to_string(), |a| a.port().to_string());

@@ -257,6 +257,8 @@ pub struct Registry {
     decisions: Arc<std::sync::Mutex<DecisionCache>>,
     /// Where every mutation and every denial is recorded, durably, before the answer.
     audit: Audit,
+    /// Policy denials and GC figures, for `/metrics`.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A policy and the number of the change that put it in force (never reused, unlike an
@@ -304,7 +306,15 @@ impl Registry {
             })),
             decisions: Arc::default(),
             audit: Audit::disabled(),
+            metrics: crate::metrics::Metrics::new(),
         }
+    }
+
+    /// The same registry counting into `metrics` (the daemon's).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Registry {
+        self.metrics = metrics;
+        self
     }
 
     /// The same registry recording every mutation and denial in `audit`.
@@ -400,6 +410,12 @@ impl Registry {
             return Ok(());
         }
         tracing::warn!(caller = %who, action = action.name(), repo = %name, rule = %d.rule, "denied by policy");
+        self.metrics
+            .policy_denials
+            .get_or_create(&crate::metrics::ActionLabels {
+                action: action.name(),
+            })
+            .inc();
         self.audit
             .note_async(
                 &Record::new(who, op)
@@ -945,6 +961,10 @@ impl Registry {
         let r = self.storage.gc(opts).await;
         if dry_run {
             return r;
+        }
+        if let Ok(g) = &r {
+            self.metrics.gc_runs.inc();
+            self.metrics.gc_bytes_freed.inc_by(g.bytes_freed);
         }
         let rec = Record::new(who, audit::Action::Gc);
         let rec = match &r {

@@ -54,6 +54,8 @@ pub struct TestDaemon {
     pub tcp: Vec<SocketAddr>,
     /// The registry's real addresses.
     pub registry: Vec<SocketAddr>,
+    /// The metrics listener's real address, when enabled.
+    pub metrics: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -85,6 +87,7 @@ impl TestDaemon {
         let socket = listeners.socket_path().to_path_buf();
         let tcp = listeners.tcp_addrs();
         let registry = listeners.registry_addrs();
+        let metrics = listeners.metrics_addr();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
         let probe = socket.clone();
@@ -113,6 +116,7 @@ impl TestDaemon {
             socket,
             tcp,
             registry,
+            metrics,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
