@@ -11,6 +11,8 @@
 //! | [`fsutil`] | atomic writes (temp file, fsync, rename, fsync dir), modes set at creation | std |
 //! | [`identity`] | [`identity::Identity`]: who asks (unix peer, verified certificate, berthd) | — |
 //! | [`events`] | push/pull/delete events, emitted by cores only, bounded broadcast | `identity` |
+//! | [`audit`] | the audit log: every mutation and denial, recorded by the cores, durable before the answer | `identity`, `fsutil` |
+//! | [`metrics`] | one daemon's Prometheus metrics, counted by `net` and the registry core | — |
 //! | [`pki`] | CA, issue, CSR signing, index, CRL, inspect (rcgen, x509-parser); `pki::Settings` | `fsutil`, `identity` |
 //! | [`certsd`] | docker/containers `certs.d` installer: plan, stage, commit, record | `pki`, `fsutil` |
 //! | [`registry`] | the registry core behind one door, [`registry::Registry`]; its storage (private) is registry:2 keys over a driver (fs, memory) | `fsutil`, `identity`, `events` |
@@ -30,8 +32,8 @@
 //!
 //! `berth cert issue client --name ci-bot` builds a [`client::IssueRequest`]; the client
 //! dials the unix socket; [`net::serve`] reads the peer's uid/gid (SO_PEERCRED) into an
-//! [`identity::Identity`] on every request; the daemon's interceptor decides whether that
-//! identity may use the control API; the PKI service runs [`pki::Pki::issue`] on a blocking
+//! [`identity::Identity`] on every request; the daemon's guard gives that identity a role
+//! (admin, issuer, viewer) and refuses a call outside it; the PKI service runs [`pki::Pki::issue`] on a blocking
 //! thread, which signs with the CA and writes the index and the held key through
 //! [`fsutil::write_atomic`]. A failure travels as `pki::Error` -> `tonic::Status` (one
 //! exhaustive mapping in the daemon) -> [`client::Error`] -> a CLI message with a hint.

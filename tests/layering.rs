@@ -14,6 +14,8 @@ const CORE: &[&str] = &[
     "src/identity.rs",
     "src/events.rs",
     "src/registry",
+    "src/audit",
+    "src/metrics.rs",
 ];
 
 /// Crates and modules a core module must not name.
