@@ -1494,6 +1494,28 @@ async fn control_roles_by_certificate_identity() {
             "cert.revoke"
         ]
     );
+    // A certificate with no role at all is refused, and that is recorded too.
+    let stranger = common::client_cert(&local, "no-role").await;
+    let stranger = Client::connect(&d.tcp_target(tls_dir(&dirs.path().join("s"), &stranger)))
+        .await
+        .unwrap();
+    refused(stranger.info().await.unwrap_err(), "has no role on berthd");
+    let r = local
+        .audit(&berth::audit::Filter {
+            actor: Some("no-role".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].rule.as_deref(), Some("no role"));
+    assert!(
+        r[0].target
+            .name
+            .as_deref()
+            .unwrap()
+            .contains("SystemService/Info")
+    );
     // A token's secret is never recorded.
     let text = std::fs::read_to_string(d.config.state_dir.join("audit/audit.log")).unwrap();
     assert!(!text.contains(&t.secret) && !text.contains(&other.secret));

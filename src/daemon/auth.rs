@@ -60,13 +60,14 @@ impl Grant {
         if self.role >= need {
             return Ok(());
         }
-        Err(deny(
-            state,
+        let (status, rec) = deny(
             who,
             what,
             &format!("role {} ({})", self.role.name(), self.basis),
             need,
-        ))
+        );
+        state.audit.note(&rec);
+        Err(status)
     }
 
     /// Refuses an issuer acting on a certificate or token outside its names, or on an
@@ -111,17 +112,17 @@ impl Grant {
     }
 }
 
-fn deny(state: &State, who: &Identity, what: &str, rule: &str, need: Role) -> Status {
+/// The refusal of a call outside the caller's role, and its audit record.
+fn deny(who: &Identity, what: &str, rule: &str, need: Role) -> (Status, audit::Record) {
     tracing::warn!(caller = %who, call = what, rule, "denied control request outside the caller's role");
-    state.audit.note(
-        &audit::Record::new(who, audit::Action::ControlCall)
-            .name(what)
-            .denied(rule),
-    );
-    Status::permission_denied(format!(
+    let rec = audit::Record::new(who, audit::Action::ControlCall)
+        .name(what)
+        .denied(rule);
+    let status = Status::permission_denied(format!(
         "{who} has {rule}; {what} needs the {} role",
         need.name()
-    ))
+    ));
+    (status, rec)
 }
 
 /// The role a control method needs. Unknown methods need admin: a new RPC is closed
@@ -190,7 +191,12 @@ where
                     Ok(g) => {
                         req.extensions_mut().insert(g);
                     }
-                    Err(status) => {
+                    Err((status, rec)) => {
+                        // Recorded without blocking a runtime thread: a caller may
+                        // repeat refused calls as fast as it likes.
+                        if let Some(rec) = rec {
+                            state.audit.note_async(&rec).await;
+                        }
                         let (parts, ()) = status.into_http::<()>().into_parts();
                         return Ok(hyper::Response::from_parts(
                             parts,
@@ -205,17 +211,30 @@ where
 }
 
 /// The caller's grant for `path`, or why not.
-fn authorize(state: &State, who: Option<&Identity>, path: &str) -> Result<Grant, Status> {
+fn authorize(
+    state: &State,
+    who: Option<&Identity>,
+    path: &str,
+) -> Result<Grant, (Status, Option<audit::Record>)> {
     let who = who.ok_or_else(|| {
-        Status::unauthenticated(
-            "no caller identity on this request (not through berthd's listeners)",
+        (
+            Status::unauthenticated(
+                "no caller identity on this request (not through berthd's listeners)",
+            ),
+            None,
         )
     })?;
-    let grant = role_of(who, state)?;
+    let grant = role_of(who, state).map_err(|s| {
+        let rec = audit::Record::new(who, audit::Action::ControlCall)
+            .name(path.trim_start_matches('/'))
+            .denied("no role");
+        (s, Some(rec))
+    })?;
     let need = needed(path);
     if grant.role < need {
         let rule = format!("role {} ({})", grant.role.name(), grant.basis);
-        return Err(deny(state, who, path.trim_start_matches('/'), &rule, need));
+        let (status, rec) = deny(who, path.trim_start_matches('/'), &rule, need);
+        return Err((status, Some(rec)));
     }
     Ok(grant)
 }
