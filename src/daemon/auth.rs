@@ -191,7 +191,8 @@ where
                     Ok(g) => {
                         req.extensions_mut().insert(g);
                     }
-                    Err((status, rec)) => {
+                    Err(refusal) => {
+                        let (status, rec) = *refusal;
                         // Recorded without blocking a runtime thread: a caller may
                         // repeat refused calls as fast as it likes.
                         if let Some(rec) = rec {
@@ -215,26 +216,26 @@ fn authorize(
     state: &State,
     who: Option<&Identity>,
     path: &str,
-) -> Result<Grant, (Status, Option<audit::Record>)> {
+) -> Result<Grant, Box<(Status, Option<audit::Record>)>> {
     let who = who.ok_or_else(|| {
-        (
+        Box::new((
             Status::unauthenticated(
                 "no caller identity on this request (not through berthd's listeners)",
             ),
             None,
-        )
+        ))
     })?;
     let grant = role_of(who, state).map_err(|s| {
         let rec = audit::Record::new(who, audit::Action::ControlCall)
             .name(path.trim_start_matches('/'))
             .denied("no role");
-        (s, Some(rec))
+        Box::new((s, Some(rec)))
     })?;
     let need = needed(path);
     if grant.role < need {
         let rule = format!("role {} ({})", grant.role.name(), grant.basis);
         let (status, rec) = deny(who, path.trim_start_matches('/'), &rule, need);
-        return Err((status, Some(rec)));
+        return Err(Box::new((status, Some(rec))));
     }
     Ok(grant)
 }
