@@ -395,16 +395,7 @@ fn binary_for_others(dir: &Path) -> PathBuf {
 }
 
 fn as_nobody(bin: &Path, socket: &Path, cwd: &Path, gid: u32) -> Output {
-    common::run(
-        Command::new(bin)
-            .args(["system", "info", "--json"])
-            .env("BERTH_SOCKET", socket)
-            .env("HOME", cwd)
-            .current_dir(cwd)
-            .uid(NOBODY)
-            // std drops root's supplementary groups when it sets the uid.
-            .gid(gid),
-    )
+    nobody(bin, socket, cwd, gid, &["system", "info", "--json"])
 }
 
 #[test]
@@ -459,7 +450,9 @@ fn other_users_are_refused_unless_in_the_control_group() {
     );
 }
 
-fn nobody(bin: &Path, socket: &Path, cwd: &Path, args: &[&str]) -> Output {
+/// The CLI run as uid nobody with primary group `gid` (std drops root's supplementary
+/// groups when it sets the uid).
+fn nobody(bin: &Path, socket: &Path, cwd: &Path, gid: u32, args: &[&str]) -> Output {
     common::run(
         Command::new(bin)
             .args(args)
@@ -469,7 +462,7 @@ fn nobody(bin: &Path, socket: &Path, cwd: &Path, args: &[&str]) -> Output {
             .current_dir(cwd)
             .stdin(Stdio::null())
             .uid(NOBODY)
-            .gid(NOBODY),
+            .gid(gid),
     )
 }
 
@@ -497,7 +490,7 @@ fn the_socket_group_gets_its_configured_role_and_denials_are_audited() {
         cfg.control.group_role = berth::config::Role::Viewer;
         cfg.registry.policy = Some(p);
     });
-    let run = |args: &[&str]| nobody(&bin, &d.socket, cwd.path(), args);
+    let run = |args: &[&str]| nobody(&bin, &d.socket, cwd.path(), NOBODY, args);
     ok(&run(&["cert", "ls"]));
     let err = failed(&run(&["cert", "issue", "client", "--name", "sneaky"]));
     assert!(

@@ -330,6 +330,20 @@ impl Registry {
         r
     }
 
+    /// [`Registry::audited`], with what a success adds to the record (its digest).
+    async fn audited_digest<T>(
+        &self,
+        rec: Record,
+        r: Result<T, Error>,
+        digest: impl FnOnce(&T) -> &Digest,
+    ) -> Result<T, Error> {
+        let rec = match &r {
+            Ok(t) => rec.digest(digest(t)),
+            Err(_) => rec,
+        };
+        self.audited(rec, r).await
+    }
+
     /// Puts the policy `load` produced (from the file named in the settings) in force;
     /// a failed load keeps the running policy. Either way it is recorded.
     pub fn reload_policy(
@@ -675,11 +689,7 @@ impl Registry {
         let r = self
             .put_manifest_inner(who, name, reference, body, content_type)
             .await;
-        let rec = match &r {
-            Ok(p) => rec.digest(&p.digest),
-            Err(_) => rec,
-        };
-        self.audited(rec, r).await
+        self.audited_digest(rec, r, |p| &p.digest).await
     }
 
     async fn put_manifest_inner(
@@ -837,11 +847,7 @@ impl Registry {
             .repository(name.as_str())
             .tag(tag_of(reference));
         let r = self.delete_image_inner(who, name, reference).await;
-        let rec = match &r {
-            Ok(d) => rec.digest(&d.digest),
-            Err(_) => rec,
-        };
-        self.audited(rec, r).await
+        self.audited_digest(rec, r, |d| &d.digest).await
     }
 
     async fn delete_image_inner(
