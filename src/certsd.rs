@@ -112,6 +112,21 @@ impl HostPort {
         })
     }
 
+    /// The host: a name, an IPv4 address, or an IPv6 address in brackets.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port, when one was given.
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+
+    /// The port a client connects to (443 when none was given).
+    pub fn port_or_default(&self) -> u16 {
+        self.port.unwrap_or(443)
+    }
+
     /// The certs.d folder name docker looks up: `host:port`, or `host` alone for port 443.
     pub fn dir_name(&self) -> String {
         match self.port {

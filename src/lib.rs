@@ -56,6 +56,7 @@ pub mod certsd;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod doctor;
 pub mod events;
 pub mod fsutil;
 pub mod identity;

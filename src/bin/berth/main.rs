@@ -67,6 +67,8 @@ enum Command {
     Image(cmd::image::ImageCmd),
     /// Live registry events (push, pull, delete), like `docker events`.
     Events(cmd::events::EventsCmd),
+    /// Why docker, podman or containerd will refuse a registry (files and a live probe).
+    Doctor(cmd::doctor::DoctorCmd),
     /// Who did what: the audit log of every change and every denial.
     Audit(cmd::audit::AuditCmd),
     /// The registry's policy: reload it, explain a decision.
@@ -124,6 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(c) => cmd::token::run(g, c).await,
         Command::Policy(c) => cmd::policy::run(g, c).await,
         Command::Audit(c) => cmd::audit::run(g, c).await,
+        Command::Doctor(c) => cmd::doctor::run(g, c).await,
         Command::Join(c) => cmd::join::run(g, c).await,
         Command::Renew(c) => cmd::host::renew(g, c).await,
         Command::Status(c) => cmd::host::status(g, c).await,

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod ca;
 pub mod cert;
 pub mod certs;
+pub mod doctor;
 pub mod events;
 pub mod host;
 pub mod image;
