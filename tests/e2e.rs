@@ -352,6 +352,11 @@ struct DockerRegistry {
 
 impl DockerRegistry {
     fn start(root: &Path) -> DockerRegistry {
+        DockerRegistry::start_with(root, "")
+    }
+
+    /// With `http_extra` appended under `http:` (distribution's `tls:` keys).
+    fn start_with(root: &Path, http_extra: &str) -> DockerRegistry {
         let bin = which("docker-registry").unwrap_or_else(|| {
             panic!("docker-registry is not installed: apt-get install -y docker-registry (.ci/run does)")
         });
@@ -366,7 +371,7 @@ impl DockerRegistry {
         std::fs::write(
             &file,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{http_extra}",
                 root.display()
             ),
         )
@@ -385,7 +390,12 @@ impl DockerRegistry {
             _config: config,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !r.answers() {
+        let tls = !http_extra.is_empty();
+        while !(if tls {
+            TcpStream::connect(&r.addr).is_ok()
+        } else {
+            r.answers()
+        }) {
             assert!(
                 Instant::now() < deadline,
                 "docker-registry did not start on {}",
@@ -1097,4 +1107,337 @@ fn docker_pushes_and_pulls_through_what_join_wrote() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+/// A CA made here, with rcgen.
+struct TestCa(rcgen::CertifiedIssuer<'static, rcgen::KeyPair>);
+
+impl TestCa {
+    fn new(cn: &str) -> TestCa {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        TestCa(rcgen::CertifiedIssuer::self_signed(p, rcgen::KeyPair::generate().unwrap()).unwrap())
+    }
+
+    /// (cert PEM, key PEM) for `names` (server) or a client `cn`.
+    fn leaf(&self, cn: &str, names: &[&str], client: bool) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.extended_key_usages = vec![if client {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        (
+            p.signed_by(&key, &self.0).unwrap().pem(),
+            key.serialize_pem(),
+        )
+    }
+}
+
+/// docker-registry over TLS with `server_ca`'s certificate for `names`, asking for
+/// client certificates from `client_ca`.
+fn tls_registry(
+    work: &Path,
+    server_ca: &TestCa,
+    names: &[&str],
+    client_ca: &TestCa,
+) -> DockerRegistry {
+    let (cert, key) = server_ca.leaf("registry", names, false);
+    let dir = work.join("server");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert).unwrap();
+    std::fs::write(dir.join("key.pem"), key).unwrap();
+    std::fs::write(dir.join("clientca.pem"), client_ca.0.pem()).unwrap();
+    std::fs::create_dir_all(work.join("storage")).unwrap();
+    DockerRegistry::start_with(
+        &work.join("storage"),
+        &format!(
+            "  tls:\n    certificate: {0}/cert.pem\n    key: {0}/key.pem\n    clientcas:\n      - {0}/clientca.pem\n",
+            dir.display()
+        ),
+    )
+}
+
+/// A certs.d tree with one host folder: `ca` trusted, a client pair from `client_ca`.
+fn certs_d(work: &Path, host: &str, ca: &TestCa, client_ca: &TestCa) -> (PathBuf, PathBuf) {
+    let root = work.join("certs.d");
+    let dir = root.join(host);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = client_ca.leaf("ci-bot", &[], true);
+    std::fs::write(dir.join("ca.crt"), ca.0.pem()).unwrap();
+    std::fs::write(dir.join("client.cert"), cert).unwrap();
+    std::fs::write(dir.join("client.key"), key).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.join("client.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    (root, dir)
+}
+
+async fn doctor_errors(root: &Path, host: &str) -> Vec<berth::doctor::Finding> {
+    let r = berth::doctor::diagnose(
+        &berth::doctor::Roots::certs_d(root),
+        &host.parse().unwrap(),
+        true,
+    )
+    .await;
+    r.findings
+        .into_iter()
+        .filter(|f| f.severity == berth::doctor::Severity::Error)
+        .collect()
+}
+
+/// skopeo's error for `host` with the folder `dir` (it must fail).
+fn skopeo_error(work: &Path, dir: &Path, host: &str) -> String {
+    let pol = policy(work);
+    skopeo_fails(
+        &pol,
+        &[
+            "inspect",
+            "--cert-dir",
+            dir.to_str().unwrap(),
+            &format!("docker://{host}/team/app:1.0"),
+        ],
+    )
+}
+
+/// The live probe against Debian's docker-registry, set up wrong the ways users do; each
+/// finding is proven by skopeo failing the way the finding says it will.
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_probes_docker_registry_set_up_wrong() {
+    common::crypto();
+    let (ca, other) = (TestCa::new("registry CA"), TestCa::new("another CA"));
+
+    // Healthy: no error, and skopeo gets as far as the registry (the image is missing).
+    let work = common::temp_dir();
+    let r = tls_registry(work.path(), &ca, &["127.0.0.1"], &ca);
+    let (root, dir) = certs_d(work.path(), &r.addr, &ca, &ca);
+    assert_eq!(doctor_errors(&root, &r.addr).await, Vec::new());
+    let err = skopeo_error(work.path(), &dir, &r.addr);
+    assert!(
+        err.contains("manifest unknown") || err.contains("not found"),
+        "{err}"
+    );
+    drop(r);
+
+    type Setup<'a> = Box<dyn Fn(&Path) -> (DockerRegistry, PathBuf, PathBuf) + 'a>;
+    let cases: Vec<(&str, Setup, &[&str])> = vec![
+        (
+            "server-name-mismatch",
+            Box::new(|w: &Path| {
+                let r = tls_registry(w, &ca, &["registry.example.internal"], &ca);
+                let (root, dir) = certs_d(w, &r.addr, &ca, &ca);
+                (r, root, dir)
+            }),
+            &["127.0.0.1"],
+        ),
+        (
+            "server-untrusted",
+            Box::new(|w: &Path| {
+                let r = tls_registry(w, &other, &["127.0.0.1"], &ca);
+                let (root, dir) = certs_d(w, &r.addr, &ca, &ca);
+                (r, root, dir)
+            }),
+            &["unknown authority"],
+        ),
+        (
+            "client-ca-not-requested",
+            Box::new(|w: &Path| {
+                let r = tls_registry(w, &ca, &["127.0.0.1"], &other);
+                let (root, dir) = certs_d(w, &r.addr, &ca, &ca);
+                (r, root, dir)
+            }),
+            &["tls: "],
+        ),
+    ];
+    for (code, build, skopeo_says) in cases {
+        let work = common::temp_dir();
+        let (r, root, dir) = build(work.path());
+        let errors = doctor_errors(&root, &r.addr).await;
+        let codes: Vec<&str> = errors.iter().map(|f| f.code).collect();
+        assert!(codes.contains(&code), "{code}: {errors:#?}");
+        let err = skopeo_error(work.path(), &dir, &r.addr);
+        for s in skopeo_says {
+            assert!(err.contains(s), "{code}: skopeo said {err}");
+        }
+        // What doctor says the client will print is what it prints.
+        let f = errors.iter().find(|f| f.code == code).unwrap();
+        if code != "client-ca-not-requested" {
+            let said = f.client_error.as_deref().unwrap();
+            assert!(
+                err.contains(said),
+                "{code}: doctor predicted {said:?}, skopeo said {err}"
+            );
+        }
+    }
+
+    // Plain HTTP on the port.
+    let work = common::temp_dir();
+    let r = DockerRegistry::start(&work.path().join("storage"));
+    let (root, dir) = certs_d(work.path(), &r.addr, &ca, &ca);
+    let codes: Vec<&str> = doctor_errors(&root, &r.addr)
+        .await
+        .iter()
+        .map(|f| f.code)
+        .collect();
+    assert_eq!(codes, ["port-not-tls"]);
+    let err = skopeo_error(work.path(), &dir, &r.addr);
+    assert!(
+        err.contains("server gave HTTP response to HTTPS client"),
+        "{err}"
+    );
+}
+
+/// The live probe against berth's own registry: healthy after `certs install`, and a
+/// revoked client told apart from everything else; the CLI's exit codes and JSON.
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_probes_berths_registry() {
+    let (d, host, certs) = registry_with_certs().await;
+    let root = d.containers_root().to_path_buf();
+    assert_eq!(doctor_errors(&root, &host).await, Vec::new());
+    let out = berth_cli(&["doctor", "--certs-d", root.to_str().unwrap(), &host]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Without a registry: every folder in the tree, files only with --no-probe.
+    let out = berth_cli(&["doctor", "--certs-d", root.to_str().unwrap(), "--no-probe"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.starts_with(&host), "{text}");
+    // Revoke the installed client: the registry refuses it, and doctor says so.
+    let c = d.client().await;
+    let serial = c.list(None, Some("e2e".to_string())).await.unwrap()[0]
+        .serial
+        .clone();
+    c.revoke(&serial).await.unwrap();
+    let errors = doctor_errors(&root, &host).await;
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].code, "client-rejected");
+    assert!(
+        errors[0]
+            .client_error
+            .as_deref()
+            .unwrap()
+            .contains("revoked"),
+        "{errors:#?}"
+    );
+    let work = common::temp_dir();
+    let err = skopeo_error(work.path(), &certs, &host);
+    assert!(
+        err.contains("revoked") || err.contains("bad certificate"),
+        "{err}"
+    );
+    let out = berth_cli(&[
+        "--json",
+        "doctor",
+        "--certs-d",
+        root.to_str().unwrap(),
+        &host,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v[0]["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["code"] == "client-rejected" && f["severity"] == "error")
+    );
+    // Nothing to examine: exit 2 with what to do.
+    let out = berth_cli(&["doctor", "--certs-d", "/nonexistent"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// Each class of file finding, proven with skopeo: a folder `berth certs install` wrote,
+/// broken one way at a time, makes doctor report the code and skopeo fail, printing what
+/// doctor said it would.
+#[tokio::test(flavor = "multi_thread")]
+async fn file_findings_are_what_skopeo_fails_on() {
+    let (d, host, certs) = registry_with_certs().await;
+    let _ = &d;
+    type Break = fn(&Path);
+    let cases: &[(&str, Break)] = &[
+        ("orphan-key", |p| {
+            std::fs::remove_file(p.join("client.cert")).unwrap()
+        }),
+        ("cert-without-key", |p| {
+            std::fs::remove_file(p.join("client.key")).unwrap()
+        }),
+        ("client-cert-named-crt", |p| {
+            std::fs::rename(p.join("client.cert"), p.join("client.crt")).unwrap()
+        }),
+        ("key-mismatch", |p| {
+            let k = rcgen::KeyPair::generate().unwrap();
+            std::fs::write(p.join("client.key"), k.serialize_pem()).unwrap();
+        }),
+        ("key-encrypted", |p| {
+            let out = Command::new("openssl")
+                .args([
+                    "pkey",
+                    "-in",
+                    "client.key",
+                    "-aes256",
+                    "-passout",
+                    "pass:x",
+                    "-out",
+                    "enc",
+                ])
+                .current_dir(p)
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            std::fs::rename(p.join("enc"), p.join("client.key")).unwrap();
+        }),
+        ("ignored-file", |p| {
+            std::fs::rename(p.join("ca.crt"), p.join("ca.pem")).unwrap()
+        }),
+        ("ca-not-pem", |p| {
+            let out = Command::new("openssl")
+                .args(["x509", "-in", "ca.crt", "-outform", "der", "-out", "der"])
+                .current_dir(p)
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            std::fs::rename(p.join("der"), p.join("ca.crt")).unwrap();
+        }),
+    ];
+    for (code, breaks) in cases {
+        let work = common::temp_dir();
+        let root = work.path().join("certs.d");
+        let dir = root.join(&host);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["ca.crt", "client.cert", "client.key"] {
+            std::fs::copy(certs.join(f), dir.join(f)).unwrap();
+        }
+        breaks(&dir);
+        let report = berth::doctor::diagnose(
+            &berth::doctor::Roots::certs_d(&root),
+            &host.parse().unwrap(),
+            true,
+        )
+        .await;
+        let errors: Vec<_> = report
+            .findings
+            .iter()
+            .filter(|f| f.severity == berth::doctor::Severity::Error)
+            .collect();
+        let f = errors
+            .iter()
+            .find(|f| f.code == *code)
+            .unwrap_or_else(|| panic!("{code}: {errors:#?}"));
+        let err = skopeo_error(work.path(), &dir, &host);
+        let said = f.client_error.as_deref().unwrap();
+        assert!(
+            err.contains(said),
+            "{code}: doctor predicted {said:?}, skopeo said {err}"
+        );
+    }
 }

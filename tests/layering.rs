@@ -16,6 +16,7 @@ const CORE: &[&str] = &[
     "src/registry",
     "src/audit",
     "src/metrics.rs",
+    "src/doctor",
 ];
 
 /// Crates and modules a core module must not name.

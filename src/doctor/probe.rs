@@ -35,7 +35,14 @@ struct Recorder {
     inner: Option<Arc<WebPkiServerVerifier>>,
     provider: Arc<CryptoProvider>,
     verdict: Mutex<Option<Result<(), rustls::Error>>>,
-    subject: Mutex<Option<String>>,
+    subject: Mutex<Option<Sans>>,
+}
+
+/// The server certificate's names, as Go's messages list them.
+#[derive(Debug, Clone, Default)]
+struct Sans {
+    dns: Vec<String>,
+    ips: Vec<String>,
 }
 
 impl ServerCertVerifier for Recorder {
@@ -58,19 +65,26 @@ impl ServerCertVerifier for Recorder {
         *self.verdict.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
         *self.subject.lock().unwrap_or_else(|e| e.into_inner()) =
             X509Certificate::from_der(end_entity).ok().map(|(_, c)| {
-                let names: Vec<String> = c
-                    .subject_alternative_name()
-                    .ok()
-                    .flatten()
-                    .map(|s| {
-                        s.value
-                            .general_names
-                            .iter()
-                            .map(|g| g.to_string())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                names.join(", ")
+                let mut sans = Sans::default();
+                if let Ok(Some(s)) = c.subject_alternative_name() {
+                    for g in &s.value.general_names {
+                        match g {
+                            x509_parser::extensions::GeneralName::DNSName(d) => {
+                                sans.dns.push((*d).to_string())
+                            }
+                            x509_parser::extensions::GeneralName::IPAddress(b) => {
+                                let ip = match b.len() {
+                                    4 => <[u8; 4]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                                    16 => <[u8; 16]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                                    _ => None,
+                                };
+                                sans.ips.extend(ip.map(|i| i.to_string()));
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                sans
             });
         Ok(ServerCertVerified::assertion())
     }
@@ -317,6 +331,23 @@ pub async fn probe(
         .unwrap_or_else(|e| e.into_inner())
         .clone()
         .unwrap_or_default();
+    // Go's words (crypto/x509 HostnameError).
+    let is_ip = name.parse::<std::net::IpAddr>().is_ok();
+    let valid_for = if is_ip {
+        sans.ips.join(", ")
+    } else {
+        sans.dns.join(", ")
+    };
+    let name_error = if is_ip && sans.ips.is_empty() {
+        format!(
+            "x509: cannot validate certificate for {name} because it doesn't contain any IP SANs"
+        )
+    } else if valid_for.is_empty() {
+        "x509: certificate is not valid for any names".to_string()
+    } else {
+        format!("x509: certificate is valid for {valid_for}, not {name}")
+    };
+    let all_names = [sans.dns.clone(), sans.ips.clone()].concat().join(", ");
     if let Some(Err(e)) = verdict {
         let trust = if from_folder {
             format!("the CAs in {}", dir.display())
@@ -327,8 +358,8 @@ pub async fn probe(
             rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => finding("server-untrusted", Severity::Error, runtime, format!("{target} presents a certificate that {trust} do not vouch for"))
                 .client("x509: certificate signed by unknown authority")
                 .fix(format!("put the CA that signed the registry's certificate in {}/ca.crt (berth ca show, on the berth host)", dir.display())),
-            rustls::Error::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }) => finding("server-name-mismatch", Severity::Error, runtime, format!("{target}'s certificate is valid for {sans}, not {name}"))
-                .client(format!("x509: certificate is valid for {sans}, not {name}"))
+            rustls::Error::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }) => finding("server-name-mismatch", Severity::Error, runtime, format!("{target}'s certificate is valid for {all_names}, not {name}"))
+                .client(name_error)
                 .fix(format!("reissue the registry's certificate with {name} (berthd: registry.names = [\"{name}\"]), or use a name it has")),
             rustls::Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => finding("server-expired", Severity::Error, runtime, format!("{target}'s certificate has expired"))
                 .client("x509: certificate has expired or is not yet valid")

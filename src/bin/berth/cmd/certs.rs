@@ -54,6 +54,9 @@ pub enum CertsCmd {
     Verify {
         /// The registry.
         host: String,
+        /// Also connect to the registry the way the clients would (berth doctor's probe).
+        #[arg(long)]
+        probe: bool,
     },
 }
 
@@ -154,11 +157,28 @@ pub async fn run(g: &Global, cmd: CertsCmd) -> anyhow::Result<ExitCode> {
                 print_actions(&actions, dry_run);
             }
         }
-        CertsCmd::Verify { host } => {
+        CertsCmd::Verify { host, probe } => {
             let entries = client.certs_verify(&host).await?;
             let problems: usize = entries.iter().map(|e| e.problems.len()).sum();
+            // berthd's trees, seen the way each runtime reads them, and the live registry.
+            let info = client.info().await?;
+            let docker = std::path::PathBuf::from(&info.docker_certs_root);
+            let roots = berth::doctor::Roots {
+                trees: vec![
+                    ("docker", vec![docker.clone()]),
+                    (
+                        "podman",
+                        vec![
+                            std::path::PathBuf::from(&info.containers_certs_root),
+                            docker,
+                        ],
+                    ),
+                ],
+            };
+            let hp: berth::certsd::HostPort = host.parse()?;
+            let report = berth::doctor::diagnose(&roots, &hp, probe).await;
             if g.json {
-                output::json(&entries)?;
+                output::json(&serde_json::json!({ "entries": entries, "doctor": report }))?;
             } else {
                 print_entries(&entries);
                 for e in &entries {
@@ -166,11 +186,12 @@ pub async fn run(g: &Global, cmd: CertsCmd) -> anyhow::Result<ExitCode> {
                         println!("problem: {}: {p}", e.directory.display());
                     }
                 }
-                if problems == 0 {
-                    println!("ok: {host} is set up the way docker expects");
-                }
+                crate::cmd::doctor::print(
+                    &report,
+                    std::io::IsTerminal::is_terminal(&std::io::stdout()),
+                );
             }
-            if problems > 0 {
+            if problems > 0 || report.has_errors() {
                 return Ok(ExitCode::FAILURE);
             }
         }

@@ -24,7 +24,8 @@ pub struct DoctorCmd {
     no_probe: bool,
 }
 
-fn print(r: &Report, colour: bool) {
+/// Prints a report for people: grouped by runtime, most severe first, with the fix.
+pub(crate) fn print(r: &Report, colour: bool) {
     let paint = |s: &str, code: &str| {
         if colour {
             format!("\x1b[{code}m{s}\x1b[0m")
