@@ -12,6 +12,7 @@
 //! | [`identity`] | [`identity::Identity`]: who asks (unix peer, verified certificate, berthd) | — |
 //! | [`events`] | push/pull/delete events, emitted by cores only, bounded broadcast | `identity` |
 //! | [`audit`] | the audit log: every mutation and denial, recorded by the cores, durable before the answer | `identity`, `fsutil` |
+//! | [`doctor`] | why docker, podman or containerd will refuse a registry: files and a live probe | `certsd` |
 //! | [`metrics`] | one daemon's Prometheus metrics, counted by `net` and the registry core | — |
 //! | [`pki`] | CA, issue, CSR signing, index, CRL, inspect (rcgen, x509-parser); `pki::Settings` | `fsutil`, `identity` |
 //! | [`certsd`] | docker/containers `certs.d` installer: plan, stage, commit, record | `pki`, `fsutil` |
