@@ -163,6 +163,34 @@ pub fn check_files(roots: &Roots, host: &HostPort) -> Report {
         folders.push((runtime.to_string(), used));
         findings.append(&mut f);
     }
+    if findings.is_empty() && folders.iter().all(|(_, d)| d.is_none()) {
+        let looked: Vec<String> = roots
+            .trees
+            .iter()
+            .flat_map(|(_, d)| {
+                d.iter()
+                    .map(|p| p.join(host.dir_name()).display().to_string())
+            })
+            .fold(Vec::new(), |mut v, p| {
+                if !v.contains(&p) {
+                    v.push(p);
+                }
+                v
+            });
+        findings.push(
+            Finding::new(
+                "folder-missing",
+                Severity::Error,
+                roots.trees.first().map_or("certs.d", |t| t.0),
+                format!(
+                    "no runtime has a folder for {host} (looked in {}): clients trust only the system CAs and send no client certificate",
+                    looked.join(", ")
+                ),
+            )
+            .client("remote error: tls: certificate required (or: x509: certificate signed by unknown authority)")
+            .fix(format!("berth certs install {host} (on the berth host), or berth join (on this one)")),
+        );
+    }
     let mut report = Report {
         registry: host.to_string(),
         folders,
@@ -194,7 +222,8 @@ pub async fn diagnose(roots: &Roots, host: &HostPort, live: bool) -> Report {
             all.extend(probe(runtime, host, dir, &material).await);
         }
         if report.folders.iter().all(|(_, d)| d.is_none()) {
-            all.extend(probe("certs.d", host, Path::new(""), &files::Material::default()).await);
+            let runtime = roots.trees.first().map_or("certs.d", |t| t.0);
+            all.extend(probe(runtime, host, Path::new(""), &files::Material::default()).await);
         }
         report.findings.extend(all);
         sort(&mut report.findings);
