@@ -1278,6 +1278,29 @@ async fn doctor_probes_docker_registry_set_up_wrong() {
         }
     }
 
+    // The server's own certificate as ca.crt: Go accepts it (until renewal); a warning.
+    let work = common::temp_dir();
+    let r = tls_registry(work.path(), &ca, &["127.0.0.1"], &ca);
+    let (root, dir) = certs_d(work.path(), &r.addr, &ca, &ca);
+    std::fs::copy(work.path().join("server/cert.pem"), dir.join("ca.crt")).unwrap();
+    let report = berth::doctor::diagnose(
+        &berth::doctor::Roots::certs_d(&root),
+        &r.addr.parse().unwrap(),
+        true,
+    )
+    .await;
+    let codes: Vec<&str> = report.findings.iter().map(|f| f.code).collect();
+    assert!(
+        !report.has_errors() && codes.contains(&"ca-is-server-cert"),
+        "{codes:?}"
+    );
+    let err = skopeo_error(work.path(), &dir, &r.addr);
+    assert!(
+        err.contains("manifest unknown") || err.contains("not found"),
+        "{err}"
+    );
+    drop(r);
+
     // Plain HTTP on the port.
     let work = common::temp_dir();
     let r = DockerRegistry::start(&work.path().join("storage"));

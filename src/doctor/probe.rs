@@ -36,6 +36,7 @@ struct Recorder {
     provider: Arc<CryptoProvider>,
     verdict: Mutex<Option<Result<(), rustls::Error>>>,
     subject: Mutex<Option<Sans>>,
+    end_entity: Mutex<Option<Vec<u8>>>,
 }
 
 /// The server certificate's names, as Go's messages list them.
@@ -63,6 +64,7 @@ impl ServerCertVerifier for Recorder {
             )),
         };
         *self.verdict.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+        *self.end_entity.lock().unwrap_or_else(|e| e.into_inner()) = Some(end_entity.to_vec());
         *self.subject.lock().unwrap_or_else(|e| e.into_inner()) =
             X509Certificate::from_der(end_entity).ok().map(|(_, c)| {
                 let mut sans = Sans::default();
@@ -269,6 +271,7 @@ pub async fn probe(
         provider: provider.clone(),
         verdict: Mutex::new(None),
         subject: Mutex::new(None),
+        end_entity: Mutex::new(None),
     });
     let key = m.pair.as_ref().and_then(|(chain, key)| {
         let signing = provider
@@ -348,6 +351,23 @@ pub async fn probe(
         format!("x509: certificate is valid for {valid_for}, not {name}")
     };
     let all_names = [sans.dns.clone(), sans.ips.clone()].concat().join(", ");
+    // Go trusts a server certificate that is itself in the pool (a copy of the server's
+    // certificate used as ca.crt); webpki does not. It works until the next renewal.
+    let ee = recorder
+        .end_entity
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let pinned = ee.is_some_and(|ee| m.cas.iter().any(|c| c.as_ref() == ee.as_slice()));
+    let verdict = match verdict {
+        Some(Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer))) if pinned => {
+            out.push(finding("ca-is-server-cert", Severity::Warning, runtime, format!("{} trusts {target}'s own certificate instead of the CA that signed it: it stops working when the certificate is renewed", dir.display()))
+                .at(dir)
+                .fix(format!("put the CA in {}/ca.crt instead (berth ca show, on the berth host)", dir.display())));
+            Some(Ok(()))
+        }
+        v => v,
+    };
     if let Some(Err(e)) = verdict {
         let trust = if from_folder {
             format!("the CAs in {}", dir.display())
