@@ -259,8 +259,31 @@ pub fn registries(roots: &Roots) -> Vec<HostPort> {
     out
 }
 
+/// Grouped by runtime, the group with the worst finding first; most severe first within.
 fn sort(f: &mut [Finding]) {
-    f.sort_by(|a, b| (a.severity, a.runtime).cmp(&(b.severity, b.runtime)));
+    let worst = |rt: &str, all: &[Finding]| {
+        all.iter()
+            .filter(|x| x.runtime == rt)
+            .map(|x| x.severity)
+            .min()
+            .unwrap_or(Severity::Warning)
+    };
+    let keys: Vec<(Severity, &'static str)> =
+        f.iter().map(|x| (worst(x.runtime, f), x.runtime)).collect();
+    let mut idx: Vec<usize> = (0..f.len()).collect();
+    idx.sort_by_key(|&i| (keys[i].0, keys[i].1, f[i].severity));
+    let sorted: Vec<Finding> = idx.iter().map(|&i| f[i].clone()).collect();
+    f.clone_from_slice(&sorted);
+}
+
+/// The registry part of what a user may paste: `host:port`, an image reference
+/// (`host:port/team/app:1.0`), or either with `docker://` or `https://` in front.
+pub fn registry_of(s: &str) -> &str {
+    let s = s
+        .trim()
+        .trim_start_matches("docker://")
+        .trim_start_matches("https://");
+    s.split('/').next().unwrap_or(s)
 }
 
 #[cfg(test)]

@@ -622,3 +622,20 @@ fn a_healthy_hosts_toml_has_no_findings() {
     );
     assert_eq!(codes(&c), Vec::<&str>::new());
 }
+
+#[test]
+fn a_pasted_reference_names_its_registry() {
+    assert_eq!(
+        registry_of("registry.example.internal:5443/team/app:1.0"),
+        HOST
+    );
+    assert_eq!(
+        registry_of("docker://registry.example.internal:5443/team/app@sha256:00"),
+        HOST
+    );
+    assert_eq!(
+        registry_of("https://registry.example.internal:5443/v2/"),
+        HOST
+    );
+    assert_eq!(registry_of(HOST), HOST);
+}

@@ -14,7 +14,8 @@ use crate::Global;
 /// `berth doctor`
 #[derive(Debug, Args)]
 pub struct DoctorCmd {
-    /// The registry as images name it (host[:port]); none: every registry with a folder.
+    /// The registry as images name it (host[:port], or an image reference such as
+    /// host:5443/team/app:1.0); none: every registry with a folder.
     registry: Option<String>,
     /// Examine this folder of host folders instead of this host's trees.
     #[arg(long = "certs-d", value_name = "DIR")]
@@ -82,7 +83,7 @@ pub async fn run(g: &Global, cmd: DoctorCmd) -> anyhow::Result<ExitCode> {
         None => Roots::system(std::env::var_os("HOME").map(PathBuf::from).as_deref()),
     };
     let hosts: Vec<HostPort> = match &cmd.registry {
-        Some(r) => match r.parse() {
+        Some(r) => match doctor::registry_of(r).parse() {
             Ok(h) => vec![h],
             Err(e) => {
                 eprintln!("berth: {e}");
