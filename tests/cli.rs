@@ -1165,3 +1165,75 @@ fn audit_records_survive_kill_9_mid_burst() {
     .unwrap();
     assert!(daemon.wait().unwrap().success());
 }
+
+/// Every file and folder berthd writes, under umask 000: content 0644, folders 0755 (never
+/// group- or world-writable), keys and the audit log 0600.
+#[tokio::test(flavor = "multi_thread")]
+async fn modes_are_explicit_under_umask_000() {
+    let dir = common::temp_dir();
+    let root = dir.path().join("root");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut daemon = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 000 && exec '{}' --root '{}' --certs-d '{}' --containers-certs-d '{}' --registry-listen 127.0.0.1:{port}",
+            env!("CARGO_BIN_EXE_berthd"),
+            root.display(),
+            dir.path().join("docker").display(),
+            dir.path().join("containers").display(),
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let socket = root.join("berthd.sock");
+    wait_for("berthd to serve", || {
+        berth(&socket, dir.path(), &["system", "health"]).status.success()
+    });
+    let c = berth::client::Client::connect(&berth::client::Target::Unix(socket.clone()))
+        .await
+        .unwrap();
+    let me = common::client_cert(&c, "umask").await;
+    let tls = common::presenting(&me, b"http/1.1");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    push_blob(addr, &tls, "team/app", b"monolithic").await;
+    // A chunked upload left open, and one finished.
+    for finish in [false, true] {
+        let (s, _) = common::tls_request(addr, tls.clone(), axum::http::Method::POST, "/v2/team/app/blobs/uploads/", vec![])
+            .await
+            .unwrap();
+        assert_eq!(s.as_u16(), 202);
+        if finish {
+            push_blob(addr, &tls, "team/app", b"second").await;
+        }
+    }
+    ok(&berth(&socket, dir.path(), &["certs", "install", "registry.example.internal:5443", "--client", "umask", "--containers"]));
+    let mut bad = Vec::new();
+    let mut walk = vec![root.clone(), dir.path().join("docker"), dir.path().join("containers")];
+    while let Some(p) = walk.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        let mode = m.permissions().mode() & 0o777;
+        if m.is_dir() {
+            walk.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            if mode & 0o022 != 0 {
+                bad.push(format!("{} {mode:o}", p.display()));
+            }
+        } else if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) {
+            continue;
+        } else {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let secret = name.ends_with(".key") || name.contains("audit.log") || p.to_string_lossy().contains("/keys/");
+            if mode & 0o022 != 0 || (secret && mode & 0o077 != 0) {
+                bad.push(format!("{} {mode:o}", p.display()));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "modes left to the umask:\n{}", bad.join("\n"));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(daemon.wait().unwrap().success());
+}
