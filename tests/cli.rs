@@ -1193,7 +1193,9 @@ async fn modes_are_explicit_under_umask_000() {
         .unwrap();
     let socket = root.join("berthd.sock");
     wait_for("berthd to serve", || {
-        berth(&socket, dir.path(), &["system", "health"]).status.success()
+        berth(&socket, dir.path(), &["system", "health"])
+            .status
+            .success()
     });
     let c = berth::client::Client::connect(&berth::client::Target::Unix(socket.clone()))
         .await
@@ -1204,17 +1206,38 @@ async fn modes_are_explicit_under_umask_000() {
     push_blob(addr, &tls, "team/app", b"monolithic").await;
     // A chunked upload left open, and one finished.
     for finish in [false, true] {
-        let (s, _) = common::tls_request(addr, tls.clone(), axum::http::Method::POST, "/v2/team/app/blobs/uploads/", vec![])
-            .await
-            .unwrap();
+        let (s, _) = common::tls_request(
+            addr,
+            tls.clone(),
+            axum::http::Method::POST,
+            "/v2/team/app/blobs/uploads/",
+            vec![],
+        )
+        .await
+        .unwrap();
         assert_eq!(s.as_u16(), 202);
         if finish {
             push_blob(addr, &tls, "team/app", b"second").await;
         }
     }
-    ok(&berth(&socket, dir.path(), &["certs", "install", "registry.example.internal:5443", "--client", "umask", "--containers"]));
+    ok(&berth(
+        &socket,
+        dir.path(),
+        &[
+            "certs",
+            "install",
+            "registry.example.internal:5443",
+            "--client",
+            "umask",
+            "--containers",
+        ],
+    ));
     let mut bad = Vec::new();
-    let mut walk = vec![root.clone(), dir.path().join("docker"), dir.path().join("containers")];
+    let mut walk = vec![
+        root.clone(),
+        dir.path().join("docker"),
+        dir.path().join("containers"),
+    ];
     while let Some(p) = walk.pop() {
         let m = std::fs::symlink_metadata(&p).unwrap();
         let mode = m.permissions().mode() & 0o777;
@@ -1227,13 +1250,23 @@ async fn modes_are_explicit_under_umask_000() {
             continue;
         } else {
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            let secret = name.ends_with(".key") || name.contains("audit.log") || p.to_string_lossy().contains("/keys/");
+            let secret = name.ends_with(".key")
+                || name.contains("audit.log")
+                || p.to_string_lossy().contains("/keys/");
             if mode & 0o022 != 0 || (secret && mode & 0o077 != 0) {
                 bad.push(format!("{} {mode:o}", p.display()));
             }
         }
     }
-    assert!(bad.is_empty(), "modes left to the umask:\n{}", bad.join("\n"));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(
+        bad.is_empty(),
+        "modes left to the umask:\n{}",
+        bad.join("\n")
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     assert!(daemon.wait().unwrap().success());
 }

@@ -893,8 +893,6 @@ async fn malformed_names_tags_and_digests_are_client_errors() {
     for (uri, code) in [
         ("/v2/Team/App/tags/list", "NAME_INVALID"),
         ("/v2/a//b/tags/list", "NAME_INVALID"),
-        ("/v2/app/manifests/-bad", "MANIFEST_INVALID"),
-        ("/v2/app/manifests/sha256:zz", "DIGEST_INVALID"),
         (
             "/v2/app/blobs/md5:d41d8cd98f00b204e9800998ecf8427e",
             "DIGEST_INVALID",
@@ -912,6 +910,34 @@ async fn malformed_names_tags_and_digests_are_client_errors() {
                 .is_some_and(|m| !m.is_empty())
         );
         assert_eq!(r.h("content-type"), "application/json");
+    }
+    // distribution-spec v1.1: a manifest that cannot be found is 404 MANIFEST_UNKNOWN,
+    // and one named by a malformed tag or digest cannot be found; a PUT is refused as
+    // malformed.
+    for reference in [".INVALID_MANIFEST_NAME", "-bad", "sha256:zz"] {
+        for method in [Method::GET, Method::HEAD, Method::DELETE] {
+            let r = api
+                .call(
+                    method.clone(),
+                    &format!("/v2/app/manifests/{reference}"),
+                    &[],
+                    Vec::new(),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::NOT_FOUND, "{method} {reference}");
+            if method != Method::HEAD {
+                assert_eq!(r.code(), "MANIFEST_UNKNOWN", "{method} {reference}");
+            }
+        }
+        let r = api
+            .put_manifest("app", reference, OCI_MANIFEST, b"{}")
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "PUT {reference}");
+        assert!(
+            ["TAG_INVALID", "MANIFEST_INVALID", "DIGEST_INVALID"].contains(&r.code().as_str()),
+            "{}",
+            r.code()
+        );
     }
     // An encoded path escape never reaches storage.
     let r = api.get("/v2/app/blobs/sha256:..%2F..%2Fetc").await;

@@ -112,6 +112,14 @@ async fn run(
     let route = match route {
         Ok(r) => r,
         Err(RouteError::Invalid(e)) => return ApiError::from(e).into_response(),
+        // distribution-spec v1.1: a manifest that cannot be found is 404 MANIFEST_UNKNOWN,
+        // and one named by a malformed reference cannot be found. A PUT is refused as
+        // malformed (400 TAG_INVALID).
+        Err(RouteError::ManifestReference(e)) if method != Method::PUT => {
+            return ApiError::new(Code::ManifestUnknown, format!("manifest unknown: {e}"))
+                .into_response();
+        }
+        Err(RouteError::ManifestReference(e)) => return ApiError::from(e).into_response(),
         Err(RouteError::NotFound) => return not_found().await,
     };
     let (parts, body) = req.into_parts();

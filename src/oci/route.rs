@@ -33,6 +33,9 @@ pub enum RouteError {
     NotFound,
     /// The shape is right but a part is malformed.
     Invalid(RefError),
+    /// A manifest route whose repository is valid but whose reference is not a tag or
+    /// digest: no such manifest can exist (a GET answers 404, a PUT 400).
+    ManifestReference(RefError),
 }
 
 impl From<RefError> for RouteError {
@@ -73,7 +76,11 @@ pub fn parse(rest: &str) -> Result<Route, RouteError> {
     if n >= 3 {
         let (kind, last) = (segs[n - 2], segs[n - 1]);
         if kind == "manifests" {
-            return Ok(Route::Manifest(name(n - 2)?, last.parse()?));
+            let repo = name(n - 2)?;
+            return match last.parse() {
+                Ok(r) => Ok(Route::Manifest(repo, r)),
+                Err(e) => Err(RouteError::ManifestReference(e)),
+            };
         }
         if kind == "blobs" {
             return Ok(Route::Blob(name(n - 2)?, last.parse()?));

@@ -35,11 +35,11 @@ fn names_with_slashes_and_keywords() {
     );
     assert!(matches!(
         parse("team/manifests/bad:digest"),
-        Err(RouteError::Invalid(RefError::Digest(_)))
+        Err(RouteError::ManifestReference(RefError::Digest(_)))
     ));
     assert!(matches!(
         parse("team/manifests/-bad"),
-        Err(RouteError::Invalid(RefError::Tag(_)))
+        Err(RouteError::ManifestReference(RefError::Tag(_)))
     ));
     assert_eq!(parse("nothing"), Err(RouteError::NotFound));
     assert_eq!(parse("tags/list"), Err(RouteError::NotFound));
