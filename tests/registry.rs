@@ -369,6 +369,30 @@ async fn chunked_uploads_in_order_status_and_out_of_order() {
     assert_eq!(r.status, StatusCode::ACCEPTED);
     assert_eq!(r.h("range"), "0-9");
     assert_eq!(r.h("location"), loc);
+    // A body that is not what its Content-Range says: 416 with the current range, and the
+    // upload is as it was, whether the length was declared (Content-Length) or streamed.
+    for headers in [
+        vec![("content-range", "10-19"), ("content-length", "5")],
+        vec![("content-range", "10-19")],
+    ] {
+        let r = api
+            .call(Method::PATCH, &loc, &headers, b"short".to_vec())
+            .await;
+        r.assert_error(StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID");
+        assert_eq!(r.h("range"), "0-9", "{headers:?}");
+        let r = api.call(Method::GET, &loc, &[], Vec::new()).await;
+        assert_eq!(r.h("range"), "0-9", "{headers:?}");
+    }
+    let r = api
+        .call(
+            Method::PATCH,
+            &loc,
+            &[("content-range", "10-12")],
+            b"toolong".to_vec(),
+        )
+        .await;
+    r.assert_error(StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID");
+    assert_eq!(r.h("range"), "0-9");
     // Out of order: refused with 416 and the current range; nothing appended.
     let r = api
         .call(

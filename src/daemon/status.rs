@@ -78,6 +78,7 @@ impl From<registry::Error> for Status {
             | E::UploadUnknown(_) => Code::NotFound,
             E::ManifestBlobUnknown(_)
             | E::RangeInvalid { .. }
+            | E::ChunkLength { .. }
             | E::RangeNotSatisfiable { .. }
             | E::DeleteDisabled => Code::FailedPrecondition,
             E::Body(_) => Code::Aborted,

@@ -192,7 +192,7 @@ impl From<Error> for ApiError {
             Error::DigestMismatch { expected, .. } => ApiError::new(Code::DigestInvalid, msg)
                 .with_detail(json!({ "digest": expected.to_string() })),
             Error::DigestMissing => ApiError::new(Code::DigestInvalid, msg),
-            Error::RangeInvalid { size, .. } => {
+            Error::RangeInvalid { size, .. } | Error::ChunkLength { size, .. } => {
                 let range = if size == 0 {
                     "0-0".to_string()
                 } else {

@@ -455,20 +455,28 @@ async fn patch_upload(
     req: Req,
 ) -> Result<Response> {
     let range = content_range(&req.head.headers)?;
+    let len = range.map(|(a, b)| b - a + 1);
+    // A declared length that disagrees is refused before the body is read.
+    if let (Some(want), Some(cl)) = (len, header_str(&req.head.headers, &header::CONTENT_LENGTH))
+        && cl.trim().parse::<u64>().is_ok_and(|cl| cl != want)
+    {
+        let st = reg.upload_status(&req.head.who, name, id).await?;
+        return Err(ApiError::new(
+            Code::RangeInvalid,
+            format!("Content-Length {cl} differs from the Content-Range's {want} bytes; the chunk was not kept"),
+        )
+        .with_header(header::RANGE, format!("0-{}", st.size.max(1) - 1)));
+    }
     let st = reg
         .append_upload(
             &req.head.who,
             name,
             id,
             range.map(|r| r.0),
+            len,
             &mut reader(req.body, stall),
         )
         .await?;
-    if let Some((a, b)) = range
-        && st.size != b + 1
-    {
-        tracing::warn!(upload = %st.id, start = a, end = b, size = st.size, "chunk length differs from its Content-Range");
-    }
     Ok(upload_response(StatusCode::ACCEPTED, name, &st.id, st.size))
 }
 

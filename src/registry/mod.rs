@@ -87,6 +87,18 @@ pub enum Error {
         /// Bytes received so far.
         size: u64,
     },
+    /// A chunk's length differs from its Content-Range; it was undone.
+    #[error(
+        "the chunk was {got} bytes but its Content-Range said {want}; it was not kept, and the upload still holds {size} bytes"
+    )]
+    ChunkLength {
+        /// What the Content-Range said.
+        want: u64,
+        /// What arrived.
+        got: u64,
+        /// Bytes the upload holds.
+        size: u64,
+    },
     /// A Content-Length or size does not match the content.
     #[error("{0}")]
     SizeInvalid(String),
@@ -568,7 +580,9 @@ impl Registry {
             .digest(digest);
         let st = self.storage.start_upload(name).await?;
         let result = async {
-            self.storage.append(name, &st.id, Some(0), body).await?;
+            self.storage
+                .append(name, &st.id, Some(0), body, None)
+                .await?;
             self.storage.finish_upload(name, &st.id, digest).await
         }
         .await;
@@ -592,18 +606,20 @@ impl Registry {
         self.storage.upload_status(name, id).await
     }
 
-    /// Appends a chunk; with `start`, it must begin where the upload ends.
+    /// Appends a chunk; with `start`, it must begin where the upload ends, and with
+    /// `len` it must be exactly that long (or it is undone and refused).
     pub async fn append_upload(
         &self,
         _who: &Identity,
         name: &RepoName,
         id: &str,
         start: Option<u64>,
+        len: Option<u64>,
         body: &mut (impl tokio::io::AsyncRead + Unpin + ?Sized),
     ) -> Result<UploadStatus, Error> {
         self.authorize(_who, policy::Action::Push, name, audit::Action::BlobUpload)
             .await?;
-        self.storage.append(name, id, start, body).await
+        self.storage.append(name, id, start, body, len).await
     }
 
     /// Finishes an upload (after appending a last chunk, when `body` is given): the content
@@ -623,7 +639,7 @@ impl Registry {
             .digest(digest);
         let r = async {
             if let Some((start, body)) = last_chunk {
-                self.storage.append(name, id, start, body).await?;
+                self.storage.append(name, id, start, body, None).await?;
             }
             self.storage.finish_upload(name, id, digest).await
         }

@@ -150,6 +150,7 @@ impl Storage {
         id: &str,
         start: Option<u64>,
         body: &mut (impl AsyncRead + Unpin + ?Sized),
+        expect: Option<u64>,
     ) -> Result<UploadStatus, Error> {
         let (id, key, state) = self.open_upload(name, id).await?;
         let mut st = state.lock().await;
@@ -202,6 +203,17 @@ impl Storage {
             if n == 0 {
                 break;
             }
+        }
+        if let Some(want) = expect
+            && st.size - size != want
+        {
+            // The chunk is not what its Content-Range said: undo it, as if never sent.
+            let got = st.size - size;
+            let (drv, k) = (self.driver(), key.clone());
+            blocking(move || drv.truncate(&k, size)).await?;
+            st.size = size;
+            st.hasher = None;
+            return Err(Error::ChunkLength { want, got, size });
         }
         if let Some(e) = failed {
             // What arrived is kept (and hashed); the client can resume from the size.

@@ -116,6 +116,16 @@ impl Driver for FsDriver {
         Ok(Box::new(file))
     }
 
+    fn truncate(&self, key: &Key, len: u64) -> Result<(), Error> {
+        let path = self.path(key);
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io_error("open", path.clone()))?;
+        f.set_len(len).map_err(io_error("truncate", path.clone()))?;
+        f.sync_all().map_err(io_error("fsync", path))
+    }
+
     fn list(&self, key: &Key) -> Result<Vec<Entry>, Error> {
         let dir = self.path(key);
         let rd = match std::fs::read_dir(&dir) {

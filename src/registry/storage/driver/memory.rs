@@ -126,6 +126,14 @@ impl Driver for MemoryDriver {
         }))
     }
 
+    fn truncate(&self, key: &Key, len: u64) -> Result<(), Error> {
+        if let Some(o) = self.lock().get_mut(key.as_str()) {
+            o.bytes.truncate(usize::try_from(len).unwrap_or(usize::MAX));
+            o.modified = SystemTime::now();
+        }
+        Ok(())
+    }
+
     fn list(&self, key: &Key) -> Result<Vec<Entry>, Error> {
         let p = below(key);
         let map = self.lock();

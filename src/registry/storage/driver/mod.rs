@@ -104,6 +104,9 @@ pub(crate) trait Driver: Send + Sync + std::fmt::Debug + 'static {
     /// A writer appending to the object at `key`, created empty when absent.
     fn append(&self, key: &Key) -> Result<Writer, Error>;
 
+    /// Cuts the object at `key` back to `len` bytes, durably (a refused chunk is undone).
+    fn truncate(&self, key: &Key, len: u64) -> Result<(), Error>;
+
     /// The children of `key`, sorted by name; empty when there are none.
     fn list(&self, key: &Key) -> Result<Vec<Entry>, Error>;
 

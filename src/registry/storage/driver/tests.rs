@@ -60,6 +60,14 @@ fn suite(d: &dyn Driver) {
         w.write_all(b"world").unwrap();
     }
     assert_eq!(d.get(&k("up/1/data")).unwrap().unwrap(), b"hello world");
+    // truncate undoes what was appended after a point, and appending goes on from there.
+    d.truncate(&k("up/1/data"), 6).unwrap();
+    assert_eq!(d.get(&k("up/1/data")).unwrap().unwrap(), b"hello ");
+    {
+        let mut w = d.append(&k("up/1/data")).unwrap();
+        w.write_all(b"there").unwrap();
+    }
+    assert_eq!(d.get(&k("up/1/data")).unwrap().unwrap(), b"hello there");
     // An empty append still makes an (empty) object.
     drop(d.append(&k("up/2/data")).unwrap());
     assert_eq!(d.stat(&k("up/2/data")).unwrap().unwrap().size, 0);
@@ -94,7 +102,7 @@ fn suite(d: &dyn Driver) {
     // rename moves and replaces, and the source is gone.
     d.put(&k("blobs/x/data"), b"old").unwrap();
     d.rename(&k("up/1/data"), &k("blobs/x/data")).unwrap();
-    assert_eq!(d.get(&k("blobs/x/data")).unwrap().unwrap(), b"hello world");
+    assert_eq!(d.get(&k("blobs/x/data")).unwrap().unwrap(), b"hello there");
     assert_eq!(d.stat(&k("up/1/data")).unwrap(), None);
     d.rename(&k("up/2/data"), &k("fresh/dir/data")).unwrap();
     assert_eq!(d.stat(&k("fresh/dir/data")).unwrap().unwrap().size, 0);
