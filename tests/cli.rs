@@ -1270,3 +1270,81 @@ async fn modes_are_explicit_under_umask_000() {
     .unwrap();
     assert!(daemon.wait().unwrap().success());
 }
+
+/// Lifetimes and SAN counts out of range are refused with the allowed range, the daemon
+/// stays up, long SAN lists stay readable in `cert ls`, and a closed pipe ends the CLI
+/// quietly with the SIGPIPE status instead of a panic.
+#[test]
+fn limits_are_enforced_and_output_survives_a_closed_pipe() {
+    let d = TestDaemon::start();
+    let cwd = common::temp_dir();
+    let run = |args: &[&str]| berth(&d.socket, cwd.path(), args);
+    for days in ["0", "100000000"] {
+        let err = failed(&run(&[
+            "cert", "issue", "client", "--name", "x", "--days", days,
+        ]));
+        assert!(err.contains("1..=36500"), "{days}: {err}");
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let c = rt.block_on(d.client());
+    let req = |names: berth::pki::Names, days| berth::client::IssueRequest {
+        kind: berth::pki::CertKind::Server,
+        names,
+        validity_days: days,
+        key_algorithm: berth::pki::KeyAlgorithm::EcdsaP256,
+        return_key: true,
+    };
+    let many = |n: usize| berth::pki::Names {
+        dns_names: (0..n).map(|i| format!("h{i}.example.internal")).collect(),
+        ..Default::default()
+    };
+    // The API checks too: a daemon task never panics on a date past year 9999.
+    let e = rt
+        .block_on(c.issue(req(many(1), Some(100_000_000))))
+        .unwrap_err();
+    assert!(e.to_string().contains("1 to 36500 days"), "{e}");
+    let e = rt.block_on(c.issue(req(many(101), None))).unwrap_err();
+    assert!(e.to_string().contains("at most 100"), "{e}");
+    // A CSR with too many names is refused the same way.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let p = rcgen::CertificateParams::new(
+        (0..150)
+            .map(|i| format!("c{i}.example.internal"))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let csr = p.serialize_request(&key).unwrap().pem().unwrap();
+    let e = rt
+        .block_on(c.sign_csr(csr.into_bytes(), berth::pki::CertKind::Server, None))
+        .unwrap_err();
+    assert!(e.to_string().contains("at most 100"), "{e}");
+    assert!(rt.block_on(c.health()).unwrap());
+    // The most allowed is issued and listed readably.
+    rt.block_on(c.issue(req(many(100), None))).unwrap();
+    let table = ok(&run(&["cert", "ls"]));
+    assert!(table.contains("(+92 more)"), "{table}");
+    // A closed pipe.
+    for args in [&["completions", "zsh"][..], &["cert", "ls"][..]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(args)
+            .env("BERTH_SOCKET", &d.socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(141),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -11,6 +11,18 @@ use super::{Ca, CertKind, Error, KeyAlgorithm, Names};
 /// Longest common name, O or OU X.520 allows (ub-common-name and friends).
 const MAX_DN_VALUE: usize = 64;
 
+/// The longest validity berth signs, in days (100 years; a leaf is also cut at the CA's
+/// own expiry). Longer lifetimes overflow dates and mean nothing for a leaf.
+pub const MAX_VALIDITY_DAYS: u32 = 36_500;
+
+/// Most subject alternative names one certificate may carry. Clients and servers slow
+/// down on huge SAN lists, and listings become unreadable; no registry needs more.
+pub const MAX_SANS: usize = 100;
+
+/// Longest URI SAN, and longest email SAN (RFC 5321's path limit).
+const MAX_URI: usize = 2048;
+const MAX_EMAIL: usize = 254;
+
 /// Builds the parameters of a leaf certificate for `kind`. Everything security-relevant is
 /// set here, never left to rcgen's defaults: serial, validity, CA:FALSE, key usages, EKU.
 pub(super) fn leaf_params(
@@ -39,10 +51,16 @@ pub(super) fn apply_profile(
     days: u32,
     ca: &Ca,
 ) -> Result<(), Error> {
-    if days == 0 {
-        return Err(Error::InvalidRequest(
-            "validity must be at least 1 day".into(),
-        ));
+    if days == 0 || days > MAX_VALIDITY_DAYS {
+        return Err(Error::InvalidRequest(format!(
+            "validity of {days} days is out of range: give 1 to {MAX_VALIDITY_DAYS} days (a certificate never outlives the CA)"
+        )));
+    }
+    if p.subject_alt_names.len() > MAX_SANS {
+        return Err(Error::InvalidRequest(format!(
+            "{} subject alternative names is too many: at most {MAX_SANS}",
+            p.subject_alt_names.len()
+        )));
     }
     p.is_ca = IsCa::ExplicitNoCa;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -63,12 +81,22 @@ pub(super) fn apply_profile(
     // A little slack for clients whose clock is behind.
     p.not_before = now - Duration::minutes(5);
     // A leaf never outlives its CA: clients would reject the chain at the CA's expiry anyway.
-    p.not_after = (now + Duration::days(i64::from(days))).min(ca.not_after()?);
+    let ca_end = ca.not_after()?;
+    p.not_after = now
+        .checked_add(Duration::days(i64::from(days)))
+        .map_or(ca_end, |t| t.min(ca_end));
     Ok(())
 }
 
 /// Checks and normalises the names for a profile.
 pub(super) fn validate(kind: CertKind, names: &Names) -> Result<Names, Error> {
+    let sans =
+        names.dns_names.len() + names.ip_addresses.len() + names.uris.len() + names.emails.len();
+    if sans > MAX_SANS {
+        return Err(Error::InvalidRequest(format!(
+            "{sans} subject alternative names is too many: at most {MAX_SANS}"
+        )));
+    }
     let mut n = names.clone();
     n.common_name = n.common_name.trim().to_string();
     n.dns_names = n
@@ -238,6 +266,9 @@ fn check_uri(u: &str) -> Result<(), Error> {
         && scheme
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    if u.len() > MAX_URI {
+        return Err(invalid("URI", u, "longer than 2048 characters"));
+    }
     if !scheme_ok || rest.is_empty() {
         return Err(invalid("URI", u, "not of the form scheme:rest"));
     }
@@ -251,6 +282,9 @@ fn check_uri(u: &str) -> Result<(), Error> {
 }
 
 fn check_email(e: &str) -> Result<(), Error> {
+    if e.len() > MAX_EMAIL {
+        return Err(invalid("email", e, "longer than 254 characters"));
+    }
     match e.rsplit_once('@') {
         Some((local, domain))
             if !local.is_empty() && e.is_ascii() && !e.contains(char::is_whitespace) =>

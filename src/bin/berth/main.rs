@@ -138,7 +138,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Exit status of a process killed by SIGPIPE, as a shell reports it.
+const SIGPIPE_STATUS: i32 = 128 + 13;
+
+/// `berth ... | head` closes our stdout early. Rust ignores SIGPIPE, so the next write
+/// fails and `println!` panics (exit 101, with a backtrace hint). Exit the way `cat` or
+/// `yes` does instead: quietly, with the SIGPIPE status. Resetting SIGPIPE itself would
+/// need `unsafe`, which this crate forbids.
+fn quiet_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let p = info.payload();
+        let msg = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("Broken pipe") || msg.contains("failed printing to stdout") {
+            std::process::exit(SIGPIPE_STATUS);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = match tokio::runtime::Builder::new_current_thread()

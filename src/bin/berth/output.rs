@@ -86,12 +86,19 @@ pub fn relative(t: OffsetDateTime) -> String {
     }
 }
 
-/// Joins a list for a table cell, "-" when empty.
+/// Most items a table cell shows; the rest are counted (`--json` has them all).
+const CELL_ITEMS: usize = 8;
+
+/// Joins a list for a table cell, "-" when empty, the first few and a count when long.
 pub fn list(items: &[String]) -> String {
-    if items.is_empty() {
-        "-".to_string()
-    } else {
-        items.join(",")
+    match items.len() {
+        0 => "-".to_string(),
+        n if n <= CELL_ITEMS => items.join(","),
+        n => format!(
+            "{},... (+{} more)",
+            items[..CELL_ITEMS].join(","),
+            n - CELL_ITEMS
+        ),
     }
 }
 

@@ -27,8 +27,8 @@ pub enum CertCmd {
         /// What the certificate may be used for.
         #[arg(long, value_enum)]
         profile: Profile,
-        /// Validity in days [default: the daemon's, 90].
-        #[arg(long)]
+        /// Validity in days, 1 to 36500 [default: the daemon's, 90].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=36_500))]
         days: Option<u32>,
         /// Write the certificate here (PEM) instead of stdout.
         #[arg(long, value_name = "FILE")]
@@ -60,8 +60,8 @@ pub enum CertCmd {
     Renew {
         /// Serial number of the certificate to renew.
         serial: String,
-        /// Validity in days [default: the daemon's, 90].
-        #[arg(long)]
+        /// Validity in days, 1 to 36500 [default: the daemon's, 90].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=36_500))]
         days: Option<u32>,
         /// Output folder (server and admin: default ./<name>; client: only when given).
         #[arg(long, value_name = "DIR")]
@@ -140,8 +140,8 @@ pub enum IssueCmd {
 /// Options every `issue` shares.
 #[derive(Debug, Args)]
 pub struct Common {
-    /// Validity in days [default: the daemon's, 90].
-    #[arg(long)]
+    /// Validity in days, 1 to 36500 [default: the daemon's, 90].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=36_500))]
     days: Option<u32>,
     /// Key algorithm: ecdsa-p256, ecdsa-p384, ed25519, rsa2048, rsa3072, rsa4096.
     #[arg(long, default_value = "ecdsa-p256", value_name = "ALG")]
