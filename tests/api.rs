@@ -1523,3 +1523,36 @@ async fn control_roles_by_certificate_identity() {
         serde_json::from_str::<serde_json::Value>(line).unwrap();
     }
 }
+
+/// With ca.crt and ca.key gone but the index listing certificates, berthd refuses to
+/// start (naming the files and what the index says) and creates nothing; `--new-ca`
+/// (pki.replace_lost_ca) makes a new CA on purpose.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_ca_is_never_replaced_silently() {
+    let d = TestDaemon::start();
+    let c = d.client().await;
+    common::client_cert(&c, "before").await;
+    drop(c);
+    let (dir, mut config) = d.stop();
+    let pki = config.state_dir.join("pki");
+    std::fs::remove_file(pki.join("ca.crt")).unwrap();
+    std::fs::remove_file(pki.join("ca.key")).unwrap();
+    let index = std::fs::read(pki.join("index.json")).unwrap();
+    let err = match berth::daemon::Daemon::open(config.clone()) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("berthd started with a new CA over the old index"),
+    };
+    assert!(
+        err.contains("ca.crt and ca.key are missing")
+            && err.contains("index.json")
+            && err.contains("--new-ca"),
+        "{err}"
+    );
+    assert!(!pki.join("ca.crt").exists() && !pki.join("ca.key").exists());
+    assert_eq!(std::fs::read(pki.join("index.json")).unwrap(), index);
+    // On purpose: a new CA.
+    config.pki.replace_lost_ca = true;
+    let d = TestDaemon::start_in(dir, config).unwrap();
+    assert!(d.client().await.health().await.unwrap());
+    assert!(pki.join("ca.crt").exists());
+}

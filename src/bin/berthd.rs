@@ -50,6 +50,9 @@ struct Flags {
     /// Do not serve the embedded registry.
     #[arg(long)]
     no_registry: bool,
+    /// Make a new CA although the index lists certificates of a CA whose files are gone.
+    #[arg(long)]
+    new_ca: bool,
     /// Log filter, e.g. info or berth=debug (also RUST_LOG).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -90,6 +93,7 @@ fn config(flags: &Flags) -> anyhow::Result<Config> {
     if let Some(d) = &flags.registry_root {
         cfg.registry.root = Some(d.clone());
     }
+    cfg.pki.replace_lost_ca = flags.new_ca;
     if flags.no_registry {
         cfg.registry.enabled = false;
     }

@@ -324,7 +324,26 @@ impl Pki {
         fsutil::create_dir_all(&dir, 0o700)?;
         let tokens_dir = dir.clone();
         let store = Store::open(&dir)?;
+        let issued = store.records().len();
+        let lost = !dir.join("ca.crt").exists() && !dir.join("ca.key").exists();
+        if lost && issued > 0 && !cfg.replace_lost_ca {
+            // A new CA would leave every certificate handed out, and the server
+            // certificates in the index, unverifiable, while looking healthy.
+            return Err(Error::CorruptCa {
+                path: dir.join("ca.crt"),
+                reason: format!(
+                    "ca.crt and ca.key are missing, but {} lists {issued} certificates the old CA signed; restore both files from a backup, or start berthd once with --new-ca to make a new CA (every issued certificate then has to be replaced)",
+                    dir.join("index.json").display()
+                ),
+            });
+        }
         let ca = Ca::load_or_create(&dir, cfg)?;
+        if lost && issued > 0 {
+            tracing::warn!(
+                certificates = issued,
+                "created a new CA over an index of the old one (--new-ca): reissue and reinstall every certificate"
+            );
+        }
         let pki = Pki {
             dir,
             ca,

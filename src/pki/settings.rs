@@ -16,6 +16,10 @@ pub struct Settings {
     pub ca_validity_days: u32,
     /// Validity of issued certificates when the request does not say, in days.
     pub default_validity_days: u32,
+    /// Create a new CA even though the certificate index lists certificates of one whose
+    /// files are gone (`berthd --new-ca`). A one-time decision: never read from a file.
+    #[serde(skip)]
+    pub replace_lost_ca: bool,
 }
 
 impl Default for Settings {
@@ -25,6 +29,7 @@ impl Default for Settings {
             ca_key_algorithm: KeyAlgorithm::EcdsaP256,
             ca_validity_days: 3650,
             default_validity_days: 90,
+            replace_lost_ca: false,
         }
     }
 }
