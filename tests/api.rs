@@ -1556,3 +1556,56 @@ async fn a_lost_ca_is_never_replaced_silently() {
     assert!(d.client().await.health().await.unwrap());
     assert!(pki.join("ca.crt").exists());
 }
+
+/// Upload sessions a previous run left behind are purged at start once they are older
+/// than `registry.orphan_upload_minutes`; a recent one survives a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_a_previous_run_left_are_purged_at_start() {
+    let d = TestDaemon::with_registry();
+    let c = d.client().await;
+    let me = common::client_cert(&c, "uploader").await;
+    let tls = common::presenting(&me, b"http/1.1");
+    for _ in 0..2 {
+        let (s, _) = common::tls_request(
+            d.registry[0],
+            tls.clone(),
+            axum::http::Method::POST,
+            "/v2/team/app/blobs/uploads/",
+            vec![],
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.as_u16(), 202);
+    }
+    let ups = c.registry_uploads(false, None, false).await.unwrap();
+    assert_eq!(ups.len(), 2);
+    drop(c);
+    let (dir, mut config) = d.stop();
+    // One was started an hour ago (as if berthd crashed during it): well inside the 24 h
+    // of upload_max_age_hours, past the 15 minutes of orphan_upload_minutes.
+    let old = config.registry_root().join(format!(
+        "docker/registry/v2/repositories/team/app/_uploads/{}/startedat",
+        ups[0].id
+    ));
+    let hour_ago = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    std::fs::write(
+        &old,
+        hour_ago
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap(),
+    )
+    .unwrap();
+    config.registry.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let d = TestDaemon::start_in(dir, config).unwrap();
+    let left = d
+        .client()
+        .await
+        .registry_uploads(false, None, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        left.iter().map(|u| u.id.clone()).collect::<Vec<_>>(),
+        [ups[1].id.clone()]
+    );
+    assert_eq!(d.client().await.registry_status().await.unwrap().uploads, 1);
+}

@@ -420,6 +420,7 @@ impl Daemon {
         }
         tasks.spawn(reload_on_sighup(state.clone(), stop_rx.clone()));
         tasks.spawn(renew_certificates(state.clone(), stop_rx.clone()));
+        purge_orphaned_uploads(&state).await;
         tasks.spawn(purge_uploads(state.clone(), stop_rx.clone()));
         state.ready.store(true, Ordering::Release);
         set_health(&health, true).await;
@@ -584,6 +585,30 @@ async fn renew_certificates(state: Arc<State>, mut stop: watch::Receiver<bool>) 
 }
 
 /// Purges upload sessions older than `registry.upload_max_age_hours`, hourly.
+/// Before serving: upload sessions the previous run left behind (their clients lost them
+/// when it ended) that are older than `registry.orphan_upload_minutes`.
+async fn purge_orphaned_uploads(state: &State) {
+    let r = &state.config.registry;
+    let orphan = Duration::from_secs(r.orphan_upload_minutes.saturating_mul(60));
+    let max_age = Duration::from_secs(r.upload_max_age_hours.saturating_mul(3600));
+    match state
+        .registry
+        .purge_uploads(&Identity::Daemon, Some(orphan.min(max_age)), false)
+        .await
+    {
+        Ok(p) if !p.is_empty() => {
+            tracing::info!(
+                purged = p.len(),
+                "upload sessions left by the previous run purged"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "purging upload sessions left by the previous run failed")
+        }
+    }
+}
+
 async fn purge_uploads(state: Arc<State>, mut stop: watch::Receiver<bool>) {
     let max_age = Duration::from_secs(
         state
@@ -593,6 +618,8 @@ async fn purge_uploads(state: Arc<State>, mut stop: watch::Receiver<bool>) {
             .saturating_mul(3600),
     );
     let mut tick = tokio::time::interval(RENEW_CHECK);
+    // The first pass ran before serving (purge_orphaned_uploads).
+    tick.tick().await;
     loop {
         tokio::select! {
             _ = tick.tick() => {

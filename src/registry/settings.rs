@@ -25,6 +25,9 @@ pub struct Settings {
     pub delete_enabled: bool,
     /// Upload sessions idle longer than this many hours are purged (checked hourly).
     pub upload_max_age_hours: u64,
+    /// At start, upload sessions a previous run left that started longer ago than this
+    /// many minutes are purged: their clients lost them when that run ended.
+    pub orphan_upload_minutes: u64,
     /// Who may pull, push, delete and list what (see `registry::policy`); read at start, on
     /// SIGHUP and on `berth policy reload`. None: the built-in defaults (any berth client
     /// may pull, push and list; nobody may delete over HTTP).
@@ -43,6 +46,7 @@ impl Default for Settings {
             root: None,
             delete_enabled: true,
             upload_max_age_hours: 24,
+            orphan_upload_minutes: 15,
             policy: None,
         }
     }
