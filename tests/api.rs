@@ -1609,3 +1609,28 @@ async fn uploads_a_previous_run_left_are_purged_at_start() {
     );
     assert_eq!(d.client().await.registry_status().await.unwrap().uploads, 1);
 }
+
+/// Damaged but recoverable state: a world-readable ca.key and a 0777 pki/ are tightened
+/// (and logged), and a deleted keys/ folder means new certificates for berthd's own
+/// listeners instead of a daemon that says ready and then dies.
+#[tokio::test(flavor = "multi_thread")]
+async fn loose_modes_are_tightened_and_lost_keys_replaced_at_start() {
+    let d = TestDaemon::with_registry();
+    let (dir, mut config) = d.stop();
+    let pki = config.state_dir.join("pki");
+    std::fs::set_permissions(pki.join("ca.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&pki, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::remove_dir_all(pki.join("keys")).unwrap();
+    config.registry.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let d = TestDaemon::start_in(dir, config).unwrap();
+    assert_eq!(mode(&pki.join("ca.key")), 0o600);
+    assert_eq!(mode(&pki), 0o700);
+    let c = d.client().await;
+    assert!(c.health().await.unwrap());
+    // The registry serves with a fresh certificate whose key berthd holds again.
+    let me = common::client_cert(&c, "after").await;
+    let (s, _) = common::tls_get(d.registry[0], common::presenting(&me, b"http/1.1"), "/v2/")
+        .await
+        .unwrap();
+    assert_eq!(s.as_u16(), 200);
+}

@@ -295,6 +295,26 @@ pub struct ListFilter {
     pub common_name: Option<String>,
 }
 
+/// Takes group and other permissions off a secret file or folder that has them (a restore
+/// from backup, a careless chmod), and says so: the CA key must never be readable by others.
+fn tighten(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(m) = std::fs::metadata(path) else {
+        return;
+    };
+    let have = m.permissions().mode() & 0o777;
+    if have & !mode != 0 {
+        match std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+            Ok(()) => {
+                tracing::warn!(path = %path.display(), was = format!("{have:o}"), now = format!("{mode:o}"), "secret was readable by others; permissions tightened")
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), was = format!("{have:o}"), error = %e, "secret is readable by others and cannot be tightened")
+            }
+        }
+    }
+}
+
 /// The CA, its index and its key store, shared by every request. Operations are
 /// synchronous and short, except RSA key generation; callers on an async runtime run them
 /// on a blocking thread.
@@ -337,6 +357,9 @@ impl Pki {
                 ),
             });
         }
+        tighten(&dir, 0o700);
+        tighten(&dir.join("keys"), 0o700);
+        tighten(&dir.join("ca.key"), 0o600);
         let ca = Ca::load_or_create(&dir, cfg)?;
         if lost && issued > 0 {
             tracing::warn!(
@@ -712,6 +735,8 @@ impl Pki {
                     && r.status() == CertStatus::Valid
                     && r.life_left() > 1.0 / 3.0
                     && covers(r)
+                    // A key lost from keys/ means a new certificate, not a failed start.
+                    && self.held_key(&r.serial).is_ok()
             });
         if let Some(r) = current {
             let key = self.held_key(&r.serial)?;
