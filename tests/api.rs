@@ -1634,3 +1634,71 @@ async fn loose_modes_are_tightened_and_lost_keys_replaced_at_start() {
         .unwrap();
     assert_eq!(s.as_u16(), 200);
 }
+
+/// Weak CSRs (made with openssl) are refused saying what is weak and what is accepted,
+/// not as "altered".
+#[tokio::test(flavor = "multi_thread")]
+async fn weak_csrs_are_refused_for_what_they_are() {
+    let d = TestDaemon::start();
+    let c = d.client().await;
+    let work = common::temp_dir();
+    let w = work.path();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(w)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:1024",
+        "-nodes",
+        "-subj",
+        "/CN=weak",
+        "-keyout",
+        "k1",
+        "-out",
+        "rsa1024.csr",
+    ]);
+    openssl(&["genrsa", "-out", "k2", "2048"]);
+    openssl(&[
+        "req", "-new", "-key", "k2", "-sha1", "-subj", "/CN=sha1", "-out", "sha1.csr",
+    ]);
+    openssl(&[
+        "req", "-new", "-key", "k2", "-md5", "-subj", "/CN=md5", "-out", "md5.csr",
+    ]);
+    openssl(&[
+        "req", "-new", "-key", "k2", "-sha256", "-subj", "/CN=fine", "-out", "ok.csr",
+    ]);
+    for (file, says) in [
+        ("rsa1024.csr", "RSA-1024"),
+        ("sha1.csr", "SHA-1"),
+        ("md5.csr", "MD5"),
+    ] {
+        let csr = std::fs::read(w.join(file)).unwrap();
+        let e = c.sign_csr(csr, CertKind::Client, None).await.unwrap_err();
+        assert_eq!(e.kind(), Some(Code::InvalidArgument), "{e}");
+        let m = e.to_string();
+        assert!(
+            m.contains(says) && m.contains("RSA 2048") && !m.contains("altered"),
+            "{file}: {m}"
+        );
+    }
+    let (rec, _) = c
+        .sign_csr(
+            std::fs::read(w.join("ok.csr")).unwrap(),
+            CertKind::Client,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(rec.names.common_name, "fine");
+}

@@ -24,6 +24,7 @@ pub(super) fn sign(
     } else {
         CertificateSigningRequestDer::from(csr.to_vec())
     };
+    weak(&der)?;
     let mut req = CertificateSigningRequestParams::from_der(&der).map_err(|e| match e {
         rcgen::Error::InvalidCertificationRequestSignature => Error::CsrSignature,
         rcgen::Error::UnsupportedExtension => Error::InvalidCsr(
@@ -77,4 +78,42 @@ pub(super) fn sign(
     .any(|a| a == alg);
     apply_profile(&mut req.params, profile, rsa, serial, days, ca)?;
     Ok(req.signed_by(ca.issuer())?.der().to_vec())
+}
+
+/// The smallest RSA modulus berth signs for.
+const MIN_RSA_BITS: usize = 2048;
+
+/// Refuses a CSR whose key or signature is too weak, saying so (rcgen would report a
+/// signature it does not support as an altered request).
+fn weak(der: &[u8]) -> Result<(), Error> {
+    use x509_parser::prelude::FromDer;
+    use x509_parser::public_key::PublicKey;
+    let Ok((_, csr)) = x509_parser::certification_request::X509CertificationRequest::from_der(der)
+    else {
+        // Undecodable: rcgen says why.
+        return Ok(());
+    };
+    let accepted =
+        "use RSA 2048 or larger, ECDSA P-256/P-384 or Ed25519, signed with SHA-256 or better";
+    let sig = csr.signature_algorithm.algorithm.to_id_string();
+    let weak_sig = match sig.as_str() {
+        "1.2.840.113549.1.1.4" => Some("MD5"),
+        "1.2.840.113549.1.1.5" | "1.2.840.10045.4.1" | "1.3.14.3.2.29" => Some("SHA-1"),
+        "1.2.840.113549.1.1.2" => Some("MD2"),
+        _ => None,
+    };
+    if let Some(h) = weak_sig {
+        return Err(Error::InvalidCsr(format!(
+            "it is signed with {h}, which is broken and not accepted: {accepted}"
+        )));
+    }
+    if let Ok(PublicKey::RSA(rsa)) = csr.certification_request_info.subject_pki.parsed() {
+        let bits = rsa.key_size();
+        if bits < MIN_RSA_BITS {
+            return Err(Error::InvalidCsr(format!(
+                "its key is RSA-{bits}, too weak to sign: {accepted}"
+            )));
+        }
+    }
+    Ok(())
 }
