@@ -1285,6 +1285,8 @@ fn limits_are_enforced_and_output_survives_a_closed_pipe() {
         ]));
         assert!(err.contains("1..=36500"), "{days}: {err}");
     }
+    let err = failed(&run(&["cert", "issue", "server", "--dns", ""]));
+    assert!(err.contains("a value is required for '--dns"), "{err}");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let c = rt.block_on(d.client());
     let req = |names: berth::pki::Names, days| berth::client::IssueRequest {

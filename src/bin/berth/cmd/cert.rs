@@ -84,7 +84,7 @@ pub enum IssueCmd {
     /// key.pem into --out.
     Server {
         /// DNS name (repeatable).
-        #[arg(long = "dns", value_name = "NAME")]
+        #[arg(long = "dns", value_name = "NAME", value_parser = clap::builder::NonEmptyStringValueParser::new())]
         dns: Vec<String>,
         /// IP address (repeatable).
         #[arg(long = "ip", value_name = "ADDR")]
