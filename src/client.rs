@@ -127,9 +127,119 @@ impl From<convert::WireError> for Error {
     }
 }
 
+/// The TLS alert berthd sent, when the RPC failed because it refused our certificate
+/// (TLS 1.3 reports that on the first request, as a bare "transport error").
+fn alert_in(s: &tonic::Status) -> Option<rustls::AlertDescription> {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+    while let Some(e) = src {
+        if let Some(rustls::Error::AlertReceived(a)) = e.downcast_ref::<rustls::Error>() {
+            return Some(*a);
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(rustls::Error::AlertReceived(a)) =
+                io.get_ref().and_then(|x| x.downcast_ref::<rustls::Error>())
+        {
+            return Some(*a);
+        }
+        src = e.source();
+    }
+    None
+}
+
+/// What berthd's TLS alert means for the user.
+fn refused_certificate(alert: rustls::AlertDescription) -> Error {
+    let why = match alert {
+        rustls::AlertDescription::UnknownCA => "it was not issued by berthd's CA",
+        rustls::AlertDescription::CertificateRevoked => "it has been revoked",
+        rustls::AlertDescription::CertificateExpired => "it has expired",
+        rustls::AlertDescription::CertificateRequired => "none was sent",
+        _ => "the TLS handshake was refused",
+    };
+    Error::Refused {
+        kind: ErrorKind::Unauthenticated,
+        message: format!(
+            "berthd refused this client certificate ({why}; TLS alert {alert:?}): use one issued by berthd's CA, e.g. `berth cert issue admin --name NAME --out DIR` on the berth host, and pass that folder with --tls-dir"
+        ),
+    }
+}
+
+/// One TLS handshake with the files before the gRPC channel opens: with TLS 1.3 berthd
+/// refuses a client certificate after the client thinks the handshake is done, and the
+/// channel then reports only "transport error" and "broken pipe". Here the alert is read
+/// and explained. `Err(Err(reason))`: the handshake itself failed (server certificate).
+async fn preflight(
+    host: &str,
+    port: u16,
+    ca: &[u8],
+    cert: &[u8],
+    key: &[u8],
+) -> Result<(), Result<Error, String>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::AsyncReadExt;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca).filter_map(Result::ok) {
+        let _ = roots.add(c);
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert)
+        .filter_map(Result::ok)
+        .collect();
+    let Ok(key) = PrivateKeyDer::from_pem_slice(key) else {
+        return Ok(()); // tonic reports unreadable files in its own words
+    };
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let Ok(cfg) = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots))
+    else {
+        return Ok(());
+    };
+    let Ok(mut cfg) = cfg.with_client_auth_cert(chain, key) else {
+        return Ok(());
+    };
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let Ok(name) = ServerName::try_from(host.to_string()) else {
+        return Ok(());
+    };
+    let step = std::time::Duration::from_secs(10);
+    let Ok(Ok(tcp)) =
+        tokio::time::timeout(step, tokio::net::TcpStream::connect((host, port))).await
+    else {
+        return Ok(()); // unreachable: the channel says so
+    };
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let alert =
+        |e: &std::io::Error| match e.get_ref().and_then(|x| x.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::AlertReceived(a)) => Some(*a),
+            _ => None,
+        };
+    let mut tls = match tokio::time::timeout(step, connector.connect(name, tcp)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            return Err(match alert(&e) {
+                Some(a) => Ok(refused_certificate(a)),
+                None => Err(e.to_string()),
+            });
+        }
+        Err(_) => return Ok(()),
+    };
+    // An accepting berthd speaks first (HTTP/2 SETTINGS); a refusing one sends an alert.
+    let mut b = [0u8; 1];
+    match tokio::time::timeout(step, tls.read(&mut b)).await {
+        Ok(Err(e)) => match alert(&e) {
+            Some(a) => Err(Ok(refused_certificate(a))),
+            None => Ok(()),
+        },
+        Ok(Ok(_)) | Err(_) => Ok(()),
+    }
+}
+
 impl From<tonic::Status> for Error {
     fn from(s: tonic::Status) -> Error {
         use tonic::Code;
+        if let Some(alert) = alert_in(&s) {
+            return refused_certificate(alert);
+        }
         let kind = match s.code() {
             Code::InvalidArgument | Code::OutOfRange => ErrorKind::InvalidArgument,
             Code::NotFound => ErrorKind::NotFound,
@@ -366,16 +476,29 @@ impl Client {
                         reason: transport_reason(&source),
                     })?
             }
-            Target::Tcp { host, tls_dir, .. } => {
+            Target::Tcp {
+                host,
+                port,
+                tls_dir,
+            } => {
                 let read = |name: &str| {
                     std::fs::read(tls_dir.join(name)).map_err(|e| Error::TlsFiles {
                         dir: tls_dir.clone(),
                         reason: format!("{name}: {e}"),
                     })
                 };
+                let (ca, cert, key) = (read("ca.pem")?, read("cert.pem")?, read("key.pem")?);
+                preflight(host, *port, &ca, &cert, &key)
+                    .await
+                    .map_err(|e| {
+                        e.unwrap_or_else(|reason| Error::Connect {
+                            target: target.describe(),
+                            reason,
+                        })
+                    })?;
                 let tls = ClientTlsConfig::new()
-                    .ca_certificate(Certificate::from_pem(read("ca.pem")?))
-                    .identity(Identity::from_pem(read("cert.pem")?, read("key.pem")?))
+                    .ca_certificate(Certificate::from_pem(ca))
+                    .identity(Identity::from_pem(cert, key))
                     .domain_name(host.clone());
                 let url = format!("https://{}", target.describe().trim_start_matches("tcp://"));
                 let endpoint = Endpoint::from_shared(url)

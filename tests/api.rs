@@ -629,8 +629,13 @@ async fn remote_control_over_mtls_admits_admins_only() {
         Ok(c) => c.info().await.map(|_| ()),
         Err(e) => Err(e),
     };
-    assert!(rogue_result.is_err());
-    assert_ne!(rogue_result.unwrap_err().kind(), Some(Code::Other));
+    let e = rogue_result.unwrap_err();
+    assert_eq!(e.kind(), Some(Code::Unauthenticated), "{e}");
+    assert!(
+        e.to_string().contains("refused this client certificate")
+            && e.to_string().contains("not issued by berthd's CA"),
+        "{e}"
+    );
 
     // No client certificate at all: the handshake completes (a joining host has none
     // yet), but every call except enrolment is refused.
