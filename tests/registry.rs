@@ -1736,3 +1736,84 @@ async fn a_blob_a_client_was_told_exists_survives_until_its_manifest() {
         StatusCode::CREATED
     );
 }
+
+/// What a crash mid-write leaves (a blob folder with only `.data.tmp-*`, a tag folder with
+/// only `current/.link.tmp-*`): nothing trips over it, fsck reports it, `--repair` and GC
+/// remove it once it is past the grace period, and a young one (a write in progress)
+/// is left alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_leftovers_are_reported_and_cleaned() {
+    let api = Api::new();
+    let (digest, _) = push_image(&api, "team/app", "1.0", "leftovers").await;
+    let v2 = api.root.join("docker/registry/v2");
+    let make = |young: bool| {
+        let blob = v2.join(
+            "blobs/sha256/ab/ab00000000000000000000000000000000000000000000000000000000000000",
+        );
+        let tag = v2.join("repositories/team/app/_manifests/tags/ghost/current");
+        for (dir, name) in [
+            (&blob, ".data.tmp-0123456789ab"),
+            (&tag, ".link.tmp-0123456789ab"),
+        ] {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join(name), b"half").unwrap();
+        }
+        if !young {
+            age_all(&blob, Duration::from_secs(3600));
+            age_all(&tag, Duration::from_secs(3600));
+        }
+        (blob, tag.parent().unwrap().to_path_buf())
+    };
+    let (blob, tag) = make(false);
+    // Nothing trips over them.
+    let tags = api.get("/v2/team/app/tags/list").await.json();
+    assert_eq!(tags["tags"], json!(["1.0"]));
+    assert_eq!(
+        api.get(&format!("/v2/team/app/manifests/{digest}"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let kinds = |r: &berth::registry::FsckReport| -> Vec<String> {
+        r.problems.iter().map(|p| p.kind.clone()).collect()
+    };
+    let r = api.registry.fsck(&tester(), false).await.unwrap();
+    assert_eq!(kinds(&r), ["temp-leftover", "temp-leftover"], "{r:?}");
+    assert!(blob.exists() && tag.exists());
+    let r = api.registry.fsck(&tester(), true).await.unwrap();
+    assert!(
+        r.problems.iter().all(|p| p.detail.ends_with("; removed")),
+        "{r:?}"
+    );
+    assert!(!blob.exists() && !tag.exists());
+    assert!(
+        api.registry
+            .fsck(&tester(), false)
+            .await
+            .unwrap()
+            .problems
+            .is_empty()
+    );
+    // GC removes old ones too, and keeps young ones.
+    let (blob, tag) = make(false);
+    api.registry.gc(&tester(), gc_opts(false)).await.unwrap();
+    assert!(!blob.exists() && !tag.exists());
+    let (blob, tag) = make(true);
+    api.registry.gc(&tester(), gc_opts(false)).await.unwrap();
+    let r = api.registry.fsck(&tester(), true).await.unwrap();
+    assert!(
+        blob.exists() && tag.exists(),
+        "a young temp file was removed"
+    );
+    assert!(
+        r.problems.iter().all(|p| p.detail.contains("kept")),
+        "{r:?}"
+    );
+    // The image is whole throughout.
+    assert_eq!(
+        api.get(&format!("/v2/team/app/manifests/{digest}"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+}

@@ -57,7 +57,8 @@ pub struct GcReport {
 /// One problem fsck found.
 #[derive(Debug, Clone, Serialize)]
 pub struct FsckProblem {
-    /// "corrupt-blob", "dangling-layer-link", "dangling-revision", "dangling-tag".
+    /// "corrupt-blob", "dangling-layer-link", "dangling-revision", "dangling-tag",
+    /// "temp-leftover".
     pub kind: String,
     /// The file at fault.
     pub path: PathBuf,
@@ -107,6 +108,45 @@ fn age(drv: &dyn Driver, key: &Key) -> Result<Option<Duration>, Error> {
             .duration_since(m.modified)
             .unwrap_or(Duration::ZERO)
     }))
+}
+
+/// Leftovers younger than this may belong to a write in progress; older ones a crash left.
+const LEFTOVER_GRACE: Duration = Duration::from_secs(10 * 60);
+
+/// Whether a file name is a temp file of an atomic write (`.NAME.tmp-XXXXXXXXXXXX`).
+fn is_leftover(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".tmp-")
+}
+
+/// The temp files crashed atomic writes left anywhere under `root` (upload sessions are
+/// not leftovers: they have their own purge), with their age.
+fn leftovers(drv: &dyn Driver, root: &Key, out: &mut Vec<(Key, Duration)>) -> Result<(), Error> {
+    for e in drv.list(root)? {
+        let k = root.join(&e.name);
+        if e.is_dir {
+            if e.name != "_uploads" {
+                leftovers(drv, &k, out)?;
+            }
+        } else if is_leftover(&e.name) {
+            out.push((k.clone(), age(drv, &k)?.unwrap_or(Duration::ZERO)));
+        }
+    }
+    Ok(())
+}
+
+/// Removes a leftover and the folders it leaves empty, up to (not including) `top`: a
+/// blob folder or tag folder that held only a temp file goes with it.
+fn remove_leftover(drv: &dyn Driver, k: &Key, top: &Key) -> Result<(), Error> {
+    drv.delete(k)?;
+    let mut dir = k.parent();
+    while let Some(d) = dir {
+        if d == *top || !d.as_str().starts_with(top.as_str()) || !drv.list(&d)?.is_empty() {
+            break;
+        }
+        drv.delete(&d)?;
+        dir = d.parent();
+    }
+    Ok(())
 }
 
 /// Every blob's `data` under `blobs/`, with its digest.
@@ -292,8 +332,21 @@ impl Storage {
                     drv.delete(&dir)?;
                 }
             }
+            // Temp files of writes a crash cut short, once past the grace period.
+            let mut temps = Vec::new();
+            leftovers(drv, &p.v2(), &mut temps)?;
+            let mut removed = 0usize;
+            for (k, a) in temps {
+                if a >= opts.grace.max(LEFTOVER_GRACE) {
+                    if !opts.dry_run {
+                        remove_leftover(drv, &k, &p.v2())?;
+                    }
+                    removed += 1;
+                }
+            }
             if !opts.dry_run {
                 tracing::info!(
+                    leftovers = removed,
                     blobs = report.blobs_deleted.len(),
                     bytes = report.bytes_freed,
                     manifests = report.manifests_deleted.len(),
@@ -392,6 +445,23 @@ impl Storage {
                         });
                     }
                 }
+            }
+            let mut temps = Vec::new();
+            leftovers(drv, &p.v2(), &mut temps)?;
+            for (k, a) in temps {
+                let mut detail = format!("a write a crash cut short left this temp file ({}s old)", a.as_secs());
+                if repair && a >= LEFTOVER_GRACE {
+                    remove_leftover(drv, &k, &p.v2())?;
+                    detail.push_str("; removed");
+                } else if repair {
+                    detail.push_str("; kept: a write may still be in progress");
+                }
+                report.problems.push(FsckProblem {
+                    kind: "temp-leftover".into(),
+                    path: drv.locate(&k),
+                    digest: String::new(),
+                    detail,
+                });
             }
             Ok(report)
         })
