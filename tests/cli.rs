@@ -1350,3 +1350,117 @@ fn limits_are_enforced_and_output_survives_a_closed_pipe() {
         );
     }
 }
+
+/// A full disk (a 4 MiB tmpfs as the registry root, in a mount namespace of berthd's
+/// own): a push that does not fit gets 507 and an OCI error saying the storage is full,
+/// its upload's data is purged, pulls go on, and a push that fits works afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_refuses_pushes_clearly_and_keeps_serving_pulls() {
+    if !nix::unistd::Uid::effective().is_root() {
+        panic!("this test mounts a tmpfs in a mount namespace and must run as root (CI does)");
+    }
+    let dir = common::temp_dir();
+    let (root, store) = (dir.path().join("root"), dir.path().join("store"));
+    std::fs::create_dir_all(&store).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut daemon = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs -o size=4m tmpfs '{}' && exec '{}' --root '{}' --certs-d '{}' --containers-certs-d '{}' --registry-root '{}' --registry-listen 127.0.0.1:{port}",
+            store.display(),
+            env!("CARGO_BIN_EXE_berthd"),
+            root.display(),
+            dir.path().join("docker").display(),
+            dir.path().join("containers").display(),
+            store.display(),
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let socket = root.join("berthd.sock");
+    wait_for("berthd to serve", || {
+        berth(&socket, dir.path(), &["system", "health"])
+            .status
+            .success()
+    });
+    let c = berth::client::Client::connect(&berth::client::Target::Unix(socket.clone()))
+        .await
+        .unwrap();
+    let me = common::client_cert(&c, "filler").await;
+    let tls = common::presenting(&me, b"http/1.1");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let small = push_blob(addr, &tls, "team/app", &[7u8; 100_000]).await;
+    let big = vec![9u8; 6 * 1024 * 1024];
+    let full = |s: axum::http::StatusCode, body: &[u8]| {
+        assert_eq!(s.as_u16(), 507, "{}", String::from_utf8_lossy(body));
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["errors"][0]["code"], "UNKNOWN");
+        assert!(
+            v["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("storage is full"),
+            "{v}"
+        );
+    };
+    // Monolithic.
+    let d = berth::registry::Digest::sha256_of(&big);
+    let (s, body) = common::tls_request(
+        addr,
+        tls.clone(),
+        axum::http::Method::POST,
+        &format!("/v2/team/app/blobs/uploads/?digest={d}"),
+        big.clone(),
+    )
+    .await
+    .unwrap();
+    full(s, &body);
+    // Chunked: the session's data is purged.
+    let (s, _) = common::tls_request(
+        addr,
+        tls.clone(),
+        axum::http::Method::POST,
+        "/v2/team/app/blobs/uploads/",
+        vec![],
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.as_u16(), 202);
+    let id = c.registry_uploads(false, None, false).await.unwrap()[0]
+        .id
+        .clone();
+    let (s, body) = common::tls_request(
+        addr,
+        tls.clone(),
+        axum::http::Method::PATCH,
+        &format!("/v2/team/app/blobs/uploads/{id}"),
+        big,
+    )
+    .await
+    .unwrap();
+    full(s, &body);
+    assert!(
+        c.registry_uploads(false, None, false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Pulls go on, and what fits is stored.
+    let (s, body) = common::tls_get(addr, tls.clone(), &format!("/v2/team/app/blobs/{small}"))
+        .await
+        .unwrap();
+    assert_eq!((s.as_u16(), body.len()), (200, 100_000));
+    push_blob(addr, &tls, "team/app", &[8u8; 100_000]).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(daemon.wait().unwrap().success());
+}

@@ -215,6 +215,11 @@ impl From<Error> for ApiError {
             Error::Body(_) => {
                 ApiError::new(Code::BlobUploadInvalid, msg).with_status(StatusCode::BAD_REQUEST)
             }
+            Error::Io { .. } | Error::Fs(_) if e.is_storage_full() => ApiError::new(
+                Code::Unknown,
+                "the registry's storage is full: this write was not kept (pulls still work); its operator must free space, e.g. berth registry gc",
+            )
+            .with_status(StatusCode::INSUFFICIENT_STORAGE),
             Error::Io { .. } | Error::Fs(_) => {
                 tracing::error!(error = %msg, "registry storage failure");
                 ApiError::new(Code::Unknown, "storage failure; see berthd's log")

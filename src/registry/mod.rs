@@ -271,6 +271,8 @@ pub struct Registry {
     audit: Audit,
     /// Policy denials and GC figures, for `/metrics`.
     metrics: Arc<crate::metrics::Metrics>,
+    /// True while the storage is full (logged once per episode).
+    full: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A policy and the number of the change that put it in force (never reused, unlike an
@@ -298,6 +300,22 @@ fn tag_of(r: &Reference) -> Option<String> {
     }
 }
 
+impl Error {
+    /// True when the storage is out of space (ENOSPC, or a quota: EDQUOT).
+    pub fn is_storage_full(&self) -> bool {
+        let full = |e: &std::io::Error| {
+            e.kind() == std::io::ErrorKind::StorageFull
+                || e.kind() == std::io::ErrorKind::QuotaExceeded
+                || matches!(e.raw_os_error(), Some(28 | 122))
+        };
+        match self {
+            Error::Io { source, .. } => full(source),
+            Error::Fs(crate::fsutil::Error::Io { source, .. }) => full(source),
+            _ => false,
+        }
+    }
+}
+
 impl Registry {
     /// A registry over `backend`; `delete_enabled` is `registry.delete_enabled` (HTTP
     /// deletes; the control API may always delete).
@@ -319,6 +337,7 @@ impl Registry {
             decisions: Arc::default(),
             audit: Audit::disabled(),
             metrics: crate::metrics::Metrics::new(),
+            full: Arc::default(),
         }
     }
 
@@ -338,8 +357,28 @@ impl Registry {
 
     /// Records `r`'s outcome as `rec`, durably, and passes `r` on.
     async fn audited<T>(&self, rec: Record, r: Result<T, Error>) -> Result<T, Error> {
+        self.watch_space(&r);
         self.audit.note_async(&rec.outcome(&r)).await;
         r
+    }
+
+    /// Logs once when the storage fills up (not once per refused write) and once when a
+    /// write succeeds again.
+    fn watch_space<T>(&self, r: &Result<T, Error>) {
+        use std::sync::atomic::Ordering;
+        match r {
+            Err(e) if e.is_storage_full() => {
+                if !self.full.swap(true, Ordering::AcqRel) {
+                    tracing::error!(root = %self.root().display(), error = %e, "registry storage is full: pushes are refused until space is freed (berth registry gc); pulls go on");
+                }
+            }
+            Ok(_) => {
+                if self.full.swap(false, Ordering::AcqRel) {
+                    tracing::info!(root = %self.root().display(), "registry storage has room again");
+                }
+            }
+            Err(_) => {}
+        }
     }
 
     /// [`Registry::audited`], with what a success adds to the record (its digest).
@@ -619,7 +658,16 @@ impl Registry {
     ) -> Result<UploadStatus, Error> {
         self.authorize(_who, policy::Action::Push, name, audit::Action::BlobUpload)
             .await?;
-        self.storage.append(name, id, start, body, len).await
+        let r = self.storage.append(name, id, start, body, len).await;
+        self.watch_space(&r);
+        if let Err(e) = &r
+            && e.is_storage_full()
+        {
+            // What the session holds is of no use to a client that has to start over,
+            // and the space is needed.
+            let _ = self.storage.cancel_upload(name, id).await;
+        }
+        r
     }
 
     /// Finishes an upload (after appending a last chunk, when `body` is given): the content
