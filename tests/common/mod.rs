@@ -296,6 +296,20 @@ pub async fn tls_request(
     path: &str,
     body: Vec<u8>,
 ) -> Result<(axum::http::StatusCode, Vec<u8>), String> {
+    tls_exchange(addr, cfg, method, path, &[], body)
+        .await
+        .map(|(s, _, b)| (s, b))
+}
+
+/// [`tls_request`] with request headers, answering the response headers too.
+pub async fn tls_exchange(
+    addr: SocketAddr,
+    cfg: std::sync::Arc<rustls::ClientConfig>,
+    method: axum::http::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<(axum::http::StatusCode, axum::http::HeaderMap, Vec<u8>), String> {
     use http_body_util::BodyExt;
     let h2 = cfg.alpn_protocols.first().is_some_and(|p| p == b"h2");
     let tcp = tokio::net::TcpStream::connect(addr)
@@ -309,10 +323,14 @@ pub async fn tls_request(
         .await
         .map_err(|e| e.to_string())?;
     let io = hyper_util::rt::TokioIo::new(tls);
-    let req = axum::http::Request::builder()
+    let mut req = axum::http::Request::builder()
         .method(method)
         .uri(path)
-        .header(axum::http::header::HOST, "localhost")
+        .header(axum::http::header::HOST, "localhost");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
         .body(http_body_util::Full::new(bytes::Bytes::from(body)))
         .unwrap();
     let resp = if h2 {
@@ -330,6 +348,7 @@ pub async fn tls_request(
         send.send_request(req).await.map_err(|e| e.to_string())?
     };
     let status = resp.status();
+    let headers = resp.headers().clone();
     let body = resp
         .into_body()
         .collect()
@@ -337,7 +356,7 @@ pub async fn tls_request(
         .map_err(|e| e.to_string())?
         .to_bytes()
         .to_vec();
-    Ok((status, body))
+    Ok((status, headers, body))
 }
 
 /// Subject names with only a CN.
