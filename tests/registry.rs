@@ -1817,3 +1817,65 @@ async fn crash_leftovers_are_reported_and_cleaned() {
         StatusCode::OK
     );
 }
+
+/// The bad-input table: every request a hostile or broken client sends gets its status
+/// and OCI code, and nothing reaches storage or stops the registry.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_table() {
+    let api = Api::new();
+    push_image(&api, "team/app", "1.0", "bad-input").await;
+    let long_name = format!("/v2/{}/tags/list", "a".repeat(300));
+    let long_tag = format!("/v2/team/app/manifests/{}", "t".repeat(129));
+    let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let zero = "0".repeat(64);
+    let rows: Vec<(Method, String, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+        // Names.
+        (Method::GET, "/v2/../etc/tags/list".into(), vec![], vec![], 400, "NAME_INVALID"),
+        (Method::GET, "/v2/team/%2e%2e/tags/list".into(), vec![], vec![], 400, "NAME_INVALID"),
+        (Method::GET, "/v2/Team/app/tags/list".into(), vec![], vec![], 400, "NAME_INVALID"),
+        (Method::GET, long_name, vec![], vec![], 400, "NAME_INVALID"),
+        (Method::GET, "/v2/t%C3%A9am/app/tags/list".into(), vec![], vec![], 400, "NAME_INVALID"),
+        (Method::GET, "/v2/nobody/here/tags/list".into(), vec![], vec![], 404, "NAME_UNKNOWN"),
+        // Tags and digests.
+        (Method::GET, long_tag, vec![], vec![], 404, "MANIFEST_UNKNOWN"),
+        (Method::GET, "/v2/team/app/manifests/t%C3%A9".into(), vec![], vec![], 404, "MANIFEST_UNKNOWN"),
+        (Method::GET, format!("/v2/team/app/blobs/sha256:{}", &zero[..10]), vec![], vec![], 400, "DIGEST_INVALID"),
+        (Method::GET, format!("/v2/team/app/blobs/sha256:{}", zero.to_uppercase().replace('0', "A")), vec![], vec![], 400, "DIGEST_INVALID"),
+        (Method::GET, format!("/v2/team/app/blobs/sha256:{zero}"), vec![], vec![], 404, "BLOB_UNKNOWN"),
+        // Ranges.
+        (Method::GET, "/v2/team/app/blobs/SELF".into(), vec![("range", "bytes=999999-")], vec![], 416, "RANGE_INVALID"),
+        // Upload state machine misuse.
+        (Method::PATCH, "/v2/team/app/blobs/uploads/no-such-upload".into(), vec![], b"x".to_vec(), 404, "BLOB_UPLOAD_UNKNOWN"),
+        (Method::PUT, "/v2/team/app/blobs/uploads/no-such-upload?digest=sha256:".to_string() + &zero, vec![], vec![], 404, "BLOB_UPLOAD_UNKNOWN"),
+        (Method::GET, "/v2/team/app/blobs/uploads/../../../../etc".into(), vec![], vec![], 404, "UNSUPPORTED"),
+        // Manifest bodies.
+        (Method::PUT, "/v2/team/app/manifests/bad".into(), vec![("content-type", OCI_MANIFEST)], b"{not json".to_vec(), 400, "MANIFEST_INVALID"),
+        (Method::PUT, "/v2/team/app/manifests/nested".into(), vec![("content-type", OCI_MANIFEST)], nested.into_bytes(), 400, "MANIFEST_INVALID"),
+        (Method::PUT, "/v2/team/app/manifests/wrongtype".into(), vec![("content-type", "text/plain")], br#"{"schemaVersion":2}"#.to_vec(), 400, "MANIFEST_INVALID"),
+        (Method::PUT, "/v2/team/app/manifests/missing".into(), vec![("content-type", OCI_MANIFEST)], serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{zero}"), "size": 2},
+            "layers": [],
+        })).unwrap(), 400, "MANIFEST_BLOB_UNKNOWN"),
+    ];
+    let mut wrong = Vec::new();
+    for (m, uri, headers, body, status, code) in rows {
+        // A real blob for the range row.
+        let uri = if uri.ends_with("/SELF") {
+            let d = api.push_blob("team/app", b"ranged").await;
+            uri.replace("SELF", &d.to_string())
+        } else {
+            uri
+        };
+        let r = api.call(m.clone(), &uri, &headers, body).await;
+        let got = (r.status.as_u16(), if r.body.is_empty() { String::new() } else { r.code() });
+        if got != (status, code.to_string()) {
+            wrong.push(format!("{m} {}: got {got:?}, want ({status}, {code})", &uri[..uri.len().min(80)]));
+        }
+    }
+    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+    // Still serving, and nothing refused became content.
+    let tags = api.get("/v2/team/app/tags/list").await.json();
+    assert_eq!(tags["tags"], json!(["1.0"]));
+    assert!(!api.root.join("etc").exists());
+}
