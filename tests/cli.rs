@@ -1699,3 +1699,77 @@ async fn acknowledged_pushes_survive_kill_9() {
     .unwrap();
     assert!(daemon.wait().unwrap().success());
 }
+
+/// A 100 MB manifest is refused (413, or the connection closed once the limit is
+/// passed) without berthd's memory growing by anything like it, and berthd keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_manifest_does_not_grow_memory() {
+    let dir = common::temp_dir();
+    let root = dir.path().join("root");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_berthd"))
+        .arg("--root")
+        .arg(&root)
+        .arg("--certs-d")
+        .arg(dir.path().join("docker"))
+        .arg("--containers-certs-d")
+        .arg(dir.path().join("containers"))
+        .args(["--registry-listen", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let socket = root.join("berthd.sock");
+    wait_for("berthd to serve", || {
+        berth(&socket, dir.path(), &["system", "health"])
+            .status
+            .success()
+    });
+    let rss = || -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", daemon.id())).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    };
+    let c = berth::client::Client::connect(&berth::client::Target::Unix(socket.clone()))
+        .await
+        .unwrap();
+    let me = common::client_cert(&c, "huge").await;
+    let tls = common::presenting(&me, b"http/1.1");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let before = rss();
+    let body = vec![b' '; 100 * 1024 * 1024];
+    match common::tls_exchange(
+        addr,
+        tls.clone(),
+        axum::http::Method::PUT,
+        "/v2/team/app/manifests/huge",
+        &[("content-type", "application/vnd.oci.image.manifest.v1+json")],
+        body,
+    )
+    .await
+    {
+        Ok((s, _, _)) => assert_eq!(s.as_u16(), 413),
+        Err(e) => assert!(!e.is_empty()),
+    }
+    let after = rss();
+    assert!(
+        after < before + 32 * 1024,
+        "berthd's RSS went from {before} kB to {after} kB"
+    );
+    assert!(c.health().await.unwrap());
+    let (s, _) = common::tls_get(addr, tls, "/v2/").await.unwrap();
+    assert_eq!(s.as_u16(), 200);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(daemon.wait().unwrap().success());
+}

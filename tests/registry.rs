@@ -1868,9 +1868,19 @@ async fn bad_input_table() {
             uri
         };
         let r = api.call(m.clone(), &uri, &headers, body).await;
-        let got = (r.status.as_u16(), if r.body.is_empty() { String::new() } else { r.code() });
+        let got = (
+            r.status.as_u16(),
+            if r.body.is_empty() {
+                String::new()
+            } else {
+                r.code()
+            },
+        );
         if got != (status, code.to_string()) {
-            wrong.push(format!("{m} {}: got {got:?}, want ({status}, {code})", &uri[..uri.len().min(80)]));
+            wrong.push(format!(
+                "{m} {}: got {got:?}, want ({status}, {code})",
+                &uri[..uri.len().min(80)]
+            ));
         }
     }
     assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
