@@ -67,3 +67,6 @@ pub mod oci;
 pub mod pki;
 pub mod proto;
 pub mod registry;
+
+#[cfg(test)]
+mod props;

@@ -294,7 +294,7 @@ async fn put_manifest(
 
 /// A `Range: bytes=...` header: `Ok(None)` means serve everything (no header, or a
 /// multi-range, which registries answer whole).
-fn byte_range(h: Option<&str>) -> std::result::Result<Option<ByteRange>, ()> {
+pub(crate) fn byte_range(h: Option<&str>) -> std::result::Result<Option<ByteRange>, ()> {
     let Some(spec) = h.and_then(|v| v.trim().strip_prefix("bytes=")) else {
         return Ok(None);
     };
@@ -423,7 +423,7 @@ async fn start_upload(
 }
 
 /// `Content-Range: <start>-<end>` (distribution's form; `bytes ` prefix tolerated).
-fn content_range(h: &HeaderMap) -> Result<Option<(u64, u64)>> {
+pub(crate) fn content_range(h: &HeaderMap) -> Result<Option<(u64, u64)>> {
     let Some(v) = header_str(h, &header::CONTENT_RANGE) else {
         return Ok(None);
     };

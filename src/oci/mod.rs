@@ -5,7 +5,7 @@
 //! [`errcode`]. This edge never touches storage.
 
 pub mod errcode;
-mod handlers;
+pub(crate) mod handlers;
 pub mod route;
 
 use std::collections::HashMap;
