@@ -1828,7 +1828,15 @@ async fn bad_input_table() {
     let long_tag = format!("/v2/team/app/manifests/{}", "t".repeat(129));
     let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     let zero = "0".repeat(64);
-    let rows: Vec<(Method, String, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    type Row<'a> = (
+        Method,
+        String,
+        Vec<(&'a str, &'a str)>,
+        Vec<u8>,
+        u16,
+        &'a str,
+    );
+    let rows: Vec<Row> = vec![
         // Names.
         (Method::GET, "/v2/../etc/tags/list".into(), vec![], vec![], 400, "NAME_INVALID"),
         (Method::GET, "/v2/team/%2e%2e/tags/list".into(), vec![], vec![], 400, "NAME_INVALID"),
