@@ -1773,3 +1773,32 @@ async fn a_huge_manifest_does_not_grow_memory() {
     .unwrap();
     assert!(daemon.wait().unwrap().success());
 }
+
+/// A read-only state folder (a read-only bind mount in berthd's own mount namespace):
+/// berthd refuses to start, naming the folder and why, and writes nothing.
+#[test]
+fn a_read_only_state_dir_is_refused_by_name() {
+    if !nix::unistd::Uid::effective().is_root() {
+        panic!("this test bind-mounts in a mount namespace and must run as root (CI does)");
+    }
+    let dir = common::temp_dir();
+    let root = dir.path().join("root");
+    // A state folder from an earlier run.
+    std::fs::create_dir_all(&root).unwrap();
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount --bind '{0}' '{0}' && mount -o remount,ro,bind '{0}' && exec '{1}' --root '{0}' --certs-d '{2}' --containers-certs-d '{3}' --no-registry",
+            root.display(),
+            env!("CARGO_BIN_EXE_berthd"),
+            dir.path().join("docker").display(),
+            dir.path().join("containers").display(),
+        ))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&root.display().to_string()) && err.to_lowercase().contains("read-only"), "{err}");
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "berthd wrote into a read-only state folder");
+}
