@@ -1556,11 +1556,19 @@ async fn a_lost_ca_is_never_replaced_silently() {
     assert!(!pki.join("ca.crt").exists() && !pki.join("ca.key").exists());
     assert_eq!(std::fs::read(pki.join("index.json")).unwrap(), index);
     // Half a CA, or a damaged key: refused, naming the file; nothing is replaced.
-    std::fs::write(pki.join("ca.crt"), b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
-    let err = berth::daemon::Daemon::open(config.clone()).unwrap_err().to_string();
+    std::fs::write(
+        pki.join("ca.crt"),
+        b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let err = berth::daemon::Daemon::open(config.clone())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("ca.key") && err.contains("backup"), "{err}");
     std::fs::write(pki.join("ca.key"), b"not a key").unwrap();
-    let err = berth::daemon::Daemon::open(config.clone()).unwrap_err().to_string();
+    let err = berth::daemon::Daemon::open(config.clone())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("ca.key") || err.contains("ca.crt"), "{err}");
     assert_eq!(std::fs::read(pki.join("ca.key")).unwrap(), b"not a key");
     std::fs::remove_file(pki.join("ca.crt")).unwrap();

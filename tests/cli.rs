@@ -569,6 +569,42 @@ fn the_socket_group_gets_its_configured_role_and_denials_are_audited() {
     assert!(!ok(&berth(&d.socket, cwd.path(), &["cert", "ls"])).contains("sneaky"));
 }
 
+/// berthd as a process with its state in `dir/root` and certs.d trees in `dir`, quiet.
+fn berthd_in(dir: &Path, extra: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_berthd"))
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--certs-d")
+        .arg(dir.join("docker"))
+        .arg("--containers-certs-d")
+        .arg(dir.join("containers"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Stops berthd with SIGTERM; it must exit cleanly.
+fn sigterm(mut daemon: std::process::Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(daemon.wait().unwrap().success());
+}
+
+/// A free loopback port for a berthd process's registry.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Waits for a condition with a deadline instead of sleeping a fixed time.
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -1079,21 +1115,7 @@ fn policy_check_explains_decisions() {
 fn audit_records_survive_kill_9_mid_burst() {
     let dir = common::temp_dir();
     let root = dir.path().join("root");
-    let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_berthd"))
-            .arg("--root")
-            .arg(&root)
-            .arg("--certs-d")
-            .arg(dir.path().join("docker"))
-            .arg("--containers-certs-d")
-            .arg(dir.path().join("containers"))
-            .arg("--no-registry")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = || berthd_in(dir.path(), &["--no-registry"]);
     let socket = root.join("berthd.sock");
     let healthy = || {
         berth(&socket, dir.path(), &["system", "health"])
@@ -1151,19 +1173,14 @@ fn audit_records_survive_kill_9_mid_burst() {
         );
     }
     // The restart cuts off a record the kill may have torn; then every line is whole.
-    let mut daemon = spawn();
+    let daemon = spawn();
     wait_for("berthd to serve again", healthy);
     let after = std::fs::read_to_string(&log).unwrap();
     assert!(after.is_empty() || after.ends_with('\n'));
     assert!(recorded(&after).len() >= acked.len());
     assert!(after.starts_with(&text[..text.rfind('\n').map_or(0, |i| i + 1)]));
     assert_eq!(mode(&log), 0o600);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(daemon.wait().unwrap().success());
+    sigterm(daemon);
 }
 
 /// Every file and folder berthd writes, under umask 000: content 0644, folders 0755 (never
@@ -1172,12 +1189,8 @@ fn audit_records_survive_kill_9_mid_burst() {
 async fn modes_are_explicit_under_umask_000() {
     let dir = common::temp_dir();
     let root = dir.path().join("root");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut daemon = Command::new("sh")
+    let port = free_port();
+    let daemon = Command::new("sh")
         .arg("-c")
         .arg(format!(
             "umask 000 && exec '{}' --root '{}' --certs-d '{}' --containers-certs-d '{}' --registry-listen 127.0.0.1:{port}",
@@ -1263,12 +1276,7 @@ async fn modes_are_explicit_under_umask_000() {
         "modes left to the umask:\n{}",
         bad.join("\n")
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(daemon.wait().unwrap().success());
+    sigterm(daemon);
 }
 
 /// Lifetimes and SAN counts out of range are refused with the allowed range, the daemon
@@ -1362,12 +1370,8 @@ async fn a_full_disk_refuses_pushes_clearly_and_keeps_serving_pulls() {
     let dir = common::temp_dir();
     let (root, store) = (dir.path().join("root"), dir.path().join("store"));
     std::fs::create_dir_all(&store).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut daemon = Command::new("unshare")
+    let port = free_port();
+    let daemon = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(format!(
             "mount -t tmpfs -o size=4m tmpfs '{}' && exec '{}' --root '{}' --certs-d '{}' --containers-certs-d '{}' --registry-root '{}' --registry-listen 127.0.0.1:{port}",
@@ -1457,12 +1461,7 @@ async fn a_full_disk_refuses_pushes_clearly_and_keeps_serving_pulls() {
         .unwrap();
     assert_eq!((s.as_u16(), body.len()), (200, 100_000));
     push_blob(addr, &tls, "team/app", &[8u8; 100_000]).await;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(daemon.wait().unwrap().success());
+    sigterm(daemon);
 }
 
 /// One acknowledged push: repository, tag, manifest digest, and its blobs.
@@ -1559,26 +1558,9 @@ async fn crash_push_blob(
 async fn acknowledged_pushes_survive_kill_9() {
     let dir = common::temp_dir();
     let root = dir.path().join("root");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_berthd"))
-            .arg("--root")
-            .arg(&root)
-            .arg("--certs-d")
-            .arg(dir.path().join("docker"))
-            .arg("--containers-certs-d")
-            .arg(dir.path().join("containers"))
-            .args(["--registry-listen", &format!("127.0.0.1:{port}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let spawn = || berthd_in(dir.path(), &["--registry-listen", &listen]);
     let socket = root.join("berthd.sock");
     let healthy = || {
         berth(&socket, dir.path(), &["system", "health"])
@@ -1692,12 +1674,7 @@ async fn acknowledged_pushes_survive_kill_9() {
     );
     let j = journal.lock().unwrap().clone();
     check(&j).await;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(daemon.wait().unwrap().success());
+    sigterm(daemon);
 }
 
 /// A 100 MB manifest is refused (413, or the connection closed once the limit is
@@ -1706,24 +1683,11 @@ async fn acknowledged_pushes_survive_kill_9() {
 async fn a_huge_manifest_does_not_grow_memory() {
     let dir = common::temp_dir();
     let root = dir.path().join("root");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_berthd"))
-        .arg("--root")
-        .arg(&root)
-        .arg("--certs-d")
-        .arg(dir.path().join("docker"))
-        .arg("--containers-certs-d")
-        .arg(dir.path().join("containers"))
-        .args(["--registry-listen", &format!("127.0.0.1:{port}")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let port = free_port();
+    let daemon = berthd_in(
+        dir.path(),
+        &["--registry-listen", &format!("127.0.0.1:{port}")],
+    );
     let socket = root.join("berthd.sock");
     wait_for("berthd to serve", || {
         berth(&socket, dir.path(), &["system", "health"])
@@ -1766,12 +1730,7 @@ async fn a_huge_manifest_does_not_grow_memory() {
     assert!(c.health().await.unwrap());
     let (s, _) = common::tls_get(addr, tls, "/v2/").await.unwrap();
     assert_eq!(s.as_u16(), 200);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(daemon.wait().unwrap().success());
+    sigterm(daemon);
 }
 
 /// A read-only state folder (a read-only bind mount in berthd's own mount namespace):
@@ -1799,6 +1758,13 @@ fn a_read_only_state_dir_is_refused_by_name() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
-    assert!(err.contains(&root.display().to_string()) && err.to_lowercase().contains("read-only"), "{err}");
-    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "berthd wrote into a read-only state folder");
+    assert!(
+        err.contains(&root.display().to_string()) && err.to_lowercase().contains("read-only"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&root).unwrap().count(),
+        0,
+        "berthd wrote into a read-only state folder"
+    );
 }
