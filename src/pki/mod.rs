@@ -361,6 +361,8 @@ impl Pki {
         tighten(&dir.join("keys"), 0o700);
         tighten(&dir.join("ca.key"), 0o600);
         let ca = Ca::load_or_create(&dir, cfg)?;
+        let mut store = store;
+        store.settle()?;
         if lost && issued > 0 {
             tracing::warn!(
                 certificates = issued,
