@@ -9,7 +9,8 @@
 //! ```text
 //! ca.crt            CA certificate            0644
 //! ca.key            CA private key            0600
-//! index.json        every issued certificate  0644
+//! index.json        every issued certificate  0644 (a snapshot)
+//! index.log         changes since the snapshot 0644 (one JSON line each, fdatasynced)
 //! crl.pem           current CRL               0644
 //! keys/<serial>.key keys berthd holds         0600 (folder 0700)
 //! ```
