@@ -442,7 +442,12 @@ impl Pki {
         let cert = params.signed_by(&key, self.ca.issuer())?;
         let secret = SecretKeyPem::new(key.serialize_pem());
         let record = self.record(spec.kind, cert.der(), spec.hold_key, false)?;
-        store.insert(record.clone(), spec.hold_key.then_some(&secret))?;
+        let ticket = store.insert(record.clone(), spec.hold_key.then_some(&secret))?;
+        let syncer = store.syncer();
+        // Durable before the answer, but synced outside the lock: concurrent issues
+        // share one sync.
+        drop(store);
+        syncer.wait(ticket)?;
         tracing::info!(serial = %record.serial, kind = spec.kind.name(), cn = %record.names.common_name, "issued certificate");
         Ok(Issued {
             record,
@@ -544,7 +549,10 @@ impl Pki {
             }
         }
         permit(&record.names).map_err(Error::NotPermitted)?;
-        store.insert(record.clone(), None)?;
+        let ticket = store.insert(record.clone(), None)?;
+        let syncer = store.syncer();
+        drop(store);
+        syncer.wait(ticket)?;
         tracing::info!(serial = %record.serial, kind = profile.name(), cn = %record.names.common_name, "signed CSR");
         Ok(record)
     }

@@ -69,12 +69,96 @@ impl IndexFile {
     }
 }
 
-/// In-memory copy of the index; every change is journaled durably before it is kept.
+/// In-memory copy of the index; every change is journaled durably before it is
+/// acknowledged.
 pub(super) struct Store {
     dir: PathBuf,
     index: IndexFile,
     journal: File,
     journaled: usize,
+    /// Number of the last change written to the journal.
+    seq: u64,
+    syncer: std::sync::Arc<Syncer>,
+}
+
+/// A change written to the journal (not yet necessarily durable): wait on it with
+/// [`Syncer::wait`] before answering, outside the store's lock, so concurrent changes
+/// share one sync.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ticket(u64);
+
+/// Group commit of the journal: the first waiter syncs for everyone written so far; the
+/// others wait for it. Also syncs the `keys/` folder, whose new entries the journal's
+/// changes rely on.
+#[derive(Debug)]
+pub(super) struct Syncer {
+    journal: File,
+    keys: PathBuf,
+    path: PathBuf,
+    state: std::sync::Mutex<SyncState>,
+    cv: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    written: u64,
+    synced: u64,
+    syncing: bool,
+}
+
+impl Syncer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SyncState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn written(&self, seq: u64) {
+        let mut s = self.lock();
+        s.written = s.written.max(seq);
+    }
+
+    fn synced(&self, seq: u64) {
+        let mut s = self.lock();
+        s.synced = s.synced.max(seq);
+        drop(s);
+        self.cv.notify_all();
+    }
+
+    /// Returns once the change `t` is durable.
+    pub(super) fn wait(&self, t: Ticket) -> Result<(), Error> {
+        let mut s = self.lock();
+        loop {
+            if s.synced >= t.0 {
+                return Ok(());
+            }
+            if !s.syncing {
+                s.syncing = true;
+                let target = s.written;
+                drop(s);
+                let r = self.sync_now();
+                s = self.lock();
+                s.syncing = false;
+                if r.is_ok() {
+                    s.synced = s.synced.max(target);
+                }
+                self.cv.notify_all();
+                r?;
+                continue;
+            }
+            s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn sync_now(&self) -> Result<(), Error> {
+        let io = |op, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| fsutil::Error::Io { op, path, source }
+        };
+        File::open(&self.keys)
+            .and_then(|d| d.sync_all())
+            .map_err(io("fsync folder", &self.keys))?;
+        self.journal.sync_data().map_err(io("fsync", &self.path))?;
+        Ok(())
+    }
 }
 
 impl Store {
@@ -116,12 +200,30 @@ impl Store {
         let log = dir.join("index.log");
         replay(&log, &mut index)?;
         let journal = open_journal(&log)?;
+        let syncer = std::sync::Arc::new(Syncer {
+            journal: journal.try_clone().map_err(|source| fsutil::Error::Io {
+                op: "open",
+                path: log.clone(),
+                source,
+            })?,
+            keys: dir.join("keys"),
+            path: log,
+            state: std::sync::Mutex::default(),
+            cv: std::sync::Condvar::new(),
+        });
         Ok(Store {
             dir: dir.to_path_buf(),
             index,
             journal,
             journaled: 0,
+            seq: 0,
+            syncer,
         })
+    }
+
+    /// The group committer, to wait on a [`Ticket`] without holding the store.
+    pub(super) fn syncer(&self) -> std::sync::Arc<Syncer> {
+        self.syncer.clone()
     }
 
     /// Folds the journal into a fresh snapshot: called once the PKI is known to be sound,
@@ -155,20 +257,25 @@ impl Store {
     }
 
     /// Records a certificate: its key first (so an index entry that says `key_held` always
-    /// has its key), then the index.
+    /// has its key), then the index. The change is written, not yet synced: wait on the
+    /// ticket (outside the store's lock) before acknowledging it.
     pub(super) fn insert(
         &mut self,
         record: CertRecord,
         key: Option<&SecretKeyPem>,
-    ) -> Result<(), Error> {
+    ) -> Result<Ticket, Error> {
         if let Some(key) = key {
-            fsutil::write_atomic(
-                &self.key_path(&record.serial),
-                key.secret_pem().as_bytes(),
-                0o600,
-            )?;
+            // The key's bytes are synced here; its name in keys/ by the group sync, which
+            // runs before the journal's, so a durable entry always has its key.
+            let path = self.key_path(&record.serial);
+            let tmp = fsutil::stage(&path, key.secret_pem().as_bytes(), 0o600)?;
+            std::fs::rename(&tmp, &path).map_err(|source| fsutil::Error::Io {
+                op: "rename",
+                path: path.clone(),
+                source,
+            })?;
         }
-        self.journal(Change::Insert(Box::new(record)))
+        self.write(Change::Insert(Box::new(record)))
     }
 
     pub(super) fn revoke(&mut self, serial: &str, at: OffsetDateTime) -> Result<CertRecord, Error> {
@@ -195,6 +302,12 @@ impl Store {
 
     /// Appends `c` to the journal durably, then applies it.
     fn journal(&mut self, c: Change) -> Result<(), Error> {
+        let t = self.write(c)?;
+        self.syncer.wait(t)
+    }
+
+    /// Appends `c` to the journal (not synced), then applies it.
+    fn write(&mut self, c: Change) -> Result<Ticket, Error> {
         let mut line = serde_json::to_vec(&c).map_err(|e| Error::InvalidRequest(e.to_string()))?;
         line.push(b'\n');
         let path = self.dir.join("index.log");
@@ -203,20 +316,25 @@ impl Store {
             move |source| fsutil::Error::Io { op, path, source }
         };
         self.journal.write_all(&line).map_err(io("append to"))?;
-        self.journal.sync_data().map_err(io("fsync"))?;
         self.index.apply(c);
+        self.seq += 1;
+        self.syncer.written(self.seq);
         self.journaled += 1;
         if self.journaled >= COMPACT_AFTER {
             self.compact()?;
         }
-        Ok(())
+        Ok(Ticket(self.seq))
     }
 
     /// Writes the whole index as a new snapshot, then empties the journal.
     fn compact(&mut self) -> Result<(), Error> {
         let json = serde_json::to_vec_pretty(&self.index)
             .map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        // Keys written since the last sync are named in the snapshot: make their names
+        // durable first.
+        self.syncer.sync_now()?;
         fsutil::write_atomic(&self.dir.join("index.json"), &json, 0o644)?;
+        self.syncer.synced(self.seq);
         let path = self.dir.join("index.log");
         self.journal
             .set_len(0)
