@@ -429,6 +429,10 @@ impl Pki {
     fn issue_inner(&self, spec: &IssueSpec) -> Result<Issued, Error> {
         let days = spec.validity_days.unwrap_or(self.default_validity_days);
         let key = spec.key_algorithm.generate()?;
+        let secret = SecretKeyPem::new(key.serialize_pem());
+        // The held key is written and synced before the lock, concurrently with others;
+        // under the lock it only gets its name.
+        let staged = store::Staged::new(&self.dir, spec.hold_key.then_some(&secret))?;
         let mut store = self.lock();
         let serial = store.fresh_serial()?;
         let params = issue::leaf_params(
@@ -440,9 +444,8 @@ impl Pki {
             &self.ca,
         )?;
         let cert = params.signed_by(&key, self.ca.issuer())?;
-        let secret = SecretKeyPem::new(key.serialize_pem());
         let record = self.record(spec.kind, cert.der(), spec.hold_key, false)?;
-        let ticket = store.insert(record.clone(), spec.hold_key.then_some(&secret))?;
+        let ticket = store.insert(record.clone(), staged)?;
         let syncer = store.syncer();
         // Durable before the answer, but synced outside the lock: concurrent issues
         // share one sync.
@@ -549,7 +552,7 @@ impl Pki {
             }
         }
         permit(&record.names).map_err(Error::NotPermitted)?;
-        let ticket = store.insert(record.clone(), None)?;
+        let ticket = store.insert(record.clone(), store::Staged::none())?;
         let syncer = store.syncer();
         drop(store);
         syncer.wait(ticket)?;

@@ -81,6 +81,41 @@ pub(super) struct Store {
     syncer: std::sync::Arc<Syncer>,
 }
 
+/// A held key written (0600, synced) under a temporary name in `keys/`, waiting for its
+/// serial; removed if it never gets one.
+#[derive(Debug)]
+pub(super) struct Staged(Option<PathBuf>);
+
+/// The placeholder the temporary names of staged keys derive from.
+const STAGED_KEY: &str = "staged.key";
+
+impl Staged {
+    /// Stages `key` in `<pki>/keys/`, or nothing.
+    pub(super) fn new(pki: &Path, key: Option<&SecretKeyPem>) -> Result<Staged, Error> {
+        match key {
+            None => Ok(Staged(None)),
+            Some(k) => Ok(Staged(Some(fsutil::stage(
+                &pki.join("keys").join(STAGED_KEY),
+                k.secret_pem().as_bytes(),
+                0o600,
+            )?))),
+        }
+    }
+
+    /// No key.
+    pub(super) fn none() -> Staged {
+        Staged(None)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 /// A change written to the journal (not yet necessarily durable): wait on it with
 /// [`Syncer::wait`] before answering, outside the store's lock, so concurrent changes
 /// share one sync.
@@ -196,6 +231,17 @@ impl Store {
             }
         };
         fsutil::create_dir_all(&dir.join("keys"), 0o700)?;
+        // Keys a crash left staged never got a certificate.
+        if let Ok(rd) = std::fs::read_dir(dir.join("keys")) {
+            for e in rd.filter_map(Result::ok) {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!(".{STAGED_KEY}.tmp-"))
+                {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         let mut index = index;
         let log = dir.join("index.log");
         replay(&log, &mut index)?;
@@ -259,21 +305,20 @@ impl Store {
     /// Records a certificate: its key first (so an index entry that says `key_held` always
     /// has its key), then the index. The change is written, not yet synced: wait on the
     /// ticket (outside the store's lock) before acknowledging it.
-    pub(super) fn insert(
-        &mut self,
-        record: CertRecord,
-        key: Option<&SecretKeyPem>,
-    ) -> Result<Ticket, Error> {
-        if let Some(key) = key {
-            // The key's bytes are synced here; its name in keys/ by the group sync, which
-            // runs before the journal's, so a durable entry always has its key.
+    pub(super) fn insert(&mut self, record: CertRecord, mut key: Staged) -> Result<Ticket, Error> {
+        if let Some(tmp) = key.0.take() {
+            // The key's bytes were synced when staged; its name in keys/ is synced by the
+            // group sync, before the journal, so a durable entry always has its key.
             let path = self.key_path(&record.serial);
-            let tmp = fsutil::stage(&path, key.secret_pem().as_bytes(), 0o600)?;
-            std::fs::rename(&tmp, &path).map_err(|source| fsutil::Error::Io {
-                op: "rename",
-                path: path.clone(),
-                source,
-            })?;
+            if let Err(source) = std::fs::rename(&tmp, &path) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(fsutil::Error::Io {
+                    op: "rename",
+                    path,
+                    source,
+                }
+                .into());
+            }
         }
         self.write(Change::Insert(Box::new(record)))
     }

@@ -37,7 +37,7 @@ fn changes_are_journaled_and_replayed_without_rewriting_the_snapshot() {
     s.settle().unwrap();
     let snapshot = std::fs::read(d.path().join("index.json")).unwrap();
     for i in 0..10 {
-        s.insert(rec(&format!("{i:02x}")), None).unwrap();
+        s.insert(rec(&format!("{i:02x}")), Staged::none()).unwrap();
     }
     s.revoke("03", OffsetDateTime::now_utc()).unwrap();
     assert_eq!(s.next_crl_number().unwrap(), 1);
@@ -65,7 +65,7 @@ fn replay_is_idempotent_after_a_crash_between_snapshot_and_truncation() {
     let d = tempfile::tempdir().unwrap();
     let mut s = Store::open(d.path()).unwrap();
     s.settle().unwrap();
-    s.insert(rec("aa"), None).unwrap();
+    s.insert(rec("aa"), Staged::none()).unwrap();
     s.revoke("aa", OffsetDateTime::now_utc()).unwrap();
     let journal = std::fs::read(d.path().join("index.log")).unwrap();
     s.settle().unwrap();
@@ -81,7 +81,7 @@ fn a_torn_last_change_is_ignored_and_a_damaged_one_named() {
     let d = tempfile::tempdir().unwrap();
     let mut s = Store::open(d.path()).unwrap();
     s.settle().unwrap();
-    s.insert(rec("01"), None).unwrap();
+    s.insert(rec("01"), Staged::none()).unwrap();
     drop(s);
     let log = d.path().join("index.log");
     let mut f = OpenOptions::new().append(true).open(&log).unwrap();
@@ -90,7 +90,7 @@ fn a_torn_last_change_is_ignored_and_a_damaged_one_named() {
     // Without settling, the next change lands on a clean line.
     let mut s = Store::open(d.path()).unwrap();
     assert_eq!(s.records().len(), 1);
-    s.insert(rec("03"), None).unwrap();
+    s.insert(rec("03"), Staged::none()).unwrap();
     drop(s);
     assert_eq!(Store::open(d.path()).unwrap().records().len(), 2);
     std::fs::write(&log, b"{\"insert\": nonsense}\n").unwrap();
@@ -104,7 +104,7 @@ fn the_journal_is_folded_every_so_many_changes() {
     let mut s = Store::open(d.path()).unwrap();
     s.settle().unwrap();
     for i in 0..COMPACT_AFTER + 5 {
-        s.insert(rec(&format!("{i:06x}")), None).unwrap();
+        s.insert(rec(&format!("{i:06x}")), Staged::none()).unwrap();
     }
     assert_eq!(log_lines(d.path()), 5);
     drop(s);
