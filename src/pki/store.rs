@@ -132,6 +132,9 @@ pub(super) struct Syncer {
     path: PathBuf,
     state: std::sync::Mutex<SyncState>,
     cv: std::sync::Condvar,
+    /// Held by a test to stall the sync.
+    #[cfg(test)]
+    pause: std::sync::Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -184,6 +187,8 @@ impl Syncer {
     }
 
     fn sync_now(&self) -> Result<(), Error> {
+        #[cfg(test)]
+        let _paused = self.pause.lock().unwrap_or_else(|e| e.into_inner());
         let io = |op, path: &Path| {
             let path = path.to_path_buf();
             move |source| fsutil::Error::Io { op, path, source }
@@ -256,6 +261,8 @@ impl Store {
             path: log,
             state: std::sync::Mutex::default(),
             cv: std::sync::Condvar::new(),
+            #[cfg(test)]
+            pause: std::sync::Mutex::new(()),
         });
         Ok(Store {
             dir: dir.to_path_buf(),

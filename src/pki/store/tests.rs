@@ -113,3 +113,37 @@ fn the_journal_is_folded_every_so_many_changes() {
         COMPACT_AFTER + 5
     );
 }
+
+#[test]
+fn an_insert_is_acknowledged_only_once_synced_and_waiters_share_a_sync() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = Store::open(d.path()).unwrap();
+    s.settle().unwrap();
+    let syncer = s.syncer();
+    let paused = syncer.pause.lock().unwrap();
+    let t1 = s.insert(rec("01"), Staged::none()).unwrap();
+    let t2 = s.insert(rec("02"), Staged::none()).unwrap();
+    let (a, b) = (syncer.clone(), syncer.clone());
+    let w1 = std::thread::spawn(move || a.wait(t1));
+    let w2 = std::thread::spawn(move || b.wait(t2));
+    // Both wait while the sync is stalled (one of them is the syncing leader).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !syncer.lock().syncing {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nobody started a sync"
+        );
+        std::thread::yield_now();
+    }
+    for _ in 0..1000 {
+        std::thread::yield_now();
+    }
+    assert!(
+        !w1.is_finished() && !w2.is_finished(),
+        "acknowledged before the sync"
+    );
+    drop(paused);
+    w1.join().unwrap().unwrap();
+    w2.join().unwrap().unwrap();
+    assert_eq!(syncer.lock().synced, 2);
+}
