@@ -301,8 +301,30 @@ pub async fn tls_request(
         .map(|(s, _, b)| (s, b))
 }
 
-/// [`tls_request`] with request headers, answering the response headers too.
+/// [`tls_request`] with request headers, answering the response headers too. Bounded:
+/// a server that neither answers nor closes within a minute is a failure that says so,
+/// not a test run that never ends.
 pub async fn tls_exchange(
+    addr: SocketAddr,
+    cfg: std::sync::Arc<rustls::ClientConfig>,
+    method: axum::http::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<(axum::http::StatusCode, axum::http::HeaderMap, Vec<u8>), String> {
+    let what = format!("{method} {path} on {addr}");
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tls_exchange_unbounded(addr, cfg, method, path, headers, body),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => panic!("{what}: no answer and no close within 60 s"),
+    }
+}
+
+async fn tls_exchange_unbounded(
     addr: SocketAddr,
     cfg: std::sync::Arc<rustls::ClientConfig>,
     method: axum::http::Method,
