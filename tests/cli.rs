@@ -569,9 +569,34 @@ fn the_socket_group_gets_its_configured_role_and_denials_are_audited() {
     assert!(!ok(&berth(&d.socket, cwd.path(), &["cert", "ls"])).contains("sneaky"));
 }
 
+/// A berthd process that is killed if the test ends (or panics) without stopping it.
+struct Running(std::process::Child);
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// berthd as a process with its state in `dir/root` and certs.d trees in `dir`, quiet.
-fn berthd_in(dir: &Path, extra: &[&str]) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_berthd"))
+fn berthd_in(dir: &Path, extra: &[&str]) -> Running {
+    let child = Command::new(env!("CARGO_BIN_EXE_berthd"))
         .arg("--root")
         .arg(dir.join("root"))
         .arg("--certs-d")
@@ -583,11 +608,12 @@ fn berthd_in(dir: &Path, extra: &[&str]) -> std::process::Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Running(child)
 }
 
 /// Stops berthd with SIGTERM; it must exit cleanly.
-fn sigterm(mut daemon: std::process::Child) {
+fn sigterm(mut daemon: impl std::ops::DerefMut<Target = std::process::Child>) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -1190,7 +1216,7 @@ async fn modes_are_explicit_under_umask_000() {
     let dir = common::temp_dir();
     let root = dir.path().join("root");
     let port = free_port();
-    let daemon = Command::new("sh")
+    let daemon = Running(Command::new("sh")
         .arg("-c")
         .arg(format!(
             "umask 000 && exec '{}' --root '{}' --certs-d '{}' --containers-certs-d '{}' --registry-listen 127.0.0.1:{port}",
@@ -1203,7 +1229,7 @@ async fn modes_are_explicit_under_umask_000() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap());
     let socket = root.join("berthd.sock");
     wait_for("berthd to serve", || {
         berth(&socket, dir.path(), &["system", "health"])
@@ -1371,7 +1397,7 @@ async fn a_full_disk_refuses_pushes_clearly_and_keeps_serving_pulls() {
     let (root, store) = (dir.path().join("root"), dir.path().join("store"));
     std::fs::create_dir_all(&store).unwrap();
     let port = free_port();
-    let daemon = Command::new("unshare")
+    let daemon = Running(Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(format!(
             "mount -t tmpfs -o size=4m tmpfs '{}' && exec '{}' --root '{}' --certs-d '{}' --containers-certs-d '{}' --registry-root '{}' --registry-listen 127.0.0.1:{port}",
@@ -1386,7 +1412,7 @@ async fn a_full_disk_refuses_pushes_clearly_and_keeps_serving_pulls() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap());
     let socket = root.join("berthd.sock");
     wait_for("berthd to serve", || {
         berth(&socket, dir.path(), &["system", "health"])
