@@ -69,4 +69,4 @@ pub mod proto;
 pub mod registry;
 
 #[cfg(test)]
-mod props;
+mod prop_tests;

@@ -450,6 +450,8 @@ fn grpc_route(path: &str) -> &'static str {
         "berth.v1.AuditService" => "audit",
         "grpc.health.v1.Health" => "health",
         s if s.starts_with("grpc.reflection.") => "reflection",
+        // The path is the client's text, not a Rust enum: anything unknown shares one
+        // label so a client cannot create series. A new service needs a line above.
         _ => "other",
     }
 }
