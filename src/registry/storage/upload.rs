@@ -167,11 +167,19 @@ impl Storage {
         st.size = size;
         let drv = self.driver();
         let k = key.clone();
-        let mut writer = blocking(move || drv.append(&k)).await?;
+        let writer = blocking(move || drv.append(&k)).await?;
         let path = self.inner.driver.locate(&key);
         // Fill a large buffer before each write: request bodies arrive in small frames,
         // and every write is a hop to the blocking pool, where the chunk is also hashed.
+        // Two buffers take turns, so hashing and writing one chunk overlaps with receiving
+        // (and decrypting) the next: on a multi-core host that nearly doubles a single
+        // upload's rate. At most one chunk is in flight; chunks land in order.
+        let mut stage = Stage::Idle(Box::new(Sink {
+            writer,
+            hasher: st.hasher.take(),
+        }));
         let mut buf = vec![0u8; CHUNK];
+        let mut spare = None;
         let mut fill = 0;
         let mut failed = None;
         loop {
@@ -184,25 +192,29 @@ impl Storage {
             };
             fill += n;
             if fill == buf.len() || (n == 0 && fill > 0) {
-                let hasher = st.hasher.take();
-                let (w, h, b, r) = write_chunk(writer, hasher, buf, fill).await?;
-                writer = w;
-                buf = b;
-                if let Err(e) = r {
-                    // Part of the chunk may be on disk unhashed: the hash state is gone.
-                    return Err(Error::Io {
-                        op: "write",
-                        path,
-                        source: e,
-                    });
-                }
-                st.hasher = h;
-                st.size += fill as u64;
+                let sink = match stage {
+                    Stage::Idle(sink) => *sink,
+                    Stage::Busy(job, len) => {
+                        let (sink, b) = landed(job, len, &mut st, &path).await?;
+                        spare = Some(b);
+                        sink
+                    }
+                };
+                let next = spare.take().unwrap_or_else(|| vec![0u8; CHUNK]);
+                let full = std::mem::replace(&mut buf, next);
+                stage = Stage::Busy(
+                    tokio::task::spawn_blocking(move || sink.take(full, fill)),
+                    fill,
+                );
                 fill = 0;
             }
             if n == 0 {
                 break;
             }
+        }
+        match stage {
+            Stage::Idle(sink) => st.hasher = sink.hasher,
+            Stage::Busy(job, len) => st.hasher = landed(job, len, &mut st, &path).await?.0.hasher,
         }
         if let Some(want) = expect
             && st.size - size != want
@@ -353,25 +365,58 @@ impl Storage {
     }
 }
 
-type Written = (Writer, Option<Hasher>, Vec<u8>, std::io::Result<()>);
+/// Where an upload's bytes go: the open object and the hash of what it holds.
+struct Sink {
+    writer: Writer,
+    hasher: Option<Hasher>,
+}
 
-/// Hashes and writes `buf[..fill]` on a blocking thread, handing everything back.
-async fn write_chunk(
-    mut w: Writer,
-    mut h: Option<Hasher>,
-    buf: Vec<u8>,
-    fill: usize,
-) -> Result<Written, Error> {
-    blocking(move || {
-        let r = w.write_all(&buf[..fill]);
-        if r.is_ok()
-            && let Some(h) = h.as_mut()
-        {
-            h.update(&buf[..fill]);
+impl Sink {
+    /// Writes and hashes `buf[..len]` (on a blocking thread), handing everything back.
+    fn take(mut self, buf: Vec<u8>, len: usize) -> (Sink, Vec<u8>, std::io::Result<()>) {
+        let r = self.writer.write_all(&buf[..len]);
+        match (&r, self.hasher.as_mut()) {
+            (Ok(()), Some(h)) => h.update(&buf[..len]),
+            // Part of the chunk may be on disk unhashed: the hash state is gone.
+            (Err(_), _) => self.hasher = None,
+            _ => {}
         }
-        Ok((w, h, buf, r))
-    })
-    .await
+        (self, buf, r)
+    }
+}
+
+/// The write pipeline: the sink is ours, or a chunk of `len` bytes is being written.
+enum Stage {
+    Idle(Box<Sink>),
+    Busy(
+        tokio::task::JoinHandle<(Sink, Vec<u8>, std::io::Result<()>)>,
+        usize,
+    ),
+}
+
+/// Waits for the chunk in flight; on success counts it into the upload's size and
+/// returns the sink and the buffer for reuse.
+async fn landed(
+    job: tokio::task::JoinHandle<(Sink, Vec<u8>, std::io::Result<()>)>,
+    len: usize,
+    st: &mut State,
+    path: &std::path::Path,
+) -> Result<(Sink, Vec<u8>), Error> {
+    let (sink, buf, r) = job.await.map_err(|e| Error::Io {
+        op: "write",
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    if let Err(source) = r {
+        st.hasher = None;
+        return Err(Error::Io {
+            op: "write",
+            path: path.to_path_buf(),
+            source,
+        });
+    }
+    st.size += len as u64;
+    Ok((sink, buf))
 }
 
 /// Hashes a stored object with `alg` (uploads whose hash state was lost, sha512 blobs).

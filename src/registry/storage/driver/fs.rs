@@ -17,6 +17,56 @@ const FILE_MODE: u32 = 0o644;
 /// Mode of every folder.
 const DIR_MODE: u32 = 0o755;
 
+/// Bytes an upload writes between two background syncs.
+const WRITE_BEHIND: u64 = 8 * 1024 * 1024;
+
+/// An append handle that syncs what it has written every [`WRITE_BEHIND`] bytes on a
+/// thread of its own, while writing goes on. The commit fsync of an upload then waits only
+/// for the tail instead of the whole blob, and a large upload never piles up gigabytes of
+/// dirty pages for the kernel to throttle. At most one sync is in flight; its error fails
+/// the next write.
+struct WriteBehind {
+    file: File,
+    unsynced: u64,
+    flushing: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl WriteBehind {
+    fn settle(&mut self) -> std::io::Result<()> {
+        match self.flushing.take() {
+            Some(job) => job
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("background sync panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::io::Write for WriteBehind {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.unsynced += n as u64;
+        if self.unsynced >= WRITE_BEHIND {
+            self.settle()?;
+            let f = self.file.try_clone()?;
+            self.flushing = Some(std::thread::spawn(move || f.sync_data()));
+            self.unsynced = 0;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Drop for WriteBehind {
+    fn drop(&mut self) {
+        // Nothing to report to: the commit fsyncs again and sees any failure.
+        let _ = self.settle();
+    }
+}
+
 /// Objects as files below a root folder.
 #[derive(Debug)]
 pub(crate) struct FsDriver {
@@ -113,7 +163,11 @@ impl Driver for FsDriver {
         // The umask may have cleared bits at creation; set the mode exactly.
         file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
             .map_err(io_error("set mode on", path))?;
-        Ok(Box::new(file))
+        Ok(Box::new(WriteBehind {
+            file,
+            unsynced: 0,
+            flushing: None,
+        }))
     }
 
     fn truncate(&self, key: &Key, len: u64) -> Result<(), Error> {
