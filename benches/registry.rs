@@ -487,11 +487,14 @@ async fn workload(
     let (rate, cpu) = push_blobs(addr, tls, pid, &load.one).await;
     r.insert("push-blob c=1", rate);
     r.insert("push-blob c=1 CPU", cpu);
+
     let (rate, cpu) = push_blobs(addr, tls, pid, &load.four).await;
     r.insert("push-blob c=4", rate);
     r.insert("push-blob c=4 CPU", cpu);
+
     let (rate, _) = pull_blobs(addr, tls, pid, &load.one).await;
     r.insert("pull-blob c=1", rate);
+
     let (rate, cpu) = pull_blobs(addr, tls, pid, &load.four).await;
     r.insert("pull-blob c=4", rate);
     r.insert("pull-blob c=4 CPU", cpu);
@@ -509,6 +512,7 @@ async fn workload(
     r.insert("manifest GET c=16", rate);
     r.insert("manifest GET c=16 p99", percentile(&lat, 0.99));
     r.insert("manifest GET CPU", cpu);
+
     let n = env_or("BERTH_BENCH_CATALOG", 4000);
     let (rate, _, _) = hammer(addr, tls, pid, 2, n, |_| "/v2/_catalog".to_string()).await;
     r.insert("catalog c=2", rate);

@@ -449,3 +449,57 @@ pub fn presenting(
         alpn,
     )
 }
+
+/// Pushes `blob` into `repo` the way docker does (POST, one PATCH with the body, PUT with
+/// the digest), each step on its own connection; returns the digest.
+pub async fn push_blob(
+    addr: SocketAddr,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    repo: &str,
+    blob: &[u8],
+) -> berth::registry::Digest {
+    use axum::http::Method;
+    let d = berth::registry::Digest::sha256_of(blob);
+    let location = |h: &axum::http::HeaderMap| {
+        h.get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap()
+            .to_string()
+    };
+    let (s, h, _) = tls_exchange(
+        addr,
+        tls.clone(),
+        Method::POST,
+        &format!("/v2/{repo}/blobs/uploads/"),
+        &[],
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.as_u16(), 202);
+    let (s, h, _) = tls_exchange(
+        addr,
+        tls.clone(),
+        Method::PATCH,
+        &location(&h),
+        &[("content-type", "application/octet-stream")],
+        blob.to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.as_u16(), 202);
+    let loc = location(&h);
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let (s, _, _) = tls_exchange(
+        addr,
+        tls,
+        Method::PUT,
+        &format!("{loc}{sep}digest={d}"),
+        &[],
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.as_u16(), 201);
+    d
+}

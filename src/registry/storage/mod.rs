@@ -22,8 +22,14 @@ use self::paths::Paths;
 use super::reference::{Digest, Reference, RepoName, Tag};
 use super::{Error, StoredManifest, manifest};
 
-/// Bytes per read when streaming a blob out, and per write when streaming one in.
-pub(crate) const CHUNK: usize = 1024 * 1024;
+/// Bytes per read when hashing a stored blob (fsck, lost upload state), and per write when
+/// streaming one in. An upload holds two of these (one filling, one being written).
+pub(crate) const CHUNK: usize = 512 * 1024;
+
+/// Bytes per read when streaming a blob out. A download holds at most three (one read,
+/// one queued, one with the connection): small enough that many parallel pulls stay within
+/// a few MiB, large enough that the hop to the blocking pool is rare.
+const PULL_CHUNK: usize = 256 * 1024;
 
 /// An open blob: its length and a stream of its bytes from the requested offset.
 #[derive(Debug)]
@@ -228,12 +234,12 @@ impl Storage {
         let mut reader = blocking(move || drv.reader(&key, start))
             .await?
             .ok_or(Error::BlobUnknown(d2))?;
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
         tokio::task::spawn_blocking(move || {
             let mut left = len;
             while left > 0 {
                 // read_to_end fills spare capacity without zeroing it first.
-                let want = CHUNK.min(usize::try_from(left).unwrap_or(CHUNK));
+                let want = PULL_CHUNK.min(usize::try_from(left).unwrap_or(PULL_CHUNK));
                 let mut buf = Vec::with_capacity(want);
                 match std::io::Read::take(reader.as_mut(), want as u64).read_to_end(&mut buf) {
                     Ok(0) => break,
