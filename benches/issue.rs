@@ -67,7 +67,7 @@ async fn main() {
                         },
                         validity_days: None,
                         key_algorithm: alg,
-                        return_key: false,
+                        return_key: std::env::var("BERTH_BENCH_RETURN_KEY").is_ok(),
                     })
                     .await
                     .unwrap();

@@ -27,6 +27,10 @@ struct IndexFile {
     version: u32,
     crl_number: u64,
     certificates: Vec<CertRecord>,
+    /// Position of each serial in `certificates`: finding a serial (every issue checks
+    /// its new one, every revoke looks one up) must not scan 100,000 records.
+    #[serde(skip)]
+    by_serial: std::collections::HashMap<String, usize>,
 }
 
 /// Journal entries folded into a new snapshot after this many.
@@ -49,16 +53,42 @@ enum Change {
 }
 
 impl IndexFile {
+    /// An index of `certificates`, with its serial map built (a serial listed twice keeps
+    /// its first record, as replaying an insert twice does).
+    fn new(version: u32, crl_number: u64, certificates: Vec<CertRecord>) -> IndexFile {
+        let mut index = IndexFile {
+            version,
+            crl_number,
+            certificates: Vec::with_capacity(certificates.len()),
+            by_serial: std::collections::HashMap::with_capacity(certificates.len()),
+        };
+        for r in certificates {
+            index.apply(Change::Insert(Box::new(r)));
+        }
+        index
+    }
+
+    fn find(&self, serial: &str) -> Option<&CertRecord> {
+        self.by_serial
+            .get(serial)
+            .and_then(|&i| self.certificates.get(i))
+    }
+
     /// Applies a change; applying one twice changes nothing more.
     fn apply(&mut self, c: Change) {
         match c {
             Change::Insert(r) => {
-                if !self.certificates.iter().any(|x| x.serial == r.serial) {
+                if !self.by_serial.contains_key(&r.serial) {
+                    self.by_serial
+                        .insert(r.serial.clone(), self.certificates.len());
                     self.certificates.push(*r);
                 }
             }
             Change::Revoke { serial, at } => {
-                if let Some(r) = self.certificates.iter_mut().find(|r| r.serial == serial)
+                if let Some(r) = self
+                    .by_serial
+                    .get(&serial)
+                    .and_then(|&i| self.certificates.get_mut(i))
                     && r.revoked_at.is_none()
                 {
                     r.revoked_at = Some(at);
@@ -219,13 +249,11 @@ impl Store {
                         reason: format!("version {} is not {INDEX_VERSION}", index.version),
                     });
                 }
-                index
+                IndexFile::new(index.version, index.crl_number, index.certificates)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => IndexFile {
-                version: INDEX_VERSION,
-                crl_number: 0,
-                certificates: Vec::new(),
-            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                IndexFile::new(INDEX_VERSION, 0, Vec::new())
+            }
             Err(source) => {
                 return Err(fsutil::Error::Io {
                     op: "read",
@@ -290,7 +318,7 @@ impl Store {
     }
 
     pub(super) fn find(&self, serial: &str) -> Option<&CertRecord> {
-        self.index.certificates.iter().find(|r| r.serial == serial)
+        self.index.find(serial)
     }
 
     /// A random serial of 127 bits that the index has never seen. Positive and without a
