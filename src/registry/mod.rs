@@ -802,7 +802,14 @@ impl Registry {
                 Reference::Digest(_) => None,
             };
             self.storage
-                .put_manifest(name, &digest, body, &m.media_type, tag.as_ref())
+                .put_manifest(
+                    name,
+                    &digest,
+                    body,
+                    &m.media_type,
+                    tag.as_ref(),
+                    m.subject.as_ref().map(|s| &s.digest),
+                )
                 .await?;
         }
         self.emit(
@@ -980,7 +987,7 @@ impl Registry {
         self.authorize(_who, policy::Action::Pull, name, audit::Action::Pull)
             .await?;
         let mut entries = Vec::new();
-        for (digest, bytes) in self.storage.manifests_of(name).await? {
+        for (digest, bytes) in self.storage.referrers(name, subject).await? {
             let Ok(m) = Manifest::parse(&bytes, None) else {
                 continue;
             };

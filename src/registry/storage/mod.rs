@@ -7,6 +7,7 @@
 pub(crate) mod driver;
 mod gc;
 mod paths;
+mod referrers;
 mod upload;
 
 use std::collections::HashMap;
@@ -67,6 +68,8 @@ struct Inner {
 /// - `gc_lock`: GC holds it exclusively, manifest writes and blob commits shared. Across
 ///   replicas this must become a lease in the store, or GC must run mark-and-sweep with
 ///   generation markers instead of a lock.
+/// - `referrers`: which manifest revisions this process has indexed; only a cache (the
+///   index itself is in the store), so each replica keeps its own.
 /// - `seen`: blobs a client was recently told exist (HEAD/GET/mount), kept young for the
 ///   grace period. Replicas must record these in the store (a touched marker per blob), or
 ///   the GC grace period must cover the HEAD-to-manifest window on its own.
@@ -75,6 +78,7 @@ struct Local {
     uploads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<upload::State>>>>,
     gc_lock: tokio::sync::RwLock<()>,
     seen: Mutex<HashMap<Digest, std::time::Instant>>,
+    referrers: Mutex<referrers::SeenMap>,
 }
 
 impl Local {
@@ -356,19 +360,26 @@ impl Storage {
         body: Vec<u8>,
         media_type: &str,
         tag: Option<&Tag>,
+        subject: Option<&Digest>,
     ) -> Result<(), Error> {
-        let (name, d, tag, media_type) = (
+        let (name, d, tag, media_type, subject) = (
             name.clone(),
             d.clone(),
             tag.cloned(),
             media_type.to_string(),
+            subject.cloned(),
         );
+        let (name2, d2) = (name.clone(), d.clone());
         self.run(move |drv, p| {
             let data = p.blob_data(&d);
             if drv.stat(&data)?.is_none() {
                 drv.put(&data, &body)?;
             }
             drv.put(&p.media_type(&d), media_type.as_bytes())?;
+            // Indexed before it joins the repository: a stored manifest is always found.
+            if let Some(s) = &subject {
+                write_link(drv, &p.referrer_link(&name, s, &d), &d)?;
+            }
             write_link(drv, &p.revision_link(&name, &d), &d)?;
             if let Some(t) = &tag {
                 write_link(drv, &p.tag_index(&name, t, &d), &d)?;
@@ -376,7 +387,9 @@ impl Storage {
             }
             Ok(())
         })
-        .await
+        .await?;
+        self.indexed(&name2, &d2);
+        Ok(())
     }
 
     /// A manifest by tag or digest.
@@ -434,6 +447,7 @@ impl Storage {
                     reference: d.to_string(),
                 });
             }
+            referrers::unindex(drv, p, &name, &d)?;
             for t in subdirs(drv, &p.tags(&name))? {
                 let Ok(tag) = t.parse::<Tag>() else { continue };
                 if read_link(drv, &p.tag_current(&name, &tag))?.as_ref() == Some(&d) {
@@ -492,27 +506,6 @@ impl Storage {
                 drv.has_children(&k.join("_manifests"))
             })?;
             out.sort();
-            Ok(out)
-        })
-        .await
-    }
-
-    /// Every manifest revision of a repository with its bytes (for referrers).
-    pub(crate) async fn manifests_of(
-        &self,
-        name: &RepoName,
-    ) -> Result<Vec<(Digest, Vec<u8>)>, Error> {
-        let name = name.clone();
-        self.run(move |drv, p| {
-            let mut out = Vec::new();
-            for (d, link) in gc::links(drv, &p.revisions(&name))? {
-                if read_link(drv, &link)?.as_ref() != Some(&d) {
-                    continue;
-                }
-                if let Some(bytes) = drv.get(&p.blob_data(&d))? {
-                    out.push((d, bytes));
-                }
-            }
             Ok(out)
         })
         .await

@@ -90,6 +90,16 @@ impl Paths {
         digest_key(self.revisions(name), d).join("link")
     }
 
+    /// Folder of the referrers index entries of one subject (see `referrers.rs`).
+    pub(crate) fn referrers(&self, name: &RepoName, subject: &Digest) -> Key {
+        digest_key(self.repo(name).join("_referrers"), subject)
+    }
+
+    /// The index entry saying manifest `d` of `name` has `subject`.
+    pub(crate) fn referrer_link(&self, name: &RepoName, subject: &Digest, d: &Digest) -> Key {
+        digest_key(self.referrers(name, subject), d).join("link")
+    }
+
     /// Folder of a repository's tags.
     pub(crate) fn tags(&self, name: &RepoName) -> Key {
         self.manifests(name).join("tags")

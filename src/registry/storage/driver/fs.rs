@@ -215,6 +215,16 @@ impl Driver for FsDriver {
         }
     }
 
+    fn changed_at(&self, key: &Key) -> Result<Option<std::time::SystemTime>, Error> {
+        let path = self.path(key);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => Ok(Some(m.modified().map_err(io_error("stat", path))?)),
+            Ok(_) => Ok(None),
+            Err(e) if absent(&e) => Ok(None),
+            Err(e) => Err(io_error("stat", path)(e)),
+        }
+    }
+
     fn rename(&self, from: &Key, to: &Key) -> Result<(), Error> {
         let (src, dst) = (self.path(from), self.path(to));
         // Content first, then the name: after a crash the new name holds all the bytes.

@@ -73,6 +73,11 @@ impl Driver for MemoryDriver {
         PathBuf::from(format!("memory:{key}"))
     }
 
+    fn changed_at(&self, _key: &Key) -> Result<Option<SystemTime>, Error> {
+        // Folders are implied by keys here and keep no times: callers always list.
+        Ok(None)
+    }
+
     fn stat(&self, key: &Key) -> Result<Option<Meta>, Error> {
         Ok(self.lock().get(key.as_str()).map(|o| Meta {
             size: o.bytes.len() as u64,

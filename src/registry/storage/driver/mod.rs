@@ -113,6 +113,11 @@ pub(crate) trait Driver: Send + Sync + std::fmt::Debug + 'static {
     /// Deletes the object at `key`, or every object below it. False when nothing was there.
     fn delete(&self, key: &Key) -> Result<bool, Error>;
 
+    /// When the folder at `key` last gained or lost an entry, where the store can tell
+    /// (a folder's modification time); `None` where it cannot or there is no folder.
+    /// Callers use it only to skip listing a folder that has not changed.
+    fn changed_at(&self, key: &Key) -> Result<Option<SystemTime>, Error>;
+
     /// Moves an object to another key durably, replacing what was there.
     fn rename(&self, from: &Key, to: &Key) -> Result<(), Error>;
 }
