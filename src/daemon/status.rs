@@ -37,6 +37,7 @@ impl From<pki::Error> for Status {
             E::NotFound(_) => Code::NotFound,
             E::TokenRefused | E::NotPermitted(_) => Code::PermissionDenied,
             E::AlreadyRevoked(_) => Code::FailedPrecondition,
+            E::SerialTaken(_) => Code::Aborted,
             E::CorruptIndex { .. } | E::CorruptCa { .. } => Code::DataLoss,
             E::Fs(f) => return fs_status(f),
             E::KeyGeneration(_) | E::Rcgen(_) => Code::Internal,

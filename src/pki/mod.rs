@@ -84,6 +84,9 @@ pub enum Error {
     /// The certificate is already revoked.
     #[error("certificate {0} is already revoked")]
     AlreadyRevoked(String),
+    /// A freshly drawn serial is already in the index (one chance in 2^127).
+    #[error("serial {0} was drawn twice; issue again")]
+    SerialTaken(String),
     /// An unknown key algorithm name.
     #[error(
         "unknown key algorithm {0:?}: use ecdsa-p256, ecdsa-p384, ed25519, rsa2048, rsa3072 or rsa4096"
@@ -433,8 +436,8 @@ impl Pki {
         // The held key is written and synced before the lock, concurrently with others;
         // under the lock it only gets its name.
         let staged = store::Staged::new(&self.dir, spec.hold_key.then_some(&secret))?;
-        let mut store = self.lock();
-        let serial = store.fresh_serial()?;
+        // Signed before the lock, so two callers sign on two cores; the lock only records.
+        let serial = store::Store::random_serial()?;
         let params = issue::leaf_params(
             spec.kind,
             &spec.names,
@@ -445,6 +448,7 @@ impl Pki {
         )?;
         let cert = params.signed_by(&key, self.ca.issuer())?;
         let record = self.record(spec.kind, cert.der(), spec.hold_key, false)?;
+        let mut store = self.lock();
         let ticket = store.insert(record.clone(), staged)?;
         let syncer = store.syncer();
         // Durable before the answer, but synced outside the lock: concurrent issues
@@ -531,8 +535,7 @@ impl Pki {
         permit: &dyn Fn(&Names) -> Result<(), String>,
     ) -> Result<CertRecord, Error> {
         let days = validity_days.unwrap_or(self.default_validity_days);
-        let mut store = self.lock();
-        let serial = store.fresh_serial()?;
+        let serial = store::Store::random_serial()?;
         let der = csr::sign(csr, profile, &serial, days, &self.ca, subject)?;
         let record = self.record(profile, &der, false, true)?;
         // A name with a control character would forge lines in logs, events and the audit
@@ -552,6 +555,7 @@ impl Pki {
             }
         }
         permit(&record.names).map_err(Error::NotPermitted)?;
+        let mut store = self.lock();
         let ticket = store.insert(record.clone(), store::Staged::none())?;
         let syncer = store.syncer();
         drop(store);

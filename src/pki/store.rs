@@ -321,26 +321,27 @@ impl Store {
         self.index.find(serial)
     }
 
-    /// A random serial of 127 bits that the index has never seen. Positive and without a
-    /// leading zero byte, so its DER and hex forms are the same bytes everywhere.
-    pub(super) fn fresh_serial(&self) -> Result<Vec<u8>, Error> {
-        loop {
-            let mut b = [0u8; 16];
-            getrandom::fill(&mut b).map_err(|e| Error::KeyGeneration(e.to_string()))?;
-            b[0] &= 0x7f;
-            if b[0] == 0 {
-                b[0] = 1;
-            }
-            if self.find(&hex::encode(b)).is_none() {
-                return Ok(b.to_vec());
-            }
+    /// A random serial of 127 bits. Positive and without a leading zero byte, so its DER
+    /// and hex forms are the same bytes everywhere. Drawn without the lock, so certificates
+    /// are signed in parallel; [`Store::insert`] refuses one the index already has.
+    pub(super) fn random_serial() -> Result<Vec<u8>, Error> {
+        let mut b = [0u8; 16];
+        getrandom::fill(&mut b).map_err(|e| Error::KeyGeneration(e.to_string()))?;
+        b[0] &= 0x7f;
+        if b[0] == 0 {
+            b[0] = 1;
         }
+        Ok(b.to_vec())
     }
 
     /// Records a certificate: its key first (so an index entry that says `key_held` always
     /// has its key), then the index. The change is written, not yet synced: wait on the
     /// ticket (outside the store's lock) before acknowledging it.
     pub(super) fn insert(&mut self, record: CertRecord, mut key: Staged) -> Result<Ticket, Error> {
+        if self.find(&record.serial).is_some() {
+            // One in 2^127 per pair; never two certificates with one serial (RFC 5280 4.1.2.2).
+            return Err(Error::SerialTaken(record.serial));
+        }
         if let Some(tmp) = key.0.take() {
             // The key's bytes were synced when staged; its name in keys/ is synced by the
             // group sync, before the journal, so a durable entry always has its key.

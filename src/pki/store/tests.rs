@@ -147,3 +147,21 @@ fn an_insert_is_acknowledged_only_once_synced_and_waiters_share_a_sync() {
     w2.join().unwrap().unwrap();
     assert_eq!(syncer.lock().synced, 2);
 }
+
+/// Serials are drawn without the lock, so the store is what keeps them unique: a second
+/// record with a known serial is refused and changes nothing, on disk or in memory.
+#[test]
+fn a_serial_already_in_the_index_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = Store::open(d.path()).unwrap();
+    s.insert(rec("0a"), Staged::none()).unwrap();
+    let mut twin = rec("0a");
+    twin.names.common_name = "twin".into();
+    let e = s.insert(twin, Staged::none()).err().unwrap();
+    assert!(matches!(e, Error::SerialTaken(ref x) if x == "0a"), "{e}");
+    assert_eq!(log_lines(d.path()), 1);
+    assert_eq!(s.records().len(), 1);
+    assert_ne!(s.find("0a").unwrap().names.common_name, "twin");
+    drop(s);
+    assert_eq!(Store::open(d.path()).unwrap().records().len(), 1);
+}
