@@ -2,7 +2,9 @@
 //! latency. Figures are printed, never asserted: `cargo bench --bench issue`.
 //!
 //! Environment: `BERTH_BENCH_CERTS` (default 1000), `BERTH_BENCH_PARALLEL` (default 1,
-//! concurrent callers), `BERTH_BENCH_KEY` (default ecdsa-p256).
+//! concurrent callers), `BERTH_BENCH_KEY` (default ecdsa-p256), `BERTH_BENCH_RETURN_KEY`
+//! (set: keys are also returned), `BERTH_BENCH_INDEX` (default 0: then the index is
+//! filled to that many certificates and listing, revoking and reading the CRL are timed).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -93,7 +95,93 @@ async fn main() {
     println!("  p99         {:.2?}", percentile(&lat, 0.99));
     println!("  max         {:.2?}", lat[n - 1]);
 
+    let index: usize = env_or("BERTH_BENCH_INDEX", 0);
+    if index > n {
+        large_index(&client, index, n).await;
+    }
+
     drop(client);
     let _ = stop.send(());
     server.await.unwrap().unwrap();
+}
+
+/// Fills the index to `index` certificates (16 callers), then times what grows with it.
+async fn large_index(client: &Client, index: usize, have: usize) {
+    let fill = index - have;
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..fill).step_by(16) {
+                client
+                    .issue(IssueRequest {
+                        kind: CertKind::Client,
+                        names: Names {
+                            common_name: format!("fill-{i}"),
+                            ..Names::default()
+                        },
+                        validity_days: None,
+                        key_algorithm: KeyAlgorithm::EcdsaP256,
+                        return_key: false,
+                    })
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    println!(
+        "with {index} certificates in the index (filled at {:.0} certs/s)",
+        fill as f64 / t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    match client.list(None, None).await {
+        Ok(all) => println!(
+            "  cert ls (all)        {:.2?} ({} records)",
+            t.elapsed(),
+            all.len()
+        ),
+        Err(e) => println!(
+            "  cert ls (all)        failed after {:.2?}: {e}",
+            t.elapsed()
+        ),
+    }
+    let t = Instant::now();
+    let one = client.list(None, Some("fill-7".into())).await.unwrap();
+    println!(
+        "  cert ls --cn         {:.2?} ({} record)",
+        t.elapsed(),
+        one.len()
+    );
+    let t = Instant::now();
+    let mut lat = Vec::new();
+    for i in 0..100 {
+        let serial = client
+            .list(None, Some(format!("fill-{i}")))
+            .await
+            .unwrap()
+            .remove(0)
+            .serial;
+        let t0 = Instant::now();
+        client.revoke(&serial).await.unwrap();
+        lat.push(t0.elapsed());
+    }
+    lat.sort();
+    println!(
+        "  revoke (re-signs the CRL) p50 {:.2?}, p99 {:.2?} (100 in {:.2?})",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        t.elapsed()
+    );
+    let t = Instant::now();
+    let crl = client.crl().await.unwrap();
+    println!(
+        "  CRL read             {:.2?} ({} revoked, {} bytes)",
+        t.elapsed(),
+        crl.revoked_count,
+        crl.pem.len()
+    );
 }

@@ -534,6 +534,12 @@ impl Client {
         SystemServiceClient::new(self.channel.clone())
     }
 
+    /// The connection, for callers that speak the gRPC API directly (other page sizes,
+    /// calls this client does not wrap).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     fn pki(&self) -> PkiServiceClient<Channel> {
         PkiServiceClient::new(self.channel.clone())
     }
@@ -650,21 +656,31 @@ impl Client {
         kind: Option<CertKind>,
         common_name: Option<String>,
     ) -> Result<Vec<CertRecord>, Error> {
-        let r = self
-            .pki()
-            .list_certificates(pb::ListCertificatesRequest {
-                kind: kind
-                    .map(kind_out)
-                    .unwrap_or(pb::CertificateKind::Unspecified)
-                    .into(),
-                common_name: common_name.unwrap_or_default(),
-            })
-            .await?
-            .into_inner();
-        Ok(r.certificates
-            .into_iter()
-            .map(convert::record_in)
-            .collect::<Result<_, _>>()?)
+        // Page by page: one answer with 100,000 records would pass the message limit.
+        let mut out = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let r = self
+                .pki()
+                .list_certificates(pb::ListCertificatesRequest {
+                    kind: kind
+                        .map(kind_out)
+                        .unwrap_or(pb::CertificateKind::Unspecified)
+                        .into(),
+                    common_name: common_name.clone().unwrap_or_default(),
+                    page_size: 2000,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            for c in r.certificates {
+                out.push(convert::record_in(c)?);
+            }
+            if r.next_page_token.is_empty() {
+                return Ok(out);
+            }
+            page_token = r.next_page_token;
+        }
     }
 
     /// Decodes certificates (PEM bundle or DER).

@@ -669,7 +669,19 @@ impl Pki {
 
     /// Every recorded certificate matching `filter`, oldest first.
     pub fn list(&self, filter: &ListFilter) -> Vec<CertRecord> {
-        self.lock()
+        self.list_page(filter, 0, usize::MAX).0
+    }
+
+    /// At most `take` of the matching records after the first `skip`, and whether more
+    /// follow. The index only grows at its end, so positions are stable between pages.
+    pub fn list_page(
+        &self,
+        filter: &ListFilter,
+        skip: usize,
+        take: usize,
+    ) -> (Vec<CertRecord>, bool) {
+        let store = self.lock();
+        let mut matching = store
             .records()
             .iter()
             .filter(|r| filter.kind.is_none_or(|k| r.kind == k))
@@ -679,8 +691,10 @@ impl Pki {
                     .as_deref()
                     .is_none_or(|cn| r.names.common_name == cn)
             })
-            .cloned()
-            .collect()
+            .skip(skip);
+        let page: Vec<CertRecord> = matching.by_ref().take(take).cloned().collect();
+        let more = matching.next().is_some();
+        (page, more)
     }
 
     /// The record for `serial` (hex, colons and case ignored).

@@ -2,6 +2,10 @@
 
 use std::sync::Arc;
 
+/// Largest page of certificates one answer carries: about 4 MiB of records is the gRPC
+/// message limit, and a record with its PEM is under 1 KiB.
+const MAX_PAGE: usize = 4000;
+
 use tonic::{Request, Response, Status};
 
 use super::{blocking, caller};
@@ -134,14 +138,32 @@ impl PkiService for PkiSvc {
             kind: convert::kind_request(r.kind, "certificate kind")?,
             common_name: (!r.common_name.is_empty()).then_some(r.common_name),
         };
-        let certificates = self
-            .state
-            .pki
-            .list(&filter)
-            .iter()
-            .map(convert::record_out)
-            .collect();
-        Ok(Response::new(pb::ListCertificatesResponse { certificates }))
+        let skip = match r.page_token.as_str() {
+            "" => 0,
+            t => t
+                .strip_prefix("after:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "page token {t:?} was not made by this server: send the next_page_token of the previous answer, or none for the first page"
+                    ))
+                })?,
+        };
+        let take = match r.page_size {
+            0 => usize::MAX,
+            n => (n as usize).min(MAX_PAGE),
+        };
+        let (page, more) = self.state.pki.list_page(&filter, skip, take);
+        let next_page_token = if more {
+            format!("after:{}", skip + page.len())
+        } else {
+            String::new()
+        };
+        let certificates = page.iter().map(convert::record_out).collect();
+        Ok(Response::new(pb::ListCertificatesResponse {
+            certificates,
+            next_page_token,
+        }))
     }
 
     async fn inspect_certificate(
