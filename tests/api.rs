@@ -122,20 +122,10 @@ async fn issued_certificates_verify_with_openssl_and_survive_restart() {
         assert!(serials.insert(r.record.serial));
     }
     // Client keys are held 0600 for certs install; server and admin keys are not kept.
-    assert_eq!(
-        mode(&state.join(format!("pki/keys/{}.key", client.record.serial))),
-        0o600
-    );
-    assert!(
-        !state
-            .join(format!("pki/keys/{}.key", server.record.serial))
-            .exists()
-    );
-    assert!(
-        !state
-            .join(format!("pki/keys/{}.key", admin.record.serial))
-            .exists()
-    );
+    assert!(common::holds_key(state, &client.record.serial));
+    assert_eq!(mode(&state.join("pki/keys/held.log")), 0o600);
+    assert!(!common::holds_key(state, &server.record.serial));
+    assert!(!common::holds_key(state, &admin.record.serial));
 
     let listed = c.list(None, None).await.unwrap();
     assert_eq!(listed.len(), 24);
@@ -220,12 +210,7 @@ async fn csr_signing_keeps_the_key_with_the_caller_and_rejects_bad_signatures() 
         .await
         .unwrap();
     assert!(rec.from_csr && !rec.key_held);
-    assert!(
-        !d.config
-            .state_dir
-            .join(format!("pki/keys/{}.key", rec.serial))
-            .exists()
-    );
+    assert!(!common::holds_key(&d.config.state_dir, &rec.serial));
     let ca = write(out.path(), "ca.pem", &ca_pem);
     let cert = write(out.path(), "signed.pem", &rec.certificate_pem);
     openssl_verify(&ca, &cert);

@@ -1924,10 +1924,7 @@ fn issued_certificates_survive_kill_9_mid_burst() {
             listed.contains(s),
             "certificate {s} was acknowledged but is gone"
         );
-        assert!(
-            root.join(format!("pki/keys/{s}.key")).is_file(),
-            "the held key of {s} is gone"
-        );
+        assert!(common::holds_key(&root, s), "the held key of {s} is gone");
     }
     // Folded at start: what is left are the changes since (the start's CRL number).
     let journal = std::fs::read_to_string(root.join("pki/index.log")).unwrap();

@@ -12,7 +12,7 @@
 //! index.json        every issued certificate  0644 (a snapshot)
 //! index.log         changes since the snapshot 0644 (one JSON line each, fdatasynced)
 //! crl.pem           current CRL               0644
-//! keys/<serial>.key keys berthd holds         0600 (folder 0700)
+//! keys/held.log     keys berthd holds         0600 (folder 0700; one JSON line each)
 //! ```
 
 mod ca;
@@ -433,9 +433,6 @@ impl Pki {
         let days = spec.validity_days.unwrap_or(self.default_validity_days);
         let key = spec.key_algorithm.generate()?;
         let secret = SecretKeyPem::new(key.serialize_pem());
-        // The held key is written and synced before the lock, concurrently with others;
-        // under the lock it only gets its name.
-        let staged = store::Staged::new(&self.dir, spec.hold_key.then_some(&secret))?;
         // Signed before the lock, so two callers sign on two cores; the lock only records.
         let serial = store::Store::random_serial()?;
         let params = issue::leaf_params(
@@ -449,7 +446,7 @@ impl Pki {
         let cert = params.signed_by(&key, self.ca.issuer())?;
         let record = self.record(spec.kind, cert.der(), spec.hold_key, false)?;
         let mut store = self.lock();
-        let ticket = store.insert(record.clone(), staged)?;
+        let ticket = store.insert(record.clone(), spec.hold_key.then_some(&secret))?;
         let syncer = store.syncer();
         // Durable before the answer, but synced outside the lock: concurrent issues
         // share one sync.
@@ -556,7 +553,7 @@ impl Pki {
         }
         permit(&record.names).map_err(Error::NotPermitted)?;
         let mut store = self.lock();
-        let ticket = store.insert(record.clone(), store::Staged::none())?;
+        let ticket = store.insert(record.clone(), None)?;
         let syncer = store.syncer();
         drop(store);
         syncer.wait(ticket)?;

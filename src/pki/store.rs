@@ -1,4 +1,4 @@
-//! The certificate index and the keys berthd holds (`keys/`).
+//! The certificate index and the keys berthd holds (`keys/held.log`, see `held.rs`).
 //!
 //! The index is a snapshot (`index.json`) and a journal of changes since it
 //! (`index.log`, one JSON line per change, appended and `fdatasync`ed before the change is
@@ -103,6 +103,7 @@ impl IndexFile {
 /// acknowledged.
 pub(super) struct Store {
     dir: PathBuf,
+    held: held::Held,
     index: IndexFile,
     journal: File,
     journaled: usize,
@@ -111,40 +112,9 @@ pub(super) struct Store {
     syncer: std::sync::Arc<Syncer>,
 }
 
-/// A held key written (0600, synced) under a temporary name in `keys/`, waiting for its
-/// serial; removed if it never gets one.
-#[derive(Debug)]
-pub(super) struct Staged(Option<PathBuf>);
-
-/// The placeholder the temporary names of staged keys derive from.
+/// The placeholder the temporary names of keys staged by an older berth derive from
+/// (leftovers of a crash are removed at start).
 const STAGED_KEY: &str = "staged.key";
-
-impl Staged {
-    /// Stages `key` in `<pki>/keys/`, or nothing.
-    pub(super) fn new(pki: &Path, key: Option<&SecretKeyPem>) -> Result<Staged, Error> {
-        match key {
-            None => Ok(Staged(None)),
-            Some(k) => Ok(Staged(Some(fsutil::stage(
-                &pki.join("keys").join(STAGED_KEY),
-                k.secret_pem().as_bytes(),
-                0o600,
-            )?))),
-        }
-    }
-
-    /// No key.
-    pub(super) fn none() -> Staged {
-        Staged(None)
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
 
 /// A change written to the journal (not yet necessarily durable): wait on it with
 /// [`Syncer::wait`] before answering, outside the store's lock, so concurrent changes
@@ -153,12 +123,13 @@ impl Drop for Staged {
 pub(super) struct Ticket(u64);
 
 /// Group commit of the journal: the first waiter syncs for everyone written so far; the
-/// others wait for it. Also syncs the `keys/` folder, whose new entries the journal's
-/// changes rely on.
+/// others wait for it. The held keys are synced first, so a durable index entry that
+/// says `key_held` always has its key.
 #[derive(Debug)]
 pub(super) struct Syncer {
     journal: File,
-    keys: PathBuf,
+    held: File,
+    held_path: PathBuf,
     path: PathBuf,
     state: std::sync::Mutex<SyncState>,
     cv: std::sync::Condvar,
@@ -223,9 +194,9 @@ impl Syncer {
             let path = path.to_path_buf();
             move |source| fsutil::Error::Io { op, path, source }
         };
-        File::open(&self.keys)
-            .and_then(|d| d.sync_all())
-            .map_err(io("fsync folder", &self.keys))?;
+        self.held
+            .sync_data()
+            .map_err(io("fsync", &self.held_path))?;
         self.journal.sync_data().map_err(io("fsync", &self.path))?;
         Ok(())
     }
@@ -275,6 +246,7 @@ impl Store {
                 }
             }
         }
+        let held = held::Held::open(&dir.join("keys"))?;
         let mut index = index;
         let log = dir.join("index.log");
         replay(&log, &mut index)?;
@@ -285,7 +257,8 @@ impl Store {
                 path: log.clone(),
                 source,
             })?,
-            keys: dir.join("keys"),
+            held: held.handle()?,
+            held_path: dir.join("keys").join(held::HELD_LOG),
             path: log,
             state: std::sync::Mutex::default(),
             cv: std::sync::Condvar::new(),
@@ -294,6 +267,7 @@ impl Store {
         });
         Ok(Store {
             dir: dir.to_path_buf(),
+            held,
             index,
             journal,
             journaled: 0,
@@ -337,24 +311,17 @@ impl Store {
     /// Records a certificate: its key first (so an index entry that says `key_held` always
     /// has its key), then the index. The change is written, not yet synced: wait on the
     /// ticket (outside the store's lock) before acknowledging it.
-    pub(super) fn insert(&mut self, record: CertRecord, mut key: Staged) -> Result<Ticket, Error> {
+    pub(super) fn insert(
+        &mut self,
+        record: CertRecord,
+        key: Option<&SecretKeyPem>,
+    ) -> Result<Ticket, Error> {
         if self.find(&record.serial).is_some() {
             // One in 2^127 per pair; never two certificates with one serial (RFC 5280 4.1.2.2).
             return Err(Error::SerialTaken(record.serial));
         }
-        if let Some(tmp) = key.0.take() {
-            // The key's bytes were synced when staged; its name in keys/ is synced by the
-            // group sync, before the journal, so a durable entry always has its key.
-            let path = self.key_path(&record.serial);
-            if let Err(source) = std::fs::rename(&tmp, &path) {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(fsutil::Error::Io {
-                    op: "rename",
-                    path,
-                    source,
-                }
-                .into());
-            }
+        if let Some(k) = key {
+            self.held.append(&record.serial, k)?;
         }
         self.write(Change::Insert(Box::new(record)))
     }
@@ -430,14 +397,13 @@ impl Store {
     }
 
     pub(super) fn read_key(&self, serial: &str) -> Result<SecretKeyPem, Error> {
-        let bytes = fsutil::read(&self.key_path(serial))?;
-        String::from_utf8(bytes)
-            .map(SecretKeyPem::new)
-            .map_err(|_| Error::InvalidRequest(format!("held key of {serial} is not PEM text")))
+        self.held.read(&self.dir.join("keys"), serial)
     }
 
-    fn key_path(&self, serial: &str) -> PathBuf {
-        self.dir.join("keys").join(format!("{serial}.key"))
+    /// True when a key is held for `serial`.
+    #[cfg(test)]
+    pub(super) fn holds_key(&self, serial: &str) -> bool {
+        self.held.has(&self.dir.join("keys"), serial)
     }
 }
 
@@ -502,6 +468,8 @@ fn replay(path: &Path, index: &mut IndexFile) -> Result<(), Error> {
     }
     Ok(())
 }
+
+mod held;
 
 #[cfg(test)]
 mod tests;

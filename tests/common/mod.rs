@@ -503,3 +503,15 @@ pub async fn push_blob(
     assert_eq!(s.as_u16(), 201);
     d
 }
+
+/// True when berthd holds a key for `serial` under `state` (its `pki/keys/held.log`, or an
+/// older berth's `pki/keys/<serial>.key`).
+pub fn holds_key(state: &Path, serial: &str) -> bool {
+    let keys = state.join("pki/keys");
+    let log = std::fs::read_to_string(keys.join("held.log")).unwrap_or_default();
+    log.lines().any(|l| {
+        serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+            v["serial"] == serial && v["key"].as_str().is_some_and(|k| k.contains("PRIVATE KEY"))
+        })
+    }) || keys.join(format!("{serial}.key")).is_file()
+}

@@ -37,7 +37,7 @@ fn changes_are_journaled_and_replayed_without_rewriting_the_snapshot() {
     s.settle().unwrap();
     let snapshot = std::fs::read(d.path().join("index.json")).unwrap();
     for i in 0..10 {
-        s.insert(rec(&format!("{i:02x}")), Staged::none()).unwrap();
+        s.insert(rec(&format!("{i:02x}")), None).unwrap();
     }
     s.revoke("03", OffsetDateTime::now_utc()).unwrap();
     assert_eq!(s.next_crl_number().unwrap(), 1);
@@ -65,7 +65,7 @@ fn replay_is_idempotent_after_a_crash_between_snapshot_and_truncation() {
     let d = tempfile::tempdir().unwrap();
     let mut s = Store::open(d.path()).unwrap();
     s.settle().unwrap();
-    s.insert(rec("aa"), Staged::none()).unwrap();
+    s.insert(rec("aa"), None).unwrap();
     s.revoke("aa", OffsetDateTime::now_utc()).unwrap();
     let journal = std::fs::read(d.path().join("index.log")).unwrap();
     s.settle().unwrap();
@@ -81,7 +81,7 @@ fn a_torn_last_change_is_ignored_and_a_damaged_one_named() {
     let d = tempfile::tempdir().unwrap();
     let mut s = Store::open(d.path()).unwrap();
     s.settle().unwrap();
-    s.insert(rec("01"), Staged::none()).unwrap();
+    s.insert(rec("01"), None).unwrap();
     drop(s);
     let log = d.path().join("index.log");
     let mut f = OpenOptions::new().append(true).open(&log).unwrap();
@@ -90,7 +90,7 @@ fn a_torn_last_change_is_ignored_and_a_damaged_one_named() {
     // Without settling, the next change lands on a clean line.
     let mut s = Store::open(d.path()).unwrap();
     assert_eq!(s.records().len(), 1);
-    s.insert(rec("03"), Staged::none()).unwrap();
+    s.insert(rec("03"), None).unwrap();
     drop(s);
     assert_eq!(Store::open(d.path()).unwrap().records().len(), 2);
     std::fs::write(&log, b"{\"insert\": nonsense}\n").unwrap();
@@ -104,7 +104,7 @@ fn the_journal_is_folded_every_so_many_changes() {
     let mut s = Store::open(d.path()).unwrap();
     s.settle().unwrap();
     for i in 0..COMPACT_AFTER + 5 {
-        s.insert(rec(&format!("{i:06x}")), Staged::none()).unwrap();
+        s.insert(rec(&format!("{i:06x}")), None).unwrap();
     }
     assert_eq!(log_lines(d.path()), 5);
     drop(s);
@@ -121,8 +121,8 @@ fn an_insert_is_acknowledged_only_once_synced_and_waiters_share_a_sync() {
     s.settle().unwrap();
     let syncer = s.syncer();
     let paused = syncer.pause.lock().unwrap();
-    let t1 = s.insert(rec("01"), Staged::none()).unwrap();
-    let t2 = s.insert(rec("02"), Staged::none()).unwrap();
+    let t1 = s.insert(rec("01"), None).unwrap();
+    let t2 = s.insert(rec("02"), None).unwrap();
     let (a, b) = (syncer.clone(), syncer.clone());
     let w1 = std::thread::spawn(move || a.wait(t1));
     let w2 = std::thread::spawn(move || b.wait(t2));
@@ -154,14 +154,85 @@ fn an_insert_is_acknowledged_only_once_synced_and_waiters_share_a_sync() {
 fn a_serial_already_in_the_index_is_refused() {
     let d = tempfile::tempdir().unwrap();
     let mut s = Store::open(d.path()).unwrap();
-    s.insert(rec("0a"), Staged::none()).unwrap();
+    s.insert(rec("0a"), None).unwrap();
     let mut twin = rec("0a");
     twin.names.common_name = "twin".into();
-    let e = s.insert(twin, Staged::none()).err().unwrap();
+    let e = s.insert(twin, None).err().unwrap();
     assert!(matches!(e, Error::SerialTaken(ref x) if x == "0a"), "{e}");
     assert_eq!(log_lines(d.path()), 1);
     assert_eq!(s.records().len(), 1);
     assert_ne!(s.find("0a").unwrap().names.common_name, "twin");
     drop(s);
     assert_eq!(Store::open(d.path()).unwrap().records().len(), 1);
+}
+
+fn pem(n: u8) -> SecretKeyPem {
+    SecretKeyPem::new(format!(
+        "-----BEGIN PRIVATE KEY-----\nkey{n}\n-----END PRIVATE KEY-----\n"
+    ))
+}
+
+/// Held keys live in one 0600 log: appended with the index, found again after a restart,
+/// and keys an older berth kept one per file are still read.
+#[test]
+fn held_keys_are_appended_to_one_log_and_read_back() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let mut s = Store::open(d.path()).unwrap();
+    for i in 0..50u8 {
+        let t = s.insert(rec(&format!("{i:02x}")), Some(&pem(i))).unwrap();
+        s.syncer().wait(t).unwrap();
+    }
+    s.insert(rec("ff"), None).unwrap();
+    let log = d.path().join("keys/held.log");
+    assert_eq!(
+        std::fs::metadata(&log).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // One file for every key: no per-key files.
+    assert_eq!(std::fs::read_dir(d.path().join("keys")).unwrap().count(), 1);
+    // An older berth's key file.
+    std::fs::write(d.path().join("keys/0abc.key"), pem(200).secret_pem()).unwrap();
+    drop(s);
+    let s = Store::open(d.path()).unwrap();
+    for i in [0u8, 17, 49] {
+        assert_eq!(
+            s.read_key(&format!("{i:02x}")).unwrap().secret_pem(),
+            pem(i).secret_pem()
+        );
+    }
+    assert!(s.holds_key("0abc"));
+    assert_eq!(
+        s.read_key("0abc").unwrap().secret_pem(),
+        pem(200).secret_pem()
+    );
+    assert!(!s.holds_key("ff"));
+    assert!(s.read_key("ff").is_err());
+}
+
+/// A key line torn by a crash (never acknowledged) is cut off and the log goes on; a
+/// damaged line in the middle stops the start, naming the file, and nothing is rewritten.
+#[test]
+fn a_torn_held_key_is_cut_and_a_damaged_one_named() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = Store::open(d.path()).unwrap();
+    s.insert(rec("01"), Some(&pem(1))).unwrap();
+    drop(s);
+    let log = d.path().join("keys/held.log");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::io::Write::write_all(&mut f, b"{\"serial\":\"02\",\"key\":\"-----BEG").unwrap();
+    drop(f);
+    let mut s = Store::open(d.path()).unwrap();
+    assert_eq!(s.read_key("01").unwrap().secret_pem(), pem(1).secret_pem());
+    s.insert(rec("03"), Some(&pem(3))).unwrap();
+    drop(s);
+    let s = Store::open(d.path()).unwrap();
+    assert_eq!(s.read_key("03").unwrap().secret_pem(), pem(3).secret_pem());
+    drop(s);
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes[3] = b'#';
+    std::fs::write(&log, &bytes).unwrap();
+    let e = Store::open(d.path()).err().unwrap().to_string();
+    assert!(e.contains("held.log") && e.contains("line 1"), "{e}");
+    assert_eq!(std::fs::read(&log).unwrap(), bytes);
 }
