@@ -51,9 +51,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
     commit(&tmp, path)
 }
 
-/// First half of [`write_atomic`]: writes and fsyncs a hidden temp file beside `path` and
-/// returns its name. Lets a caller stage several files and rename them together.
-pub fn stage(path: &Path, bytes: &[u8], mode: u32) -> Result<PathBuf, Error> {
+/// A hidden, unused temp name in `path`'s folder (`.<name>.tmp-<random>`), which GC and
+/// fsck recognise as a leftover.
+fn temp_beside(path: &Path) -> Result<PathBuf, Error> {
     let dir = parent(path)?;
     let name = path
         .file_name()
@@ -64,11 +64,17 @@ pub fn stage(path: &Path, bytes: &[u8], mode: u32) -> Result<PathBuf, Error> {
         path: path.to_path_buf(),
         source: std::io::Error::other(e.to_string()),
     })?;
-    let tmp = dir.join(format!(
+    Ok(dir.join(format!(
         ".{}.tmp-{}",
         name.to_string_lossy(),
         hex::encode(suffix)
-    ));
+    )))
+}
+
+/// First half of [`write_atomic`]: writes and fsyncs a hidden temp file beside `path` and
+/// returns its name. Lets a caller stage several files and rename them together.
+pub fn stage(path: &Path, bytes: &[u8], mode: u32) -> Result<PathBuf, Error> {
+    let tmp = temp_beside(path)?;
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)
@@ -128,6 +134,55 @@ pub fn create_dir_all(dir: &Path, mode: u32) -> Result<(), Error> {
     }
 }
 
+/// [`create_dir_all`], and every folder it creates is made durable: the folder holding
+/// it is fsynced, so a file synced into a new folder is still reachable after a power
+/// loss (a new folder's name is an entry in its parent, which its own fsync does not
+/// cover).
+pub fn create_dir_all_durable(dir: &Path, mode: u32) -> Result<(), Error> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(p) = parent {
+        create_dir_all_durable(p, mode)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {
+            fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+                .map_err(io("set mode on", dir))?;
+            match parent {
+                Some(p) => sync_dir(p),
+                None => Ok(()),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(io("create folder", dir)(e)),
+    }
+}
+
+/// Writes `bytes` to `path` so it is never seen half-written (a temp file renamed over
+/// it), without making it durable: for scratch state a crash may lose, such as an
+/// upload's start, where two fsyncs per upload bought nothing.
+pub fn write_atomic_volatile(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
+    let tmp = temp_beside(path)?;
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io("create", &tmp))?;
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io("set mode on", &tmp))?;
+        f.write_all(bytes).map_err(io("write", &tmp))?;
+        fs::rename(&tmp, path).map_err(io("rename into place", path))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Reads a file, naming it in the error.
 pub fn read(path: &Path) -> Result<Vec<u8>, Error> {
     fs::read(path).map_err(io("read", path))
@@ -142,9 +197,17 @@ fn parent(path: &Path) -> Result<&Path, Error> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), Error> {
+    #[cfg(test)]
+    DIR_SYNCS.with(|s| s.borrow_mut().push(dir.to_path_buf()));
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io("fsync folder", dir))
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Folders this thread fsynced, for tests of what is made durable.
+    pub(crate) static DIR_SYNCS: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[cfg(test)]

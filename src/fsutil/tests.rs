@@ -70,3 +70,23 @@ fn a_write_that_fails_half_way_keeps_the_old_content() {
     let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(names.len(), 1, "the failed write left its temp file behind");
 }
+
+/// A folder created for durable content is itself made durable: the folder holding each
+/// new one is fsynced (a power loss would otherwise drop a synced file's whole folder).
+/// Existing folders cost nothing, and the plain variant syncs nothing.
+#[test]
+fn durable_folders_sync_the_parent_of_each_new_one() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    DIR_SYNCS.with(|s| s.borrow_mut().clear());
+    create_dir_all_durable(&root.join("a/b/c"), 0o755).unwrap();
+    let synced = DIR_SYNCS.with(|s| s.borrow().clone());
+    assert_eq!(
+        synced,
+        vec![root.to_path_buf(), root.join("a"), root.join("a/b")]
+    );
+    DIR_SYNCS.with(|s| s.borrow_mut().clear());
+    create_dir_all_durable(&root.join("a/b/c"), 0o755).unwrap();
+    create_dir_all(&root.join("x/y"), 0o755).unwrap();
+    assert!(DIR_SYNCS.with(|s| s.borrow().is_empty()));
+}

@@ -123,8 +123,10 @@ impl Storage {
         let (name2, id2) = (name.clone(), id.clone());
         self.run(move |drv, p| {
             let dir = p.upload_dir(&name2, &id2);
-            drv.put(&dir.join("startedat"), started.as_bytes())?;
-            drv.put(&dir.join("data"), b"")
+            // A session is scratch: one a crash loses is unknown to the client, which
+            // starts again; only the commit (`finish_upload`) must be durable.
+            drv.put_scratch(&dir.join("startedat"), started.as_bytes())?;
+            drv.put_scratch(&dir.join("data"), b"")
         })
         .await?;
         self.state(&id, 0);

@@ -85,8 +85,11 @@ impl FsDriver {
         self.root.join(key.as_str())
     }
 
-    fn make_parent(&self, path: &Path) -> Result<(), Error> {
+    /// Creates the folders above `path`, durably (their parents fsynced) for content that
+    /// must survive a power loss, plainly for scratch state.
+    fn make_parent(&self, path: &Path, durable: bool) -> Result<(), Error> {
         match path.parent() {
+            Some(dir) if durable => Ok(fsutil::create_dir_all_durable(dir, DIR_MODE)?),
             Some(dir) => Ok(fsutil::create_dir_all(dir, DIR_MODE)?),
             None => Ok(()),
         }
@@ -147,13 +150,20 @@ impl Driver for FsDriver {
 
     fn put(&self, key: &Key, bytes: &[u8]) -> Result<(), Error> {
         let path = self.path(key);
-        self.make_parent(&path)?;
+        self.make_parent(&path, true)?;
         Ok(fsutil::write_atomic(&path, bytes, FILE_MODE)?)
+    }
+
+    fn put_scratch(&self, key: &Key, bytes: &[u8]) -> Result<(), Error> {
+        let path = self.path(key);
+        self.make_parent(&path, false)?;
+        Ok(fsutil::write_atomic_volatile(&path, bytes, FILE_MODE)?)
     }
 
     fn append(&self, key: &Key) -> Result<Writer, Error> {
         let path = self.path(key);
-        self.make_parent(&path)?;
+        // Uploads are scratch until committed by `rename`, which makes them durable.
+        self.make_parent(&path, false)?;
         let file = OpenOptions::new()
             .append(true)
             .create(true)
@@ -231,7 +241,7 @@ impl Driver for FsDriver {
         File::open(&src)
             .and_then(|f| f.sync_all())
             .map_err(io_error("fsync", src.clone()))?;
-        self.make_parent(&dst)?;
+        self.make_parent(&dst, true)?;
         std::fs::rename(&src, &dst).map_err(io_error("move into place", dst.clone()))?;
         if let Some(dir) = dst.parent() {
             File::open(dir)

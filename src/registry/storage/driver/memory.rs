@@ -73,6 +73,10 @@ impl Driver for MemoryDriver {
         PathBuf::from(format!("memory:{key}"))
     }
 
+    fn put_scratch(&self, key: &Key, bytes: &[u8]) -> Result<(), Error> {
+        self.put(key, bytes)
+    }
+
     fn changed_at(&self, _key: &Key) -> Result<Option<SystemTime>, Error> {
         // Folders are implied by keys here and keep no times: callers always list.
         Ok(None)

@@ -101,6 +101,10 @@ pub(crate) trait Driver: Send + Sync + std::fmt::Debug + 'static {
     /// the new one, never part of either.
     fn put(&self, key: &Key, bytes: &[u8]) -> Result<(), Error>;
 
+    /// Stores `bytes` at `key` atomically but not durably: for scratch state a crash may
+    /// lose (an upload session's start), where a durable write costs syncs for nothing.
+    fn put_scratch(&self, key: &Key, bytes: &[u8]) -> Result<(), Error>;
+
     /// A writer appending to the object at `key`, created empty when absent.
     fn append(&self, key: &Key) -> Result<Writer, Error>;
 

@@ -38,6 +38,17 @@ fn suite(d: &dyn Driver) {
     assert!(age < std::time::Duration::from_secs(60), "{age:?}");
     // A folder is not an object.
     assert_eq!(d.stat(&k("a/b")).unwrap(), None);
+
+    // put_scratch (upload sessions): the same visible result, parents made, whole.
+    d.put_scratch(&k("s/t/u"), b"one").unwrap();
+    d.put_scratch(&k("s/t/u"), b"three").unwrap();
+    assert_eq!(d.get(&k("s/t/u")).unwrap().unwrap(), b"three");
+    assert_eq!(
+        d.list(&k("s/t")).unwrap().len(),
+        1,
+        "no temp file is left beside it"
+    );
+    assert!(d.delete(&k("s")).unwrap());
     assert_eq!(d.get(&k("a/b")).unwrap(), None);
     assert!(d.has_children(&k("a/b")).unwrap());
     assert!(d.has_children(&k("a")).unwrap());
@@ -145,4 +156,31 @@ fn memory_driver() {
     let d = MemoryDriver::new();
     suite(&d);
     assert_eq!(d.locate(&k("a/b")).to_string_lossy(), "memory:a/b");
+}
+
+/// Committed content survives a power loss with its folders: a durable put or rename into
+/// new folders fsyncs the parent of each one it made; an upload's scratch does not.
+#[test]
+fn filesystem_commits_make_new_folders_durable() {
+    use crate::fsutil::DIR_SYNCS;
+    let dir = tempfile::tempdir().unwrap();
+    let d = FsDriver::new(dir.path());
+    let syncs = || DIR_SYNCS.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    syncs();
+    d.put_scratch(&k("u/1/startedat"), b"now").unwrap();
+    let mut w = d.append(&k("u/1/data")).unwrap();
+    w.write_all(b"blob").unwrap();
+    drop(w);
+    assert!(syncs().is_empty(), "scratch is not synced");
+    d.rename(&k("u/1/data"), &k("blobs/ab/cd/data")).unwrap();
+    let s = syncs();
+    for folder in ["", "blobs", "blobs/ab"] {
+        assert!(
+            s.contains(&dir.path().join(folder)),
+            "{folder:?} not synced: {s:?}"
+        );
+    }
+    d.put(&k("links/x/link"), b"d").unwrap();
+    let s = syncs();
+    assert!(s.contains(&dir.path().join("links")), "{s:?}");
 }

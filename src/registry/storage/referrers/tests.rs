@@ -44,6 +44,9 @@ impl Driver for Counting {
     fn put(&self, key: &Key, bytes: &[u8]) -> Result<(), Error> {
         self.inner.put(key, bytes)
     }
+    fn put_scratch(&self, key: &Key, bytes: &[u8]) -> Result<(), Error> {
+        self.inner.put_scratch(key, bytes)
+    }
     fn append(&self, key: &Key) -> Result<Writer, Error> {
         self.inner.append(key)
     }
