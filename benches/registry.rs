@@ -851,7 +851,17 @@ async fn main() {
             let port = free_port();
             let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
             if berth {
-                let (mut child, client) = start_berthd(&state, &storage, &policy, addr).await;
+                // Every round starts from the state the setup left (CA, a handful of
+                // certificates): issuance in one round must not grow the next one's index.
+                let round_state = d.join(format!("state-{round}"));
+                let copied = Command::new("cp")
+                    .arg("-a")
+                    .arg(&state)
+                    .arg(&round_state)
+                    .status()
+                    .unwrap();
+                assert!(copied.success(), "copying berthd's state failed");
+                let (mut child, client) = start_berthd(&round_state, &storage, &policy, addr).await;
                 wait_tls(addr, &tls, &mut child).await;
                 let mut r = workload(addr, &tls, child.id(), &load).await;
                 let (rate, p50, p99) = issue_rate(&client, issue_n).await;
@@ -863,6 +873,7 @@ async fn main() {
                 }
                 drop(client);
                 stop(child);
+                let _ = std::fs::remove_dir_all(&round_state);
                 ours.push(r);
             } else if have_registry {
                 let mut child = Command::new("bash")
