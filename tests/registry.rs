@@ -1460,6 +1460,15 @@ async fn gc_keeps_index_children_and_referrers_of_tagged_images() {
         api.get(&format!("/v2/multi/manifests/{amd}")).await.status,
         StatusCode::NOT_FOUND
     );
+    // The signature's entry in the referrers index went with it.
+    let entries = api.root.join(format!(
+        "docker/registry/v2/repositories/multi/_referrers/sha256/{}/sha256",
+        Digest::sha256_of(&index).hex()
+    ));
+    let left: Vec<_> = std::fs::read_dir(&entries)
+        .map(|rd| rd.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?} left in {}", entries.display());
 }
 
 #[tokio::test]

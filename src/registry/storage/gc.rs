@@ -293,6 +293,9 @@ impl Storage {
                     } else {
                         report.manifests_deleted.push((repo.clone(), d.to_string()));
                         if !opts.dry_run {
+                            // Its referrers-index entry goes with it (reads skip a
+                            // stale one, but the folder would only grow).
+                            super::referrers::unindex(drv, p, &name, d)?;
                             if let Some(dir) = p.revision_link(&name, d).parent() {
                                 drv.delete(&dir)?;
                             }
