@@ -49,7 +49,12 @@ impl std::io::Write for WriteBehind {
         if self.unsynced >= WRITE_BEHIND {
             self.settle()?;
             let f = self.file.try_clone()?;
-            self.flushing = Some(std::thread::spawn(move || f.sync_data()));
+            // Builder, not spawn: a host out of threads fails this write, never panics.
+            self.flushing = Some(
+                std::thread::Builder::new()
+                    .name("berth-writeback".into())
+                    .spawn(move || f.sync_data())?,
+            );
             self.unsynced = 0;
         }
         Ok(n)
