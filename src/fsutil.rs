@@ -74,6 +74,12 @@ fn temp_beside(path: &Path) -> Result<PathBuf, Error> {
 /// First half of [`write_atomic`]: writes and fsyncs a hidden temp file beside `path` and
 /// returns its name. Lets a caller stage several files and rename them together.
 pub fn stage(path: &Path, bytes: &[u8], mode: u32) -> Result<PathBuf, Error> {
+    write_temp(path, bytes, mode, true)
+}
+
+/// Writes `bytes` to a new hidden temp file beside `path` with exactly `mode`, fsynced
+/// when `sync`; removed again on failure.
+fn write_temp(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> Result<PathBuf, Error> {
     let tmp = temp_beside(path)?;
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -86,7 +92,9 @@ pub fn stage(path: &Path, bytes: &[u8], mode: u32) -> Result<PathBuf, Error> {
         f.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(io("set mode on", &tmp))?;
         f.write_all(bytes).map_err(io("write", &tmp))?;
-        f.sync_all().map_err(io("fsync", &tmp))?;
+        if sync {
+            f.sync_all().map_err(io("fsync", &tmp))?;
+        }
         Ok(())
     })();
     if let Err(e) = result {
@@ -164,23 +172,11 @@ pub fn create_dir_all_durable(dir: &Path, mode: u32) -> Result<(), Error> {
 /// it), without making it durable: for scratch state a crash may lose, such as an
 /// upload's start, where two fsyncs per upload bought nothing.
 pub fn write_atomic_volatile(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
-    let tmp = temp_beside(path)?;
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(io("create", &tmp))?;
-        f.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(io("set mode on", &tmp))?;
-        f.write_all(bytes).map_err(io("write", &tmp))?;
-        fs::rename(&tmp, path).map_err(io("rename into place", path))
-    })();
-    if result.is_err() {
+    let tmp = write_temp(path, bytes, mode, false)?;
+    fs::rename(&tmp, path).map_err(|e| {
         let _ = fs::remove_file(&tmp);
-    }
-    result
+        io("rename into place", path)(e)
+    })
 }
 
 /// Reads a file, naming it in the error.

@@ -1703,36 +1703,42 @@ async fn acknowledged_pushes_survive_kill_9() {
     sigterm(daemon);
 }
 
+/// berthd in `dir` with its registry on a free loopback port, once it serves: the process,
+/// a control client and the registry's address.
+async fn serving_registry(
+    dir: &std::path::Path,
+) -> (Running, berth::client::Client, std::net::SocketAddr) {
+    let port = free_port();
+    let daemon = berthd_in(dir, &["--registry-listen", &format!("127.0.0.1:{port}")]);
+    let socket = dir.join("root").join("berthd.sock");
+    wait_for("berthd to serve", || {
+        berth(&socket, dir, &["system", "health"]).status.success()
+    });
+    let c = berth::client::Client::connect(&berth::client::Target::Unix(socket))
+        .await
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    (daemon, c, addr)
+}
+
+/// A `/proc/PID/status` figure in kB (`VmRSS:`, `VmHWM:`).
+fn proc_kb(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
 /// A 100 MB manifest is refused (413, or the connection closed once the limit is
 /// passed) without berthd's memory growing by anything like it, and berthd keeps serving.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_huge_manifest_does_not_grow_memory() {
     let dir = common::temp_dir();
-    let root = dir.path().join("root");
-    let port = free_port();
-    let daemon = berthd_in(
-        dir.path(),
-        &["--registry-listen", &format!("127.0.0.1:{port}")],
-    );
-    let socket = root.join("berthd.sock");
-    wait_for("berthd to serve", || {
-        berth(&socket, dir.path(), &["system", "health"])
-            .status
-            .success()
-    });
-    let rss = || -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", daemon.id())).unwrap();
-        s.lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap()
-    };
-    let c = berth::client::Client::connect(&berth::client::Target::Unix(socket.clone()))
-        .await
-        .unwrap();
+    let (daemon, c, addr) = serving_registry(dir.path()).await;
+    let rss = || proc_kb(daemon.id(), "VmRSS:");
     let me = common::client_cert(&c, "huge").await;
     let tls = common::presenting(&me, b"http/1.1");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let before = rss();
     let body = vec![b' '; 100 * 1024 * 1024];
     match common::tls_exchange(
@@ -1765,31 +1771,10 @@ async fn a_huge_manifest_does_not_grow_memory() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_large_blob_streams_through_fixed_memory() {
     let dir = common::temp_dir();
-    let root = dir.path().join("root");
-    let port = free_port();
-    let daemon = berthd_in(
-        dir.path(),
-        &["--registry-listen", &format!("127.0.0.1:{port}")],
-    );
-    let socket = root.join("berthd.sock");
-    wait_for("berthd to serve", || {
-        berth(&socket, dir.path(), &["system", "health"])
-            .status
-            .success()
-    });
-    let peak = || -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", daemon.id())).unwrap();
-        s.lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap()
-    };
-    let c = berth::client::Client::connect(&berth::client::Target::Unix(socket.clone()))
-        .await
-        .unwrap();
+    let (daemon, c, addr) = serving_registry(dir.path()).await;
+    let peak = || proc_kb(daemon.id(), "VmHWM:");
     let me = common::client_cert(&c, "large").await;
     let tls = common::presenting(&me, b"http/1.1");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     // Warm up the paths once with a small blob, so the figure is the large blob's alone.
     let small = vec![1u8; 64 * 1024];
     common::push_blob(addr, tls.clone(), "team/app", &small).await;
