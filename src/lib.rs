@@ -68,5 +68,6 @@ pub mod pki;
 pub mod proto;
 pub mod registry;
 
+/// Property tests of every parser a peer can reach (crate-wide, so they live at the root).
 #[cfg(test)]
-mod prop_tests;
+mod tests;
