@@ -51,3 +51,35 @@ async fn health_says_serving_only_while_every_listener_serves() {
     server.await.unwrap().unwrap();
     assert_eq!(health(&state).await, not_serving, "stopped");
 }
+
+/// Every RPC in the compiled protos has a role placed for it and its service a metrics
+/// label of its own: adding an RPC or a service fails here until someone decides who may
+/// call it, instead of it silently falling to the catch-all arms.
+#[test]
+fn every_rpc_has_a_role_and_every_service_a_label() {
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET).unwrap();
+    let mut unplaced = Vec::new();
+    let mut methods = 0;
+    for file in &set.file {
+        for svc in &file.service {
+            let service = format!("{}.{}", file.package(), svc.name());
+            assert_ne!(
+                super::grpc_route(&format!("/{service}/X")),
+                "other",
+                "{service} has no metrics label"
+            );
+            for m in &svc.method {
+                methods += 1;
+                if super::auth::placed(&service, m.name()).is_none() {
+                    unplaced.push(format!("{service}/{}", m.name()));
+                }
+            }
+        }
+    }
+    assert!(
+        methods >= 30,
+        "only {methods} methods in the descriptor set"
+    );
+    assert!(unplaced.is_empty(), "RPCs without a role: {unplaced:?}");
+}
