@@ -1148,35 +1148,12 @@ fn audit_records_survive_kill_9_mid_burst() {
             .status
             .success()
     };
-    let mut daemon = spawn();
-    wait_for("berthd to serve", healthy);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let tasks: Vec<_> = (0..8)
-        .map(|i| {
-            let (acked, socket) = (acked.clone(), socket.clone());
-            rt.spawn(async move {
-                let c = berth::client::Client::connect(&berth::client::Target::Unix(socket))
-                    .await
-                    .unwrap();
-                for n in 0.. {
-                    match c.token_create(&format!("burst-{i}-{n}"), None).await {
-                        Ok(t) => acked.lock().unwrap().push(t.record.id),
-                        Err(_) => return,
-                    }
-                }
-            })
-        })
-        .collect();
-    wait_for("a burst of acknowledged writes", || {
-        acked.lock().unwrap().len() >= 200
+    let acked = acknowledged_before_kill_9(dir.path(), 200, |c, i, n| async move {
+        c.token_create(&format!("burst-{i}-{n}"), None)
+            .await
+            .ok()
+            .map(|t| t.record.id)
     });
-    daemon.kill().unwrap();
-    daemon.wait().unwrap();
-    for t in tasks {
-        rt.block_on(t).unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
     let log = root.join("audit/audit.log");
     let recorded = |text: &str| -> Vec<serde_json::Value> {
         text.split_inclusive('\n')
@@ -1703,6 +1680,48 @@ async fn acknowledged_pushes_survive_kill_9() {
     sigterm(daemon);
 }
 
+/// Starts berthd (no registry) in `dir`, lets 8 writers call `write(client, writer, n)`
+/// until at least `min` writes are acknowledged (`Some(id)`), kills berthd with SIGKILL
+/// mid-burst and returns the ids acknowledged before it died.
+fn acknowledged_before_kill_9<F, Fut>(dir: &Path, min: usize, write: F) -> Vec<String>
+where
+    F: Fn(berth::client::Client, usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Option<String>> + Send,
+{
+    let socket = dir.join("root").join("berthd.sock");
+    let mut daemon = berthd_in(dir, &["--no-registry"]);
+    wait_for("berthd to serve", || {
+        berth(&socket, dir, &["system", "health"]).status.success()
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let (acked, socket, write) = (acked.clone(), socket.clone(), write.clone());
+            rt.spawn(async move {
+                let c = berth::client::Client::connect(&berth::client::Target::Unix(socket))
+                    .await
+                    .unwrap();
+                for n in 0.. {
+                    match write(c.clone(), i, n).await {
+                        Some(id) => acked.lock().unwrap().push(id),
+                        None => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_for("a burst of acknowledged writes", || {
+        acked.lock().unwrap().len() >= min
+    });
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    for t in tasks {
+        rt.block_on(t).unwrap();
+    }
+    acked.lock().unwrap().clone()
+}
+
 /// berthd in `dir` with its registry on a free loopback port, once it serves: the process,
 /// a control client and the registry's address.
 async fn serving_registry(
@@ -1859,42 +1878,16 @@ fn issued_certificates_survive_kill_9_mid_burst() {
             .status
             .success()
     };
-    let mut daemon = spawn();
-    wait_for("berthd to serve", healthy);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let tasks: Vec<_> = (0..8)
-        .map(|i| {
-            let (acked, socket) = (acked.clone(), socket.clone());
-            rt.spawn(async move {
-                let c = berth::client::Client::connect(&berth::client::Target::Unix(socket))
-                    .await
-                    .unwrap();
-                for n in 0.. {
-                    let req = berth::client::IssueRequest {
-                        kind: berth::pki::CertKind::Client,
-                        names: common::names(&format!("burst-{i}-{n}")),
-                        validity_days: None,
-                        key_algorithm: berth::pki::KeyAlgorithm::EcdsaP256,
-                        return_key: false,
-                    };
-                    match c.issue(req).await {
-                        Ok(r) => acked.lock().unwrap().push(r.record.serial),
-                        Err(_) => return,
-                    }
-                }
-            })
-        })
-        .collect();
-    wait_for("a burst of issued certificates", || {
-        acked.lock().unwrap().len() >= 100
+    let acked = acknowledged_before_kill_9(dir.path(), 100, |c, i, n| async move {
+        let req = berth::client::IssueRequest {
+            kind: berth::pki::CertKind::Client,
+            names: common::names(&format!("burst-{i}-{n}")),
+            validity_days: None,
+            key_algorithm: berth::pki::KeyAlgorithm::EcdsaP256,
+            return_key: false,
+        };
+        c.issue(req).await.ok().map(|r| r.record.serial)
     });
-    daemon.kill().unwrap();
-    daemon.wait().unwrap();
-    for t in tasks {
-        rt.block_on(t).unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
     let daemon = spawn();
     wait_for("berthd to serve again", healthy);
     let ls = json(&berth(&socket, dir.path(), &["cert", "ls", "--json"]));
