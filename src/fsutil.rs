@@ -192,7 +192,7 @@ fn parent(path: &Path) -> Result<&Path, Error> {
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), Error> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
     #[cfg(test)]
     DIR_SYNCS.with(|s| s.borrow_mut().push(dir.to_path_buf()));
     File::open(dir)

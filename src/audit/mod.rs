@@ -219,14 +219,20 @@ impl Audit {
 
     /// Records `rec` and waits until it is durable (blocking callers: the PKI door).
     pub fn record(&self, rec: &Record) -> Result<(), Error> {
-        let Some((s, seq)) = self.enqueue(rec) else {
-            return Ok(());
-        };
-        let mut q = s.lock();
-        while q.done < seq {
-            q = s.synced.wait(q).unwrap_or_else(|e| e.into_inner());
+        self.begin(rec).wait()
+    }
+
+    /// Queues `rec` and returns at once; [`Pending::wait`] waits until it is durable. For
+    /// a change already written whose own sync is still to come (a certificate issued):
+    /// the two syncs then run side by side instead of one after the other, which is most
+    /// of an issue's time. The price is a crash window: the record may outlive the change
+    /// it describes, which was never answered (a certificate no one received and the
+    /// index does not hold). A change whose sync fails is recorded again, as failed.
+    pub fn begin(&self, rec: &Record) -> Pending<'_> {
+        Pending {
+            at: self.enqueue(rec),
+            action: rec.action.name(),
         }
-        s.outcome(&q, seq)
     }
 
     /// Records `rec` and waits until it is durable, without blocking a runtime thread.
@@ -269,6 +275,36 @@ impl Audit {
 
     fn keep(&self) -> u32 {
         self.inner.as_ref().map_or(0, |h| h.shared.keep)
+    }
+}
+
+/// A record queued by [`Audit::begin`], not yet known to be durable.
+#[derive(Debug)]
+#[must_use = "a record is durable only once waited for"]
+pub struct Pending<'a> {
+    at: Option<(&'a Shared, u64)>,
+    action: &'static str,
+}
+
+impl Pending<'_> {
+    /// Waits until the record is durable.
+    pub fn wait(self) -> Result<(), Error> {
+        let Some((s, seq)) = self.at else {
+            return Ok(());
+        };
+        let mut q = s.lock();
+        while q.done < seq {
+            q = s.synced.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+        s.outcome(&q, seq)
+    }
+
+    /// Waits, and logs a failure instead of returning it (see [`Audit::note`]).
+    pub fn note(self) {
+        let action = self.action;
+        if let Err(e) = self.wait() {
+            tracing::error!(error = %e, action, "audit record lost");
+        }
     }
 }
 

@@ -425,11 +425,33 @@ impl Pki {
     /// Issues a certificate with a fresh key, for `who`.
     pub fn issue(&self, who: &Identity, spec: &IssueSpec) -> Result<Issued, Error> {
         let rec = Record::new(who, audit::Action::CertIssue).name(spec.names.common_name.clone());
-        let r = self.issue_inner(spec);
-        self.audited(rec, r, |i, rec| rec.serial(i.record.serial.clone()))
+        let (issued, syncer, ticket) = match self.issue_written(spec) {
+            Ok(w) => w,
+            Err(e) => return self.audited(rec, Err(e), |_: &Issued, rec| rec),
+        };
+        let serial = issued.record.serial.clone();
+        // The audit record and the index sync side by side (see `Audit::begin`).
+        let pending = self.audit.begin(&rec.clone().serial(serial.clone()));
+        let synced = syncer.wait(ticket);
+        pending.note();
+        match synced {
+            Ok(()) => {
+                tracing::info!(serial = %serial, kind = spec.kind.name(), cn = %issued.record.names.common_name, "issued certificate");
+                Ok(issued)
+            }
+            Err(e) => {
+                self.audit
+                    .note(&rec.serial(serial).outcome(&Err::<(), _>(&e)));
+                Err(e)
+            }
+        }
     }
 
-    fn issue_inner(&self, spec: &IssueSpec) -> Result<Issued, Error> {
+    /// Signs and records a certificate; durable once the returned ticket is waited for.
+    fn issue_written(
+        &self,
+        spec: &IssueSpec,
+    ) -> Result<(Issued, std::sync::Arc<store::Syncer>, store::Ticket), Error> {
         let days = spec.validity_days.unwrap_or(self.default_validity_days);
         let key = spec.key_algorithm.generate()?;
         let secret = SecretKeyPem::new(key.serialize_pem());
@@ -447,16 +469,17 @@ impl Pki {
         let record = self.record(spec.kind, cert.der(), spec.hold_key, false)?;
         let mut store = self.lock();
         let ticket = store.insert(record.clone(), spec.hold_key.then_some(&secret))?;
-        let syncer = store.syncer();
         // Durable before the answer, but synced outside the lock: concurrent issues
         // share one sync.
-        drop(store);
-        syncer.wait(ticket)?;
-        tracing::info!(serial = %record.serial, kind = spec.kind.name(), cn = %record.names.common_name, "issued certificate");
-        Ok(Issued {
-            record,
-            key: secret,
-        })
+        let syncer = store.syncer();
+        Ok((
+            Issued {
+                record,
+                key: secret,
+            },
+            syncer,
+            ticket,
+        ))
     }
 
     /// Renews a certificate: the same kind and names, a fresh key of the same algorithm and
@@ -491,13 +514,14 @@ impl Pki {
             )));
         }
         let key_algorithm = KeyAlgorithm::from_description(&old.key_algorithm).unwrap_or_default();
-        let issued = self.issue_inner(&IssueSpec {
+        let (issued, syncer, ticket) = self.issue_written(&IssueSpec {
             kind: old.kind,
             names: old.names.clone(),
             validity_days,
             key_algorithm,
             hold_key: old.key_held,
         })?;
+        syncer.wait(ticket)?;
         tracing::info!(old = %old.serial, new = %issued.record.serial, "renewed certificate");
         Ok(issued)
     }
@@ -689,7 +713,11 @@ impl Pki {
                     .is_none_or(|cn| r.names.common_name == cn)
             })
             .skip(skip);
-        let page: Vec<CertRecord> = matching.by_ref().take(take).cloned().collect();
+        let page: Vec<CertRecord> = matching
+            .by_ref()
+            .take(take)
+            .map(|r| (**r).clone())
+            .collect();
         let more = matching.next().is_some();
         (page, more)
     }
@@ -731,7 +759,7 @@ impl Pki {
                     && r.key_held
                     && r.status() == CertStatus::Valid
             })
-            .cloned()
+            .map(|r| (**r).clone())
     }
 
     /// A server certificate for one of berthd's own listeners. It is reused across restarts

@@ -44,7 +44,7 @@ impl Crl {
     pub(super) fn sign_and_write(
         dir: &Path,
         ca: &Ca,
-        records: &[CertRecord],
+        records: &[std::sync::Arc<CertRecord>],
         number: u64,
     ) -> Result<(), Error> {
         let now = OffsetDateTime::now_utc();
@@ -76,7 +76,7 @@ impl Crl {
         Ok(())
     }
 
-    pub(super) fn read(dir: &Path, records: &[CertRecord]) -> Result<Crl, Error> {
+    pub(super) fn read(dir: &Path, records: &[std::sync::Arc<CertRecord>]) -> Result<Crl, Error> {
         let path = dir.join("crl.pem");
         let pem = String::from_utf8(fsutil::read(&path)?)
             .map_err(|_| Error::InvalidCertificate(format!("{} is not PEM", path.display())))?;

@@ -7,11 +7,19 @@
 //! start and every `COMPACT_AFTER` changes; replaying is idempotent, so a crash between
 //! writing the snapshot and emptying the journal loses and doubles nothing. A change torn
 //! by a crash (a last line without its newline) was never acknowledged and is cut off.
+//!
+//! Folding while running happens off the store's lock: writing 100,000 records took the
+//! lock for most of a second, and every issue waited. Under the lock the journal is
+//! synced and renamed to `index.log.old` and a fresh one is opened; a thread writes the
+//! snapshot (records are shared, not copied) and then removes `index.log.old`. A start
+//! replays `index.log.old` before `index.log`, so a crash anywhere in between loses
+//! nothing.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -21,20 +29,58 @@ use crate::fsutil;
 
 const INDEX_VERSION: u32 = 1;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 struct IndexFile {
     version: u32,
     crl_number: u64,
-    certificates: Vec<CertRecord>,
+    certificates: Vec<Arc<CertRecord>>,
     /// Position of each serial in `certificates`: finding a serial (every issue checks
     /// its new one, every revoke looks one up) must not scan 100,000 records.
-    #[serde(skip)]
     by_serial: std::collections::HashMap<String, usize>,
+}
+
+/// `index.json` as read.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Stored {
+    version: u32,
+    crl_number: u64,
+    certificates: Vec<CertRecord>,
+}
+
+/// What `index.json` holds: the index at one moment, written from shared records.
+struct Snapshot {
+    version: u32,
+    crl_number: u64,
+    certificates: Vec<Arc<CertRecord>>,
+}
+
+impl Snapshot {
+    fn write(&self, dir: &Path) -> Result<(), Error> {
+        // Records are written as `&CertRecord`: `Arc` itself is not `Serialize` here.
+        #[derive(Serialize)]
+        struct Out<'a> {
+            version: u32,
+            crl_number: u64,
+            certificates: Vec<&'a CertRecord>,
+        }
+        let out = Out {
+            version: self.version,
+            crl_number: self.crl_number,
+            certificates: self.certificates.iter().map(|r| &**r).collect(),
+        };
+        let json =
+            serde_json::to_vec_pretty(&out).map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        fsutil::write_atomic(&dir.join("index.json"), &json, 0o644)?;
+        Ok(())
+    }
 }
 
 /// Journal entries folded into a new snapshot after this many.
 const COMPACT_AFTER: usize = 4096;
+
+/// The journal being folded into a snapshot by a background thread.
+const OLD_LOG: &str = "index.log.old";
 
 /// One change in `index.log`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,7 +101,7 @@ enum Change {
 impl IndexFile {
     /// An index of `certificates`, with its serial map built (a serial listed twice keeps
     /// its first record, as replaying an insert twice does).
-    fn new(version: u32, crl_number: u64, certificates: Vec<CertRecord>) -> IndexFile {
+    fn new(version: u32, crl_number: u64, certificates: Vec<Arc<CertRecord>>) -> IndexFile {
         let mut index = IndexFile {
             version,
             crl_number,
@@ -63,7 +109,7 @@ impl IndexFile {
             by_serial: std::collections::HashMap::with_capacity(certificates.len()),
         };
         for r in certificates {
-            index.apply(Change::Insert(Box::new(r)));
+            index.insert(r);
         }
         index
     }
@@ -72,18 +118,29 @@ impl IndexFile {
         self.by_serial
             .get(serial)
             .and_then(|&i| self.certificates.get(i))
+            .map(|r| &**r)
+    }
+
+    fn insert(&mut self, r: Arc<CertRecord>) {
+        if !self.by_serial.contains_key(&r.serial) {
+            self.by_serial
+                .insert(r.serial.clone(), self.certificates.len());
+            self.certificates.push(r);
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            version: self.version,
+            crl_number: self.crl_number,
+            certificates: self.certificates.clone(),
+        }
     }
 
     /// Applies a change; applying one twice changes nothing more.
     fn apply(&mut self, c: Change) {
         match c {
-            Change::Insert(r) => {
-                if !self.by_serial.contains_key(&r.serial) {
-                    self.by_serial
-                        .insert(r.serial.clone(), self.certificates.len());
-                    self.certificates.push(*r);
-                }
-            }
+            Change::Insert(r) => self.insert(Arc::new(*r)),
             Change::Revoke { serial, at } => {
                 if let Some(r) = self
                     .by_serial
@@ -91,7 +148,8 @@ impl IndexFile {
                     .and_then(|&i| self.certificates.get_mut(i))
                     && r.revoked_at.is_none()
                 {
-                    r.revoked_at = Some(at);
+                    // A snapshot being written keeps the record it shares.
+                    Arc::make_mut(r).revoked_at = Some(at);
                 }
             }
             Change::CrlNumber(n) => self.crl_number = self.crl_number.max(n),
@@ -110,6 +168,11 @@ pub(super) struct Store {
     /// Number of the last change written to the journal.
     seq: u64,
     syncer: std::sync::Arc<Syncer>,
+    /// The thread writing a snapshot, while it runs.
+    folding: Option<std::thread::JoinHandle<()>>,
+    /// Held by a test to stall the background fold before it writes.
+    #[cfg(test)]
+    fold_pause: Arc<std::sync::Mutex<()>>,
 }
 
 /// The placeholder the temporary names of keys staged by an older berth derive from
@@ -127,7 +190,8 @@ pub(super) struct Ticket(u64);
 /// says `key_held` always has its key.
 #[derive(Debug)]
 pub(super) struct Syncer {
-    journal: File,
+    /// The live journal; replaced when it is set aside to be folded.
+    journal: std::sync::Mutex<Arc<File>>,
     held: File,
     held_path: PathBuf,
     path: PathBuf,
@@ -197,7 +261,12 @@ impl Syncer {
         self.held
             .sync_data()
             .map_err(io("fsync", &self.held_path))?;
-        self.journal.sync_data().map_err(io("fsync", &self.path))?;
+        let journal = self
+            .journal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        journal.sync_data().map_err(io("fsync", &self.path))?;
         Ok(())
     }
 }
@@ -209,7 +278,7 @@ impl Store {
         let path = dir.join("index.json");
         let index = match std::fs::read(&path) {
             Ok(bytes) => {
-                let index: IndexFile =
+                let index: Stored =
                     serde_json::from_slice(&bytes).map_err(|e| Error::CorruptIndex {
                         path: path.clone(),
                         reason: e.to_string(),
@@ -220,7 +289,11 @@ impl Store {
                         reason: format!("version {} is not {INDEX_VERSION}", index.version),
                     });
                 }
-                IndexFile::new(index.version, index.crl_number, index.certificates)
+                IndexFile::new(
+                    index.version,
+                    index.crl_number,
+                    index.certificates.into_iter().map(Arc::new).collect(),
+                )
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 IndexFile::new(INDEX_VERSION, 0, Vec::new())
@@ -249,14 +322,12 @@ impl Store {
         let held = held::Held::open(&dir.join("keys"))?;
         let mut index = index;
         let log = dir.join("index.log");
+        // A fold that did not finish: its changes come before the live journal's.
+        replay(&dir.join(OLD_LOG), &mut index)?;
         replay(&log, &mut index)?;
         let journal = open_journal(&log)?;
         let syncer = std::sync::Arc::new(Syncer {
-            journal: journal.try_clone().map_err(|source| fsutil::Error::Io {
-                op: "open",
-                path: log.clone(),
-                source,
-            })?,
+            journal: std::sync::Mutex::new(Arc::new(clone_file(&journal, &log)?)),
             held: held.handle()?,
             held_path: dir.join("keys").join(held::HELD_LOG),
             path: log,
@@ -273,6 +344,9 @@ impl Store {
             journaled: 0,
             seq: 0,
             syncer,
+            folding: None,
+            #[cfg(test)]
+            fold_pause: Arc::default(),
         })
     }
 
@@ -287,7 +361,7 @@ impl Store {
         self.compact()
     }
 
-    pub(super) fn records(&self) -> &[CertRecord] {
+    pub(super) fn records(&self) -> &[Arc<CertRecord>] {
         &self.index.certificates
     }
 
@@ -368,20 +442,24 @@ impl Store {
         self.seq += 1;
         self.syncer.written(self.seq);
         self.journaled += 1;
-        if self.journaled >= COMPACT_AFTER {
-            self.compact()?;
+        if self.journaled >= COMPACT_AFTER && self.folding.as_ref().is_none_or(|t| t.is_finished())
+        {
+            // The change is written; a fold that cannot start is retried at the next.
+            if let Err(e) = self.fold() {
+                tracing::error!(error = %e, dir = %self.dir.display(), "cannot fold the certificate index journal; retried later");
+            }
         }
         Ok(Ticket(self.seq))
     }
 
-    /// Writes the whole index as a new snapshot, then empties the journal.
+    /// Writes the whole index as a new snapshot, then empties the journal (at start, with
+    /// nothing else running).
     fn compact(&mut self) -> Result<(), Error> {
-        let json = serde_json::to_vec_pretty(&self.index)
-            .map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        self.wait_fold();
         // Keys written since the last sync are named in the snapshot: make their names
         // durable first.
         self.syncer.sync_now()?;
-        fsutil::write_atomic(&self.dir.join("index.json"), &json, 0o644)?;
+        self.index.snapshot().write(&self.dir)?;
         self.syncer.synced(self.seq);
         let path = self.dir.join("index.log");
         self.journal
@@ -392,8 +470,73 @@ impl Store {
                 path,
                 source,
             })?;
+        remove_durably(&self.dir, OLD_LOG)?;
         self.journaled = 0;
         Ok(())
+    }
+
+    /// Sets the journal aside and folds it into a snapshot on a thread of its own. Under
+    /// the lock only a sync, a rename and a folder sync happen; records are shared with
+    /// the thread, not copied.
+    fn fold(&mut self) -> Result<(), Error> {
+        self.wait_fold();
+        // Everything written so far becomes part of the snapshot: its keys and journal
+        // lines must be durable before the snapshot names them, and before the journal
+        // holding them is set aside.
+        self.syncer.sync_now()?;
+        self.syncer.synced(self.seq);
+        let log = self.dir.join("index.log");
+        let old = self.dir.join(OLD_LOG);
+        let io = |op, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| fsutil::Error::Io { op, path, source }
+        };
+        // An earlier fold that failed left its journal set aside: fold into it again
+        // instead of replacing it.
+        if !old.exists() {
+            std::fs::rename(&log, &old).map_err(io("rename", &log))?;
+            let journal = open_journal(&log)?;
+            fsutil::sync_dir(&self.dir)?;
+            *self
+                .syncer
+                .journal
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Arc::new(clone_file(&journal, &log)?);
+            self.journal = journal;
+        }
+        // Whatever happens to this fold, the next is tried so many changes later.
+        self.journaled = 0;
+        let snapshot = self.index.snapshot();
+        let dir = self.dir.clone();
+        #[cfg(test)]
+        let pause = self.fold_pause.clone();
+        let thread = std::thread::Builder::new()
+            .name("berth-pki-fold".into())
+            .spawn(move || {
+                #[cfg(test)]
+                let _paused = pause.lock().unwrap_or_else(|e| e.into_inner());
+                let r = snapshot
+                    .write(&dir)
+                    .and_then(|()| remove_durably(&dir, OLD_LOG));
+                match r {
+                    Ok(()) => {
+                        tracing::debug!(certificates = snapshot.certificates.len(), "folded the certificate index journal into a snapshot")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, dir = %dir.display(), "cannot fold the certificate index journal; retried later")
+                    }
+                }
+            })
+            .map_err(io("start a thread to fold", &old))?;
+        self.folding = Some(thread);
+        Ok(())
+    }
+
+    /// Waits for a fold in progress to end.
+    fn wait_fold(&mut self) {
+        if let Some(t) = self.folding.take() {
+            let _ = t.join();
+        }
     }
 
     pub(super) fn read_key(&self, serial: &str) -> Result<SecretKeyPem, Error> {
@@ -404,6 +547,39 @@ impl Store {
     #[cfg(test)]
     pub(super) fn holds_key(&self, serial: &str) -> bool {
         self.held.has(&self.dir.join("keys"), serial)
+    }
+}
+
+impl Drop for Store {
+    /// A fold still writing would race a store opened next on the same folder.
+    fn drop(&mut self) {
+        self.wait_fold();
+    }
+}
+
+fn clone_file(f: &File, path: &Path) -> Result<File, Error> {
+    f.try_clone().map_err(|source| {
+        fsutil::Error::Io {
+            op: "open",
+            path: path.to_path_buf(),
+            source,
+        }
+        .into()
+    })
+}
+
+/// Removes `dir/name` if it is there, and makes the removal durable.
+fn remove_durably(dir: &Path, name: &str) -> Result<(), Error> {
+    let path = dir.join(name);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(fsutil::sync_dir(dir)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(fsutil::Error::Io {
+            op: "remove",
+            path,
+            source,
+        }
+        .into()),
     }
 }
 

@@ -115,6 +115,53 @@ fn the_journal_is_folded_every_so_many_changes() {
 }
 
 #[test]
+fn a_fold_runs_off_the_lock_and_a_crash_during_it_loses_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = Store::open(d.path()).unwrap();
+    s.settle().unwrap();
+    let pause = s.fold_pause.clone();
+    let paused = pause.lock().unwrap();
+    for i in 0..COMPACT_AFTER {
+        s.insert(rec(&format!("{i:06x}")), None).unwrap();
+    }
+    // The fold is stalled before writing its snapshot; changes still go through (they
+    // would hang here if folding held the store).
+    assert!(d.path().join(OLD_LOG).exists());
+    s.insert(rec("ffffff"), None).unwrap();
+    s.revoke("000001", OffsetDateTime::now_utc()).unwrap();
+    assert_eq!(log_lines(d.path()), 2);
+    // A crash now: the snapshot is the old one, the set-aside journal and the live one
+    // hold everything.
+    let crashed = tempfile::tempdir().unwrap();
+    for name in ["index.json", OLD_LOG, "index.log"] {
+        std::fs::copy(d.path().join(name), crashed.path().join(name)).unwrap();
+    }
+    let old_snapshot: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.path().join("index.json")).unwrap()).unwrap();
+    assert_eq!(old_snapshot["certificates"].as_array().unwrap().len(), 0);
+    let c = Store::open(crashed.path()).unwrap();
+    assert_eq!(c.records().len(), COMPACT_AFTER + 1);
+    assert!(c.find("000001").unwrap().revoked_at.is_some());
+    drop(c);
+    // The fold finishes: the snapshot holds what was written before it, the set-aside
+    // journal is gone, and the live journal still adds the rest.
+    drop(paused);
+    s.wait_fold();
+    assert!(!d.path().join(OLD_LOG).exists());
+    let snapshot: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.path().join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        snapshot["certificates"].as_array().unwrap().len(),
+        COMPACT_AFTER
+    );
+    assert!(snapshot["certificates"][1]["revoked_at"].is_null());
+    drop(s);
+    let s = Store::open(d.path()).unwrap();
+    assert_eq!(s.records().len(), COMPACT_AFTER + 1);
+    assert!(s.find("000001").unwrap().revoked_at.is_some());
+}
+
+#[test]
 fn an_insert_is_acknowledged_only_once_synced_and_waiters_share_a_sync() {
     let d = tempfile::tempdir().unwrap();
     let mut s = Store::open(d.path()).unwrap();
