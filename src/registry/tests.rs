@@ -1,4 +1,5 @@
 //! Unit tests of the parent module.
+#![allow(clippy::unwrap_used)]
 use super::*;
 
 #[test]
