@@ -306,19 +306,6 @@ impl Pending<'_> {
             tracing::error!(error = %e, action, "audit record lost");
         }
     }
-
-    /// As [`Pending::note`], without blocking a runtime thread.
-    pub async fn note_async(self) {
-        let Some((s, seq)) = self.at else {
-            return;
-        };
-        let mut rx = s.synced_tx.subscribe();
-        // The sender lives in `Shared`, which the handle this borrows keeps alive.
-        let _ = rx.wait_for(|done| *done >= seq).await;
-        if let Err(e) = s.outcome(&s.lock(), seq) {
-            tracing::error!(error = %e, action = self.action, "audit record lost");
-        }
-    }
 }
 
 fn open_file(path: &Path) -> Result<File, Error> {

@@ -316,45 +316,6 @@ impl Error {
     }
 }
 
-/// An audit record written side by side with the last, durable writes of the change it
-/// describes (see [`Audit::begin`]), instead of after them: begun once nothing but those
-/// writes can fail the request. When they do fail, the failure is recorded as well.
-struct Overlapped<'a> {
-    audit: &'a Audit,
-    rec: Record,
-    pending: Option<audit::Pending<'a>>,
-}
-
-impl<'a> Overlapped<'a> {
-    fn new(audit: &'a Audit, rec: Record) -> Overlapped<'a> {
-        Overlapped {
-            audit,
-            rec,
-            pending: None,
-        }
-    }
-
-    /// Only durable writes are left: the success, with what `add` knows, goes to the log.
-    fn decided(&mut self, add: impl FnOnce(Record) -> Record) {
-        if self.pending.is_none() {
-            self.rec = add(self.rec.clone());
-            self.pending = Some(self.audit.begin(&self.rec));
-        }
-    }
-
-    /// Waits until the outcome `r` is recorded durably.
-    async fn finish<T>(self, r: &Result<T, Error>) {
-        if let Some(p) = self.pending {
-            p.note_async().await;
-            if r.is_err() {
-                self.audit.note_async(&self.rec.outcome(r)).await;
-            }
-        } else {
-            self.audit.note_async(&self.rec.outcome(r)).await;
-        }
-    }
-}
-
 impl Registry {
     /// A registry over `backend`; `delete_enabled` is `registry.delete_enabled` (HTTP
     /// deletes; the control API may always delete).
@@ -365,10 +326,6 @@ impl Registry {
                 Storage::new(Arc::new(MemoryDriver::new()), PathBuf::from("memory:"))
             }
         };
-        Registry::over(storage, delete_enabled)
-    }
-
-    fn over(storage: Storage, delete_enabled: bool) -> Registry {
         Registry {
             storage,
             delete_enabled,
@@ -661,14 +618,11 @@ impl Registry {
             .repository(name.as_str())
             .digest(digest);
         let st = self.storage.start_upload(name).await?;
-        let mut audit = Overlapped::new(&self.audit, rec);
         let result = async {
             self.storage
                 .append(name, &st.id, Some(0), body, None)
                 .await?;
-            self.storage
-                .finish_upload(name, &st.id, digest, || audit.decided(|r| r))
-                .await
+            self.storage.finish_upload(name, &st.id, digest).await
         }
         .await;
         if result.is_err() {
@@ -676,9 +630,7 @@ impl Registry {
         } else {
             self.emit(who, Action::Push, Target::Blob, name, Some(digest), None);
         }
-        self.watch_space(&result);
-        audit.finish(&result).await;
-        result.map(|_| ())
+        self.audited(rec, result.map(|_| ())).await
     }
 
     /// Where an upload stands.
@@ -733,22 +685,17 @@ impl Registry {
         let rec = Record::new(who, audit::Action::BlobCommit)
             .repository(name.as_str())
             .digest(digest);
-        let mut audit = Overlapped::new(&self.audit, rec);
         let r = async {
             if let Some((start, body)) = last_chunk {
                 self.storage.append(name, id, start, body, None).await?;
             }
-            self.storage
-                .finish_upload(name, id, digest, || audit.decided(|r| r))
-                .await
+            self.storage.finish_upload(name, id, digest).await
         }
         .await;
         if r.is_ok() {
             self.emit(who, Action::Push, Target::Blob, name, Some(digest), None);
         }
-        self.watch_space(&r);
-        audit.finish(&r).await;
-        r.map(|_| ())
+        self.audited(rec, r.map(|_| ())).await
     }
 
     /// Abandons an upload.
@@ -803,13 +750,10 @@ impl Registry {
         let rec = Record::new(who, audit::Action::ManifestPut)
             .repository(name.as_str())
             .tag(tag_of(reference));
-        let mut audit = Overlapped::new(&self.audit, rec);
         let r = self
-            .put_manifest_inner(who, name, reference, body, content_type, &mut audit)
+            .put_manifest_inner(who, name, reference, body, content_type)
             .await;
-        self.watch_space(&r);
-        audit.finish(&r).await;
-        r
+        self.audited_digest(rec, r, |p| &p.digest).await
     }
 
     async fn put_manifest_inner(
@@ -819,7 +763,6 @@ impl Registry {
         reference: &Reference,
         body: Vec<u8>,
         content_type: Option<&str>,
-        audit: &mut Overlapped<'_>,
     ) -> Result<PutManifest, Error> {
         if body.len() > MAX_MANIFEST_BYTES {
             return Err(Error::ManifestTooLarge {
@@ -858,7 +801,6 @@ impl Registry {
                 Reference::Tag(t) => Some(t.clone()),
                 Reference::Digest(_) => None,
             };
-            audit.decided(|r| r.digest(&digest));
             self.storage
                 .put_manifest(
                     name,

@@ -239,14 +239,12 @@ impl Storage {
 
     /// Finishes an upload: verifies `digest`, then moves the data into `blobs/` and links
     /// it into the repository. On a mismatch the upload is discarded and nothing becomes
-    /// visible. `verified` is called once the content checks out and only the durable writes are
-    /// left (the audit record is written meanwhile).
+    /// visible.
     pub(crate) async fn finish_upload(
         &self,
         name: &RepoName,
         id: &str,
         digest: &Digest,
-        verified: impl FnOnce(),
     ) -> Result<u64, Error> {
         let (id, key, state) = self.open_upload(name, id).await?;
         let st = state.lock().await;
@@ -266,7 +264,6 @@ impl Storage {
                 actual,
             });
         }
-        verified();
         // Shared with manifest writes, exclusive with GC: the blob cannot be swept between
         // "it already exists" and the link that makes it young again.
         let _gc = self.inner.local.gc_lock.read().await;
