@@ -10,7 +10,8 @@
 //!
 //! `cargo bench --bench registry`; environment: BERTH_BENCH_ROUNDS (3),
 //! BERTH_BENCH_BLOB_MIB (100), BERTH_BENCH_IMAGES (100), BERTH_BENCH_MANIFEST_GETS (20000),
-//! BERTH_BENCH_CATALOG (4000), BERTH_BENCH_CONNS (1000), BERTH_BENCH_ISSUE (2000).
+//! BERTH_BENCH_CATALOG (4000), BERTH_BENCH_CONNS (1000), BERTH_BENCH_ISSUE (2000);
+//! BERTH_BENCH_ONLY_BERTH (set: berth alone, to profile it).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -826,11 +827,13 @@ async fn main() {
     let key = write("srv.key", server.key.as_ref().unwrap().secret_pem());
     let ca = write("ca.pem", &me.ca_pem);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/docker-registry-bench.sh");
-    let have_registry = Command::new("sh")
-        .args(["-c", "command -v docker-registry"])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    // BERTH_BENCH_ONLY_BERTH=1 skips docker-registry (profiling berth alone).
+    let have_registry = std::env::var_os("BERTH_BENCH_ONLY_BERTH").is_none()
+        && Command::new("sh")
+            .args(["-c", "command -v docker-registry"])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
 
     println!(
         "registry bench: {rounds} interleaved rounds; blobs {blob_mib} MiB (c=1, c=4), {images} images of 2 x 1 MiB layers, mutual TLS on loopback, HTTP/1.1"

@@ -1901,3 +1901,70 @@ async fn bad_input_table() {
     assert_eq!(tags["tags"], json!(["1.0"]));
     assert!(!api.root.join("etc").exists());
 }
+
+/// distribution-spec: a manifest PUT by digest may carry `?tag=` parameters; every tag
+/// then points at the manifest and is named in an `OCI-Tag` header (once, however often
+/// it is asked for). A malformed tag refuses the whole PUT before anything is stored.
+#[tokio::test]
+async fn a_put_by_digest_pushes_the_tags_it_names() {
+    let api = Api::new();
+    let repo = "team/tagged";
+    let config = br#"{"architecture":"amd64","os":"linux"}"#;
+    let layer = b"tagged layer".repeat(50);
+    let c = api.push_blob(repo, config).await;
+    let l = api.push_blob(repo, &layer).await;
+    let m = image_manifest(OCI_MANIFEST, &c, config.len(), &[(&l, layer.len())]);
+    let d = Digest::sha256_of(&m);
+
+    let ct = [("content-type", OCI_MANIFEST)];
+    let r = api
+        .call(
+            Method::PUT,
+            &format!("/v2/{repo}/manifests/{d}?tag=1.0&tag=bad%20tag"),
+            &ct,
+            m.clone(),
+        )
+        .await;
+    // A malformed tag is a malformed manifest reference, as in the URL.
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.code(), "MANIFEST_INVALID");
+    assert!(String::from_utf8_lossy(&r.body).contains("bad tag"));
+    assert_eq!(
+        api.get(&format!("/v2/{repo}/manifests/{d}")).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    let r = api
+        .call(
+            Method::PUT,
+            &format!("/v2/{repo}/manifests/{d}?tag=1.0&tag=latest&tag=1.0"),
+            &ct,
+            m.clone(),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let named: Vec<&str> = r
+        .headers
+        .get_all("oci-tag")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(named, ["1.0", "latest"]);
+    for tag in ["1.0", "latest"] {
+        let r = api.get(&format!("/v2/{repo}/manifests/{tag}")).await;
+        assert_eq!(r.status, StatusCode::OK, "{tag}");
+        assert_eq!(r.body, m);
+        assert_eq!(
+            r.headers.get("docker-content-digest").unwrap(),
+            &d.to_string()
+        );
+    }
+    let r = api.get(&format!("/v2/{repo}/tags/list")).await;
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["tags"], json!(["1.0", "latest"]));
+}

@@ -18,7 +18,7 @@ use tokio_util::io::StreamReader;
 use super::errcode::{ApiError, Code};
 use super::route::Route;
 use crate::identity::Identity;
-use crate::registry::reference::{Digest, Reference, RepoName};
+use crate::registry::reference::{Digest, Reference, RepoName, Tag};
 use crate::registry::{
     BlobCommit, ByteRange, Error, MAX_MANIFEST_BYTES, Registry, manifest, paginate,
 };
@@ -39,6 +39,8 @@ pub(super) struct Req {
 pub(super) struct Head {
     pub method: Method,
     pub query: HashMap<String, String>,
+    /// Every `tag` parameter, in order (the query map keeps only one).
+    pub tags: Vec<String>,
     pub headers: HeaderMap,
     /// Who is asking, as `net::serve` verified it.
     pub who: Identity,
@@ -276,8 +278,17 @@ async fn put_manifest(
         }
         .into());
     }
+    // distribution-spec: tags pushed with a manifest PUT by digest. A malformed one refuses
+    // the whole PUT (400 TAG_INVALID) before anything is stored.
+    let also = req
+        .head
+        .tags
+        .iter()
+        .map(|t| t.parse::<Tag>())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(ApiError::from)?;
     let put = reg
-        .put_manifest(&req.head.who, name, r, body, content_type.as_deref())
+        .put_manifest(&req.head.who, name, r, body, content_type.as_deref(), &also)
         .await?;
     let mut resp = (StatusCode::CREATED, [(header::CONTENT_LENGTH, "0")]).into_response();
     set(
@@ -288,6 +299,11 @@ async fn put_manifest(
     set(&mut resp, "docker-content-digest", &put.digest.to_string());
     if let Some(s) = put.subject {
         set(&mut resp, "oci-subject", &s.to_string());
+    }
+    for t in &put.tagged {
+        if let Ok(v) = HeaderValue::from_str(t.as_str()) {
+            resp.headers_mut().append("oci-tag", v);
+        }
     }
     Ok(resp)
 }

@@ -89,26 +89,34 @@ pub fn plain_http_hint(addr: Option<std::net::SocketAddr>) -> String {
 }
 
 async fn base(State(app): State<Arc<App>>, method: Method, req: Request) -> Response {
-    run(&app, Ok(route::Route::Base), method, HashMap::new(), req).await
+    run(&app, Ok(route::Route::Base), method, Vec::new(), req).await
 }
 
 async fn dispatch(
     State(app): State<Arc<App>>,
     Path(rest): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
+    Query(pairs): Query<Vec<(String, String)>>,
     method: Method,
     req: Request,
 ) -> Response {
-    run(&app, route::parse(&rest), method, query, req).await
+    run(&app, route::parse(&rest), method, pairs, req).await
 }
 
 async fn run(
     app: &App,
     route: Result<route::Route, RouteError>,
     method: Method,
-    query: HashMap<String, String>,
+    pairs: Vec<(String, String)>,
     req: Request,
 ) -> Response {
+    // Every parameter but `tag` is named once; `tag` may repeat (a manifest PUT by digest
+    // with several tags).
+    let tags = pairs
+        .iter()
+        .filter(|(k, _)| k == "tag")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let query: HashMap<String, String> = pairs.into_iter().collect();
     let route = match route {
         Ok(r) => r,
         Err(RouteError::Invalid(e)) => return ApiError::from(e).into_response(),
@@ -136,6 +144,7 @@ async fn run(
         head: handlers::Head {
             method,
             query,
+            tags,
             headers: parts.headers,
             who,
         },

@@ -198,6 +198,9 @@ pub struct PutManifest {
     pub digest: Digest,
     /// The subject, for the `OCI-Subject` header.
     pub subject: Option<Digest>,
+    /// The tags asked for besides the reference (`?tag=`), now pointing at it: one
+    /// `OCI-Tag` header each.
+    pub tagged: Vec<Tag>,
 }
 
 /// Where the registry keeps its content.
@@ -736,7 +739,9 @@ impl Registry {
 
     /// Stores a manifest after checking it: parseable, of a known type, under the size
     /// limit, every referenced blob and child manifest present in the repository, and (for
-    /// a PUT by digest) hashing to that digest.
+    /// a PUT by digest) hashing to that digest. `also` are more tags to point at it
+    /// (distribution-spec: `PUT /v2/<name>/manifests/<digest>?tag=a&tag=b`), written with
+    /// the manifest: all of them or, when it fails, none.
     pub async fn put_manifest(
         &self,
         who: &Identity,
@@ -744,15 +749,36 @@ impl Registry {
         reference: &Reference,
         body: Vec<u8>,
         content_type: Option<&str>,
+        also: &[Tag],
     ) -> Result<PutManifest, Error> {
         self.authorize(who, policy::Action::Push, name, audit::Action::ManifestPut)
             .await?;
+        let mut tags: Vec<Tag> = match reference {
+            Reference::Tag(t) => vec![t.clone()],
+            Reference::Digest(_) => Vec::new(),
+        };
+        let mut tagged: Vec<Tag> = Vec::new();
+        for t in also {
+            if !tagged.contains(t) {
+                tagged.push(t.clone());
+            }
+            if !tags.contains(t) {
+                tags.push(t.clone());
+            }
+        }
+        let named = (!tags.is_empty()).then(|| {
+            tags.iter()
+                .map(Tag::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        });
         let rec = Record::new(who, audit::Action::ManifestPut)
             .repository(name.as_str())
-            .tag(tag_of(reference));
+            .tag(named);
         let r = self
-            .put_manifest_inner(who, name, reference, body, content_type)
-            .await;
+            .put_manifest_inner(who, name, reference, body, content_type, &tags)
+            .await
+            .map(|p| PutManifest { tagged, ..p });
         self.audited_digest(rec, r, |p| &p.digest).await
     }
 
@@ -763,6 +789,7 @@ impl Registry {
         reference: &Reference,
         body: Vec<u8>,
         content_type: Option<&str>,
+        tags: &[Tag],
     ) -> Result<PutManifest, Error> {
         if body.len() > MAX_MANIFEST_BYTES {
             return Err(Error::ManifestTooLarge {
@@ -797,32 +824,41 @@ impl Registry {
                     return Err(Error::ManifestBlobUnknown(c.digest.clone()));
                 }
             }
-            let tag = match reference {
-                Reference::Tag(t) => Some(t.clone()),
-                Reference::Digest(_) => None,
-            };
             self.storage
                 .put_manifest(
                     name,
                     &digest,
                     body,
                     &m.media_type,
-                    tag.as_ref(),
+                    tags,
                     m.subject.as_ref().map(|s| &s.digest),
                 )
                 .await?;
         }
-        self.emit(
-            who,
-            Action::Push,
-            Target::Manifest,
-            name,
-            Some(&digest),
-            tag_of(reference),
-        );
+        if tags.is_empty() {
+            self.emit(
+                who,
+                Action::Push,
+                Target::Manifest,
+                name,
+                Some(&digest),
+                None,
+            );
+        }
+        for t in tags {
+            self.emit(
+                who,
+                Action::Push,
+                Target::Manifest,
+                name,
+                Some(&digest),
+                Some(t.to_string()),
+            );
+        }
         Ok(PutManifest {
             digest,
             subject: m.subject.map(|s| s.digest),
+            tagged: Vec::new(),
         })
     }
 

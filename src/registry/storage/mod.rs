@@ -359,13 +359,13 @@ impl Storage {
         d: &Digest,
         body: Vec<u8>,
         media_type: &str,
-        tag: Option<&Tag>,
+        tags: &[Tag],
         subject: Option<&Digest>,
     ) -> Result<(), Error> {
-        let (name, d, tag, media_type, subject) = (
+        let (name, d, tags, media_type, subject) = (
             name.clone(),
             d.clone(),
-            tag.cloned(),
+            tags.to_vec(),
             media_type.to_string(),
             subject.cloned(),
         );
@@ -381,7 +381,7 @@ impl Storage {
                 write_link(drv, &p.referrer_link(&name, s, &d), &d)?;
             }
             write_link(drv, &p.revision_link(&name, &d), &d)?;
-            if let Some(t) = &tag {
+            for t in &tags {
                 write_link(drv, &p.tag_index(&name, t, &d), &d)?;
                 write_link(drv, &p.tag_current(&name, t), &d)?;
             }

@@ -96,7 +96,7 @@ fn write_behind_berths_back(drv: &dyn Driver, name: &RepoName, body: &[u8]) -> D
 
 async fn put(s: &Storage, name: &RepoName, body: Vec<u8>, subject: Option<&Digest>) -> Digest {
     let d = Digest::sha256_of(&body);
-    s.put_manifest(name, &d, body, OCI, None, subject)
+    s.put_manifest(name, &d, body, OCI, &[], subject)
         .await
         .unwrap();
     d
