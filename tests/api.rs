@@ -62,6 +62,7 @@ async fn issued_certificates_verify_with_openssl_and_survive_restart() {
     let rsa = issue(&c, CertKind::Client, names("legacy"), KeyAlgorithm::Rsa2048).await;
 
     let ca = write(out.path(), "ca.pem", &server.ca_pem);
+    common::pkilint("lint_pkix_cert", &[ca.as_os_str()]);
     for (name, cert) in [
         ("server", &server),
         ("client", &client),
@@ -74,6 +75,7 @@ async fn issued_certificates_verify_with_openssl_and_survive_restart() {
             &cert.record.certificate_pem,
         );
         openssl_verify(&ca, &p);
+        common::pkilint_cert(&ca, &p);
         assert!(cert.key.is_some(), "{name}: the key was asked for");
     }
     let text = openssl_text(&out.path().join("server.pem"));
@@ -214,6 +216,7 @@ async fn csr_signing_keeps_the_key_with_the_caller_and_rejects_bad_signatures() 
     let ca = write(out.path(), "ca.pem", &ca_pem);
     let cert = write(out.path(), "signed.pem", &rec.certificate_pem);
     openssl_verify(&ca, &cert);
+    common::pkilint_cert(&ca, &cert);
     let text = openssl_text(&cert);
     assert!(text.contains("CA:FALSE"), "{text}");
     assert!(text.contains("TLS Web Client Authentication"), "{text}");
@@ -471,6 +474,16 @@ async fn revocation_is_recorded_in_the_crl_and_index() {
     assert_eq!(crl.revoked_count, 1);
     let out = common::temp_dir();
     let crl_path = write(out.path(), "crl.pem", &crl.pem);
+    common::pkilint(
+        "lint_crl",
+        &[
+            "-t".as_ref(),
+            "CRL".as_ref(),
+            "-p".as_ref(),
+            "PKIX".as_ref(),
+            crl_path.as_os_str(),
+        ],
+    );
     let ca = write(out.path(), "ca.pem", &a.ca_pem);
     let o = common::run(
         std::process::Command::new("openssl")

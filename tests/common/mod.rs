@@ -231,6 +231,43 @@ pub fn openssl_verify(ca: &Path, cert: &Path) {
     );
 }
 
+/// RFC 5280 lints by pkilint (DigiCert's linter, installed by `.ci/run` from PyPI):
+/// `linter` is its module, `args` its arguments; any finding of WARNING or worse fails.
+/// (Its one NOTICE on berth's certificates: it does not know rcgen's way of deriving the
+/// subject key identifier, which RFC 5280 leaves open.) One finding is the linter's own
+/// limit and is let through: it checks URIs with a web-URL validator, so a SPIFFE ID, an
+/// RFC 3986 URI, is "invalid URI syntax" to it.
+pub fn pkilint(linter: &str, args: &[&std::ffi::OsStr]) {
+    let module = format!("pkilint.bin.{linter}");
+    let out = run(std::process::Command::new("python3")
+        .args(["-m", &module, "lint", "-s", "WARNING"])
+        .args(args));
+    let report = String::from_utf8_lossy(&out.stdout);
+    // Findings are the indented lines, each under the validator that raised it.
+    let spiffe = "pkix.invalid_uri_syntax (ERROR): Invalid URI syntax: \"spiffe://";
+    let findings: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with(char::is_whitespace) && !l.trim().is_empty())
+        .filter(|l| !l.contains(spiffe))
+        .collect();
+    // It exits non-zero when it reports anything; without a report that is its own failure.
+    let ran = out.status.success() || !report.trim().is_empty();
+    assert!(
+        ran && findings.is_empty(),
+        "{linter} {args:?}: {report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// pkilint of one certificate, alone and as issued by `ca`.
+pub fn pkilint_cert(ca: &Path, cert: &Path) {
+    pkilint("lint_pkix_cert", &[cert.as_os_str()]);
+    pkilint(
+        "lint_pkix_signer_signee_cert_chain",
+        &[ca.as_os_str(), cert.as_os_str()],
+    );
+}
+
 /// `openssl x509 -text -noout` of a certificate file.
 pub fn openssl_text(cert: &Path) -> String {
     let out = run(std::process::Command::new("openssl")
