@@ -11,6 +11,7 @@
 //! ca.key            CA private key            0600
 //! index.json        every issued certificate  0644 (a snapshot)
 //! index.log         changes since the snapshot 0644 (one JSON line each, fdatasynced)
+//! index.log.old     a journal being folded    0644 (only while a fold runs or after a crash)
 //! crl.pem           current CRL               0644
 //! keys/held.log     keys berthd holds         0600 (folder 0700; one JSON line each)
 //! ```
