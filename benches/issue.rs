@@ -184,4 +184,14 @@ async fn large_index(client: &Client, index: usize, have: usize) {
         crl.revoked_count,
         crl.pem.len()
     );
+    // Daemon and client share this process: the figure includes the client's copy of
+    // the 'cert ls' answer.
+    let hwm = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().to_string()))
+        })
+        .unwrap_or_default();
+    println!("  peak RSS             {hwm} (berthd and this client in one process)");
 }

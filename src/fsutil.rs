@@ -80,6 +80,26 @@ pub fn stage(path: &Path, bytes: &[u8], mode: u32) -> Result<PathBuf, Error> {
 /// Writes `bytes` to a new hidden temp file beside `path` with exactly `mode`, fsynced
 /// when `sync`; removed again on failure.
 fn write_temp(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> Result<PathBuf, Error> {
+    write_temp_with(path, mode, sync, |f| f.write_all(bytes))
+}
+
+/// [`write_atomic`] for content produced by `fill` as it is written, so a large file (the
+/// certificate index at 100,000 records is over 100 MB) is never held whole in memory.
+pub fn write_atomic_with(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), Error> {
+    let tmp = write_temp_with(path, mode, true, fill)?;
+    commit(&tmp, path)
+}
+
+fn write_temp_with(
+    path: &Path,
+    mode: u32,
+    sync: bool,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<PathBuf, Error> {
     let tmp = temp_beside(path)?;
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -91,7 +111,7 @@ fn write_temp(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> Result<PathBu
         // The umask may have cleared bits of `mode`; set it exactly.
         f.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(io("set mode on", &tmp))?;
-        f.write_all(bytes).map_err(io("write", &tmp))?;
+        fill(&mut f).map_err(io("write", &tmp))?;
         if sync {
             f.sync_all().map_err(io("fsync", &tmp))?;
         }

@@ -69,9 +69,12 @@ impl Snapshot {
             crl_number: self.crl_number,
             certificates: self.certificates.iter().map(|r| &**r).collect(),
         };
-        let json =
-            serde_json::to_vec_pretty(&out).map_err(|e| Error::InvalidRequest(e.to_string()))?;
-        fsutil::write_atomic(&dir.join("index.json"), &json, 0o644)?;
+        // Streamed: at 100,000 records the pretty JSON is over 100 MB.
+        fsutil::write_atomic_with(&dir.join("index.json"), 0o644, |f| {
+            let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
+            serde_json::to_writer_pretty(&mut w, &out).map_err(std::io::Error::other)?;
+            w.flush()
+        })?;
         Ok(())
     }
 }
