@@ -949,3 +949,6 @@ pub fn normalize_serial(s: &str) -> Result<String, Error> {
     }
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests;

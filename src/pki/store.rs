@@ -203,6 +203,9 @@ pub(super) struct Syncer {
     /// Held by a test to stall the sync.
     #[cfg(test)]
     pause: std::sync::Mutex<()>,
+    /// Set by a test to make every sync fail (a disk gone bad).
+    #[cfg(test)]
+    pub(in crate::pki) fail: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -257,6 +260,15 @@ impl Syncer {
     fn sync_now(&self) -> Result<(), Error> {
         #[cfg(test)]
         let _paused = self.pause.lock().unwrap_or_else(|e| e.into_inner());
+        #[cfg(test)]
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(fsutil::Error::Io {
+                op: "fsync",
+                path: self.path.clone(),
+                source: std::io::Error::from_raw_os_error(5),
+            }
+            .into());
+        }
         let io = |op, path: &Path| {
             let path = path.to_path_buf();
             move |source| fsutil::Error::Io { op, path, source }
@@ -338,6 +350,8 @@ impl Store {
             cv: std::sync::Condvar::new(),
             #[cfg(test)]
             pause: std::sync::Mutex::new(()),
+            #[cfg(test)]
+            fail: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(Store {
             dir: dir.to_path_buf(),
