@@ -835,24 +835,19 @@ impl Registry {
                 )
                 .await?;
         }
-        if tags.is_empty() {
+        // One push event per tag (as a push of each would give), one untagged otherwise.
+        let named: Vec<Option<String>> = match tags {
+            [] => vec![None],
+            _ => tags.iter().map(|t| Some(t.to_string())).collect(),
+        };
+        for tag in named {
             self.emit(
                 who,
                 Action::Push,
                 Target::Manifest,
                 name,
                 Some(&digest),
-                None,
-            );
-        }
-        for t in tags {
-            self.emit(
-                who,
-                Action::Push,
-                Target::Manifest,
-                name,
-                Some(&digest),
-                Some(t.to_string()),
+                tag,
             );
         }
         Ok(PutManifest {
