@@ -300,12 +300,14 @@ async fn measured<T>(pid: u32, work: impl std::future::Future<Output = T>) -> (f
     (t0.elapsed().as_secs_f64(), cpu_secs(pid) - c0, out)
 }
 
-/// Pushes each blob on its own connection, all at once; returns (MiB/s, CPU s/GiB).
-async fn push_blobs(
+/// Pushes (`push`) or pulls each blob on its own connection, all at once; returns
+/// (MiB/s, CPU s/GiB).
+async fn transfer_blobs(
     addr: SocketAddr,
     tls: &Arc<rustls::ClientConfig>,
     pid: u32,
     blobs: &[(String, Bytes, Digest)],
+    push: bool,
 ) -> (f64, f64) {
     let mib = blobs.iter().map(|b| b.1.len()).sum::<usize>() as f64 / 1048576.0;
     let (secs, cpu, ()) = measured(pid, async {
@@ -314,43 +316,13 @@ async fn push_blobs(
             let tls = tls.clone();
             tasks.push(tokio::spawn(async move {
                 let mut c = Conn::open(addr, tls).await;
-                upload_as(&mut c, &repo, data, &d).await;
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-    })
-    .await;
-    (mib / secs, cpu / (mib / 1024.0))
-}
-
-/// Pulls each blob on its own connection, all at once; returns (MiB/s, CPU s/GiB).
-async fn pull_blobs(
-    addr: SocketAddr,
-    tls: &Arc<rustls::ClientConfig>,
-    pid: u32,
-    blobs: &[(String, Bytes, Digest)],
-) -> (f64, f64) {
-    let mib = blobs.iter().map(|b| b.1.len()).sum::<usize>() as f64 / 1048576.0;
-    let (secs, cpu, ()) = measured(pid, async {
-        let mut tasks = Vec::new();
-        for (repo, len, d) in blobs
-            .iter()
-            .map(|(r, b, d)| (r.clone(), b.len(), d.clone()))
-        {
-            let tls = tls.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut c = Conn::open(addr, tls).await;
-                let (s, _, n) = c
-                    .call(
-                        Method::GET,
-                        &format!("/v2/{repo}/blobs/{d}"),
-                        None,
-                        Bytes::new(),
-                    )
-                    .await;
-                assert_eq!((s, n), (StatusCode::OK, len as u64));
+                if push {
+                    upload_as(&mut c, &repo, data, &d).await;
+                    return;
+                }
+                let path = format!("/v2/{repo}/blobs/{d}");
+                let (s, _, n) = c.call(Method::GET, &path, None, Bytes::new()).await;
+                assert_eq!((s, n), (StatusCode::OK, data.len() as u64));
             }));
         }
         for t in tasks {
@@ -486,18 +458,18 @@ async fn workload(
     let mut r = Round::new();
     r.insert("idle RSS", mem_mib(pid, "VmRSS:"));
 
-    let (rate, cpu) = push_blobs(addr, tls, pid, &load.one).await;
+    let (rate, cpu) = transfer_blobs(addr, tls, pid, &load.one, true).await;
     r.insert("push-blob c=1", rate);
     r.insert("push-blob c=1 CPU", cpu);
 
-    let (rate, cpu) = push_blobs(addr, tls, pid, &load.four).await;
+    let (rate, cpu) = transfer_blobs(addr, tls, pid, &load.four, true).await;
     r.insert("push-blob c=4", rate);
     r.insert("push-blob c=4 CPU", cpu);
 
-    let (rate, _) = pull_blobs(addr, tls, pid, &load.one).await;
+    let (rate, _) = transfer_blobs(addr, tls, pid, &load.one, false).await;
     r.insert("pull-blob c=1", rate);
 
-    let (rate, cpu) = pull_blobs(addr, tls, pid, &load.four).await;
+    let (rate, cpu) = transfer_blobs(addr, tls, pid, &load.four, false).await;
     r.insert("pull-blob c=4", rate);
     r.insert("pull-blob c=4 CPU", cpu);
 
