@@ -83,7 +83,7 @@ impl Api {
 
     /// A registry (as a fresh berthd process would open it) over `root`.
     fn over(root: std::path::PathBuf, dir: TempDir) -> Api {
-        let registry = Registry::open(Backend::Filesystem(root.clone()), true);
+        let registry = Registry::open(Backend::Filesystem(root.clone()), true).unwrap();
         let app = oci::router(registry.clone(), Duration::from_secs(60));
         Api {
             _dir: dir,
@@ -894,7 +894,7 @@ async fn deletes_of_tags_manifests_and_blobs() {
     // With deletes switched off.
     let dir = common::temp_dir();
     let app = oci::router(
-        Registry::open(Backend::Filesystem(dir.path().to_path_buf()), false),
+        Registry::open(Backend::Filesystem(dir.path().to_path_buf()), false).unwrap(),
         Duration::from_secs(60),
     );
     let r = app

@@ -114,6 +114,9 @@ pub enum Error {
     /// The audit log could not be opened.
     #[error(transparent)]
     Audit(#[from] crate::audit::Error),
+    /// The registry's store could not be set up (an S3 bucket's settings).
+    #[error("registry storage: {0}")]
+    Storage(#[source] crate::registry::Error),
 }
 
 /// Everything the request handlers share.
@@ -223,14 +226,18 @@ impl Daemon {
         pki.set_audit(audit.clone());
         let mut certsd = Installer::open(dir, &config.certsd)?;
         certsd.set_audit(audit.clone());
-        let registry_root = config.registry_root();
-        fsutil::create_dir_all(&registry_root, 0o755)?;
-        let registry = Registry::open(
-            Backend::Filesystem(registry_root),
-            config.registry.delete_enabled,
-        )
-        .with_audit(audit.clone())
-        .with_metrics(metrics.clone());
+        let backend = match &config.registry.s3 {
+            Some(s3) => Backend::S3(s3.clone()),
+            None => {
+                let registry_root = config.registry_root();
+                fsutil::create_dir_all(&registry_root, 0o755)?;
+                Backend::Filesystem(registry_root)
+            }
+        };
+        let registry = Registry::open(backend, config.registry.delete_enabled)
+            .map_err(Error::Storage)?
+            .with_audit(audit.clone())
+            .with_metrics(metrics.clone());
         if let Some(p) = &config.registry.policy {
             registry.set_policy(crate::registry::policy::Policy::load(p)?);
         }

@@ -34,7 +34,7 @@ use crate::audit::{self, Audit, Record};
 use crate::events::{Action, Event, Events, Target};
 use crate::identity::Identity;
 use storage::Storage;
-use storage::driver::{FsDriver, MemoryDriver};
+use storage::driver::{FsDriver, MemoryDriver, S3Driver};
 
 /// Largest manifest accepted, as in distribution and the OCI spec's guidance.
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
@@ -211,6 +211,8 @@ pub enum Backend {
     Filesystem(PathBuf),
     /// In memory, gone when the process ends: for tests.
     Memory,
+    /// An S3-compatible bucket in registry:2's s3 layout.
+    S3(settings::S3Settings),
 }
 
 /// A byte range as a client asks for it, before the blob's size is known.
@@ -322,14 +324,22 @@ impl Error {
 impl Registry {
     /// A registry over `backend`; `delete_enabled` is `registry.delete_enabled` (HTTP
     /// deletes; the control API may always delete).
-    pub fn open(backend: Backend, delete_enabled: bool) -> Registry {
+    /// Fails only when an S3 store's settings are unusable (its credentials file is
+    /// unreadable or public, the endpoint malformed).
+    pub fn open(backend: Backend, delete_enabled: bool) -> Result<Registry, Error> {
         let storage = match backend {
             Backend::Filesystem(root) => Storage::new(Arc::new(FsDriver::new(&root)), root),
             Backend::Memory => {
                 Storage::new(Arc::new(MemoryDriver::new()), PathBuf::from("memory:"))
             }
+            Backend::S3(s) => {
+                let driver = S3Driver::new(&s)?;
+                let root =
+                    PathBuf::from(format!("s3://{}/{}", s.bucket, s.prefix.trim_matches('/')));
+                Storage::new(Arc::new(driver), root)
+            }
         };
-        Registry {
+        Ok(Registry {
             storage,
             delete_enabled,
             events: Events::default(),
@@ -341,7 +351,7 @@ impl Registry {
             audit: Audit::disabled(),
             metrics: crate::metrics::Metrics::new(),
             full: Arc::default(),
-        }
+        })
     }
 
     /// The same registry counting into `metrics` (the daemon's).

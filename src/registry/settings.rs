@@ -32,6 +32,41 @@ pub struct Settings {
     /// SIGHUP and on `berth policy reload`. None: the built-in defaults (any berth client
     /// may pull, push and list; nobody may delete over HTTP).
     pub policy: Option<PathBuf>,
+    /// Keep content in an S3-compatible bucket instead of below `root` (see
+    /// [`S3Settings`]); `root` is then unused.
+    pub s3: Option<S3Settings>,
+}
+
+/// `[registry.s3]`: an S3-compatible bucket (AWS S3, MinIO, Ceph RGW, Garage, R2...) laid
+/// out as registry:2's s3 driver lays it out, so either can serve the other's bucket.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    /// The bucket, which must exist.
+    pub bucket: String,
+    /// Region; default from `AWS_REGION`, else `us-east-1`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// The store's URL for stores other than AWS (`https://minio.example:9000`). Plain
+    /// `http://` is accepted because it was written down, for a store on loopback or a
+    /// private network.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Keys below this prefix (registry:2's `rootdirectory`); default the bucket's top.
+    #[serde(default)]
+    pub prefix: String,
+    /// Address the bucket in the path (`endpoint/bucket/key`), as MinIO, Ceph and most
+    /// self-hosted stores need, instead of as a host name (`bucket.endpoint/key`).
+    #[serde(default)]
+    pub path_style: bool,
+    /// A TOML file with `access_key_id`, `secret_access_key` and optionally
+    /// `session_token`, readable by its owner only. Without it the keys come from the
+    /// environment (`AWS_ACCESS_KEY_ID`...) or the instance's metadata service.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// PEM certificates to trust for the store's TLS besides the system's (a private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -48,6 +83,7 @@ impl Default for Settings {
             upload_max_age_hours: 24,
             orphan_upload_minutes: 15,
             policy: None,
+            s3: None,
         }
     }
 }

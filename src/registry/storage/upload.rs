@@ -214,10 +214,27 @@ impl Storage {
                 break;
             }
         }
-        match stage {
-            Stage::Idle(sink) => st.hasher = sink.hasher,
-            Stage::Busy(job, len) => st.hasher = landed(job, len, &mut st, &path).await?.0.hasher,
+        let sink = match stage {
+            Stage::Idle(sink) => *sink,
+            Stage::Busy(job, len) => landed(job, len, &mut st, &path).await?.0,
+        };
+        // The chunk is stored only once the writer says so (an object store completes its
+        // upload here); until then the size counted above is a hope.
+        let Sink { writer, hasher } = sink;
+        let p2 = path.clone();
+        if let Err(e) = blocking(move || {
+            writer.finish().map_err(|source| Error::Io {
+                op: "write",
+                path: p2,
+                source,
+            })
+        })
+        .await
+        {
+            st.hasher = None;
+            return Err(e);
         }
+        st.hasher = hasher;
         if let Some(want) = expect
             && st.size - size != want
         {

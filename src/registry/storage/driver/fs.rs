@@ -65,6 +65,13 @@ impl std::io::Write for WriteBehind {
     }
 }
 
+impl super::Append for WriteBehind {
+    fn finish(mut self: Box<Self>) -> std::io::Result<()> {
+        // The bytes are in the file already; report a failed background sync now.
+        self.settle()
+    }
+}
+
 impl Drop for WriteBehind {
     fn drop(&mut self) {
         // Nothing to report to: the commit fsyncs again and sees any failure.

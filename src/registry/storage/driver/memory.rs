@@ -68,6 +68,12 @@ impl Write for MemWriter {
     }
 }
 
+impl super::Append for MemWriter {
+    fn finish(self: Box<Self>) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Driver for MemoryDriver {
     fn locate(&self, key: &Key) -> PathBuf {
         PathBuf::from(format!("memory:{key}"))

@@ -10,6 +10,7 @@
 
 mod fs;
 mod memory;
+mod s3;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use std::time::SystemTime;
 
 pub(crate) use fs::FsDriver;
 pub(crate) use memory::MemoryDriver;
+pub(crate) use s3::S3Driver;
 
 use crate::registry::Error;
 
@@ -75,9 +77,19 @@ pub(crate) struct Entry {
     pub is_dir: bool,
 }
 
-/// A streaming writer to one key. What it wrote becomes durable when the object is
-/// moved into place with [`Driver::rename`], which is the commit of an upload.
-pub(crate) type Writer = Box<dyn Write + Send>;
+/// A streaming writer appending to one key. What it wrote becomes durable when the object
+/// is moved into place with [`Driver::rename`], which is the commit of an upload.
+pub(crate) type Writer = Box<dyn Append>;
+
+/// An append in progress. [`Append::finish`] ends it and says whether what was written is
+/// stored: an object store makes the new bytes visible only when the upload completes, so
+/// a caller that skipped it would tell a client its chunk landed when it did not. Dropped
+/// unfinished, an append may keep some, all or none of what was written; the size the
+/// store then reports is the truth.
+pub(crate) trait Append: Write + Send {
+    /// Ends the append; an error means the bytes written may not be stored.
+    fn finish(self: Box<Self>) -> std::io::Result<()>;
+}
 
 /// The I/O a registry needs from its store. Every method is blocking.
 pub(crate) trait Driver: Send + Sync + std::fmt::Debug + 'static {

@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 
 use super::*;
+use crate::registry::settings::S3Settings;
 
 fn k(s: &str) -> Key {
     Key::new(s)
@@ -60,27 +61,24 @@ fn suite(d: &dyn Driver) {
     assert_eq!(read_from(d, "a/b/c", 7).unwrap(), b"");
 
     // append creates, then appends across writers.
-    {
-        let mut w = d.append(&k("up/1/data")).unwrap();
-        w.write_all(b"hello ").unwrap();
-        w.flush().unwrap();
-    }
+    let mut w = d.append(&k("up/1/data")).unwrap();
+    w.write_all(b"hello ").unwrap();
+    w.flush().unwrap();
+    w.finish().unwrap();
     assert_eq!(d.stat(&k("up/1/data")).unwrap().unwrap().size, 6);
-    {
-        let mut w = d.append(&k("up/1/data")).unwrap();
-        w.write_all(b"world").unwrap();
-    }
+    let mut w = d.append(&k("up/1/data")).unwrap();
+    w.write_all(b"world").unwrap();
+    w.finish().unwrap();
     assert_eq!(d.get(&k("up/1/data")).unwrap().unwrap(), b"hello world");
     // truncate undoes what was appended after a point, and appending goes on from there.
     d.truncate(&k("up/1/data"), 6).unwrap();
     assert_eq!(d.get(&k("up/1/data")).unwrap().unwrap(), b"hello ");
-    {
-        let mut w = d.append(&k("up/1/data")).unwrap();
-        w.write_all(b"there").unwrap();
-    }
+    let mut w = d.append(&k("up/1/data")).unwrap();
+    w.write_all(b"there").unwrap();
+    w.finish().unwrap();
     assert_eq!(d.get(&k("up/1/data")).unwrap().unwrap(), b"hello there");
     // An empty append still makes an (empty) object.
-    drop(d.append(&k("up/2/data")).unwrap());
+    d.append(&k("up/2/data")).unwrap().finish().unwrap();
     assert_eq!(d.stat(&k("up/2/data")).unwrap().unwrap().size, 0);
 
     // list: direct children only, sorted, folders told from objects.
@@ -170,7 +168,7 @@ fn filesystem_commits_make_new_folders_durable() {
     d.put_scratch(&k("u/1/startedat"), b"now").unwrap();
     let mut w = d.append(&k("u/1/data")).unwrap();
     w.write_all(b"blob").unwrap();
-    drop(w);
+    w.finish().unwrap();
     assert!(syncs().is_empty(), "scratch is not synced");
     d.rename(&k("u/1/data"), &k("blobs/ab/cd/data")).unwrap();
     let s = syncs();
@@ -183,4 +181,200 @@ fn filesystem_commits_make_new_folders_durable() {
     d.put(&k("links/x/link"), b"d").unwrap();
     let s = syncs();
     assert!(s.contains(&dir.path().join("links")), "{s:?}");
+}
+
+/// A moto S3 server (PyPI `moto[server]`, installed by `.ci/run`) on an ephemeral loopback
+/// port, killed when dropped.
+pub(crate) struct Moto {
+    child: std::process::Child,
+    pub(crate) port: u16,
+}
+
+impl Moto {
+    pub(crate) fn start() -> Moto {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("moto_server: run .ci/run, or pip install 'moto[server]'");
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        // werkzeug says where it listens once it does: " * Running on http://127.0.0.1:N".
+        let port = loop {
+            let line = lines
+                .next()
+                .expect("moto_server exited before it listened")
+                .unwrap();
+            if let Some(rest) = line.split("http://127.0.0.1:").nth(1) {
+                break rest.trim().parse().unwrap();
+            }
+        };
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Moto { child, port }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// One plain HTTP/1.0 request; moto does not check signatures. Returns the status and
+    /// the body.
+    pub(crate) fn raw(&self, method: &str, path: &str) -> (u16, Vec<u8>) {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        let end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let status = std::str::from_utf8(&out[9..12]).unwrap().parse().unwrap();
+        (status, out[end + 4..].to_vec())
+    }
+
+    /// Settings for a new bucket `name`, with keys in a private credentials file in `dir`.
+    pub(crate) fn bucket(&self, name: &str, dir: &std::path::Path) -> S3Settings {
+        let (status, body) = self.raw("PUT", &format!("/{name}"));
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let creds = dir.join("s3.toml");
+        std::fs::write(
+            &creds,
+            "access_key_id = \"testing\"\nsecret_access_key = \"testing\"\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+        S3Settings {
+            bucket: name.to_string(),
+            region: Some("us-east-1".into()),
+            endpoint: Some(self.url()),
+            prefix: "reg/root".into(),
+            path_style: true,
+            credentials_file: Some(creds),
+            ca_file: None,
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn s3_driver() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = S3Driver::new(&moto.bucket("suite", dir.path())).unwrap();
+    suite(&d);
+    // Keys are registry:2's s3 layout: the prefix (its rootdirectory), then the key. A
+    // driver without a prefix sees the whole bucket.
+    d.put(&k("docker/registry/v2/x/link"), b"sha256:00")
+        .unwrap();
+    let mut whole = moto.bucket("suite-top", dir.path());
+    whole.bucket = "suite".into();
+    whole.prefix = String::new();
+    let top = S3Driver::new(&whole).unwrap();
+    assert_eq!(
+        top.get(&k("reg/root/docker/registry/v2/x/link"))
+            .unwrap()
+            .unwrap(),
+        b"sha256:00"
+    );
+    assert_eq!(
+        d.locate(&k("docker/registry/v2/x/link")).to_string_lossy(),
+        "s3://suite/reg/root/docker/registry/v2/x/link"
+    );
+    // Nothing was written outside the prefix.
+    let names: Vec<Entry> = top.list(&k("")).unwrap();
+    assert_eq!(
+        names,
+        [Entry {
+            name: "reg".into(),
+            is_dir: true
+        }]
+    );
+    assert_eq!(top.list(&k("reg")).unwrap().len(), 1);
+}
+
+/// Objects larger than a part: appends go through multipart uploads (and copy what is
+/// there first), a truncate and a rename keep every byte, and a reader starts anywhere.
+#[test]
+fn s3_driver_moves_large_objects_in_parts() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = S3Driver::new(&moto.bucket("large", dir.path())).unwrap();
+    let data: Vec<u8> = (0..(21u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let (first, second) = data.split_at(17 << 20);
+    let mut w = d.append(&k("up/data")).unwrap();
+    for c in first.chunks(512 << 10) {
+        w.write_all(c).unwrap();
+    }
+    // Nothing is visible before the writer finishes.
+    assert_eq!(d.stat(&k("up/data")).unwrap(), None);
+    w.finish().unwrap();
+    let mut w = d.append(&k("up/data")).unwrap();
+    w.write_all(second).unwrap();
+    w.finish().unwrap();
+    assert_eq!(d.get(&k("up/data")).unwrap().unwrap(), data);
+    assert_eq!(read_from(&d, "up/data", 9 << 20).unwrap(), &data[9 << 20..]);
+    // An append dropped unfinished changes nothing.
+    let mut w = d.append(&k("up/data")).unwrap();
+    w.write_all(&data).unwrap();
+    drop(w);
+    assert_eq!(
+        d.stat(&k("up/data")).unwrap().unwrap().size,
+        data.len() as u64
+    );
+    d.truncate(&k("up/data"), (13 << 20) + 5).unwrap();
+    d.rename(&k("up/data"), &k("blobs/big/data")).unwrap();
+    assert_eq!(
+        d.get(&k("blobs/big/data")).unwrap().unwrap(),
+        &data[..(13 << 20) + 5]
+    );
+    assert_eq!(d.stat(&k("up/data")).unwrap(), None);
+}
+
+/// The credentials file holds secrets: one others may read is refused, saying how to fix
+/// it, and its content never appears in the error.
+#[test]
+fn s3_credentials_must_be_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("s3.toml");
+    std::fs::write(
+        &creds,
+        "access_key_id = \"AKIDSECRET\"\nsecret_access_key = \"hunter2\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let s = S3Settings {
+        bucket: "b".into(),
+        region: None,
+        endpoint: Some("http://127.0.0.1:9".into()),
+        prefix: String::new(),
+        path_style: true,
+        credentials_file: Some(creds.clone()),
+        ca_file: None,
+    };
+    let e = S3Driver::new(&s).unwrap_err().to_string();
+    assert!(e.contains("chmod 600"), "{e}");
+    // Private but malformed: the message names the fields, not the file's lines.
+    std::fs::write(
+        &creds,
+        "access_key_id = \"AKIDSECRET\"\nsecret = \"hunter2\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let e = S3Driver::new(&s).unwrap_err().to_string();
+    assert!(e.contains("access_key_id and secret_access_key"), "{e}");
+    assert!(!e.contains("hunter2") && !e.contains("AKIDSECRET"), "{e}");
 }
