@@ -64,6 +64,30 @@ struct Api {
     app: Router,
     root: std::path::PathBuf,
     registry: Registry,
+    store: Store,
+}
+
+/// Where an [`Api`]'s registry keeps its content.
+enum Store {
+    /// Below `Api::root`.
+    Fs,
+    /// In a bucket of its own on a moto server, below a prefix; `bucket` reads it as the
+    /// test's own client.
+    S3 {
+        _moto: Arc<common::moto::Moto>,
+        bucket: object_store::aws::AmazonS3,
+        prefix: String,
+    },
+}
+
+/// The key of a blob's data below the store's root (registry:2's layout).
+fn blob_key(d: &Digest) -> String {
+    let (alg, hex) = d
+        .to_string()
+        .split_once(':')
+        .map(|(a, h)| (a.to_string(), h.to_string()))
+        .unwrap();
+    format!("docker/registry/v2/blobs/{alg}/{}/{hex}/data", &hex[..2])
 }
 
 /// The caller the router tests act as (net::serve puts one on every real request).
@@ -90,11 +114,83 @@ impl Api {
             app,
             root,
             registry,
+            store: Store::Fs,
+        }
+    }
+
+    /// A registry over a new bucket on the shared moto server.
+    fn s3() -> Api {
+        let moto = common::moto::shared();
+        let dir = common::temp_dir();
+        let name = common::moto::unique_bucket();
+        moto.create_bucket(&name);
+        let prefix = "team-registry".to_string();
+        let settings = berth::registry::S3Settings {
+            bucket: name.clone(),
+            region: Some("us-east-1".into()),
+            endpoint: Some(moto.url()),
+            prefix: prefix.clone(),
+            path_style: true,
+            credentials_file: Some(moto.credentials_file(dir.path())),
+            ca_file: None,
+        };
+        let registry = Registry::open(Backend::S3(settings), true).unwrap();
+        let bucket = object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(moto.url())
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_bucket_name(&name)
+            .with_access_key_id("testing")
+            .with_secret_access_key("testing")
+            .build()
+            .unwrap();
+        let app = oci::router(registry.clone(), Duration::from_secs(60));
+        Api {
+            root: dir.path().join("unused"),
+            _dir: dir,
+            app,
+            registry,
+            store: Store::S3 {
+                _moto: moto,
+                bucket,
+                prefix,
+            },
         }
     }
 
     fn blob_path(&self, d: &Digest) -> std::path::PathBuf {
         common::blob_path(&self.root, d)
+    }
+
+    /// The object at `key` (below the store's root), if there is one.
+    async fn object(&self, key: &str) -> Option<Vec<u8>> {
+        use object_store::ObjectStoreExt;
+        match &self.store {
+            Store::Fs => std::fs::read(self.root.join(key)).ok(),
+            Store::S3 { bucket, prefix, .. } => {
+                let path = object_store::path::Path::from(format!("{prefix}/{key}"));
+                match bucket.get(&path).await {
+                    Ok(r) => Some(r.bytes().await.unwrap().to_vec()),
+                    Err(object_store::Error::NotFound { .. }) => None,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+    }
+
+    /// True when `key` is a folder (any object lies below it).
+    async fn has_below(&self, key: &str) -> bool {
+        use futures_util::StreamExt;
+        match &self.store {
+            Store::Fs => self.root.join(key).is_dir(),
+            Store::S3 { bucket, prefix, .. } => {
+                let path = object_store::path::Path::from(format!("{prefix}/{key}"));
+                object_store::ObjectStore::list(bucket, Some(&path))
+                    .next()
+                    .await
+                    .is_some()
+            }
+        }
     }
 
     async fn call(
@@ -224,9 +320,7 @@ async fn push_image(api: &Api, repo: &str, tag: &str, seed: &str) -> (Digest, Ve
     (Digest::sha256_of(&m), m)
 }
 
-#[tokio::test]
-async fn base_endpoint_and_unknown_routes() {
-    let api = Api::new();
+async fn base_endpoint_and_unknown_routes(api: Api) {
     for uri in ["/v2/", "/v2"] {
         let r = api.get(uri).await;
         assert_eq!(r.status, StatusCode::OK);
@@ -244,9 +338,7 @@ async fn base_endpoint_and_unknown_routes() {
     r.assert_error(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED");
 }
 
-#[tokio::test]
-async fn blobs_monolithic_head_get_and_ranges() {
-    let api = Api::new();
+async fn blobs_monolithic_head_get_and_ranges(api: Api) {
     let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let d = Digest::sha256_of(&data);
     let r = api
@@ -337,13 +429,10 @@ async fn blobs_monolithic_head_get_and_ranges() {
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     // Stored exactly where registry:2 keeps it.
-    let path = api.blob_path(&d);
-    assert_eq!(std::fs::read(path).unwrap(), data);
+    assert_eq!(api.object(&blob_key(&d)).await.unwrap(), data);
 }
 
-#[tokio::test]
-async fn chunked_uploads_in_order_status_and_out_of_order() {
-    let api = Api::new();
+async fn chunked_uploads_in_order_status_and_out_of_order(api: Api) {
     let r = api
         .call(Method::POST, "/v2/team/app/blobs/uploads/", &[], Vec::new())
         .await;
@@ -412,14 +501,8 @@ async fn chunked_uploads_in_order_status_and_out_of_order() {
     let r = api.call(Method::PATCH, &loc, &[], b"abcde".to_vec()).await;
     assert_eq!(r.h("range"), "0-14");
     // Upload state on disk is registry:2's.
-    assert!(
-        api.root
-            .join("docker/registry/v2")
-            .join("repositories/team/app/_uploads")
-            .join(&id)
-            .join("startedat")
-            .is_file()
-    );
+    let session = format!("docker/registry/v2/repositories/team/app/_uploads/{id}");
+    assert!(api.object(&format!("{session}/startedat")).await.is_some());
 
     let whole = b"0123456789abcdeFINAL";
     let d = Digest::sha256_of(whole);
@@ -446,18 +529,10 @@ async fn chunked_uploads_in_order_status_and_out_of_order() {
     // The session is gone, and its folder with it.
     let r = api.get(&loc).await;
     r.assert_error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN");
-    assert!(
-        !api.root
-            .join("docker/registry/v2")
-            .join("repositories/team/app/_uploads")
-            .join(&id)
-            .exists()
-    );
+    assert!(!api.has_below(&session).await);
 }
 
-#[tokio::test]
-async fn digest_mismatch_makes_nothing_visible() {
-    let api = Api::new();
+async fn digest_mismatch_makes_nothing_visible(api: Api) {
     let wrong = Digest::sha256_of(b"something else");
     let r = api
         .call(
@@ -472,8 +547,12 @@ async fn digest_mismatch_makes_nothing_visible() {
         api.get(&format!("/v2/team/app/blobs/{wrong}")).await.status,
         StatusCode::NOT_FOUND
     );
-    assert!(!api.blob_path(&wrong).exists());
-    assert!(!api.blob_path(&Digest::sha256_of(b"payload")).exists());
+    assert!(api.object(&blob_key(&wrong)).await.is_none());
+    assert!(
+        api.object(&blob_key(&Digest::sha256_of(b"payload")))
+            .await
+            .is_none()
+    );
 
     let r = api
         .call(Method::POST, "/v2/team/app/blobs/uploads/", &[], Vec::new())
@@ -523,9 +602,7 @@ async fn digest_mismatch_makes_nothing_visible() {
     r.assert_error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN");
 }
 
-#[tokio::test]
-async fn sha512_blobs_and_cross_repository_mount() {
-    let api = Api::new();
+async fn sha512_blobs_and_cross_repository_mount(api: Api) {
     let data = b"sha512 content".to_vec();
     let d = Digest::of(berth::registry::reference::Algorithm::Sha512, &data);
     let r = api
@@ -581,9 +658,7 @@ async fn sha512_blobs_and_cross_repository_mount() {
     assert_eq!(r.code(), "DIGEST_INVALID");
 }
 
-#[tokio::test]
-async fn manifests_by_tag_and_digest_with_exact_bytes_and_types() {
-    let api = Api::new();
+async fn manifests_by_tag_and_digest_with_exact_bytes_and_types(api: Api) {
     let config = b"{\"os\":\"linux\"}";
     let c = api.push_blob("team/app", config).await;
     let l = api.push_blob("team/app", b"layer").await;
@@ -677,9 +752,7 @@ async fn manifests_by_tag_and_digest_with_exact_bytes_and_types() {
     r.assert_error(StatusCode::NOT_FOUND, "NAME_UNKNOWN");
 }
 
-#[tokio::test]
-async fn indexes_need_their_children() {
-    let api = Api::new();
+async fn indexes_need_their_children(api: Api) {
     let (amd, amd_bytes) = push_image(&api, "multi", "amd64", "a").await;
     let (arm, arm_bytes) = push_image(&api, "multi", "arm64", "b").await;
     let index = serde_json::to_vec(&json!({
@@ -701,9 +774,7 @@ async fn indexes_need_their_children() {
     assert_eq!(r.code(), "MANIFEST_BLOB_UNKNOWN");
 }
 
-#[tokio::test]
-async fn tags_and_catalog_paginate_with_link() {
-    let api = Api::new();
+async fn tags_and_catalog_paginate_with_link(api: Api) {
     for (repo, tag) in [("b/x", "t1"), ("a", "t1"), ("c", "t1")] {
         push_image(&api, repo, tag, repo).await;
     }
@@ -733,9 +804,7 @@ async fn tags_and_catalog_paginate_with_link() {
     r.assert_error(StatusCode::NOT_FOUND, "NAME_UNKNOWN");
 }
 
-#[tokio::test]
-async fn referrers_list_manifests_by_subject_with_filter() {
-    let api = Api::new();
+async fn referrers_list_manifests_by_subject_with_filter(api: Api) {
     let (subject, subject_bytes) = push_image(&api, "app", "1.0", "s").await;
     let empty = api.push_blob("app", b"{}").await;
     let sig = serde_json::to_vec(&json!({
@@ -810,9 +879,7 @@ async fn referrers_list_manifests_by_subject_with_filter() {
     r.assert_error(StatusCode::BAD_REQUEST, "DIGEST_INVALID");
 }
 
-#[tokio::test]
-async fn deletes_of_tags_manifests_and_blobs() {
-    let api = Api::new();
+async fn deletes_of_tags_manifests_and_blobs(api: Api) {
     let (d, _) = push_image(&api, "app", "1.0", "x").await;
     let r = api
         .put_manifest(
@@ -911,9 +978,7 @@ async fn deletes_of_tags_manifests_and_blobs() {
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
 
-#[tokio::test]
-async fn malformed_names_tags_and_digests_are_client_errors() {
-    let api = Api::new();
+async fn malformed_names_tags_and_digests_are_client_errors(api: Api) {
     for (uri, code) in [
         ("/v2/Team/App/tags/list", "NAME_INVALID"),
         ("/v2/a//b/tags/list", "NAME_INVALID"),
@@ -968,9 +1033,8 @@ async fn malformed_names_tags_and_digests_are_client_errors() {
     assert!(r.status.is_client_error(), "{}", r.status);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn concurrent_pushes_of_one_blob_and_one_tag_are_safe() {
-    let api = Arc::new(Api::new());
+async fn concurrent_pushes_of_one_blob_and_one_tag_are_safe(api: Api) {
+    let api = Arc::new(api);
     let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 241) as u8).collect();
     let d = Digest::sha256_of(&data);
     let mut tasks = Vec::new();
@@ -1537,9 +1601,7 @@ fn sha(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
 }
 
-#[tokio::test]
-async fn inspect_computes_diff_ids_and_chain_ids() {
-    let api = Api::new();
+async fn inspect_computes_diff_ids_and_chain_ids(api: Api) {
     let tars: Vec<Vec<u8>> = (0..3)
         .map(|i| format!("tar stream {i} ").repeat(5000).into_bytes())
         .collect();
@@ -1662,9 +1724,7 @@ async fn stale_uploads_are_listed_and_purged_fresh_ones_kept() {
     );
 }
 
-#[tokio::test]
-async fn events_report_pushes_pulls_and_deletes_and_never_block() {
-    let api = Api::new();
+async fn events_report_pushes_pulls_and_deletes_and_never_block(api: Api) {
     let mut rx = api.registry.subscribe();
     let (d, _) = push_image(&api, "ev", "1.0", "e").await;
     api.get("/v2/ev/manifests/1.0").await;
@@ -1824,9 +1884,7 @@ async fn crash_leftovers_are_reported_and_cleaned() {
 
 /// The bad-input table: every request a hostile or broken client sends gets its status
 /// and OCI code, and nothing reaches storage or stops the registry.
-#[tokio::test(flavor = "multi_thread")]
-async fn bad_input_table() {
-    let api = Api::new();
+async fn bad_input_table(api: Api) {
     push_image(&api, "team/app", "1.0", "bad-input").await;
     let long_name = format!("/v2/{}/tags/list", "a".repeat(300));
     let long_tag = format!("/v2/team/app/manifests/{}", "t".repeat(129));
@@ -1899,15 +1957,13 @@ async fn bad_input_table() {
     // Still serving, and nothing refused became content.
     let tags = api.get("/v2/team/app/tags/list").await.json();
     assert_eq!(tags["tags"], json!(["1.0"]));
-    assert!(!api.root.join("etc").exists());
+    assert!(!api.has_below("etc").await && api.object("etc").await.is_none());
 }
 
 /// distribution-spec: a manifest PUT by digest may carry `?tag=` parameters; every tag
 /// then points at the manifest and is named in an `OCI-Tag` header (once, however often
 /// it is asked for). A malformed tag refuses the whole PUT before anything is stored.
-#[tokio::test]
-async fn a_put_by_digest_pushes_the_tags_it_names() {
-    let api = Api::new();
+async fn a_put_by_digest_pushes_the_tags_it_names(api: Api) {
     let repo = "team/tagged";
     let config = br#"{"architecture":"amd64","os":"linux"}"#;
     let layer = b"tagged layer".repeat(50);
@@ -1968,3 +2024,45 @@ async fn a_put_by_digest_pushes_the_tags_it_names() {
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["tags"], json!(["1.0", "latest"]));
 }
+
+/// Generates one test per store for each API test that needs no file of its own store:
+/// the same requests must give the same answers over the filesystem and over S3.
+macro_rules! on_every_store {
+    ($($t:ident),* $(,)?) => {
+        mod filesystem {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $t() {
+                    super::$t(super::Api::new()).await
+                }
+            )*
+        }
+        mod s3 {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $t() {
+                    super::$t(super::Api::s3()).await
+                }
+            )*
+        }
+    };
+}
+
+on_every_store!(
+    base_endpoint_and_unknown_routes,
+    blobs_monolithic_head_get_and_ranges,
+    chunked_uploads_in_order_status_and_out_of_order,
+    digest_mismatch_makes_nothing_visible,
+    sha512_blobs_and_cross_repository_mount,
+    manifests_by_tag_and_digest_with_exact_bytes_and_types,
+    indexes_need_their_children,
+    tags_and_catalog_paginate_with_link,
+    referrers_list_manifests_by_subject_with_filter,
+    deletes_of_tags_manifests_and_blobs,
+    malformed_names_tags_and_digests_are_client_errors,
+    concurrent_pushes_of_one_blob_and_one_tag_are_safe,
+    inspect_computes_diff_ids_and_chain_ids,
+    events_report_pushes_pulls_and_deletes_and_never_block,
+    bad_input_table,
+    a_put_by_digest_pushes_the_tags_it_names,
+);

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 pub use inspect::ImageInfo;
 pub use manifest::Manifest;
 pub use reference::{Digest, Reference, RepoName, Tag};
-pub use settings::Settings;
+pub use settings::{S3Settings, Settings};
 pub use storage::{
     BlobReader, FsckProblem, FsckReport, GcOptions, GcReport, RepoSummary, StorageStats,
     UploadInfo, UploadStatus,

@@ -183,89 +183,21 @@ fn filesystem_commits_make_new_folders_durable() {
     assert!(s.contains(&dir.path().join("links")), "{s:?}");
 }
 
-/// A moto S3 server (PyPI `moto[server]`, installed by `.ci/run`) on an ephemeral loopback
-/// port, killed when dropped.
-pub(crate) struct Moto {
-    child: std::process::Child,
-    pub(crate) port: u16,
-}
+#[path = "../../../../tests/common/moto.rs"]
+mod moto;
+use moto::Moto;
 
-impl Moto {
-    pub(crate) fn start() -> Moto {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", "0"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("moto_server: run .ci/run, or pip install 'moto[server]'");
-        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        // werkzeug says where it listens once it does: " * Running on http://127.0.0.1:N".
-        let port = loop {
-            let line = lines
-                .next()
-                .expect("moto_server exited before it listened")
-                .unwrap();
-            if let Some(rest) = line.split("http://127.0.0.1:").nth(1) {
-                break rest.trim().parse().unwrap();
-            }
-        };
-        // Keep draining its log so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Moto { child, port }
-    }
-
-    pub(crate) fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// One plain HTTP/1.0 request; moto does not check signatures. Returns the status and
-    /// the body.
-    pub(crate) fn raw(&self, method: &str, path: &str) -> (u16, Vec<u8>) {
-        use std::io::Read;
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(
-            s,
-            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\n\r\n",
-            self.port
-        )
-        .unwrap();
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).unwrap();
-        let end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-        let status = std::str::from_utf8(&out[9..12]).unwrap().parse().unwrap();
-        (status, out[end + 4..].to_vec())
-    }
-
-    /// Settings for a new bucket `name`, with keys in a private credentials file in `dir`.
-    pub(crate) fn bucket(&self, name: &str, dir: &std::path::Path) -> S3Settings {
-        let (status, body) = self.raw("PUT", &format!("/{name}"));
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        let creds = dir.join("s3.toml");
-        std::fs::write(
-            &creds,
-            "access_key_id = \"testing\"\nsecret_access_key = \"testing\"\n",
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
-        S3Settings {
-            bucket: name.to_string(),
-            region: Some("us-east-1".into()),
-            endpoint: Some(self.url()),
-            prefix: "reg/root".into(),
-            path_style: true,
-            credentials_file: Some(creds),
-            ca_file: None,
-        }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Settings for a new bucket `name` on `moto`, below the prefix `reg/root`.
+fn s3_settings(moto: &Moto, name: &str, dir: &std::path::Path) -> S3Settings {
+    moto.create_bucket(name);
+    S3Settings {
+        bucket: name.to_string(),
+        region: Some("us-east-1".into()),
+        endpoint: Some(moto.url()),
+        prefix: "reg/root".into(),
+        path_style: true,
+        credentials_file: Some(moto.credentials_file(dir)),
+        ca_file: None,
     }
 }
 
@@ -273,15 +205,17 @@ impl Drop for Moto {
 fn s3_driver() {
     let moto = Moto::start();
     let dir = tempfile::tempdir().unwrap();
-    let d = S3Driver::new(&moto.bucket("suite", dir.path())).unwrap();
+    let settings = s3_settings(&moto, "suite", dir.path());
+    let d = S3Driver::new(&settings).unwrap();
     suite(&d);
     // Keys are registry:2's s3 layout: the prefix (its rootdirectory), then the key. A
     // driver without a prefix sees the whole bucket.
     d.put(&k("docker/registry/v2/x/link"), b"sha256:00")
         .unwrap();
-    let mut whole = moto.bucket("suite-top", dir.path());
-    whole.bucket = "suite".into();
-    whole.prefix = String::new();
+    let whole = S3Settings {
+        prefix: String::new(),
+        ..settings.clone()
+    };
     let top = S3Driver::new(&whole).unwrap();
     assert_eq!(
         top.get(&k("reg/root/docker/registry/v2/x/link"))
@@ -311,7 +245,7 @@ fn s3_driver() {
 fn s3_driver_moves_large_objects_in_parts() {
     let moto = Moto::start();
     let dir = tempfile::tempdir().unwrap();
-    let d = S3Driver::new(&moto.bucket("large", dir.path())).unwrap();
+    let d = S3Driver::new(&s3_settings(&moto, "large", dir.path())).unwrap();
     let data: Vec<u8> = (0..(21u32 << 20)).map(|i| (i % 251) as u8).collect();
     let (first, second) = data.split_at(17 << 20);
     let mut w = d.append(&k("up/data")).unwrap();
