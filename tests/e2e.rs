@@ -357,6 +357,11 @@ impl DockerRegistry {
 
     /// With `http_extra` appended under `http:` (distribution's `tls:` keys).
     fn start_with(root: &Path, http_extra: &str) -> DockerRegistry {
+        DockerRegistry::serve(&Shared::Folder(root.to_path_buf()), http_extra)
+    }
+
+    /// Over `store`, with `http_extra` appended under `http:`.
+    fn serve(store: &Shared, http_extra: &str) -> DockerRegistry {
         let bin = which("docker-registry").unwrap_or_else(|| {
             panic!("docker-registry is not installed: apt-get install -y docker-registry (.ci/run does)")
         });
@@ -371,14 +376,17 @@ impl DockerRegistry {
         std::fs::write(
             &file,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{http_extra}",
-                root.display()
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n{}  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{http_extra}",
+                store.distribution_storage()
             ),
         )
         .unwrap();
         let child = Command::new(bin)
             .arg("serve")
             .arg(&file)
+            // Its AWS SDK fails to start with a CA bundle it cannot load into its own HTTP
+            // transport (some hosts set one); the store it talks to here is plain HTTP.
+            .env_remove("AWS_CA_BUNDLE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -438,9 +446,88 @@ fn which(cmd: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Where berth and docker-registry keep what they share: a folder, or an S3 bucket (with
+/// its prefix, registry:2's `rootdirectory`) on a moto server.
+enum Shared {
+    Folder(PathBuf),
+    Bucket {
+        moto: std::sync::Arc<common::moto::Moto>,
+        name: String,
+        credentials: PathBuf,
+    },
+}
+
+impl Shared {
+    /// A new bucket on `moto`, its credentials file in `dir`.
+    fn bucket(moto: &std::sync::Arc<common::moto::Moto>, dir: &Path) -> Shared {
+        let name = common::moto::unique_bucket();
+        moto.create_bucket(&name);
+        Shared::Bucket {
+            moto: moto.clone(),
+            name,
+            credentials: moto.credentials_file(dir),
+        }
+    }
+
+    /// berthd's settings for it.
+    fn configure(&self, c: &mut berth::config::Config) {
+        match self {
+            Shared::Folder(root) => c.registry.root = Some(root.clone()),
+            Shared::Bucket {
+                moto,
+                name,
+                credentials,
+            } => {
+                c.registry.s3 = Some(berth::registry::S3Settings {
+                    bucket: name.clone(),
+                    region: Some("us-east-1".into()),
+                    endpoint: Some(moto.url()),
+                    prefix: "/shared/registry".into(),
+                    path_style: true,
+                    credentials_file: Some(credentials.clone()),
+                    ca_file: None,
+                })
+            }
+        }
+    }
+
+    /// distribution's `storage:` driver section for it (indented under `storage:`).
+    fn distribution_storage(&self) -> String {
+        match self {
+            Shared::Folder(root) => {
+                format!("  filesystem:\n    rootdirectory: {}\n", root.display())
+            }
+            // distribution 2.8 addresses the bucket in the path when given an endpoint.
+            Shared::Bucket { moto, name, .. } => format!(
+                "  s3:\n    accesskey: testing\n    secretkey: testing\n    region: us-east-1\n    regionendpoint: {}\n    bucket: {name}\n    rootdirectory: /shared/registry\n    secure: false\n    v4auth: true\n",
+                moto.url()
+            ),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn data_moves_between_berth_and_docker_registry_in_both_directions() {
     let work = common::temp_dir();
+    let mine = work.path().join("berth-data");
+    let theirs = work.path().join("registry-data");
+    std::fs::create_dir_all(&theirs).unwrap();
+    interop(&work, Shared::Folder(mine), Shared::Folder(theirs)).await;
+}
+
+/// registry:2's s3 driver and berth's read each other's buckets: same keys, same objects.
+#[tokio::test(flavor = "multi_thread")]
+async fn data_moves_between_berth_and_docker_registry_over_s3() {
+    let work = common::temp_dir();
+    let moto = common::moto::shared();
+    let mine = Shared::bucket(&moto, work.path());
+    let theirs = Shared::bucket(&moto, work.path());
+    interop(&work, mine, theirs).await;
+}
+
+/// berth writes to `mine` and docker-registry serves it; docker-registry writes to
+/// `theirs` and berth serves it.
+async fn interop(work: &tempfile::TempDir, mine: Shared, theirs: Shared) {
     let pol = policy(work.path());
     let src = Layout::new(&work.path().join("src"));
     let single = src.image("amd64", 3);
@@ -449,10 +536,9 @@ async fn data_moves_between_berth_and_docker_registry_in_both_directions() {
     let src_dir = src.dir.display().to_string();
 
     // berth writes, docker-registry serves.
-    let berth_root = work.path().join("berth-data");
     let d = TestDaemon::start_with(|c| {
         c.registry.enabled = true;
-        c.registry.root = Some(berth_root.clone());
+        mine.configure(c);
     });
     let host = format!("localhost:{}", d.registry[0].port());
     d.client()
@@ -483,7 +569,7 @@ async fn data_moves_between_berth_and_docker_registry_in_both_directions() {
         ],
     );
     drop(d);
-    let reg = DockerRegistry::start(&berth_root);
+    let reg = DockerRegistry::serve(&mine, "");
     let out = work.path().join("from-docker-registry");
     skopeo(
         &pol,
@@ -533,9 +619,7 @@ async fn data_moves_between_berth_and_docker_registry_in_both_directions() {
     drop(reg);
 
     // docker-registry writes, berth serves.
-    let theirs = work.path().join("registry-data");
-    std::fs::create_dir_all(&theirs).unwrap();
-    let reg = DockerRegistry::start(&theirs);
+    let reg = DockerRegistry::serve(&theirs, "");
     skopeo(
         &pol,
         &[
@@ -558,7 +642,7 @@ async fn data_moves_between_berth_and_docker_registry_in_both_directions() {
     drop(reg);
     let d = TestDaemon::start_with(|c| {
         c.registry.enabled = true;
-        c.registry.root = Some(theirs.clone());
+        theirs.configure(c);
     });
     let host = format!("localhost:{}", d.registry[0].port());
     d.client()

@@ -17,19 +17,20 @@ pub struct Moto {
 impl Moto {
     /// Starts one and waits until it listens.
     pub fn start() -> Moto {
-        let mut child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", "0"])
+        // As a module, not the `moto_server` script: pip may put scripts off the PATH.
+        let mut child = Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("moto_server: run .ci/run, or pip install 'moto[server]'");
+            .expect("python3 is needed for the moto S3 server");
         let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
         // werkzeug says where it listens once it does: " * Running on http://127.0.0.1:N".
         let port = loop {
             let line = lines
                 .next()
-                .expect("moto_server exited before it listened")
+                .expect("moto did not start: run .ci/run, or pip install 'moto[server]==5.2.1'")
                 .unwrap();
             if let Some(rest) = line.split("http://127.0.0.1:").nth(1) {
                 break rest.trim().parse().unwrap();
