@@ -60,6 +60,7 @@ pub mod daemon;
 pub mod doctor;
 pub mod events;
 pub mod fsutil;
+mod humantime_serde;
 pub mod identity;
 pub mod metrics;
 pub mod net;

@@ -486,6 +486,7 @@ impl Shared {
                     path_style: true,
                     credentials_file: Some(credentials.clone()),
                     ca_file: None,
+                    ..Default::default()
                 })
             }
         }

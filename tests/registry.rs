@@ -121,11 +121,22 @@ impl Api {
     /// A registry over a new bucket on the shared moto server.
     fn s3() -> Api {
         let moto = common::moto::shared();
-        let dir = common::temp_dir();
         let name = common::moto::unique_bucket();
         moto.create_bucket(&name);
+        Api::s3_on(moto, &name, |_| {})
+    }
+
+    /// A registry over the bucket `name` (which exists), as another berthd sharing it would
+    /// open it, with `tune` applied to its settings.
+    fn s3_on(
+        moto: Arc<common::moto::Moto>,
+        name: &str,
+        tune: impl FnOnce(&mut berth::registry::S3Settings),
+    ) -> Api {
+        let dir = common::temp_dir();
+        let name = name.to_string();
         let prefix = "team-registry".to_string();
-        let settings = berth::registry::S3Settings {
+        let mut settings = berth::registry::S3Settings {
             bucket: name.clone(),
             region: Some("us-east-1".into()),
             endpoint: Some(moto.url()),
@@ -133,7 +144,9 @@ impl Api {
             path_style: true,
             credentials_file: Some(moto.credentials_file(dir.path())),
             ca_file: None,
+            ..Default::default()
         };
+        tune(&mut settings);
         let registry = Registry::open(Backend::S3(settings), true).unwrap();
         let bucket = object_store::aws::AmazonS3Builder::new()
             .with_endpoint(moto.url())
@@ -2066,3 +2079,108 @@ on_every_store!(
     bad_input_table,
     a_put_by_digest_pushes_the_tags_it_names,
 );
+
+/// Two berthd on one bucket (distribution#3045 across processes): a GC on A never takes a
+/// blob B told a client exists before the client's manifest lands, though A's own memory
+/// knows nothing of B's answer. Without the marks B leaves in the bucket, A's GC deletes
+/// the layers and the manifest is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_on_one_node_keeps_what_a_push_on_another_relies_on() {
+    let moto = common::moto::shared();
+    let bucket = common::moto::unique_bucket();
+    moto.create_bucket(&bucket);
+    let grace = Duration::from_secs(2);
+    let tune = |s: &mut berth::registry::S3Settings| {
+        s.gc_min_grace = grace;
+        s.fence = Duration::from_millis(300);
+    };
+    let a = Api::s3_on(moto.clone(), &bucket, tune);
+    let b = Api::s3_on(moto.clone(), &bucket, tune);
+    let opts = |dry_run| GcOptions {
+        dry_run,
+        delete_untagged: false,
+        grace,
+    };
+    // A GC below the grace other writers count on is refused, saying what to use.
+    let e = a
+        .registry
+        .gc(
+            &tester(),
+            GcOptions {
+                grace: Duration::from_secs(1),
+                ..opts(true)
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("gc_min_grace"), "{e}");
+
+    // A push to B cut short: layers stored, no manifest. They are garbage once old.
+    let layers: Vec<Digest> = (0..3)
+        .map(|i| format!("layer {i} ").repeat(1000).into_bytes())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|l| Digest::sha256_of(l))
+        .collect();
+    for i in 0..3 {
+        b.push_blob("team/app", format!("layer {i} ").repeat(1000).as_bytes())
+            .await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = a.registry.gc(&tester(), opts(true)).await.unwrap();
+        let doomed: Vec<&str> = r.blobs_deleted.iter().map(|(d, _)| d.as_str()).collect();
+        if layers
+            .iter()
+            .all(|l| doomed.contains(&l.to_string().as_str()))
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{r:?}");
+        tokio::task::yield_now().await;
+    }
+    // The push is tried again through B: each layer exists, so the client skips it...
+    for l in &layers {
+        let r = b
+            .call(
+                Method::HEAD,
+                &format!("/v2/team/app/blobs/{l}"),
+                &[],
+                Vec::new(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    // ...A collects right then...
+    let report = a.registry.gc(&tester(), opts(false)).await.unwrap();
+    assert!(report.blobs_deleted.is_empty(), "{report:?}");
+    // ...and the manifest naming them lands on B, whole.
+    let config = b.push_blob("team/app", b"{}").await;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config.to_string(), "size": 2},
+        "layers": layers.iter().map(|l| json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": l.to_string(), "size": 8000})).collect::<Vec<_>>(),
+    });
+    let r = b
+        .put_manifest(
+            "team/app",
+            "1.0",
+            "application/vnd.oci.image.manifest.v1+json",
+            &serde_json::to_vec(&manifest).unwrap(),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    for l in &layers {
+        let r = a.get(&format!("/v2/team/app/blobs/{l}")).await;
+        assert_eq!(r.status, StatusCode::OK, "{l}");
+    }
+}

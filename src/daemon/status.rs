@@ -72,7 +72,8 @@ impl From<registry::Error> for Status {
             | E::SizeInvalid(_)
             | E::ManifestInvalid(_)
             | E::ManifestTooLarge { .. }
-            | E::PaginationInvalid(_) => Code::InvalidArgument,
+            | E::PaginationInvalid(_)
+            | E::GraceTooShort { .. } => Code::InvalidArgument,
             E::NameUnknown(_)
             | E::ManifestUnknown { .. }
             | E::BlobUnknown(_)

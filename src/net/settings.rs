@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 /// Every limit of [`serve`](super::serve), with the defaults the README documents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,18 +14,18 @@ pub struct Settings {
     /// reserve, because a blob transfer holds a file open beside its socket).
     pub max_connections: usize,
     /// How long a client may take to complete the TLS handshake.
-    #[serde(with = "human")]
+    #[serde(with = "crate::humantime_serde")]
     pub handshake_timeout: Duration,
     /// How long an HTTP/1 client may take to send a request's headers, counted from the
     /// first byte (slow-header attacks hold a connection with a byte at a time).
-    #[serde(with = "human")]
+    #[serde(with = "crate::humantime_serde")]
     pub header_read_timeout: Duration,
     /// How long a connection may sit with no request in flight before it is closed.
-    #[serde(with = "human")]
+    #[serde(with = "crate::humantime_serde")]
     pub idle_timeout: Duration,
     /// How long a request body (a blob upload) may make no progress before the request
     /// ends; the upload keeps what arrived and can be resumed.
-    #[serde(with = "human")]
+    #[serde(with = "crate::humantime_serde")]
     pub body_stall_timeout: Duration,
     /// HTTP/2 streams one connection may have open at once.
     pub h2_max_concurrent_streams: u32,
@@ -34,7 +34,7 @@ pub struct Settings {
     pub max_header_bytes: u32,
     /// On shutdown, how long requests in flight may take to finish before their
     /// connections are closed.
-    #[serde(with = "human")]
+    #[serde(with = "crate::humantime_serde")]
     pub drain_timeout: Duration,
 }
 
@@ -61,23 +61,5 @@ impl Settings {
         }
         let usable = fd_limit.saturating_sub(64) / 2;
         usize::try_from(usable.clamp(16, 65_536)).unwrap_or(65_536)
-    }
-}
-
-/// Serde for durations as humantime text.
-mod human {
-    use super::*;
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration {text:?} ({e}): write e.g. \"30s\", \"2m\" or \"500ms\""
-            ))
-        })
     }
 }

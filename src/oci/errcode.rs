@@ -211,6 +211,8 @@ impl From<Error> for ApiError {
             }
             Error::PaginationInvalid(_) => ApiError::new(Code::PaginationNumberInvalid, msg),
             Error::DeleteDisabled => ApiError::new(Code::Unsupported, msg),
+            // GC is never asked for over HTTP.
+            Error::GraceTooShort { .. } => ApiError::new(Code::Unsupported, msg),
             Error::Denied { .. } => ApiError::new(Code::Denied, msg),
             Error::Body(_) => {
                 ApiError::new(Code::BlobUploadInvalid, msg).with_status(StatusCode::BAD_REQUEST)

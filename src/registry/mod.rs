@@ -149,6 +149,18 @@ pub enum Error {
     /// Atomic write failed.
     #[error(transparent)]
     Fs(#[from] crate::fsutil::Error),
+    /// A GC on a shared store asked for less grace than other writers count on.
+    #[error(
+        "a grace period of {} is too short for a store other berthd write to: use at least {} (registry.s3.gc_min_grace)",
+        humantime::format_duration(*grace),
+        humantime::format_duration(*min)
+    )]
+    GraceTooShort {
+        /// What was asked.
+        grace: std::time::Duration,
+        /// The least allowed.
+        min: std::time::Duration,
+    },
 }
 
 /// One page of a sorted listing, and whether more follow.
@@ -336,7 +348,12 @@ impl Registry {
                 let driver = S3Driver::new(&s)?;
                 let root =
                     PathBuf::from(format!("s3://{}/{}", s.bucket, s.prefix.trim_matches('/')));
-                Storage::new(Arc::new(driver), root)
+                // A bucket may have other writers: GC and writers coordinate through it.
+                let shared = storage::Shared {
+                    min_grace: s.gc_min_grace,
+                    fence: s.fence,
+                };
+                Storage::shared(Arc::new(driver), root, shared)
             }
         };
         Ok(Registry {
@@ -549,8 +566,9 @@ impl Registry {
     ) -> Result<u64, Error> {
         self.authorize(_who, policy::Action::Pull, name, audit::Action::Pull)
             .await?;
+        // A push asks this before it skips an upload: the blob is relied on.
         self.storage
-            .blob_size(name, digest)
+            .blob_size_relied(name, digest)
             .await?
             .ok_or_else(|| Error::BlobUnknown(digest.clone()))
     }
@@ -825,12 +843,17 @@ impl Registry {
             // be swept before the manifest that references them is stored.
             let _guard = self.storage.manifest_write_guard().await;
             for b in m.required_blobs() {
-                if self.storage.blob_size(name, &b.digest).await?.is_none() {
+                if self
+                    .storage
+                    .blob_size_relied(name, &b.digest)
+                    .await?
+                    .is_none()
+                {
                     return Err(Error::ManifestBlobUnknown(b.digest.clone()));
                 }
             }
             for c in &m.manifests {
-                if !self.storage.has_manifest(name, &c.digest).await? {
+                if !self.storage.has_manifest_relied(name, &c.digest).await? {
                     return Err(Error::ManifestBlobUnknown(c.digest.clone()));
                 }
             }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +68,41 @@ pub struct S3Settings {
     /// PEM certificates to trust for the store's TLS besides the system's (a private CA).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Several berthd may write to one bucket, so GC cannot rely on a lock inside one
+    /// process: a GC on this bucket refuses a grace period shorter than this, and a blob
+    /// a client relies on (told it exists, mounted, named by a manifest) is marked in the
+    /// store once every half of it (see `storage::gc`).
+    #[serde(default = "default_min_grace", with = "crate::humantime_serde")]
+    pub gc_min_grace: Duration,
+    /// How long any request to the store may take; the coordination waits this long
+    /// after marking a blob before it trusts that no GC is about to delete it.
+    #[serde(default = "default_fence", with = "crate::humantime_serde")]
+    pub fence: Duration,
+}
+
+fn default_min_grace() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_fence() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for S3Settings {
+    /// Everything but the bucket, which has no default.
+    fn default() -> Self {
+        S3Settings {
+            bucket: String::new(),
+            region: None,
+            endpoint: None,
+            prefix: String::new(),
+            path_style: false,
+            credentials_file: None,
+            ca_file: None,
+            gc_min_grace: default_min_grace(),
+            fence: default_fence(),
+        }
+    }
 }
 
 impl Default for Settings {

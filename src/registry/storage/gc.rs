@@ -102,7 +102,7 @@ pub struct RepoSummary {
 }
 
 /// How long ago the object at `key` was written; `None` when it is not there.
-fn age(drv: &dyn Driver, key: &Key) -> Result<Option<Duration>, Error> {
+pub(super) fn age(drv: &dyn Driver, key: &Key) -> Result<Option<Duration>, Error> {
     Ok(drv.stat(key)?.map(|m| {
         SystemTime::now()
             .duration_since(m.modified)
@@ -199,6 +199,15 @@ impl Storage {
     /// Marks from tags and revisions, sweeps what nothing references and the grace period
     /// does not protect. See the module doc for why this is safe while serving.
     pub(crate) async fn gc(&self, opts: GcOptions) -> Result<GcReport, Error> {
+        let shared = self.inner.shared;
+        if let Some(sh) = shared
+            && opts.grace < sh.min_grace
+        {
+            return Err(Error::GraceTooShort {
+                grace: opts.grace,
+                min: sh.min_grace,
+            });
+        }
         let _exclusive = self.inner.local.gc_lock.write().await;
         let seen = self.recently_seen(opts.grace);
         self.run(move |drv, p| {
@@ -208,6 +217,22 @@ impl Storage {
             };
             let young = |key: &Key| -> Result<bool, Error> {
                 Ok(age(drv, key)?.is_some_and(|a| a < opts.grace))
+            };
+            // On a shared store, the last look before deleting `d` (whose own object is
+            // `key`): a writer elsewhere may have marked it, or stored it again, since the
+            // mark phase read the store. `None`: keep it; else when the look began, for
+            // `in_time`. See `Shared` for why this is enough.
+            let last_look = |d: &Digest, key: &Key| -> Result<Option<std::time::Instant>, Error> {
+                let started = std::time::Instant::now();
+                if shared.is_some() && (young(&p.relied(d))? || young(key)?) {
+                    return Ok(None);
+                }
+                Ok(Some(started))
+            };
+            // A delete must follow its last look quickly, or a writer's mark made after
+            // the look may already be waiting on it.
+            let in_time = |looked: std::time::Instant| {
+                shared.is_none_or(|sh| looked.elapsed() <= sh.fence / 4)
             };
             let mut marked: HashSet<Digest> = HashSet::new();
             // Blobs a client was recently told exist count as young, like fresh links.
@@ -290,6 +315,16 @@ impl Storage {
                             None => marked
                                 .extend(links(drv, &p.layers(&name))?.into_iter().map(|l| l.0)),
                         }
+                    } else if last_look(d, &p.revision_link(&name, d))?
+                        .is_none_or(|looked| !opts.dry_run && !in_time(looked))
+                    {
+                        // Kept after all, with everything it names.
+                        marked.insert(d.clone());
+                        match m {
+                            Some(m) => marked.extend(m.blobs.iter().map(|b| b.digest.clone())),
+                            None => marked
+                                .extend(links(drv, &p.layers(&name))?.into_iter().map(|l| l.0)),
+                        }
                     } else {
                         report.manifests_deleted.push((repo.clone(), d.to_string()));
                         if !opts.dry_run {
@@ -320,11 +355,20 @@ impl Storage {
                     continue;
                 }
                 let size = drv.stat(&data)?.map_or(0, |m| m.size);
+                let Some(looked) = last_look(&d, &data)? else {
+                    report.blobs_young += 1;
+                    continue;
+                };
+                if !opts.dry_run && !in_time(looked) {
+                    report.blobs_young += 1;
+                    continue;
+                }
                 report.bytes_freed += size;
                 report.blobs_deleted.push((d.to_string(), size));
                 if !opts.dry_run {
                     drv.delete(&p.blob_dir(&d))?;
                     drv.delete(&p.media_type(&d))?;
+                    drv.delete(&p.relied(&d))?;
                     deleted.insert(d);
                 }
             }
@@ -333,6 +377,23 @@ impl Storage {
                     && let Some(dir) = link.parent()
                 {
                     drv.delete(&dir)?;
+                }
+            }
+            // Marks of blobs that are gone (a delete by hand, another GC), once old.
+            if shared.is_some() && !opts.dry_run {
+                let root = p.relied_root();
+                for alg in subdirs(drv, &root)? {
+                    for e in drv.list(&root.join(&alg))? {
+                        let Ok(d) = format!("{alg}:{}", e.name).parse::<Digest>() else {
+                            continue;
+                        };
+                        if !e.is_dir
+                            && !young(&p.relied(&d))?
+                            && drv.stat(&p.blob_data(&d))?.is_none()
+                        {
+                            drv.delete(&p.relied(&d))?;
+                        }
+                    }
                 }
             }
             // Temp files of writes a crash cut short, once past the grace period.

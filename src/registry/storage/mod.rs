@@ -56,6 +56,34 @@ struct Inner {
     driver: Arc<dyn Driver>,
     root: PathBuf,
     local: Local,
+    /// Set when other processes may write to the same store.
+    shared: Option<Shared>,
+}
+
+/// How writers and GC on several berthd sharing one store (an S3 bucket) keep each other
+/// safe without a lock and without conditional writes, which some S3-compatible stores
+/// accept and then ignore:
+/// - a writer that relies on a blob (a client is told it exists, it is mounted, finished
+///   again or named by a manifest) and finds no mark younger than `min_grace / 2` writes
+///   one (`_berth/relied/<alg>/<hex>`), waits `fence`, then checks the blob is still
+///   there; if a GC took it meanwhile the writer treats it as absent (or stores it again,
+///   when it holds the bytes);
+/// - GC refuses a grace period below `min_grace`, and right before deleting a blob or a
+///   manifest revision it reads that mark and the object's own time again, skipping the
+///   deletion when either is younger than the grace period or when the check took longer
+///   than a quarter of `fence`.
+///
+/// So either GC's last look came after the mark, and it keeps the blob, or its delete
+/// landed before the writer looked again, and the writer knows. The price is `fence` once
+/// per blob a client relies on after `min_grace / 2` without one; the assumption is that
+/// no store request takes longer than `fence`, and that the hosts' clocks and the store's
+/// agree to well within `min_grace / 2`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shared {
+    /// The shortest grace period a GC may use.
+    pub min_grace: std::time::Duration,
+    /// The longest a store request may take.
+    pub fence: std::time::Duration,
 }
 
 /// Everything storage keeps only in this process's memory, in one place, because each of
@@ -79,6 +107,9 @@ struct Local {
     gc_lock: tokio::sync::RwLock<()>,
     seen: Mutex<HashMap<Digest, std::time::Instant>>,
     referrers: Mutex<referrers::SeenMap>,
+    /// When this process last made sure of a blob's mark in a shared store (only a
+    /// cache: the marks are in the store).
+    relied: Mutex<HashMap<Digest, std::time::Instant>>,
 }
 
 impl Local {
@@ -88,6 +119,11 @@ impl Local {
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<upload::State>>>> {
         self.uploads.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The relied-on map (same reasoning about poisoning).
+    fn relied(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, std::time::Instant>> {
+        self.relied.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The recently-seen map (same reasoning about poisoning).
@@ -161,13 +197,83 @@ fn walk_repos(
 impl Storage {
     /// Storage over a driver; `root` is what status reports as its location.
     pub(crate) fn new(driver: Arc<dyn Driver>, root: PathBuf) -> Storage {
+        Storage::open(driver, root, None)
+    }
+
+    /// Storage over a driver that other processes may write to as well (see [`Shared`]).
+    pub(crate) fn shared(driver: Arc<dyn Driver>, root: PathBuf, shared: Shared) -> Storage {
+        Storage::open(driver, root, Some(shared))
+    }
+
+    fn open(driver: Arc<dyn Driver>, root: PathBuf, shared: Option<Shared>) -> Storage {
         Storage {
             inner: Arc::new(Inner {
                 driver,
                 root,
                 local: Local::default(),
+                shared,
             }),
         }
+    }
+
+    /// Makes sure the blob `d`, which exists, survives every GC on the shared store for
+    /// at least half the minimum grace period; false when a GC deleted it meanwhile. A
+    /// store nobody else writes to needs nothing (the GC lock covers it).
+    pub(crate) async fn rely(&self, d: &Digest) -> Result<bool, Error> {
+        let Some(sh) = self.inner.shared else {
+            return Ok(true);
+        };
+        let fresh = sh.min_grace / 2;
+        {
+            let relied = self.inner.local.relied();
+            if relied.get(d).is_some_and(|t| t.elapsed() < fresh) {
+                return Ok(true);
+            }
+        }
+        let started = std::time::Instant::now();
+        let d2 = d.clone();
+        let marked = self
+            .run(move |drv, p| Ok(gc::age(drv, &p.relied(&d2))?.is_some_and(|a| a < fresh)))
+            .await?;
+        if !marked {
+            let d2 = d.clone();
+            let now = time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            self.run(move |drv, p| drv.put(&p.relied(&d2), now.as_bytes()))
+                .await?;
+            tokio::time::sleep(sh.fence).await;
+            let d2 = d.clone();
+            if self
+                .run(move |drv, p| drv.stat(&p.blob_data(&d2)))
+                .await?
+                .is_none()
+            {
+                return Ok(false);
+            }
+        }
+        // Counted from before the mark was read or written: never fresher than it is.
+        self.inner.local.relied().insert(d.clone(), started);
+        Ok(true)
+    }
+
+    /// [`Storage::blob_size`] for a blob a client will rely on (HEAD, a mount, a manifest
+    /// naming it): on a shared store the blob is also marked (see [`Shared`]).
+    pub(crate) async fn blob_size_relied(
+        &self,
+        name: &RepoName,
+        d: &Digest,
+    ) -> Result<Option<u64>, Error> {
+        let size = self.blob_size(name, d).await?;
+        if size.is_some() && !self.rely(d).await? {
+            return Ok(None);
+        }
+        Ok(size)
+    }
+
+    /// The coordination with other writers, when the store is shared.
+    pub(crate) fn shared_with_others(&self) -> Option<Shared> {
+        self.inner.shared
     }
 
     /// Where the content lives (a folder, or `memory:`).
@@ -329,13 +435,29 @@ impl Storage {
         d: &Digest,
     ) -> Result<bool, Error> {
         let _gc = self.inner.local.gc_lock.read().await;
-        if self.blob_size(from, d).await?.is_none() {
+        if self.blob_size_relied(from, d).await?.is_none() {
             return Ok(false);
         }
         let (to, d) = (to.clone(), d.clone());
         self.run(move |drv, p| write_link(drv, &p.layer_link(&to, &d), &d))
             .await?;
         Ok(true)
+    }
+
+    /// [`Storage::has_manifest`] for a child manifest an index being stored names: on a
+    /// shared store it is also marked, and looked for again after the fence.
+    pub(crate) async fn has_manifest_relied(
+        &self,
+        name: &RepoName,
+        d: &Digest,
+    ) -> Result<bool, Error> {
+        if !self.has_manifest(name, d).await? {
+            return Ok(false);
+        }
+        if self.shared_with_others().is_none() {
+            return Ok(true);
+        }
+        Ok(self.rely(d).await? && self.has_manifest(name, d).await?)
     }
 
     /// True when the manifest is a revision of the repository and its content exists.
@@ -369,6 +491,17 @@ impl Storage {
             media_type.to_string(),
             subject.cloned(),
         );
+        if self.shared_with_others().is_some() {
+            // Stored before: a GC elsewhere may be deleting this revision, so mark it
+            // first; if it went meanwhile, the writes below store it again.
+            let d2 = d.clone();
+            let stored = self
+                .run(move |drv, p| Ok(drv.stat(&p.blob_data(&d2))?.is_some()))
+                .await?;
+            if stored {
+                self.rely(&d).await?;
+            }
+        }
         let (name2, d2) = (name.clone(), d.clone());
         self.run(move |drv, p| {
             let data = p.blob_data(&d);

@@ -140,6 +140,17 @@ impl Paths {
         digest_key(self.v2().join("_berth/mediatypes"), d)
     }
 
+    /// The mark a writer leaves on a blob it relies on, when other berthd share the store;
+    /// its age tells every GC how recently some client was told the blob exists.
+    pub(crate) fn relied(&self, d: &Digest) -> Key {
+        digest_key(self.v2().join("_berth/relied"), d)
+    }
+
+    /// Where the marks of [`Paths::relied`] live.
+    pub(crate) fn relied_root(&self) -> Key {
+        self.v2().join("_berth/relied")
+    }
+
     /// Where fsck moves a corrupt blob.
     pub(crate) fn quarantine(&self, d: &Digest) -> Key {
         digest_key(self.v2().join("_berth/quarantine"), d).join("data")

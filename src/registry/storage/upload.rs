@@ -284,10 +284,20 @@ impl Storage {
         // Shared with manifest writes, exclusive with GC: the blob cannot be swept between
         // "it already exists" and the link that makes it young again.
         let _gc = self.inner.local.gc_lock.read().await;
+        // On a shared store a GC elsewhere may be deleting the copy already there: keep it
+        // only once it is marked as relied on (else this upload's bytes replace it).
+        let keep_existing = if self.shared_with_others().is_some() {
+            let d = digest.clone();
+            self.run(move |drv, p| Ok(drv.stat(&p.blob_data(&d))?.is_some()))
+                .await?
+                && self.rely(digest).await?
+        } else {
+            true
+        };
         let (name2, d, id2) = (name.clone(), digest.clone(), id.clone());
         self.run(move |drv, p| {
             let target = p.blob_data(&d);
-            if drv.stat(&target)?.is_none() {
+            if !keep_existing || drv.stat(&target)?.is_none() {
                 drv.rename(&key, &target)?;
             }
             write_link(drv, &p.layer_link(&name2, &d), &d)?;

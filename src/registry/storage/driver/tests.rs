@@ -198,6 +198,7 @@ fn s3_settings(moto: &Moto, name: &str, dir: &std::path::Path) -> S3Settings {
         path_style: true,
         credentials_file: Some(moto.credentials_file(dir)),
         ca_file: None,
+        ..Default::default()
     }
 }
 
@@ -298,6 +299,7 @@ fn s3_credentials_must_be_private() {
         path_style: true,
         credentials_file: Some(creds.clone()),
         ca_file: None,
+        ..Default::default()
     };
     let e = S3Driver::new(&s).unwrap_err().to_string();
     assert!(e.contains("chmod 600"), "{e}");
