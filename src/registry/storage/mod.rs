@@ -232,8 +232,12 @@ impl Storage {
         }
         let started = std::time::Instant::now();
         let d2 = d.clone();
+        // Stored or marked within half the grace: no GC may take it for as long again.
         let marked = self
-            .run(move |drv, p| Ok(gc::age(drv, &p.relied(&d2))?.is_some_and(|a| a < fresh)))
+            .run(move |drv, p| {
+                let recent = |k: &Key| Ok::<_, Error>(gc::age(drv, k)?.is_some_and(|a| a < fresh));
+                Ok(recent(&p.blob_data(&d2))? || recent(&p.relied(&d2))?)
+            })
             .await?;
         if !marked {
             let d2 = d.clone();
