@@ -12,8 +12,13 @@
 //! BERTH_BENCH_BLOB_MIB (100), BERTH_BENCH_IMAGES (100), BERTH_BENCH_MANIFEST_GETS (20000),
 //! BERTH_BENCH_CATALOG (4000), BERTH_BENCH_CONNS (1000), BERTH_BENCH_ISSUE (2000);
 //! BERTH_BENCH_ONLY_BERTH (set: berth alone, to profile it), BERTH_BENCH_WARM_MIB (what
-//! is written and deleted before each round to warm the page cache; 0: nothing).
+//! is written and deleted before each round to warm the page cache; 0: nothing),
+//! BERTH_BENCH_S3 (set: also the S3 driver's figures, see `s3_figures`; with
+//! BERTH_BENCH_S3_MIB (16) and BERTH_BENCH_S3_GETS (4000)).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/common/moto.rs"]
+mod moto;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -295,9 +300,18 @@ const FIGURES: &[Figure] = &[
 
 /// Runs `work` and returns its wall time and the server's CPU time meanwhile.
 async fn measured<T>(pid: u32, work: impl std::future::Future<Output = T>) -> (f64, f64, T) {
-    let (c0, t0) = (cpu_secs(pid), Instant::now());
+    measured_all(&[pid], work).await
+}
+
+/// [`measured`] with the CPU time of several servers summed.
+async fn measured_all<T>(
+    pids: &[u32],
+    work: impl std::future::Future<Output = T>,
+) -> (f64, f64, T) {
+    let cpu = || pids.iter().map(|&p| cpu_secs(p)).sum::<f64>();
+    let (c0, t0) = (cpu(), Instant::now());
     let out = work.await;
-    (t0.elapsed().as_secs_f64(), cpu_secs(pid) - c0, out)
+    (t0.elapsed().as_secs_f64(), cpu() - c0, out)
 }
 
 /// Pushes (`push`) or pulls each blob on its own connection, all at once; returns
@@ -309,11 +323,24 @@ async fn transfer_blobs(
     blobs: &[(String, Bytes, Digest)],
     push: bool,
 ) -> (f64, f64) {
+    transfer_blobs_across(&[(addr, pid)], tls, blobs, push).await
+}
+
+/// [`transfer_blobs`] with the blobs dealt out in turn to several servers sharing one
+/// store (blob i to server i mod n).
+async fn transfer_blobs_across(
+    servers: &[(SocketAddr, u32)],
+    tls: &Arc<rustls::ClientConfig>,
+    blobs: &[(String, Bytes, Digest)],
+    push: bool,
+) -> (f64, f64) {
     let mib = blobs.iter().map(|b| b.1.len()).sum::<usize>() as f64 / 1048576.0;
-    let (secs, cpu, ()) = measured(pid, async {
+    let pids: Vec<u32> = servers.iter().map(|s| s.1).collect();
+    let (secs, cpu, ()) = measured_all(&pids, async {
         let mut tasks = Vec::new();
-        for (repo, data, d) in blobs.iter().cloned() {
+        for (i, (repo, data, d)) in blobs.iter().cloned().enumerate() {
             let tls = tls.clone();
+            let addr = servers[i % servers.len()].0;
             tasks.push(tokio::spawn(async move {
                 let mut c = Conn::open(addr, tls).await;
                 if push {
@@ -343,14 +370,26 @@ async fn hammer(
     n: usize,
     path: impl Fn(usize) -> String + Send + Sync + 'static,
 ) -> (f64, f64, Vec<Duration>) {
+    hammer_across(&[(addr, pid)], tls, clients, n, path).await
+}
+
+/// [`hammer`] with the connections dealt out in turn to several servers.
+async fn hammer_across(
+    servers: &[(SocketAddr, u32)],
+    tls: &Arc<rustls::ClientConfig>,
+    clients: usize,
+    n: usize,
+    path: impl Fn(usize) -> String + Send + Sync + 'static,
+) -> (f64, f64, Vec<Duration>) {
     let path = Arc::new(path);
     let per = (n / clients).max(1);
     // Connections first: the figure is requests, not handshakes.
     let mut conns = Vec::new();
-    for _ in 0..clients {
-        conns.push(Conn::open(addr, tls.clone()).await);
+    for w in 0..clients {
+        conns.push(Conn::open(servers[w % servers.len()].0, tls.clone()).await);
     }
-    let (secs, cpu, lat) = measured(pid, async {
+    let pids: Vec<u32> = servers.iter().map(|s| s.1).collect();
+    let (secs, cpu, lat) = measured_all(&pids, async {
         let mut tasks = Vec::new();
         for (w, mut c) in conns.into_iter().enumerate() {
             let path = path.clone();
@@ -604,13 +643,23 @@ async fn start_berthd(
     policy: &Path,
     addr: SocketAddr,
 ) -> (Child, Client) {
+    let store = format!("root = \"{}\"\n", storage.display());
+    start_berthd_with(state, &store, policy, addr).await
+}
+
+/// [`start_berthd`] with `store`, TOML under `[registry]` saying where content goes.
+async fn start_berthd_with(
+    state: &Path,
+    store: &str,
+    policy: &Path,
+    addr: SocketAddr,
+) -> (Child, Client) {
     let config = state.with_extension("toml");
     std::fs::write(
         &config,
         format!(
-            "version = 1\n[registry]\npolicy = \"{}\"\nroot = \"{}\"\n",
+            "version = 1\n[registry]\npolicy = \"{}\"\n{store}",
             policy.display(),
-            storage.display()
         ),
     )
     .unwrap();
@@ -882,6 +931,99 @@ async fn main() {
         }
     }
     report(&ours, &theirs);
+    if std::env::var_os("BERTH_BENCH_S3").is_some() {
+        s3_figures(d, &state, &policy, &tls).await;
+    }
+}
+
+/// The installed moto's version, for the report.
+fn moto_version() -> String {
+    Command::new("python3")
+        .args(["-c", "import moto; print(moto.__version__)"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The S3 driver next to the filesystem: one berthd on a folder, one on a bucket, and two
+/// on one bucket with the client dealing its connections out to both (the state folder
+/// copied, so both have the CA the bench's certificate comes from). The bucket is on a
+/// moto server on loopback (Python, in memory), so the S3 figures are mostly moto's; they
+/// show what the driver costs and how it scales, not what AWS would do.
+async fn s3_figures(d: &Path, state: &Path, policy: &Path, tls: &Arc<rustls::ClientConfig>) {
+    let blob_mib = env_or("BERTH_BENCH_S3_MIB", 16).max(1);
+    let gets = env_or("BERTH_BENCH_S3_GETS", 4000);
+    let moto = moto::Moto::start();
+    let creds = moto.credentials_file(d);
+    let load = Load::new(blob_mib, 8);
+    let setups: [(&str, usize); 3] = [("filesystem", 1), ("S3, one", 1), ("S3, two", 2)];
+    let mut rows: Vec<(&str, Vec<f64>)> = vec![
+        ("push-blob c=4 MiB/s", Vec::new()),
+        ("pull-blob c=4 MiB/s", Vec::new()),
+        ("push-image c=4 images/s", Vec::new()),
+        ("manifest GET c=16 req/s", Vec::new()),
+        ("manifest GET c=16 p99 ms", Vec::new()),
+    ];
+    for (i, (name, servers)) in setups.iter().enumerate() {
+        let store = if i == 0 {
+            format!("root = \"{}\"\n", d.join("s3-bench-fs").display())
+        } else {
+            let bucket = format!("bench-{i}");
+            moto.create_bucket(&bucket);
+            format!(
+                "[registry.s3]\nbucket = \"{bucket}\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\npath_style = true\ncredentials_file = \"{}\"\n",
+                moto.url(),
+                creds.display()
+            )
+        };
+        let mut running = Vec::new();
+        for n in 0..*servers {
+            let st = d.join(format!("s3-state-{i}-{n}"));
+            let copied = Command::new("cp")
+                .arg("-a")
+                .arg(state)
+                .arg(&st)
+                .status()
+                .unwrap();
+            assert!(copied.success(), "copying berthd's state failed");
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let (mut child, client) = start_berthd_with(&st, &store, policy, addr).await;
+            wait_tls(addr, tls, &mut child).await;
+            drop(client);
+            running.push((child, addr));
+        }
+        let across: Vec<(SocketAddr, u32)> = running.iter().map(|(c, a)| (*a, c.id())).collect();
+        let (push, _) = transfer_blobs_across(&across, tls, &load.four, true).await;
+        let (pull, _) = transfer_blobs_across(&across, tls, &load.four, false).await;
+        let (images, _) = push_images(across[0].0, tls, across[0].1, 4, &load.images).await;
+        let tags = load.images.len();
+        let (rate, _, lat) = hammer_across(&across, tls, 16, gets, move |i| {
+            format!("/v2/bench/images/manifests/v{}", i % tags)
+        })
+        .await;
+        for (row, v) in rows
+            .iter_mut()
+            .zip([push, pull, images, rate, percentile(&lat, 0.99)])
+        {
+            row.1.push(v);
+        }
+        for (child, _) in running {
+            stop(child);
+        }
+        eprintln!("S3 figures: {name} done");
+    }
+    println!();
+    println!(
+        "S3 driver ({blob_mib} MiB blobs, {} images, moto {} on loopback; one run each):",
+        load.images.len(),
+        moto_version()
+    );
+    println!("| figure | {} |", setups.map(|s| s.0).join(" | "));
+    println!("|---|---|---|---|");
+    for (name, v) in rows {
+        let cells: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    }
 }
 
 /// Writes and deletes `mib` MiB in the bench folder before a round. On a VM the first

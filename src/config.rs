@@ -282,7 +282,22 @@ impl Config {
             }
             None => return Err(parse("missing `version = 1`".to_string())),
         }
-        toml::from_str(text).map_err(|e| parse(e.to_string().trim_end().to_string()))
+        let config: Config =
+            toml::from_str(text).map_err(|e| parse(e.to_string().trim_end().to_string()))?;
+        if let Some(s3) = &config.registry.s3 {
+            if config.registry.root.is_some() {
+                return Err(parse(
+                    "registry.root and [registry.s3] are both set, but content goes to one place: remove one"
+                        .to_string(),
+                ));
+            }
+            if s3.bucket.is_empty() {
+                return Err(parse(
+                    "[registry.s3] needs bucket = \"NAME\" (an existing bucket)".to_string(),
+                ));
+            }
+        }
+        Ok(config)
     }
 
     /// Puts every piece of state under one folder: the state dir itself and the socket.

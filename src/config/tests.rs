@@ -45,3 +45,39 @@ fn bad_listen_address() {
     .unwrap_err();
     assert!(e.to_string().contains("tcp://"), "{e}");
 }
+
+#[test]
+fn s3_storage_section() {
+    let c = Config::from_toml(
+        "version = 1\n[registry.s3]\nbucket = \"reg\"\nendpoint = \"http://127.0.0.1:9000\"\npath_style = true\nfence = \"2s\"\n",
+        Path::new("c"),
+    )
+    .unwrap();
+    let s3 = c.registry.s3.unwrap();
+    assert_eq!(s3.bucket, "reg");
+    assert!(s3.path_style);
+    assert_eq!(s3.fence, std::time::Duration::from_secs(2));
+    assert_eq!(s3.gc_min_grace, std::time::Duration::from_secs(3600));
+    // Content goes to one place, and a bucket must be named.
+    let e = Config::from_toml(
+        "version = 1\n[registry]\nroot = \"/srv/reg\"\n[registry.s3]\nbucket = \"reg\"\n",
+        Path::new("c"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("remove one"), "{e}");
+    let e = Config::from_toml(
+        "version = 1\n[registry.s3]\nbucket = \"\"\n",
+        Path::new("c"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("needs bucket"), "{e}");
+    let e = Config::from_toml(
+        "version = 1\n[registry.s3]\nregion = \"x\"\n",
+        Path::new("c"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("bucket"), "{e}");
+}
