@@ -2038,6 +2038,125 @@ async fn a_put_by_digest_pushes_the_tags_it_names(api: Api) {
     assert_eq!(v["tags"], json!(["1.0", "latest"]));
 }
 
+/// Two berthd on one bucket, GC in a loop on A while B pushes the same layers again and
+/// again, deleting each image after it checked it (so the layers keep falling back to
+/// garbage and ageing past the grace period): every push B accepts is whole, and GC
+/// meanwhile collects the throwaway blobs each round leaves.
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_in_a_loop_on_one_node_never_breaks_pushes_on_another() {
+    let moto = common::moto::shared();
+    let bucket = common::moto::unique_bucket();
+    moto.create_bucket(&bucket);
+    let grace = Duration::from_secs(2);
+    let tune = |s: &mut berth::registry::S3Settings| {
+        s.gc_min_grace = grace;
+        s.fence = Duration::from_millis(200);
+    };
+    let a = Arc::new(Api::s3_on(moto.clone(), &bucket, tune));
+    let b = Api::s3_on(moto.clone(), &bucket, tune);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gc = {
+        let (a, stop) = (a.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut freed = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let opts = GcOptions {
+                    dry_run: false,
+                    delete_untagged: false,
+                    grace,
+                };
+                freed += a
+                    .registry
+                    .gc(&tester(), opts)
+                    .await
+                    .unwrap()
+                    .blobs_deleted
+                    .len();
+            }
+            freed
+        })
+    };
+    let layers: Vec<Vec<u8>> = (0..3)
+        .map(|i| format!("shared layer {i} ").repeat(500).into_bytes())
+        .collect();
+    let config = Digest::sha256_of(b"{}");
+    let started = std::time::Instant::now();
+    let mut round = 0;
+    // Rounds until the layers have aged past the grace period several times over.
+    while started.elapsed() < 3 * grace || round < 3 {
+        round += 1;
+        b.push_blob("team/junk", format!("junk {round}").as_bytes())
+            .await;
+        // As docker does: HEAD each blob, upload only the missing ones.
+        let mut named = Vec::new();
+        let blobs = std::iter::once(&b"{}"[..]).chain(layers.iter().map(|l| l.as_slice()));
+        for blob in blobs {
+            let d = Digest::sha256_of(blob);
+            let r = b
+                .call(
+                    Method::HEAD,
+                    &format!("/v2/team/app/blobs/{d}"),
+                    &[],
+                    Vec::new(),
+                )
+                .await;
+            if r.status == StatusCode::NOT_FOUND {
+                b.push_blob("team/app", blob).await;
+            } else {
+                assert_eq!(r.status, StatusCode::OK);
+            }
+            if d != config {
+                named.push(
+                    json!({"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": d.to_string(), "size": blob.len()}),
+                );
+            }
+        }
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": config.to_string(), "size": 2},
+            "layers": named,
+            "annotations": {"round": round.to_string()},
+        }))
+        .unwrap();
+        let r = b
+            .put_manifest(
+                "team/app",
+                "latest",
+                "application/vnd.oci.image.manifest.v1+json",
+                &manifest,
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::CREATED,
+            "round {round}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        for l in &layers {
+            let r = a
+                .get(&format!("/v2/team/app/blobs/{}", Digest::sha256_of(l)))
+                .await;
+            assert_eq!((r.status, &r.body), (StatusCode::OK, l), "round {round}");
+        }
+        let d = Digest::sha256_of(&manifest);
+        let r = b
+            .call(
+                Method::DELETE,
+                &format!("/v2/team/app/manifests/{d}"),
+                &[],
+                Vec::new(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let freed = gc.await.unwrap();
+    assert!(freed > 0, "GC collected nothing in {round} rounds");
+}
+
 /// Generates one test per store for each API test that needs no file of its own store:
 /// the same requests must give the same answers over the filesystem and over S3.
 macro_rules! on_every_store {

@@ -278,6 +278,33 @@ fn s3_driver_moves_large_objects_in_parts() {
     assert_eq!(d.stat(&k("up/data")).unwrap(), None);
 }
 
+/// Folders of more than one page of a listing (S3 answers 1,000 keys at a time): list,
+/// has_children and delete see and take every key.
+#[test]
+fn s3_driver_lists_and_deletes_past_one_page() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = S3Driver::new(&s3_settings(&moto, "pages", dir.path())).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let d = &d;
+            s.spawn(move || {
+                for i in (t..1100).step_by(8) {
+                    d.put(&k(&format!("many/{i:04}/link")), b"x").unwrap();
+                }
+            });
+        }
+    });
+    d.put(&k("many/file"), b"y").unwrap();
+    let names = d.list(&k("many")).unwrap();
+    assert_eq!(names.len(), 1101);
+    assert_eq!(names.iter().filter(|e| e.is_dir).count(), 1100);
+    assert_eq!(names[1099].name, "1099");
+    assert!(d.delete(&k("many")).unwrap());
+    assert!(!d.has_children(&k("many")).unwrap());
+    assert!(d.list(&k("many")).unwrap().is_empty());
+}
+
 /// The credentials file holds secrets: one others may read is refused, saying how to fix
 /// it, and its content never appears in the error.
 #[test]
