@@ -110,6 +110,9 @@ pub(super) fn age(drv: &dyn Driver, key: &Key) -> Result<Option<Duration>, Error
     }))
 }
 
+/// How coarse a store's object times may be: S3's `Last-Modified` counts whole seconds.
+pub(super) const STORE_CLOCK_STEP: Duration = Duration::from_secs(1);
+
 /// Leftovers younger than this may belong to a write in progress; older ones a crash left.
 const LEFTOVER_GRACE: Duration = Duration::from_secs(10 * 60);
 
@@ -224,7 +227,12 @@ impl Storage {
             // `in_time`. See `Shared` for why this is enough.
             let last_look = |d: &Digest, key: &Key| -> Result<Option<std::time::Instant>, Error> {
                 let started = std::time::Instant::now();
-                if shared.is_some() && (young(&p.relied(d))? || young(key)?) {
+                // S3 reports times to the second, cut down: an object can look up to a
+                // second older than it is, so the last look allows that second.
+                let young_here = |k: &Key| -> Result<bool, Error> {
+                    Ok(age(drv, k)?.is_some_and(|a| a < opts.grace + STORE_CLOCK_STEP))
+                };
+                if shared.is_some() && (young_here(&p.relied(d))? || young_here(key)?) {
                     return Ok(None);
                 }
                 Ok(Some(started))

@@ -232,31 +232,40 @@ impl Storage {
         }
         let started = std::time::Instant::now();
         let d2 = d.clone();
-        // Stored or marked within half the grace: no GC may take it for as long again.
-        let marked = self
+        // Stored or marked within half the grace: no GC may take it before that half is
+        // over. The age of the younger of the two, as this host reckons it.
+        let newest = self
             .run(move |drv, p| {
-                let recent = |k: &Key| Ok::<_, Error>(gc::age(drv, k)?.is_some_and(|a| a < fresh));
-                Ok(recent(&p.blob_data(&d2))? || recent(&p.relied(&d2))?)
+                let data = gc::age(drv, &p.blob_data(&d2))?;
+                let mark = gc::age(drv, &p.relied(&d2))?;
+                Ok(data.into_iter().chain(mark).min())
             })
             .await?;
-        if !marked {
-            let d2 = d.clone();
-            let now = time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default();
-            self.run(move |drv, p| drv.put(&p.relied(&d2), now.as_bytes()))
-                .await?;
-            tokio::time::sleep(sh.fence).await;
-            let d2 = d.clone();
-            if self
-                .run(move |drv, p| drv.stat(&p.blob_data(&d2)))
-                .await?
-                .is_none()
-            {
-                return Ok(false);
-            }
+        // Remembered as of when that object was written (a second earlier still, for the
+        // store's clock), never as of now: a cache that restarted its clock on each look
+        // would keep trusting a mark that only grows older.
+        if let Some(age) = newest.filter(|a| *a < fresh)
+            && let Some(at) = started.checked_sub(age + gc::STORE_CLOCK_STEP)
+        {
+            self.inner.local.relied().insert(d.clone(), at);
+            return Ok(true);
         }
-        // Counted from before the mark was read or written: never fresher than it is.
+        let d2 = d.clone();
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        self.run(move |drv, p| drv.put(&p.relied(&d2), now.as_bytes()))
+            .await?;
+        tokio::time::sleep(sh.fence).await;
+        let d2 = d.clone();
+        if self
+            .run(move |drv, p| drv.stat(&p.blob_data(&d2)))
+            .await?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        // Counted from before the mark was written: never fresher than it is.
         self.inner.local.relied().insert(d.clone(), started);
         Ok(true)
     }
