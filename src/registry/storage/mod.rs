@@ -87,28 +87,27 @@ pub(crate) struct Shared {
 }
 
 /// Everything storage keeps only in this process's memory, in one place, because each of
-/// these is what a multi-replica deployment (several berthd on one S3 bucket) must share
-/// or replace:
+/// these is what several berthd on one S3 bucket cannot share, and how they do without:
 /// - `uploads`: the running SHA-256 state of each upload and the lock that serialises its
-///   chunks. Losing it costs only a re-hash at finish (berthd restarted); replicas need the
-///   hash state stored with the upload (or a re-hash) and the chunk lock in the store
-///   (conditional writes), or sticky sessions.
-/// - `gc_lock`: GC holds it exclusively, manifest writes and blob commits shared. Across
-///   replicas this must become a lease in the store, or GC must run mark-and-sweep with
-///   generation markers instead of a lock.
+///   chunks. Losing it costs only a re-hash at finish (berthd restarted, or another berthd
+///   takes the next chunk). Two berthd taking chunks of one upload at the same moment
+///   would race; clients send an upload's chunks one after the other.
+/// - `gc_lock`: GC holds it exclusively, manifest writes and blob commits shared. It covers
+///   this process only; across processes the marks of [`Shared`] do its work.
 /// - `referrers`: which manifest revisions this process has indexed; only a cache (the
-///   index itself is in the store), so each replica keeps its own.
+///   index itself is in the store), so each berthd keeps its own.
 /// - `seen`: blobs a client was recently told exist (HEAD/GET/mount), kept young for the
-///   grace period. Replicas must record these in the store (a touched marker per blob), or
-///   the GC grace period must cover the HEAD-to-manifest window on its own.
+///   grace period by this process's GC; a shared store also gets a mark (see [`Shared`]).
+/// - `relied`: when this process last made sure of such a mark, so it looks again only
+///   once the mark is half a grace period old.
 #[derive(Debug, Default)]
 struct Local {
     uploads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<upload::State>>>>,
     gc_lock: tokio::sync::RwLock<()>,
     seen: Mutex<HashMap<Digest, std::time::Instant>>,
     referrers: Mutex<referrers::SeenMap>,
-    /// When this process last made sure of a blob's mark in a shared store (only a
-    /// cache: the marks are in the store).
+    /// When the newest mark (or write) of a blob this process relies on was made, as far
+    /// as it knows (only a cache: the marks are in the store).
     relied: Mutex<HashMap<Digest, std::time::Instant>>,
 }
 
