@@ -109,6 +109,49 @@ struct Local {
     /// When the newest mark (or write) of a blob this process relies on was made, as far
     /// as it knows (only a cache: the marks are in the store).
     relied: Mutex<HashMap<Digest, std::time::Instant>>,
+    /// Manifest bytes and media types by digest, for stores where every read is a round
+    /// trip (S3); see [`ManifestCache`].
+    manifests: Mutex<ManifestCache>,
+}
+
+/// Bytes of manifests [`ManifestCache`] keeps at most.
+const MANIFEST_CACHE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Manifests by digest, oldest out first. Content under a digest never changes, so a
+/// cached manifest is right for any process sharing the store; whether the repository
+/// still has it is read from the store on every request (its revision link), so a delete
+/// anywhere is seen at once. A manifest GET over S3 costs two reads instead of four.
+#[derive(Debug, Default)]
+struct ManifestCache {
+    map: HashMap<Digest, (Arc<Vec<u8>>, String)>,
+    order: std::collections::VecDeque<Digest>,
+    bytes: usize,
+}
+
+impl ManifestCache {
+    fn get(&self, d: &Digest) -> Option<(Arc<Vec<u8>>, String)> {
+        self.map.get(d).cloned()
+    }
+
+    fn insert(&mut self, d: &Digest, bytes: Arc<Vec<u8>>, media_type: String) {
+        if bytes.len() > MANIFEST_CACHE_BYTES / 8 {
+            return;
+        }
+        if let Some((old, _)) = self.map.insert(d.clone(), (bytes.clone(), media_type)) {
+            self.bytes -= old.len();
+        } else {
+            self.order.push_back(d.clone());
+        }
+        self.bytes += bytes.len();
+        while self.bytes > MANIFEST_CACHE_BYTES {
+            let Some(out) = self.order.pop_front() else {
+                break;
+            };
+            if let Some((b, _)) = self.map.remove(&out) {
+                self.bytes -= b.len();
+            }
+        }
+    }
 }
 
 impl Local {
@@ -118,6 +161,11 @@ impl Local {
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<upload::State>>>> {
         self.uploads.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The manifest cache (same reasoning about poisoning).
+    fn manifests(&self) -> std::sync::MutexGuard<'_, ManifestCache> {
+        self.manifests.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The relied-on map (same reasoning about poisoning).
@@ -496,6 +544,14 @@ impl Storage {
         tags: &[Tag],
         subject: Option<&Digest>,
     ) -> Result<(), Error> {
+        let (cached_body, cached_type) = match self.inner.shared {
+            // As a GET would find it: an empty recorded type is detected from the bytes.
+            Some(_) if media_type.trim().is_empty() => {
+                (body.clone(), manifest::detect_media_type(&body))
+            }
+            Some(_) => (body.clone(), media_type.trim().to_string()),
+            None => (Vec::new(), String::new()),
+        };
         let (name, d, tags, media_type, subject) = (
             name.clone(),
             d.clone(),
@@ -534,6 +590,14 @@ impl Storage {
         })
         .await?;
         self.indexed(&name2, &d2);
+        if self.inner.shared.is_some() {
+            // What this push recorded (the media type may differ from an earlier push of
+            // the same bytes) is what this process serves from now on.
+            self.inner
+                .local
+                .manifests()
+                .insert(&d2, Arc::new(cached_body), cached_type);
+        }
         Ok(())
     }
 
@@ -544,6 +608,7 @@ impl Storage {
         reference: &Reference,
     ) -> Result<StoredManifest, Error> {
         let (name, reference) = (name.clone(), reference.clone());
+        let inner = self.inner.clone();
         self.run(move |drv, p| {
             let unknown = || Error::ManifestUnknown {
                 name: name.clone(),
@@ -565,6 +630,14 @@ impl Storage {
                 }
                 return Err(unknown());
             }
+            let cached = inner.shared.and_then(|_| inner.local.manifests().get(&d));
+            if let Some((bytes, media_type)) = cached {
+                return Ok(StoredManifest {
+                    bytes: bytes.as_ref().clone(),
+                    digest: d,
+                    media_type,
+                });
+            }
             let bytes = drv.get(&p.blob_data(&d))?.ok_or_else(unknown)?;
             let media_type = match drv.get(&p.media_type(&d))? {
                 Some(b) if !b.trim_ascii().is_empty() => {
@@ -572,6 +645,10 @@ impl Storage {
                 }
                 _ => manifest::detect_media_type(&bytes),
             };
+            if inner.shared.is_some() {
+                let b = Arc::new(bytes.clone());
+                inner.local.manifests().insert(&d, b, media_type.clone());
+            }
             Ok(StoredManifest {
                 bytes,
                 digest: d,

@@ -215,3 +215,60 @@ async fn referrers_come_from_the_index_on_the_filesystem() {
     let root = dir.path().to_path_buf();
     scenario(move || Box::new(FsDriver::new(&root))).await;
 }
+
+/// On a shared store (S3, where every read is a round trip) a manifest's content is read
+/// once: later GETs read only the links that say the repository still has it, so a delete
+/// is seen at once.
+#[tokio::test]
+async fn a_shared_store_reads_a_manifest_once_and_still_sees_its_delete() {
+    use crate::registry::reference::Reference;
+    let reads = Arc::new(AtomicUsize::new(0));
+    let drv: Arc<dyn Driver> = Arc::new(Counting {
+        inner: Box::new(MemoryDriver::new()),
+        reads: reads.clone(),
+    });
+    let shared = super::super::Shared {
+        min_grace: std::time::Duration::from_secs(3600),
+        fence: std::time::Duration::from_millis(1),
+    };
+    let s = Storage::shared(drv.clone(), "test".into(), shared);
+    let name: RepoName = "team/app".parse().unwrap();
+    let d = put(&s, &name, manifest(1, None), None).await;
+    // Cached by the push that stored it.
+    reads.store(0, Ordering::SeqCst);
+    for _ in 0..3 {
+        let m = s
+            .manifest(&name, &Reference::Digest(d.clone()))
+            .await
+            .unwrap();
+        assert_eq!((m.bytes, m.media_type.as_str()), (manifest(1, None), OCI));
+    }
+    assert_eq!(reads.load(Ordering::SeqCst), 0);
+    // Written by another process: read once, then cached.
+    let theirs = write_behind_berths_back(drv.as_ref(), &name, &manifest(2, None));
+    for _ in 0..3 {
+        let m = s
+            .manifest(&name, &Reference::Digest(theirs.clone()))
+            .await
+            .unwrap();
+        assert_eq!(m.bytes, manifest(2, None));
+    }
+    assert_eq!(reads.load(Ordering::SeqCst), 1);
+    s.delete_manifest(&name, &d).await.unwrap();
+    assert!(matches!(
+        s.manifest(&name, &Reference::Digest(d.clone())).await,
+        Err(Error::ManifestUnknown { .. })
+    ));
+    // A store of one writer caches nothing: the filesystem is fast enough.
+    let local = Storage::new(drv.clone(), "test".into());
+    reads.store(0, Ordering::SeqCst);
+    local
+        .manifest(&name, &Reference::Digest(theirs.clone()))
+        .await
+        .unwrap();
+    local
+        .manifest(&name, &Reference::Digest(theirs))
+        .await
+        .unwrap();
+    assert_eq!(reads.load(Ordering::SeqCst), 2);
+}
