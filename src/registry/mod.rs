@@ -215,6 +215,9 @@ pub struct PutManifest {
     pub tagged: Vec<Tag>,
 }
 
+/// How many of a manifest's blobs are checked at once when it is stored.
+const CHECKS_AT_ONCE: usize = 8;
+
 /// Where the registry keeps its content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -842,19 +845,34 @@ impl Registry {
             // Shared with other writes, exclusive with GC: the blobs checked here cannot
             // be swept before the manifest that references them is stored.
             let _guard = self.storage.manifest_write_guard().await;
-            for b in m.required_blobs() {
-                if self
-                    .storage
-                    .blob_size_relied(name, &b.digest)
-                    .await?
-                    .is_none()
-                {
-                    return Err(Error::ManifestBlobUnknown(b.digest.clone()));
+            // Checked a few at a time: on a shared store each may wait out a fence. Owned
+            // values only: the futures must not borrow across the stream.
+            use futures_util::StreamExt;
+            let check = |d: Digest, child: bool| {
+                let (storage, name) = (self.storage.clone(), name.clone());
+                async move {
+                    let there = if child {
+                        storage.has_manifest_relied(&name, &d).await
+                    } else {
+                        storage
+                            .blob_size_relied(&name, &d)
+                            .await
+                            .map(|s| s.is_some())
+                    };
+                    (d, there)
                 }
-            }
-            for c in &m.manifests {
-                if !self.storage.has_manifest_relied(name, &c.digest).await? {
-                    return Err(Error::ManifestBlobUnknown(c.digest.clone()));
+            };
+            let wanted: Vec<(Digest, bool)> = m
+                .required_blobs()
+                .map(|b| (b.digest.clone(), false))
+                .chain(m.manifests.iter().map(|c| (c.digest.clone(), true)))
+                .collect();
+            let mut found = futures_util::stream::iter(wanted)
+                .map(|(d, child)| check(d, child))
+                .buffered(CHECKS_AT_ONCE);
+            while let Some((d, there)) = found.next().await {
+                if !there? {
+                    return Err(Error::ManifestBlobUnknown(d));
                 }
             }
             self.storage
