@@ -242,6 +242,22 @@ impl Storage {
             let in_time = |looked: std::time::Instant| {
                 shared.is_none_or(|sh| looked.elapsed() <= sh.fence / 4)
             };
+            // The delete that follows a last look, through the store's prompt client. On a
+            // slow store it may fail, and then what it was to delete is kept, with a word
+            // in the log: GC on a struggling store skips, it does not stop.
+            let deleted_promptly = |key: &Key| -> Result<bool, Error> {
+                let Some(dir) = key.parent() else {
+                    return Ok(true);
+                };
+                match drv.delete_promptly(&dir) {
+                    Ok(_) => Ok(true),
+                    Err(e) if shared.is_some() => {
+                        tracing::warn!(key = %dir, error = %e, "GC kept what it could not delete in time");
+                        Ok(false)
+                    }
+                    Err(e) => Err(e),
+                }
+            };
             let mut marked: HashSet<Digest> = HashSet::new();
             // Blobs a client was recently told exist count as young, like fresh links.
             let mut young_links: HashSet<Digest> = seen;
@@ -315,7 +331,13 @@ impl Storage {
                     }
                 }
                 for (d, m) in &manifests {
-                    if kept.contains(d) {
+                    // Kept: reachable, or (on a shared store) marked or rewritten since the
+                    // mark phase, or its revision could not be deleted promptly.
+                    let keep = kept.contains(d)
+                        || last_look(d, &p.revision_link(&name, d))?
+                            .is_none_or(|looked| !opts.dry_run && !in_time(looked))
+                        || (!opts.dry_run && !deleted_promptly(&p.revision_link(&name, d))?);
+                    if keep {
                         marked.insert(d.clone());
                         match m {
                             Some(m) => marked.extend(m.blobs.iter().map(|b| b.digest.clone())),
@@ -323,30 +345,17 @@ impl Storage {
                             None => marked
                                 .extend(links(drv, &p.layers(&name))?.into_iter().map(|l| l.0)),
                         }
-                    } else if last_look(d, &p.revision_link(&name, d))?
-                        .is_none_or(|looked| !opts.dry_run && !in_time(looked))
-                    {
-                        // Kept after all, with everything it names.
-                        marked.insert(d.clone());
-                        match m {
-                            Some(m) => marked.extend(m.blobs.iter().map(|b| b.digest.clone())),
-                            None => marked
-                                .extend(links(drv, &p.layers(&name))?.into_iter().map(|l| l.0)),
-                        }
-                    } else {
-                        report.manifests_deleted.push((repo.clone(), d.to_string()));
-                        if !opts.dry_run {
-                            // Its referrers-index entry goes with it (reads skip a
-                            // stale one, but the folder would only grow).
-                            super::referrers::unindex(drv, p, &name, d)?;
-                            if let Some(dir) = p.revision_link(&name, d).parent() {
+                        continue;
+                    }
+                    report.manifests_deleted.push((repo.clone(), d.to_string()));
+                    if !opts.dry_run {
+                        // Its referrers-index entry goes with it (reads skip a stale one,
+                        // but the folder would only grow).
+                        super::referrers::unindex(drv, p, &name, d)?;
+                        for t in subdirs(drv, &p.tags(&name))? {
+                            let Ok(tag) = t.parse::<Tag>() else { continue };
+                            if let Some(dir) = p.tag_index(&name, &tag, d).parent() {
                                 drv.delete(&dir)?;
-                            }
-                            for t in subdirs(drv, &p.tags(&name))? {
-                                let Ok(tag) = t.parse::<Tag>() else { continue };
-                                if let Some(dir) = p.tag_index(&name, &tag, d).parent() {
-                                    drv.delete(&dir)?;
-                                }
                             }
                         }
                     }
@@ -371,14 +380,17 @@ impl Storage {
                     report.blobs_young += 1;
                     continue;
                 }
-                report.bytes_freed += size;
-                report.blobs_deleted.push((d.to_string(), size));
                 if !opts.dry_run {
-                    drv.delete(&p.blob_dir(&d))?;
+                    if !deleted_promptly(&data)? {
+                        report.blobs_young += 1;
+                        continue;
+                    }
                     drv.delete(&p.media_type(&d))?;
                     drv.delete(&p.relied(&d))?;
-                    deleted.insert(d);
+                    deleted.insert(d.clone());
                 }
+                report.bytes_freed += size;
+                report.blobs_deleted.push((d.to_string(), size));
             }
             for (d, link) in layer_links {
                 if deleted.contains(&d)

@@ -76,8 +76,9 @@ struct Inner {
 /// So either GC's last look came after the mark, and it keeps the blob, or its delete
 /// landed before the writer looked again, and the writer knows. The price is `fence` once
 /// per blob a client relies on after `min_grace / 2` without one; the assumption is that
-/// no store request takes longer than `fence`, and that the hosts' clocks and the store's
-/// agree to well within `min_grace / 2`.
+/// no store request takes longer than `fence` (GC's deletes go through a client that never
+/// retries and gives up after half of it: [`Driver::delete_promptly`]), and that the
+/// hosts' clocks and the store's agree to well within `min_grace / 2`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Shared {
     /// The shortest grace period a GC may use.

@@ -136,6 +136,14 @@ pub(crate) trait Driver: Send + Sync + std::fmt::Debug + 'static {
 
     /// Moves an object to another key durably, replacing what was there.
     fn rename(&self, from: &Key, to: &Key) -> Result<(), Error>;
+
+    /// [`Driver::delete`] with no retries and no request allowed to run past half the
+    /// store's fence: GC's deletes on a store other processes write to must land before a
+    /// writer's fence is over, or not at all (see `storage::Shared`). A local store has
+    /// no fence.
+    fn delete_promptly(&self, key: &Key) -> Result<bool, Error> {
+        self.delete(key)
+    }
 }
 
 /// An I/O failure on a key, in storage's error type.

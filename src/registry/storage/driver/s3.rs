@@ -53,6 +53,9 @@ const COPY_LIMIT: u64 = 5 * 1024 * 1024 * 1024;
 /// Objects in one bucket below a prefix.
 pub(crate) struct S3Driver {
     store: Arc<AmazonS3>,
+    /// The same bucket through a client that never retries and gives up after half the
+    /// fence, for GC's deletes (see [`Driver::delete_promptly`]).
+    prompt: Arc<AmazonS3>,
     bucket: String,
     /// registry:2's `rootdirectory`, without slashes at either end; may be empty.
     prefix: String,
@@ -155,14 +158,28 @@ impl S3Driver {
                 b = b.with_token(t);
             }
         }
-        let store = {
+        let half_fence = s.fence / 2;
+        let (store, prompt) = {
             let _in = rt.enter();
-            b.with_client_options(options)
+            let prompt = b
+                .clone()
+                .with_client_options(options.clone().with_timeout(half_fence))
+                .with_retry(object_store::RetryConfig {
+                    max_retries: 0,
+                    retry_timeout: half_fence,
+                    ..object_store::RetryConfig::default()
+                })
                 .build()
-                .map_err(|e| config_error(e.to_string()))?
+                .map_err(|e| config_error(e.to_string()))?;
+            let store = b
+                .with_client_options(options)
+                .build()
+                .map_err(|e| config_error(e.to_string()))?;
+            (store, prompt)
         };
         Ok(S3Driver {
             store: Arc::new(store),
+            prompt: Arc::new(prompt),
             bucket: s.bucket.clone(),
             prefix: s.prefix.trim_matches('/').to_string(),
             handle: rt.handle().clone(),
@@ -517,35 +534,11 @@ impl Driver for S3Driver {
     }
 
     fn delete(&self, key: &Key) -> Result<bool, Error> {
-        let mut found = false;
-        if !key.as_str().is_empty() && self.head(key)?.is_some() {
-            let path = self.path(key)?;
-            match self.block(self.store.delete(&path)) {
-                Ok(()) => found = true,
-                Err(e) if not_found(&e) => {}
-                Err(e) => return Err(store_error("delete", self.locate(key))(e)),
-            }
-        }
-        let below = self.below(key)?;
-        let paths: Vec<Path> = self
-            .block(self.store.list(below.as_ref()).collect::<Vec<_>>())
-            .into_iter()
-            .map(|m| m.map(|m| m.location))
-            .collect::<Result<_, _>>()
-            .map_err(store_error("list", self.locate(key)))?;
-        if paths.is_empty() {
-            return Ok(found);
-        }
-        let input = futures_util::stream::iter(paths.into_iter().map(Ok)).boxed();
-        let results: Vec<_> = self.block(self.store.delete_stream(input).collect::<Vec<_>>());
-        for r in results {
-            match r {
-                Ok(_) => {}
-                Err(e) if not_found(&e) => {}
-                Err(e) => return Err(store_error("delete", self.locate(key))(e)),
-            }
-        }
-        Ok(true)
+        self.delete_through(&self.store, key)
+    }
+
+    fn delete_promptly(&self, key: &Key) -> Result<bool, Error> {
+        self.delete_through(&self.prompt, key)
     }
 
     fn changed_at(&self, _key: &Key) -> Result<Option<SystemTime>, Error> {
@@ -576,5 +569,40 @@ impl Driver for S3Driver {
             Err(e) if not_found(&e) => Ok(()),
             Err(e) => Err(store_error("delete", self.locate(from))(e)),
         }
+    }
+}
+
+impl S3Driver {
+    /// The object at `key` and everything below it, deleted through `store`.
+    fn delete_through(&self, store: &AmazonS3, key: &Key) -> Result<bool, Error> {
+        let mut found = false;
+        if !key.as_str().is_empty() && self.head(key)?.is_some() {
+            let path = self.path(key)?;
+            match self.block(store.delete(&path)) {
+                Ok(()) => found = true,
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(store_error("delete", self.locate(key))(e)),
+            }
+        }
+        let below = self.below(key)?;
+        let paths: Vec<Path> = self
+            .block(store.list(below.as_ref()).collect::<Vec<_>>())
+            .into_iter()
+            .map(|m| m.map(|m| m.location))
+            .collect::<Result<_, _>>()
+            .map_err(store_error("list", self.locate(key)))?;
+        if paths.is_empty() {
+            return Ok(found);
+        }
+        let input = futures_util::stream::iter(paths.into_iter().map(Ok)).boxed();
+        let results: Vec<_> = self.block(store.delete_stream(input).collect::<Vec<_>>());
+        for r in results {
+            match r {
+                Ok(_) => {}
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(store_error("delete", self.locate(key))(e)),
+            }
+        }
+        Ok(true)
     }
 }

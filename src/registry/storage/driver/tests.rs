@@ -125,6 +125,13 @@ fn suite(d: &dyn Driver) {
     assert_eq!(d.get(&k("l/a/deep/x")).unwrap(), None);
     assert_eq!(d.get(&k("l-sibling/q")).unwrap().unwrap(), b"4");
     assert!(!d.delete(&k("l")).unwrap());
+    // GC's prompt delete takes the same things.
+    d.put(&k("g/x/data"), b"1").unwrap();
+    d.put(&k("g/y/data"), b"2").unwrap();
+    assert!(d.delete_promptly(&k("g/x")).unwrap());
+    assert_eq!(d.get(&k("g/x/data")).unwrap(), None);
+    assert_eq!(d.get(&k("g/y/data")).unwrap().unwrap(), b"2");
+    assert!(!d.delete_promptly(&k("g/x")).unwrap());
 }
 
 #[test]
