@@ -2044,18 +2044,11 @@ async fn a_put_by_digest_pushes_the_tags_it_names(api: Api) {
 /// meanwhile collects the throwaway blobs each round leaves.
 #[tokio::test(flavor = "multi_thread")]
 async fn gc_in_a_loop_on_one_node_never_breaks_pushes_on_another() {
-    let moto = common::moto::shared();
-    let bucket = common::moto::unique_bucket();
-    moto.create_bucket(&bucket);
     // A mark keeps a blob for half the grace period: the HEADs of one round, their fence
     // and the upload after them fit well inside it.
     let grace = Duration::from_secs(4);
-    let tune = |s: &mut berth::registry::S3Settings| {
-        s.gc_min_grace = grace;
-        s.fence = Duration::from_millis(500);
-    };
-    let a = Arc::new(Api::s3_on(moto.clone(), &bucket, tune));
-    let b = Api::s3_on(moto.clone(), &bucket, tune);
+    let (a, b) = two_on_one_bucket(grace, Duration::from_millis(500));
+    let a = Arc::new(a);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let gc = {
         let (a, stop) = (a.clone(), stop.clone());
@@ -2191,22 +2184,30 @@ on_every_store!(
     a_put_by_digest_pushes_the_tags_it_names,
 );
 
+/// Two registries on one new bucket, as two berthd sharing it would open it, with GC's
+/// minimum grace and the fence set for a test.
+fn two_on_one_bucket(grace: Duration, fence: Duration) -> (Api, Api) {
+    let moto = common::moto::shared();
+    let bucket = common::moto::unique_bucket();
+    moto.create_bucket(&bucket);
+    let tune = |s: &mut berth::registry::S3Settings| {
+        s.gc_min_grace = grace;
+        s.fence = fence;
+    };
+    (
+        Api::s3_on(moto.clone(), &bucket, tune),
+        Api::s3_on(moto, &bucket, tune),
+    )
+}
+
 /// Two berthd on one bucket (distribution#3045 across processes): a GC on A never takes a
 /// blob B told a client exists before the client's manifest lands, though A's own memory
 /// knows nothing of B's answer. Without the marks B leaves in the bucket, A's GC deletes
 /// the layers and the manifest is refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn gc_on_one_node_keeps_what_a_push_on_another_relies_on() {
-    let moto = common::moto::shared();
-    let bucket = common::moto::unique_bucket();
-    moto.create_bucket(&bucket);
     let grace = Duration::from_secs(3);
-    let tune = |s: &mut berth::registry::S3Settings| {
-        s.gc_min_grace = grace;
-        s.fence = Duration::from_millis(300);
-    };
-    let a = Api::s3_on(moto.clone(), &bucket, tune);
-    let b = Api::s3_on(moto.clone(), &bucket, tune);
+    let (a, b) = two_on_one_bucket(grace, Duration::from_millis(300));
     let opts = |dry_run| GcOptions {
         dry_run,
         delete_untagged: false,
