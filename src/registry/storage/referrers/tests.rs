@@ -11,11 +11,13 @@ use super::super::{Storage, write_link};
 use crate::registry::Error;
 use crate::registry::reference::{Digest, RepoName};
 
-/// A driver that counts reads of blob content (`.../data`).
+/// A driver that counts reads of blob content (`.../data`), and whose prompt deletes fail
+/// while `refuse_prompt` is set (a store too slow for GC's prompt client).
 #[derive(Debug)]
 struct Counting {
     inner: Box<dyn Driver>,
     reads: Arc<AtomicUsize>,
+    refuse_prompt: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Driver for Counting {
@@ -65,6 +67,16 @@ impl Driver for Counting {
     fn rename(&self, from: &Key, to: &Key) -> Result<(), Error> {
         self.inner.rename(from, to)
     }
+    fn delete_promptly(&self, key: &Key) -> Result<bool, Error> {
+        if self.refuse_prompt.load(Ordering::SeqCst) {
+            return Err(Error::Io {
+                op: "delete",
+                path: self.locate(key),
+                source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+            });
+        }
+        self.inner.delete_promptly(key)
+    }
 }
 
 const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -107,6 +119,7 @@ async fn scenario(make: impl Fn() -> Box<dyn Driver>) {
     let drv: Arc<dyn Driver> = Arc::new(Counting {
         inner: make(),
         reads: reads.clone(),
+        refuse_prompt: Arc::default(),
     });
     let s = Storage::new(drv.clone(), "test".into());
     let name: RepoName = "team/app".parse().unwrap();
@@ -183,6 +196,7 @@ async fn a_settled_revisions_folder_is_trusted_until_it_changes() {
     let drv: Arc<dyn Driver> = Arc::new(Counting {
         inner: Box::new(FsDriver::new(dir.path())),
         reads: reads.clone(),
+        refuse_prompt: Arc::default(),
     });
     let s = Storage::new(drv.clone(), "test".into());
     let name: RepoName = "team/app".parse().unwrap();
@@ -226,6 +240,7 @@ async fn a_shared_store_reads_a_manifest_once_and_still_sees_its_delete() {
     let drv: Arc<dyn Driver> = Arc::new(Counting {
         inner: Box::new(MemoryDriver::new()),
         reads: reads.clone(),
+        refuse_prompt: Arc::default(),
     });
     let shared = super::super::Shared {
         min_grace: std::time::Duration::from_secs(3600),
@@ -271,4 +286,47 @@ async fn a_shared_store_reads_a_manifest_once_and_still_sees_its_delete() {
         .await
         .unwrap();
     assert_eq!(reads.load(Ordering::SeqCst), 2);
+}
+
+/// On a shared store, a GC delete that cannot be made promptly is skipped, not fatal:
+/// the blob stays (counted as kept), GC finishes, and the next GC takes it.
+#[tokio::test]
+async fn a_gc_delete_that_times_out_keeps_the_blob_and_gc_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let refuse = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let drv: Arc<dyn Driver> = Arc::new(Counting {
+        inner: Box::new(FsDriver::new(dir.path())),
+        reads: Arc::default(),
+        refuse_prompt: refuse.clone(),
+    });
+    let hour = std::time::Duration::from_secs(3600);
+    let shared = super::super::Shared {
+        min_grace: hour,
+        fence: std::time::Duration::from_secs(5),
+    };
+    let s = Storage::shared(drv.clone(), dir.path().into(), shared);
+    // Garbage two hours old: a blob nothing links.
+    let junk = b"nobody wants me";
+    let d = Digest::sha256_of(junk);
+    let data = Paths.blob_data(&d);
+    drv.put(&data, junk).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(drv.locate(&data))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - 2 * hour)
+        .unwrap();
+    let opts = crate::registry::GcOptions {
+        dry_run: false,
+        delete_untagged: false,
+        grace: hour,
+    };
+    let r = s.gc(opts.clone()).await.unwrap();
+    assert!(r.blobs_deleted.is_empty(), "{r:?}");
+    assert_eq!(r.blobs_young, 1, "{r:?}");
+    assert!(drv.stat(&data).unwrap().is_some());
+    refuse.store(false, Ordering::SeqCst);
+    let r = s.gc(opts).await.unwrap();
+    assert_eq!(r.blobs_deleted, [(d.to_string(), junk.len() as u64)]);
+    assert!(drv.stat(&data).unwrap().is_none());
 }
