@@ -386,7 +386,9 @@ impl Storage {
                         continue;
                     }
                     drv.delete(&p.media_type(&d))?;
-                    drv.delete(&p.relied(&d))?;
+                    if shared.is_some() {
+                        drv.delete(&p.relied(&d))?;
+                    }
                     deleted.insert(d.clone());
                 }
                 report.bytes_freed += size;

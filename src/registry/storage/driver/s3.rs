@@ -248,6 +248,18 @@ impl S3Driver {
         })
     }
 
+    /// Replaces `to` with the first `len` bytes of `from` (which may be `to` itself),
+    /// streamed through this process a part at a time; `to` changes only at the end.
+    fn copy_streamed(&self, op: &'static str, from: &Key, len: u64, to: &Key) -> Result<(), Error> {
+        let mut w = self.writer(to)?;
+        self.copy_into(from, len, &mut w)?;
+        w.complete().map_err(|source| Error::Io {
+            op,
+            path: self.locate(to),
+            source,
+        })
+    }
+
     /// Writes `len` bytes of `from`, starting at 0, into `w`, a part at a time.
     fn copy_into(&self, from: &Key, len: u64, w: &mut S3Writer) -> Result<(), Error> {
         if len == 0 {
@@ -499,13 +511,7 @@ impl Driver for S3Driver {
     }
 
     fn truncate(&self, key: &Key, len: u64) -> Result<(), Error> {
-        let mut w = self.writer(key)?;
-        self.copy_into(key, len, &mut w)?;
-        w.complete().map_err(|source| Error::Io {
-            op: "truncate",
-            path: self.locate(key),
-            source,
-        })
+        self.copy_streamed("truncate", key, len, key)
     }
 
     fn list(&self, key: &Key) -> Result<Vec<Entry>, Error> {
@@ -556,13 +562,7 @@ impl Driver for S3Driver {
             self.block(self.store.copy(&src, &dst))
                 .map_err(store_error("copy", self.locate(from)))?;
         } else {
-            let mut w = self.writer(to)?;
-            self.copy_into(from, size, &mut w)?;
-            w.complete().map_err(|source| Error::Io {
-                op: "copy",
-                path: self.locate(from),
-                source,
-            })?;
+            self.copy_streamed("copy", from, size, to)?;
         }
         match self.block(self.store.delete(&src)) {
             Ok(()) => Ok(()),
