@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/berth/v1/registry.proto",
         "proto/berth/v1/enrol.proto",
         "proto/berth/v1/audit.proto",
+        "proto/berth/v1/replica.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
     // The encoded descriptor set feeds tonic-reflection, so grpcurl works without .proto files.

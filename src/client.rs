@@ -13,8 +13,10 @@ use crate::pki::{self, CertDetails, CertKind, CertRecord, Crl, KeyAlgorithm, Nam
 mod enrol;
 pub mod host;
 mod registry;
+mod replica;
 pub use enrol::{CreatedToken, Enrolled, parse_fingerprint};
 pub use registry::RegistryStatus;
+pub use replica::{ReplicaStatus, TrustStream, TrustUpdate};
 
 use crate::proto as pb;
 use crate::proto::certs_service_client::CertsServiceClient;

@@ -74,6 +74,33 @@ pub struct Config {
     pub audit: crate::audit::Settings,
     /// The Prometheus endpoint.
     pub metrics: crate::metrics::Settings,
+    /// Set on a registry replica (`berthd --role registry`): where its primary is.
+    pub replica: Option<ReplicaConfig>,
+}
+
+/// A registry replica's link to its primary (`[replica]`). A replica keeps nothing on
+/// disk: it enrols with the token at every start and takes the CA, CRL and policy from
+/// the primary's watch stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaConfig {
+    /// The primary's TCP control listener, `host:port` (its `control.listen`).
+    pub primary: String,
+    /// SHA-256 fingerprint of the primary's CA (`berth system info`); the token is only
+    /// sent to a server that shows this CA, as with `berth join`.
+    pub ca_fingerprint: String,
+    /// File holding the replica token (`berth token create NAME --replica --san ...`);
+    /// `BERTH_JOIN_TOKEN` in the environment takes its place.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// How long past the CRL's nextUpdate a replica cut off from its primary keeps
+    /// serving; after that it refuses every request with 503 UNAVAILABLE.
+    #[serde(default = "default_crl_grace", with = "crate::humantime_serde")]
+    pub crl_grace: std::time::Duration,
+}
+
+fn default_crl_grace() -> std::time::Duration {
+    std::time::Duration::from_secs(3600)
 }
 
 impl Config {
@@ -124,6 +151,9 @@ pub struct ControlConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// A registry replica: it may watch the trust material (CA, CRL, policy) and
+    /// nothing else. Replica certificates have it; it sorts below viewer.
+    Replica,
     /// Read-only: status, listings, inspection, events, the audit log.
     Viewer,
     /// A viewer that may also issue, sign, renew and revoke certificates, and make
@@ -138,6 +168,7 @@ impl Role {
     /// The role's name in config files and messages.
     pub fn name(self) -> &'static str {
         match self {
+            Role::Replica => "replica",
             Role::Viewer => "viewer",
             Role::Issuer => "issuer",
             Role::Admin => "admin",
@@ -208,6 +239,7 @@ impl Default for Config {
             net: net::Settings::default(),
             audit: crate::audit::Settings::default(),
             metrics: crate::metrics::Settings::default(),
+            replica: None,
         }
     }
 }

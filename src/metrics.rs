@@ -87,6 +87,13 @@ pub struct Metrics {
     pub audit_records_lost: Gauge,
     /// When certificates expire, as Unix seconds (set when scraped).
     pub cert_expiry: Family<CertLabels, Gauge>,
+    /// Replicas only: 1 while the watch stream from the primary is open.
+    pub replica_primary_connected: Gauge,
+    /// Replicas only: when the last update or heartbeat arrived (Unix seconds).
+    pub replica_last_update: Gauge,
+    /// Replicas only: when the replica stops serving unless it hears from the primary
+    /// (its CRL's nextUpdate plus the grace; Unix seconds).
+    pub replica_serving_until: Gauge,
 }
 
 impl Default for Metrics {
@@ -106,6 +113,9 @@ impl Default for Metrics {
             gc_bytes_freed: Counter::default(),
             audit_records_lost: Gauge::default(),
             cert_expiry: Family::default(),
+            replica_primary_connected: Gauge::default(),
+            replica_last_update: Gauge::default(),
+            replica_serving_until: Gauge::default(),
         };
         let mut m = m;
         let r = &mut m.registry;
@@ -165,6 +175,21 @@ impl Default for Metrics {
             "certificate_expiry_timestamp_seconds",
             "When a certificate expires (Unix time)",
             m.cert_expiry.clone(),
+        );
+        r.register(
+            "replica_primary_connected",
+            "Registry replicas: 1 while the watch stream from the primary is open",
+            m.replica_primary_connected.clone(),
+        );
+        r.register(
+            "replica_last_update_timestamp_seconds",
+            "Registry replicas: when the primary was last heard (Unix time)",
+            m.replica_last_update.clone(),
+        );
+        r.register(
+            "replica_serving_until_timestamp_seconds",
+            "Registry replicas: when serving stops unless the primary is heard (Unix time)",
+            m.replica_serving_until.clone(),
         );
         m
     }

@@ -1313,7 +1313,7 @@ async fn failed_enrolments_are_rate_limited() {
     });
     let local = d.client().await;
     let fp = local.info().await.unwrap().ca_fingerprint_sha256;
-    let good = local.token_create("late-comer", None).await.unwrap();
+    let good = local.token_create("late-comer", None, None).await.unwrap();
     let anon = Client::connect_pinned("127.0.0.1", d.tcp[0].port(), &fp, None)
         .await
         .unwrap();
@@ -1444,7 +1444,7 @@ async fn control_roles_by_certificate_identity() {
         "needs the issuer role",
     );
     refused(
-        viewer.token_create("ci-1", None).await.unwrap_err(),
+        viewer.token_create("ci-1", None, None).await.unwrap_err(),
         "needs the issuer role",
     );
     refused(
@@ -1487,10 +1487,16 @@ async fn control_roles_by_certificate_identity() {
             .unwrap_err(),
         "prod-csr",
     );
-    let t = issuer.token_create("ci-runner-7", None).await.unwrap();
+    let t = issuer
+        .token_create("ci-runner-7", None, None)
+        .await
+        .unwrap();
     issuer.token_revoke(&t.record.id).await.unwrap();
-    refused(issuer.token_create("db-1", None).await.unwrap_err(), "db-1");
-    let other = local.token_create("db-2", None).await.unwrap();
+    refused(
+        issuer.token_create("db-1", None, None).await.unwrap_err(),
+        "db-1",
+    );
+    let other = local.token_create("db-2", None, None).await.unwrap();
     refused(
         issuer.token_revoke(&other.record.id).await.unwrap_err(),
         "db-2",

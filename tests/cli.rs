@@ -1149,7 +1149,7 @@ fn audit_records_survive_kill_9_mid_burst() {
             .success()
     };
     let acked = acknowledged_before_kill_9(dir.path(), 200, |c, i, n| async move {
-        c.token_create(&format!("burst-{i}-{n}"), None)
+        c.token_create(&format!("burst-{i}-{n}"), None, None)
             .await
             .ok()
             .map(|t| t.record.id)

@@ -1549,3 +1549,366 @@ async fn file_findings_are_what_skopeo_fails_on() {
         );
     }
 }
+
+/// A primary and its replicas on one moto bucket, for the replica tests.
+struct Fleet {
+    work: tempfile::TempDir,
+    primary: TestDaemon,
+    bucket: Shared,
+    token: String,
+    fingerprint: String,
+    policy_file: PathBuf,
+}
+
+impl Fleet {
+    /// A primary with a TCP control listener and a replica token for `localhost` and
+    /// 127.0.0.1; its CRL lasts `crl_lifetime`.
+    async fn new(crl_lifetime: Duration) -> Fleet {
+        let work = common::temp_dir();
+        let moto = common::moto::shared();
+        let bucket = Shared::bucket(&moto, work.path());
+        let policy_file = work.path().join("registry-policy.toml");
+        std::fs::write(&policy_file, "version = 1\n").unwrap();
+        let primary = TestDaemon::start_with(|c| {
+            c.control.listen = vec!["tcp://127.0.0.1:0".parse().unwrap()];
+            c.pki.crl_lifetime = crl_lifetime;
+            c.registry.policy = Some(policy_file.clone());
+            bucket.configure(c);
+        });
+        let client = primary.client().await;
+        let names = ["localhost".to_string(), "127.0.0.1".to_string()];
+        let token = client
+            .token_create("registry", Some(Duration::from_secs(3600)), Some(&names))
+            .await
+            .unwrap()
+            .secret;
+        let fingerprint = client.info().await.unwrap().ca_fingerprint_sha256;
+        Fleet {
+            work,
+            primary,
+            bucket,
+            token,
+            fingerprint,
+            policy_file,
+        }
+    }
+
+    /// A replica's config: its socket under `name`, the registry on the shared bucket.
+    fn replica_config(&self, name: &str, grace: Duration) -> berth::config::Config {
+        let mut c = common::config(&self.work.path().join(name));
+        c.registry.enabled = true;
+        c.metrics.enabled = true;
+        c.metrics.listen = "127.0.0.1:0".parse().unwrap();
+        self.bucket.configure(&mut c);
+        c.replica = Some(berth::config::ReplicaConfig {
+            primary: format!("127.0.0.1:{}", self.primary.tcp[0].port()),
+            ca_fingerprint: self.fingerprint.clone(),
+            token_file: None,
+            crl_grace: grace,
+        });
+        c
+    }
+
+    fn replica(&self, name: &str) -> common::TestReplica {
+        common::TestReplica::start(
+            self.replica_config(name, Duration::from_secs(3600)),
+            &self.token,
+        )
+        .unwrap()
+    }
+
+    /// Installs a client certificate `cn` for `host` from the primary; its certs.d folder.
+    async fn certs(&self, host: &str, cn: &str) -> PathBuf {
+        self.primary
+            .client()
+            .await
+            .certs_install(host, Some(cn), Trees::DOCKER, false, false)
+            .await
+            .unwrap();
+        self.primary.docker_root().join(host)
+    }
+}
+
+/// A rustls client config from a certs.d folder (ca.crt, client.cert, client.key).
+fn certs_d_tls(dir: &Path, alpn: &[u8]) -> std::sync::Arc<rustls::ClientConfig> {
+    let read = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap();
+    common::client_config(
+        &read("ca.crt"),
+        Some((&read("client.cert"), &read("client.key"))),
+        alpn,
+    )
+}
+
+/// The serial of the client certificate in a certs.d folder.
+fn certs_d_serial(dir: &Path) -> String {
+    let pem = std::fs::read(dir.join("client.cert")).unwrap();
+    berth::client::inspect_offline(&pem).unwrap()[0]
+        .serial
+        .clone()
+}
+
+/// Polls `f` until it is true or `limit` passes; how long it took, or `None`.
+async fn within<F, Fut>(limit: Duration, mut f: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
+/// The replica role end to end on one bucket: skopeo pushes to replica A and pulls from
+/// B; a chunked upload begun on A is finished on B; a revocation and a policy reload on
+/// the primary reach both replicas within a second, on connections opened before them
+/// too; and a replica whose primary is gone says so and keeps serving until its CRL
+/// lapses (plus the grace), then refuses with 503 UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_serve_one_bucket_and_enforce_the_primarys_trust() {
+    let fleet = Fleet::new(Duration::from_secs(6)).await;
+    let a = fleet.replica("a");
+    let b = common::TestReplica::start(
+        fleet.replica_config("b", Duration::from_secs(1)),
+        &fleet.token,
+    )
+    .unwrap();
+    let (host_a, host_b) = (
+        format!("localhost:{}", a.registry[0].port()),
+        format!("localhost:{}", b.registry[0].port()),
+    );
+    let certs_a = fleet.certs(&host_a, "ci").await;
+    let certs_b = fleet.certs(&host_b, "ci").await;
+    // Each replica's certificate is its own, a replica certificate for the token's names.
+    let (sa, sb) = (a.status().await, b.status().await);
+    assert!(sa.connected && sb.connected, "{sa:?} {sb:?}");
+    assert_ne!(sa.certificate_serial, sb.certificate_serial);
+    let rec = fleet
+        .primary
+        .client()
+        .await
+        .list(None, Some("registry".into()))
+        .await
+        .unwrap();
+    assert_eq!(rec.len(), 2, "{rec:?}");
+    assert!(rec.iter().all(|r| r.kind == berth::pki::CertKind::Replica));
+
+    // skopeo pushes to A and pulls from B.
+    let pol = policy(fleet.work.path());
+    let src = Layout::new(&fleet.work.path().join("src"));
+    let image = src.image("amd64", 11);
+    src.refs(vec![("app", image.clone())]);
+    skopeo(
+        &pol,
+        &[
+            "copy",
+            "--dest-cert-dir",
+            &certs_a.display().to_string(),
+            &format!("oci:{}:app", src.dir.display()),
+            &format!("docker://{host_a}/fleet/app:1.0"),
+        ],
+    );
+    let out = fleet.work.path().join("pulled");
+    skopeo(
+        &pol,
+        &[
+            "copy",
+            "--src-cert-dir",
+            &certs_b.display().to_string(),
+            &format!("docker://{host_b}/fleet/app:1.0"),
+            &format!("oci:{}:app", out.display()),
+        ],
+    );
+    let pulled: Value =
+        serde_json::from_slice(&std::fs::read(out.join("index.json")).unwrap()).unwrap();
+    assert_eq!(pulled["manifests"][0]["digest"], image["digest"]);
+    assert!(assert_blobs_verify(&out) >= 3);
+
+    // A chunked upload begun on A, continued and committed on B, is served by A.
+    let tls = certs_d_tls(&certs_a, b"http/1.1");
+    let blob: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let digest = Digest::sha256_of(&blob);
+    let (s, h, _) = common::tls_exchange(
+        a.registry[0],
+        tls.clone(),
+        axum::http::Method::POST,
+        "/v2/fleet/chunked/blobs/uploads/",
+        &[],
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.as_u16(), 202);
+    let loc = h["location"].to_str().unwrap().to_string();
+    let half = blob.len() / 2;
+    let (s, h, _) = common::tls_exchange(
+        a.registry[0],
+        tls.clone(),
+        axum::http::Method::PATCH,
+        &loc,
+        &[
+            ("content-type", "application/octet-stream"),
+            ("content-range", &format!("0-{}", half - 1)),
+        ],
+        blob[..half].to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.as_u16(), 202);
+    let loc = h["location"].to_str().unwrap().to_string();
+    let (s, h, body) = common::tls_exchange(
+        b.registry[0],
+        tls.clone(),
+        axum::http::Method::PATCH,
+        &loc,
+        &[
+            ("content-type", "application/octet-stream"),
+            ("content-range", &format!("{half}-{}", blob.len() - 1)),
+        ],
+        blob[half..].to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.as_u16(), 202, "{}", String::from_utf8_lossy(&body));
+    let loc = h["location"].to_str().unwrap().to_string();
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let (s, _, body) = common::tls_exchange(
+        b.registry[0],
+        tls.clone(),
+        axum::http::Method::PUT,
+        &format!("{loc}{sep}digest={digest}"),
+        &[],
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.as_u16(), 201, "{}", String::from_utf8_lossy(&body));
+    let (s, got) = common::tls_get(
+        a.registry[0],
+        tls.clone(),
+        &format!("/v2/fleet/chunked/blobs/{digest}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.as_u16(), 200);
+    assert!(got == blob, "A serves the blob B committed");
+
+    // A policy reload on the primary reaches both replicas.
+    let h2 = certs_d_tls(&certs_a, b"h2");
+    let open_a = common::OpenConnection::open(a.registry[0], h2.clone())
+        .await
+        .unwrap();
+    let open_b = common::OpenConnection::open(b.registry[0], h2.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        open_a.get("/v2/fleet/app/manifests/1.0").await.unwrap().0,
+        200
+    );
+    assert_eq!(
+        open_b.get("/v2/fleet/app/manifests/1.0").await.unwrap().0,
+        200
+    );
+    std::fs::write(
+        &fleet.policy_file,
+        "version = 1\n[[rules]]\nname = \"freeze\"\nrepositories = [\"fleet/**\"]\nactions = [\"pull\"]\nsubjects = [{ cn = \"ci\" }]\neffect = \"deny\"\n",
+    )
+    .unwrap();
+    fleet.primary.client().await.reload_policy().await.unwrap();
+    for (name, conn) in [("A", &open_a), ("B", &open_b)] {
+        let took = within(Duration::from_secs(1), || async {
+            conn.get("/v2/fleet/app/manifests/1.0").await.unwrap().0 == 403
+        })
+        .await;
+        assert!(
+            took.is_some(),
+            "the policy reload did not reach replica {name} within 1 s"
+        );
+    }
+    std::fs::write(&fleet.policy_file, "version = 1\n").unwrap();
+    fleet.primary.client().await.reload_policy().await.unwrap();
+    for conn in [&open_a, &open_b] {
+        let back = within(Duration::from_secs(1), || async {
+            conn.get("/v2/fleet/app/manifests/1.0").await.unwrap().0 == 200
+        })
+        .await;
+        assert!(back.is_some(), "the default policy came back");
+    }
+
+    // A revocation on the primary refuses the client on both replicas within a second,
+    // on the connections opened before it as well as on new handshakes.
+    let serial = certs_d_serial(&certs_a);
+    let other = fleet.certs(&host_b, "ci-2").await;
+    fleet.primary.client().await.revoke(&serial).await.unwrap();
+    for (name, conn) in [("A", &open_a), ("B", &open_b)] {
+        let took = within(Duration::from_secs(1), || async {
+            let (s, body) = conn.get("/v2/").await.unwrap();
+            s == 403 && body.contains("revoked")
+        })
+        .await;
+        assert!(
+            took.is_some(),
+            "replica {name} still served the revoked certificate on an open connection after 1 s"
+        );
+    }
+    for addr in [a.registry[0], b.registry[0]] {
+        let r = common::tls_get(addr, h2.clone(), "/v2/").await;
+        assert!(
+            !matches!(r, Ok((s, _)) if s.as_u16() == 200),
+            "a new handshake with the revoked certificate was served: {r:?}"
+        );
+    }
+    let fine = certs_d_tls(&other, b"h2");
+    assert_eq!(
+        common::tls_get(b.registry[0], fine.clone(), "/v2/")
+            .await
+            .unwrap()
+            .0
+            .as_u16(),
+        200
+    );
+
+    // The primary goes away: both replicas say so and keep serving with what they have;
+    // B, whose grace is 1 s past a 6 s CRL, stops once that has passed.
+    let Fleet { primary, work, .. } = fleet;
+    drop(primary);
+    for r in [&a, &b] {
+        let lost = within(Duration::from_secs(20), || async {
+            !r.status().await.connected
+        })
+        .await;
+        assert!(
+            lost.is_some(),
+            "the replica never noticed its primary was gone"
+        );
+    }
+    let (_, metrics) = common::scrape(a.metrics.unwrap()).await;
+    assert!(
+        metrics.contains("berth_replica_primary_connected 0"),
+        "{metrics}"
+    );
+    assert_eq!(
+        common::tls_get(a.registry[0], fine.clone(), "/v2/")
+            .await
+            .unwrap()
+            .0
+            .as_u16(),
+        200,
+        "A serves while its CRL is current"
+    );
+    let until = b.status().await.serving_until.unwrap();
+    let lapsed = within(Duration::from_secs(20), || async {
+        let (s, body) = common::tls_get(b.registry[0], fine.clone(), "/v2/")
+            .await
+            .unwrap();
+        s.as_u16() == 503 && String::from_utf8_lossy(&body).contains("UNAVAILABLE")
+    })
+    .await;
+    assert!(lapsed.is_some(), "B kept serving past its CRL and grace");
+    assert!(time::OffsetDateTime::now_utc() >= until);
+    drop(work);
+}

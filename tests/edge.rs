@@ -1050,25 +1050,6 @@ async fn policy_reloads_under_load_fail_no_request() {
     assert!(denied.is_empty(), "{denied:?}");
 }
 
-/// Plain-HTTP GET of the metrics listener: content type and body.
-async fn scrape(addr: SocketAddr) -> (String, String) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::builder()
-        .uri("/metrics")
-        .header("host", "localhost")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let r = send.send_request(req).await.unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let ct = r.headers()["content-type"].to_str().unwrap().to_string();
-    let body = r.into_body().collect().await.unwrap().to_bytes();
-    (ct, String::from_utf8(body.to_vec()).unwrap())
-}
-
 /// The value of the sample `name` whose labels include every `k="v"` of `labels`.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
@@ -1124,7 +1105,7 @@ async fn metrics_count_what_happened() {
         StatusCode::ACCEPTED
     );
     // Handshakes without a certificate and with a foreign one.
-    let (ct, text) = scrape(m).await;
+    let (ct, text) = common::scrape(m).await;
     assert_eq!(
         ct,
         "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -1179,7 +1160,7 @@ async fn metrics_count_what_happened() {
 
     let mut text = String::new();
     for _ in 0..500 {
-        text = scrape(m).await.1;
+        text = common::scrape(m).await.1;
         if sample(
             &text,
             "berth_tls_handshake_failures_total",

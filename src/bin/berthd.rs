@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use berth::config::{Config, ListenAddr};
-use berth::daemon::Daemon;
+use berth::daemon::{Daemon, Replica};
 use clap::Parser;
 
 /// berthd runs berth's CA, certs.d installer and control API. With no flags it uses the
@@ -53,9 +53,31 @@ struct Flags {
     /// Make a new CA although the index lists certificates of a CA whose files are gone.
     #[arg(long)]
     new_ca: bool,
+    /// What this berthd is: `all` (CA, control API, registry) or `registry`, a stateless
+    /// registry replica of a primary on shared storage (`[replica]` in the config).
+    #[arg(long, value_enum, default_value = "all")]
+    role: RoleFlag,
+    /// The primary's TCP control listener, HOST:PORT (`replica.primary`; role registry).
+    #[arg(long, value_name = "HOST:PORT")]
+    primary: Option<String>,
+    /// SHA-256 fingerprint of the primary's CA (`replica.ca_fingerprint`).
+    #[arg(long, value_name = "SHA256")]
+    ca_fingerprint: Option<String>,
+    /// File holding the replica token (`replica.token_file`); `BERTH_JOIN_TOKEN` also works.
+    #[arg(long, value_name = "FILE")]
+    join_token_file: Option<PathBuf>,
     /// Log filter, e.g. info or berth=debug (also RUST_LOG).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
+}
+
+/// `--role`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RoleFlag {
+    /// The whole berthd.
+    All,
+    /// A registry replica.
+    Registry,
 }
 
 fn config(flags: &Flags) -> anyhow::Result<Config> {
@@ -94,6 +116,26 @@ fn config(flags: &Flags) -> anyhow::Result<Config> {
         cfg.registry.root = Some(d.clone());
     }
     cfg.pki.replace_lost_ca = flags.new_ca;
+    if flags.primary.is_some() || flags.ca_fingerprint.is_some() || flags.join_token_file.is_some()
+    {
+        let r = cfg
+            .replica
+            .get_or_insert_with(|| berth::config::ReplicaConfig {
+                primary: String::new(),
+                ca_fingerprint: String::new(),
+                token_file: None,
+                crl_grace: std::time::Duration::from_secs(3600),
+            });
+        if let Some(p) = &flags.primary {
+            r.primary = p.clone();
+        }
+        if let Some(f) = &flags.ca_fingerprint {
+            r.ca_fingerprint = f.clone();
+        }
+        if let Some(t) = &flags.join_token_file {
+            r.token_file = Some(t.clone());
+        }
+    }
     if flags.no_registry {
         cfg.registry.enabled = false;
     }
@@ -141,6 +183,29 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cfg = config(&flags)?;
     let socket = cfg.control.socket.clone();
+    if flags.role == RoleFlag::Registry {
+        let token = std::env::var("BERTH_JOIN_TOKEN").ok();
+        let replica = Replica::open(cfg, token).context("the registry replica cannot start")?;
+        let listeners = replica
+            .bind()
+            .context("the registry replica cannot start")?;
+        eprintln!(
+            "berthd {} registry replica starting\n  socket:   {}\n  registry: {}",
+            env!("CARGO_PKG_VERSION"),
+            socket.display(),
+            addrs(&listeners.registry_addrs(), "https://", "off"),
+        );
+        replica
+            .serve(listeners, shutdown_signal())
+            .await
+            .context("the registry replica stopped")?;
+        return Ok(());
+    }
+    if cfg.replica.is_some() {
+        anyhow::bail!(
+            "the config has a [replica] section (or --primary): start with --role registry, or remove it"
+        );
+    }
     let daemon = Daemon::open(cfg).context("berthd cannot start")?;
     let listeners = daemon.bind().context("berthd cannot start")?;
     eprintln!(

@@ -200,17 +200,21 @@ impl Client {
         TokenServiceClient::new(self.channel.clone())
     }
 
-    /// Makes a one-time enrolment token for `name`.
+    /// Makes a one-time enrolment token for `name`; with `replica_names`, a reusable
+    /// token for registry replicas serving those names.
     pub async fn token_create(
         &self,
         name: &str,
         ttl: Option<Duration>,
+        replica_names: Option<&[String]>,
     ) -> Result<CreatedToken, Error> {
         let r = self
             .tokens()
             .create_token(pb::CreateTokenRequest {
                 name: name.to_string(),
                 ttl_seconds: ttl.map_or(0, |d| d.as_secs().max(1)),
+                replica: replica_names.is_some(),
+                names: replica_names.map(<[String]>::to_vec).unwrap_or_default(),
             })
             .await?
             .into_inner();

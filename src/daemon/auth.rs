@@ -147,6 +147,7 @@ pub(super) fn placed(service: &str, method: &str) -> Option<Role> {
         | ("berth.v1.CertsService", "ListCerts" | "VerifyCerts")
         | ("berth.v1.TokenService", "ListTokens")
         | ("berth.v1.AuditService", "Query")
+        | ("berth.v1.ReplicaService", "Status")
         | (
             "berth.v1.RegistryService",
             "Status" | "ListRepositories" | "ListTags" | "InspectImage" | "ListUploads"
@@ -157,6 +158,7 @@ pub(super) fn placed(service: &str, method: &str) -> Option<Role> {
             "IssueCertificate" | "SignCsr" | "RenewCertificate" | "RevokeCertificate",
         )
         | ("berth.v1.TokenService", "CreateToken" | "RevokeToken") => Role::Issuer,
+        ("berth.v1.ReplicaService", "Watch") => Role::Replica,
         ("berth.v1.CertsService", "InstallCerts" | "RemoveCerts")
         | (
             "berth.v1.RegistryService",
@@ -301,6 +303,13 @@ fn role_of(who: &Identity, state: &State) -> Result<Grant, Status> {
             if admin_cert {
                 return Ok(grant(Role::Admin, "admin certificate".into()));
             }
+            let replica_cert = state
+                .pki
+                .get(&c.serial)
+                .is_ok_and(|r| r.kind == CertKind::Replica && r.status() == CertStatus::Valid);
+            if replica_cert {
+                return Ok(grant(Role::Replica, "replica certificate".into()));
+            }
             // `control.admins` names CNs; the gate has already refused revoked and expired
             // certificates, so a revoked one gets nothing from being listed there.
             if state.config.control.admins.contains(&c.common_name) {
@@ -359,12 +368,12 @@ pub(crate) fn check_roles(roles: &[crate::config::RoleGrant]) -> Result<(), Stri
                     "control.roles[{i}] is an issuer without names: say which common names it may act on, e.g. names = [\"ci-*\"]"
                 ));
             }
-            Role::Viewer | Role::Admin if !g.names.is_empty() => {
+            Role::Replica | Role::Viewer | Role::Admin if !g.names.is_empty() => {
                 return Err(format!(
                     "control.roles[{i}]: names only apply to the issuer role"
                 ));
             }
-            Role::Viewer | Role::Issuer | Role::Admin => {}
+            Role::Replica | Role::Viewer | Role::Issuer | Role::Admin => {}
         }
     }
     Ok(())

@@ -7,6 +7,7 @@
 
 mod auth;
 mod listen;
+mod replica;
 mod scrape;
 mod service;
 mod status;
@@ -29,6 +30,7 @@ use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
 
 pub use listen::Listeners;
+pub use replica::Replica;
 
 use crate::audit::Audit;
 use crate::certsd::{self, Installer};
@@ -41,6 +43,7 @@ use crate::proto::certs_service_server::CertsServiceServer;
 use crate::proto::enrol_service_server::EnrolServiceServer;
 use crate::proto::pki_service_server::PkiServiceServer;
 use crate::proto::registry_service_server::RegistryServiceServer;
+use crate::proto::replica_service_server::ReplicaServiceServer;
 use crate::proto::system_service_server::SystemServiceServer;
 use crate::proto::token_service_server::TokenServiceServer;
 use crate::registry::{Backend, Registry};
@@ -114,6 +117,9 @@ pub enum Error {
     /// The audit log could not be opened.
     #[error(transparent)]
     Audit(#[from] crate::audit::Error),
+    /// A registry replica cannot start: its config, or its primary, says why.
+    #[error("registry replica: {0}")]
+    Replica(String),
     /// The registry's store could not be set up (an S3 bucket's settings).
     #[error("registry storage: {0}")]
     Storage(#[source] crate::registry::Error),
@@ -136,6 +142,9 @@ pub(crate) struct State {
     pub gate: Arc<Gate>,
     /// Failed enrolments per peer address, for rate limiting.
     pub enrol_failures: auth::Failures,
+    /// Counts changes of the trust material replicas enforce (a revocation, a re-signed
+    /// CRL, a policy reload); every watch stream sends a snapshot when it moves.
+    pub trust: watch::Sender<u64>,
     /// True once the CA is loaded and every listener serves; Health says so.
     ready: AtomicBool,
     /// Turns true when shutdown begins: listeners drain, and endless streams (events) end
@@ -174,8 +183,19 @@ impl State {
             .map_err(|e| tonic::Status::internal(e.to_string()))
     }
 
+    /// Whether the gate has `serial` as revoked.
+    pub(crate) fn gate_revoked(&self, serial: &str) -> bool {
+        self.gate.is_revoked(serial)
+    }
+
+    /// Tells every replica's watch stream that the trust material changed.
+    pub(crate) fn trust_changed(&self) {
+        self.trust.send_modify(|g| *g += 1);
+    }
+
     fn reload_tls_inner(&self) -> Result<(), Error> {
         self.gate.refresh(&self.pki);
+        self.trust_changed();
         if let Some((names, slot)) = self.control_tls.get() {
             slot.store(net::tls::control_config(&self.pki, names)?);
         }
@@ -259,6 +279,7 @@ impl Daemon {
                 metrics,
                 gate,
                 enrol_failures: auth::Failures::default(),
+                trust: watch::channel(0).0,
                 ready: AtomicBool::new(false),
                 stopping: watch::channel(false).0,
                 control_tls: OnceLock::new(),
@@ -427,6 +448,7 @@ impl Daemon {
         }
         tasks.spawn(reload_on_sighup(state.clone(), stop_rx.clone()));
         tasks.spawn(renew_certificates(state.clone(), stop_rx.clone()));
+        tasks.spawn(refresh_crl(state.clone(), stop_rx.clone()));
         purge_orphaned_uploads(&state).await;
         tasks.spawn(purge_uploads(state.clone(), stop_rx.clone()));
         state.ready.store(true, Ordering::Release);
@@ -455,6 +477,7 @@ fn grpc_route(path: &str) -> &'static str {
         "berth.v1.TokenService" => "tokens",
         "berth.v1.EnrolService" => "enrol",
         "berth.v1.AuditService" => "audit",
+        "berth.v1.ReplicaService" => "replica",
         "grpc.health.v1.Health" => "health",
         s if s.starts_with("grpc.reflection.") => "reflection",
         // The path is the client's text, not a Rust enum: anything unknown shares one
@@ -486,6 +509,7 @@ async fn set_health(h: &tonic_health::server::HealthReporter, serving: bool) {
         <TokenServiceServer<service::TokenSvc> as tonic::server::NamedService>::NAME,
         <EnrolServiceServer<service::EnrolSvc> as tonic::server::NamedService>::NAME,
         <AuditServiceServer<service::AuditSvc> as tonic::server::NamedService>::NAME,
+        <ReplicaServiceServer<service::ReplicaSvc> as tonic::server::NamedService>::NAME,
     ] {
         h.set_service_status(name, status).await;
     }
@@ -515,6 +539,9 @@ fn routes(
         state: state.clone(),
     }))
     .add_service(AuditServiceServer::new(service::AuditSvc {
+        state: state.clone(),
+    }))
+    .add_service(ReplicaServiceServer::new(service::ReplicaSvc {
         state: state.clone(),
     }))
     .add_service(TokenServiceServer::new(service::TokenSvc {
@@ -549,7 +576,11 @@ impl State {
             Some(path) => crate::registry::policy::Policy::load(path),
             None => Ok(crate::registry::policy::Policy::default()),
         };
-        self.registry.reload_policy(who, p)
+        let r = self.registry.reload_policy(who, p);
+        if r.is_ok() {
+            self.trust_changed();
+        }
+        r
     }
 }
 
@@ -586,6 +617,31 @@ async fn renew_certificates(state: Arc<State>, mut stop: watch::Receiver<bool>) 
                 let r = tokio::task::spawn_blocking(move || st.reload_tls_inner()).await;
                 if let Ok(Err(e)) = r {
                     tracing::error!(error = %e, "renewing berthd's server certificates failed");
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Re-signs the CRL before it lapses (the PKI decides when; this asks four times per
+/// lifetime, at most hourly) and sends the new one to every replica.
+async fn refresh_crl(state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    let every = (state.pki.crl_lifetime() / 4).clamp(Duration::from_secs(1), RENEW_CHECK);
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let st = state.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    if st.pki.refresh_crl_if_due()? {
+                        st.reload_tls_inner()?;
+                    }
+                    Ok::<_, Error>(())
+                }).await;
+                if let Ok(Err(e)) = r {
+                    tracing::error!(error = %e, "re-signing the CRL failed; replicas stop serving when it lapses");
                 }
             }
             _ = stop.changed() => return,

@@ -19,7 +19,7 @@ use crate::net::tls::{CONTROL_CN, REGISTRY_CN};
 use crate::pki::{CertKind, CertStatus, ListFilter};
 
 /// The OpenMetrics text format's content type.
-const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(super) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The metrics router.
 pub(super) fn router(state: Arc<State>) -> Router {

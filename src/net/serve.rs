@@ -76,6 +76,15 @@ pub enum Refusal {
         /// When it expired.
         not_after: OffsetDateTime,
     },
+    /// A registry replica has not heard from its primary since its CRL lapsed (plus the
+    /// grace): it cannot know who was revoked, so it serves nobody.
+    #[error(
+        "this registry replica has had no current CRL from its primary since {since}; it serves nobody until the primary is back: use another replica"
+    )]
+    TrustLapsed {
+        /// When serving stopped.
+        since: OffsetDateTime,
+    },
 }
 
 /// What an edge's router must be to be served: a cloneable tower service that never
@@ -717,6 +726,7 @@ async fn drive<IO, S, B>(
                     let reason = match refusal {
                         Refusal::Revoked { .. } => "revoked",
                         Refusal::Expired { .. } => "expired",
+                        Refusal::TrustLapsed { .. } => "trust_lapsed",
                     };
                     served
                         .metrics

@@ -96,12 +96,49 @@ fn server_config(
     client_required: bool,
 ) -> Result<Arc<ServerConfig>, Error> {
     let (record, key) = pki.service_identity(cn, names)?;
+    let crl = pki.crl()?.der()?;
+    build(
+        pki.ca().cert_der(),
+        crl,
+        &record.certificate_pem,
+        key.secret_pem(),
+        alpn,
+        client_required,
+    )
+}
+
+/// A registry replica's listener config, from what its primary sent (the CA and CRL) and
+/// the certificate it was enrolled with: client certificates required, as on the primary.
+pub fn replica_registry_config(
+    ca_der: &[u8],
+    crl_der: Vec<u8>,
+    certificate_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<ServerConfig>, Error> {
+    build(
+        ca_der,
+        crl_der,
+        certificate_pem,
+        key_pem,
+        &[b"h2", b"http/1.1"],
+        true,
+    )
+}
+
+fn build(
+    ca_der: &[u8],
+    crl_der: Vec<u8>,
+    certificate_pem: &str,
+    key_pem: &str,
+    alpn: &[&[u8]],
+    client_required: bool,
+) -> Result<Arc<ServerConfig>, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots
-        .add(CertificateDer::from(pki.ca().cert_der().to_vec()))
+        .add(CertificateDer::from(ca_der.to_vec()))
         .map_err(|e| Error::Rustls(format!("CA certificate: {e}")))?;
-    let crl = CertificateRevocationListDer::from(pki.crl()?.der()?);
+    let crl = CertificateRevocationListDer::from(crl_der);
     let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .with_crls([crl]);
     let builder = if client_required {
@@ -113,11 +150,11 @@ fn server_config(
         .build()
         .map_err(|e| Error::Rustls(format!("client verifier: {e}")))?;
     let chain = vec![
-        CertificateDer::from_pem_slice(record.certificate_pem.as_bytes())
+        CertificateDer::from_pem_slice(certificate_pem.as_bytes())
             .map_err(|e| Error::Rustls(e.to_string()))?,
-        CertificateDer::from(pki.ca().cert_der().to_vec()),
+        CertificateDer::from(ca_der.to_vec()),
     ];
-    let key = PrivateKeyDer::from_pem_slice(key.secret_pem().as_bytes())
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|e| Error::Rustls(format!("server key: {e}")))?;
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -135,6 +172,9 @@ fn server_config(
 #[derive(Debug, Default)]
 pub struct Gate {
     revoked: ArcSwap<HashSet<String>>,
+    /// On a registry replica: the moment its trust material lapses (CRL nextUpdate plus
+    /// grace), after which every request is refused.
+    serve_until: arc_swap::ArcSwapOption<time::OffsetDateTime>,
 }
 
 impl Gate {
@@ -150,8 +190,28 @@ impl Gate {
         self.revoked.store(Arc::new(pki.revoked_serials()));
     }
 
+    /// Takes in revocations from elsewhere (a replica's primary).
+    pub fn set_revoked(&self, serials: HashSet<String>) {
+        self.revoked.store(Arc::new(serials));
+    }
+
+    /// Refuse every request after `until` (a replica's CRL lapsing), until told again.
+    pub fn serve_until(&self, until: time::OffsetDateTime) {
+        self.serve_until.store(Some(Arc::new(until)));
+    }
+
+    /// Whether `serial` is in the revoked set.
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        self.revoked.load().contains(serial)
+    }
+
     /// Whether `who` may still make requests. Unix callers are checked by their own edge.
     pub fn check(&self, who: &Identity) -> Result<(), Refusal> {
+        if let Some(until) = self.serve_until.load().as_deref()
+            && *until < time::OffsetDateTime::now_utc()
+        {
+            return Err(Refusal::TrustLapsed { since: *until });
+        }
         let Some(c) = who.certificate() else {
             return Ok(());
         };

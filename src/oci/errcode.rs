@@ -45,6 +45,9 @@ pub enum Code {
     PaginationNumberInvalid,
     /// Too many requests.
     TooManyRequests,
+    /// The registry cannot serve now (a replica whose trust material lapsed); distribution's
+    /// `UNAVAILABLE`, so clients and load balancers try another replica.
+    Unavailable,
     /// Unknown error.
     Unknown,
 }
@@ -70,6 +73,7 @@ impl Code {
             Code::Unsupported => "UNSUPPORTED",
             Code::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             Code::TooManyRequests => "TOOMANYREQUESTS",
+            Code::Unavailable => "UNAVAILABLE",
             Code::Unknown => "UNKNOWN",
         }
     }
@@ -93,6 +97,7 @@ impl Code {
             Code::Denied => StatusCode::FORBIDDEN,
             Code::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
             Code::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -51,7 +51,11 @@ pub fn router(registry: Registry, body_stall: Duration) -> Router {
 /// The answer to a request `net::serve` refused (revoked or expired certificate on an
 /// open connection): 403 DENIED with the reason.
 pub fn refuse(r: &Refusal) -> Response {
-    let mut resp = ApiError::new(Code::Denied, r.to_string()).into_response();
+    let code = match r {
+        Refusal::Revoked { .. } | Refusal::Expired { .. } => Code::Denied,
+        Refusal::TrustLapsed { .. } => Code::Unavailable,
+    };
+    let mut resp = ApiError::new(code, r.to_string()).into_response();
     resp.headers_mut().insert(
         "docker-distribution-api-version",
         HeaderValue::from_static("registry/2.0"),

@@ -4,7 +4,7 @@ use rcgen::{CertificateSigningRequestParams, DnType, SanType};
 use rustls_pki_types::{CertificateSigningRequestDer, pem::PemObject};
 
 use super::issue::{apply_profile, check_dns};
-use super::{Ca, CertKind, Error};
+use super::{Ca, CertKind, Error, Names};
 
 /// Verifies the CSR's self-signature, keeps only its public key, subject and SANs, and
 /// signs it with `profile`. rcgen would copy the CSR's basicConstraints (CA:TRUE included),
@@ -15,7 +15,7 @@ pub(super) fn sign(
     serial: &[u8],
     days: u32,
     ca: &Ca,
-    subject: Option<&str>,
+    fixed: Option<&Names>,
 ) -> Result<Vec<u8>, Error> {
     let der = if csr.trim_ascii_start().starts_with(b"-----BEGIN") {
         CertificateSigningRequestDer::from_pem_slice(csr).map_err(|_| {
@@ -36,19 +36,20 @@ pub(super) fn sign(
         other => Error::InvalidCsr(format!("cannot decode it as PKCS#10 ({other})")),
     })?;
     let p = &mut req.params;
-    if let Some(cn) = subject {
-        // An enrolment: the token decides who this is; the CSR contributes only its key.
+    if let Some(n) = fixed {
+        // An enrolment: the token decides who this is (and, for a replica, the names it
+        // serves); the CSR contributes only its key.
         let mut dn = rcgen::DistinguishedName::new();
-        dn.push(DnType::CommonName, cn);
+        dn.push(DnType::CommonName, n.common_name.as_str());
         p.distinguished_name = dn;
-        p.subject_alt_names.clear();
+        p.subject_alt_names = super::issue::sans(n)?;
     }
     let has_cn = p.distinguished_name.get(&DnType::CommonName).is_some();
     let mut has_host_san = false;
     for san in &p.subject_alt_names {
         match san {
             SanType::DnsName(d) => {
-                check_dns(d.as_str(), profile == CertKind::Server)?;
+                check_dns(d.as_str(), profile.serves())?;
                 has_host_san = true;
             }
             SanType::IpAddress(_) => has_host_san = true,
@@ -56,7 +57,7 @@ pub(super) fn sign(
         }
     }
     match profile {
-        CertKind::Server if !has_host_san => {
+        CertKind::Server | CertKind::Replica if !has_host_san => {
             return Err(Error::MissingName(
                 "the CSR has no DNS or IP subjectAltName; a server certificate needs one",
             ));

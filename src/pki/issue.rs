@@ -71,7 +71,13 @@ pub(super) fn apply_profile(
     p.extended_key_usages = vec![match kind {
         CertKind::Server => ExtendedKeyUsagePurpose::ServerAuth,
         CertKind::Client | CertKind::Admin => ExtendedKeyUsagePurpose::ClientAuth,
+        // A replica serves the registry and calls the primary with one certificate.
+        CertKind::Replica => ExtendedKeyUsagePurpose::ServerAuth,
     }];
+    if kind == CertKind::Replica {
+        p.extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ClientAuth);
+    }
     p.name_constraints = None;
     p.crl_distribution_points = Vec::new();
     p.custom_extensions = Vec::new();
@@ -104,12 +110,12 @@ pub(super) fn validate(kind: CertKind, names: &Names) -> Result<Names, Error> {
         .iter()
         .map(|d| {
             let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
-            check_dns(&d, kind == CertKind::Server)?;
+            check_dns(&d, kind.serves())?;
             Ok(d)
         })
         .collect::<Result<_, Error>>()?;
     match kind {
-        CertKind::Server => {
+        CertKind::Server | CertKind::Replica => {
             if n.dns_names.is_empty() && n.ip_addresses.is_empty() {
                 return Err(Error::MissingName(
                     "a server certificate needs at least one DNS name or IP address (--dns/--ip): clients match the host they dial against the SANs, not the common name",
@@ -160,7 +166,7 @@ fn distinguished_name(n: &Names) -> Result<DistinguishedName, Error> {
     Ok(dn)
 }
 
-fn sans(n: &Names) -> Result<Vec<SanType>, Error> {
+pub(super) fn sans(n: &Names) -> Result<Vec<SanType>, Error> {
     let mut out = Vec::new();
     for d in &n.dns_names {
         out.push(SanType::DnsName(d.as_str().try_into()?));

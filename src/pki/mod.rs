@@ -139,6 +139,10 @@ pub enum CertKind {
     Client,
     /// Remote administrator of berthd over TCP: clientAuth, in the admin set.
     Admin,
+    /// A registry replica (`berthd --role registry`): serverAuth for its clients and
+    /// clientAuth towards the primary, names fixed by its replica token. Only enrolment
+    /// with a replica token makes one, so a CSR cannot ask for a replica's rights.
+    Replica,
 }
 
 impl CertKind {
@@ -148,7 +152,14 @@ impl CertKind {
             CertKind::Server => "server",
             CertKind::Client => "client",
             CertKind::Admin => "admin",
+            CertKind::Replica => "replica",
         }
+    }
+
+    /// Whether certificates of this kind are presented by servers (DNS/IP SANs required,
+    /// wildcards allowed).
+    pub fn serves(self) -> bool {
+        matches!(self, CertKind::Server | CertKind::Replica)
     }
 }
 
@@ -329,6 +340,8 @@ pub struct Pki {
     store: Mutex<Store>,
     tokens: Mutex<tokens::Tokens>,
     default_validity_days: u32,
+    /// The nextUpdate distance of every CRL it signs.
+    crl_lifetime: time::Duration,
     /// Where every issue, signing, renewal, revocation and token change is recorded.
     audit: Audit,
 }
@@ -380,6 +393,7 @@ impl Pki {
             store: Mutex::new(store),
             tokens: Mutex::new(tokens::Tokens::open(&tokens_dir)),
             default_validity_days: cfg.default_validity_days,
+            crl_lifetime: crl_lifetime(cfg.crl_lifetime)?,
             audit: Audit::disabled(),
         };
         // Re-sign the CRL at every start so its nextUpdate never lapses on a long-running host.
@@ -453,6 +467,9 @@ impl Pki {
         &self,
         spec: &IssueSpec,
     ) -> Result<(Issued, std::sync::Arc<store::Syncer>, store::Ticket), Error> {
+        if spec.kind == CertKind::Replica {
+            return Err(replica_only_by_token());
+        }
         let days = spec.validity_days.unwrap_or(self.default_validity_days);
         let key = spec.key_algorithm.generate()?;
         let secret = SecretKeyPem::new(key.serialize_pem());
@@ -540,20 +557,25 @@ impl Pki {
         permit: &dyn Fn(&Names) -> Result<(), String>,
     ) -> Result<CertRecord, Error> {
         let rec = Record::new(who, audit::Action::CertSign);
-        let r = self.sign_csr_for(csr, profile, validity_days, None, permit);
+        let r = if profile == CertKind::Replica {
+            Err(replica_only_by_token())
+        } else {
+            self.sign_csr_for(csr, profile, validity_days, None, permit)
+        };
         self.audited(rec, r, |c, rec| {
             rec.serial(c.serial.clone())
                 .name(c.names.common_name.clone())
         })
     }
 
-    /// [`Pki::sign_csr`], optionally requiring the CSR to name exactly `subject`.
+    /// [`Pki::sign_csr`], optionally with the subject and SANs fixed (an enrolment: the
+    /// token's, never the CSR's).
     fn sign_csr_for(
         &self,
         csr: &[u8],
         profile: CertKind,
         validity_days: Option<u32>,
-        subject: Option<&str>,
+        subject: Option<&Names>,
         permit: &dyn Fn(&Names) -> Result<(), String>,
     ) -> Result<CertRecord, Error> {
         let days = validity_days.unwrap_or(self.default_validity_days);
@@ -586,15 +608,23 @@ impl Pki {
         Ok(record)
     }
 
-    /// Makes a one-time enrolment token for a client named `name`, usable for `ttl`.
+    /// Makes a one-time enrolment token for a client named `name`, usable for `ttl`; or,
+    /// with `replica_names`, a reusable token for registry replicas whose certificates
+    /// carry those DNS names and IP addresses.
     pub fn create_token(
         &self,
         who: &Identity,
         name: &str,
         ttl: std::time::Duration,
+        replica_names: Option<&[String]>,
     ) -> Result<NewToken, Error> {
         let rec = Record::new(who, audit::Action::TokenCreate).name(name);
-        let r = issue::check_common_name(name).and_then(|()| self.tokens_lock().create(name, ttl));
+        let r = issue::check_common_name(name)
+            .and_then(|()| match replica_names {
+                Some(n) => token_names(name, n).map(|_| ()),
+                None => Ok(()),
+            })
+            .and_then(|()| self.tokens_lock().create(name, ttl, replica_names));
         if let Ok(t) = &r {
             tracing::info!(id = %t.record.id, name, "enrolment token created");
         }
@@ -642,7 +672,18 @@ impl Pki {
     fn enrol_inner(&self, token: &str, csr: &[u8]) -> Result<CertRecord, Error> {
         let tokens = self.tokens_lock();
         let t = tokens.redeem(token)?;
-        let record = self.sign_csr_for(csr, CertKind::Client, None, Some(&t.name), &|_| Ok(()))?;
+        let (kind, names) = if t.replica {
+            (CertKind::Replica, token_names(&t.name, &t.names)?)
+        } else {
+            (
+                CertKind::Client,
+                Names {
+                    common_name: t.name.clone(),
+                    ..Names::default()
+                },
+            )
+        };
+        let record = self.sign_csr_for(csr, kind, None, Some(&names), &|_| Ok(()))?;
         tokens.record_serial(&t.id, &record.serial)?;
         tracing::info!(token = %t.id, serial = %record.serial, cn = %t.name, "enrolled a host");
         Ok(record)
@@ -666,21 +707,23 @@ impl Pki {
 
     fn renew_enrolled_inner(&self, serial: &str, csr: &[u8]) -> Result<CertRecord, Error> {
         let old = self.get(serial)?;
-        if old.kind != CertKind::Client || old.status() != CertStatus::Valid {
+        let renewable = matches!(old.kind, CertKind::Client | CertKind::Replica);
+        if !renewable || old.status() != CertStatus::Valid {
             return Err(Error::InvalidRequest(format!(
-                "certificate {} is a {} certificate in state {}: only a valid client certificate renews itself",
+                "certificate {} is a {} certificate in state {}: only a valid client or replica certificate renews itself",
                 old.serial,
                 old.kind.name(),
                 old.status().name()
             )));
         }
-        let record = self.sign_csr_for(
-            csr,
-            CertKind::Client,
-            None,
-            Some(&old.names.common_name),
-            &|_| Ok(()),
-        )?;
+        // The same names: a replica's SANs came from its token, a client has none.
+        let names = Names {
+            common_name: old.names.common_name.clone(),
+            dns_names: old.names.dns_names.clone(),
+            ip_addresses: old.names.ip_addresses.clone(),
+            ..Names::default()
+        };
+        let record = self.sign_csr_for(csr, old.kind, None, Some(&names), &|_| Ok(()))?;
         tracing::info!(old = %old.serial, new = %record.serial, cn = %old.names.common_name, "renewed an enrolled host");
         Ok(record)
     }
@@ -845,7 +888,25 @@ impl Pki {
     /// The current CRL.
     pub fn crl(&self) -> Result<Crl, Error> {
         let store = self.lock();
-        Crl::read(&self.dir, store.records())
+        Crl::read(&self.dir, store.records(), self.crl_lifetime)
+    }
+
+    /// Re-signs the CRL once less than half of its lifetime is left, so it never lapses
+    /// on a primary that runs long without a revocation. True when it did.
+    pub fn refresh_crl_if_due(&self) -> Result<bool, Error> {
+        let mut store = self.lock();
+        let crl = Crl::read(&self.dir, store.records(), self.crl_lifetime)?;
+        if crl.next_update - OffsetDateTime::now_utc() > self.crl_lifetime / 2 {
+            return Ok(false);
+        }
+        self.write_crl(&mut store)?;
+        tracing::info!("CRL re-signed before its nextUpdate");
+        Ok(true)
+    }
+
+    /// The nextUpdate distance of the CRLs this PKI signs.
+    pub fn crl_lifetime(&self) -> std::time::Duration {
+        self.crl_lifetime.try_into().unwrap_or_default()
     }
 
     /// Decodes every certificate in `data` (PEM bundle or one DER) and relates each to the
@@ -887,7 +948,13 @@ impl Pki {
 
     fn write_crl(&self, store: &mut Store) -> Result<(), Error> {
         let number = store.next_crl_number()?;
-        Crl::sign_and_write(&self.dir, &self.ca, store.records(), number)
+        Crl::sign_and_write(
+            &self.dir,
+            &self.ca,
+            store.records(),
+            number,
+            self.crl_lifetime,
+        )
     }
 
     fn lock(&self) -> MutexGuard<'_, Store> {
@@ -952,3 +1019,43 @@ pub fn normalize_serial(s: &str) -> Result<String, Error> {
 
 #[cfg(test)]
 mod tests;
+
+/// Why a replica certificate cannot be issued or signed directly.
+fn replica_only_by_token() -> Error {
+    Error::InvalidRequest(
+        "replica certificates are made only by enrolling with a replica token: `berth token create NAME --replica --san HOST`, then `berthd --role registry --join-token ...`".into(),
+    )
+}
+
+/// The names of a replica token's certificates: its CN and each of `names` as a DNS name
+/// or an IP address, checked as a server certificate's.
+fn token_names(common_name: &str, names: &[String]) -> Result<Names, Error> {
+    if names.is_empty() {
+        return Err(Error::MissingName(
+            "a replica token needs the names its clients dial it by (--san registry.example.com, --san 10.0.0.5): they go into the replica's server certificate",
+        ));
+    }
+    let mut n = Names {
+        common_name: common_name.to_string(),
+        ..Names::default()
+    };
+    for s in names {
+        match s.trim().parse::<std::net::IpAddr>() {
+            Ok(ip) => n.ip_addresses.push(ip),
+            Err(_) => n.dns_names.push(s.trim().to_string()),
+        }
+    }
+    issue::validate(CertKind::Replica, &n)
+}
+
+/// `pki.crl_lifetime`, checked: a CRL must outlive a few re-signing rounds.
+fn crl_lifetime(d: std::time::Duration) -> Result<time::Duration, Error> {
+    if d < std::time::Duration::from_secs(2) {
+        return Err(Error::InvalidRequest(format!(
+            "pki.crl_lifetime = {:?} is too short: give at least 2s (days in production)",
+            d
+        )));
+    }
+    time::Duration::try_from(d)
+        .map_err(|_| Error::InvalidRequest("pki.crl_lifetime is too long: give days".into()))
+}

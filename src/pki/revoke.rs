@@ -14,10 +14,6 @@ use x509_parser::revocation_list::CertificateRevocationList;
 use super::{Ca, CertRecord, Error};
 use crate::fsutil;
 
-/// How long a CRL is valid. berthd re-signs at every start and every revocation; a
-/// consumer holding a copy longer than this should fetch a new one.
-const CRL_LIFETIME: Duration = Duration::days(30);
-
 /// A signed CRL.
 #[derive(Debug, Clone, Serialize)]
 pub struct Crl {
@@ -46,6 +42,7 @@ impl Crl {
         ca: &Ca,
         records: &[std::sync::Arc<CertRecord>],
         number: u64,
+        lifetime: Duration,
     ) -> Result<(), Error> {
         let now = OffsetDateTime::now_utc();
         let revoked_certs = records
@@ -65,7 +62,7 @@ impl Crl {
             .collect::<Result<Vec<_>, Error>>()?;
         let params = CertificateRevocationListParams {
             this_update: now,
-            next_update: now + CRL_LIFETIME,
+            next_update: now + lifetime,
             crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
             issuing_distribution_point: None,
             revoked_certs,
@@ -76,7 +73,11 @@ impl Crl {
         Ok(())
     }
 
-    pub(super) fn read(dir: &Path, records: &[std::sync::Arc<CertRecord>]) -> Result<Crl, Error> {
+    pub(super) fn read(
+        dir: &Path,
+        records: &[std::sync::Arc<CertRecord>],
+        lifetime: Duration,
+    ) -> Result<Crl, Error> {
         let path = dir.join("crl.pem");
         let pem = String::from_utf8(fsutil::read(&path)?)
             .map_err(|_| Error::InvalidCertificate(format!("{} is not PEM", path.display())))?;
@@ -88,7 +89,7 @@ impl Crl {
         let next_update = crl
             .next_update()
             .map(|t| t.to_datetime())
-            .unwrap_or(this_update + CRL_LIFETIME);
+            .unwrap_or(this_update + lifetime);
         Ok(Crl {
             revoked_count: records.iter().filter(|r| r.revoked_at.is_some()).count(),
             pem,

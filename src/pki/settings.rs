@@ -16,6 +16,11 @@ pub struct Settings {
     pub ca_validity_days: u32,
     /// Validity of issued certificates when the request does not say, in days.
     pub default_validity_days: u32,
+    /// How long a CRL stays current (its nextUpdate). berthd re-signs it once half of
+    /// this is gone, and registry replicas refuse to serve once it lapses (plus their
+    /// grace) without a newer one, so this bounds how long a cut-off replica serves.
+    #[serde(with = "crate::humantime_serde")]
+    pub crl_lifetime: std::time::Duration,
     /// Create a new CA even though the certificate index lists certificates of one whose
     /// files are gone (`berthd --new-ca`). A one-time decision: never read from a file.
     #[serde(skip)]
@@ -29,6 +34,7 @@ impl Default for Settings {
             ca_key_algorithm: KeyAlgorithm::EcdsaP256,
             ca_validity_days: 3650,
             default_validity_days: 90,
+            crl_lifetime: std::time::Duration::from_secs(7 * 24 * 3600),
             replace_lost_ca: false,
         }
     }

@@ -2,7 +2,9 @@
 //! that host trades it with a CSR for its client certificate (`berth join`). The token text
 //! is `bt1.<id>.<secret>`; only a SHA-256 of the secret is stored (0600), so the file
 //! cannot be replayed. A token is bound to a subject name, expires, is used once, and can
-//! be revoked.
+//! be revoked. A replica token (`--replica`) is the exception to "used once": registry
+//! replicas keep no state, so each start enrols again with the same token until it expires
+//! or is revoked.
 
 use std::path::{Path, PathBuf};
 
@@ -35,8 +37,15 @@ pub struct TokenRecord {
     /// When it was revoked.
     #[serde(with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
-    /// Serial of the certificate it enrolled.
+    /// Serial of the certificate it enrolled (the latest, for a replica token).
     pub certificate_serial: Option<String>,
+    /// A replica token: usable again until it expires or is revoked (a replica keeps no
+    /// state, so every start enrols anew), and it enrols replica certificates.
+    #[serde(default)]
+    pub replica: bool,
+    /// The DNS names and IP addresses a replica token's certificates carry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
 }
 
 /// A token in the file: its record and the hash of its secret.
@@ -118,7 +127,12 @@ impl Tokens {
         Ok(fsutil::write_atomic(&self.path, &bytes, 0o600)?)
     }
 
-    pub(super) fn create(&self, name: &str, ttl: std::time::Duration) -> Result<NewToken, Error> {
+    pub(super) fn create(
+        &self,
+        name: &str,
+        ttl: std::time::Duration,
+        replica_names: Option<&[String]>,
+    ) -> Result<NewToken, Error> {
         let mut f = self.load()?;
         let id = random_hex(6)?;
         let secret_part = random_hex(24)?;
@@ -137,6 +151,8 @@ impl Tokens {
             used_at: None,
             revoked_at: None,
             certificate_serial: None,
+            replica: replica_names.is_some(),
+            names: replica_names.map(<[String]>::to_vec).unwrap_or_default(),
         };
         f.tokens.push(Stored {
             record: record.clone(),
@@ -193,7 +209,7 @@ impl Tokens {
         if t.revoked_at.is_some() {
             return Err(refused("revoked"));
         }
-        if t.used_at.is_some() {
+        if t.used_at.is_some() && !t.replica {
             return Err(refused("already used"));
         }
         if t.expires_at <= OffsetDateTime::now_utc() {

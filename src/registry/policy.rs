@@ -172,6 +172,9 @@ pub struct Policy {
     rules: Vec<Rule>,
     /// Where it came from, for messages (`built-in` for the defaults).
     pub source: String,
+    /// The text it was parsed from (empty for the defaults), which the primary sends to
+    /// its registry replicas so they enforce exactly this policy.
+    pub text: String,
 }
 
 impl Default for Policy {
@@ -182,6 +185,7 @@ impl Default for Policy {
             groups: BTreeMap::new(),
             rules: Vec::new(),
             source: "built-in defaults".into(),
+            text: String::new(),
         }
     }
 }
@@ -324,6 +328,7 @@ impl Policy {
             groups: f.groups,
             rules: f.rules,
             source: path.display().to_string(),
+            text: text.to_string(),
         })
     }
 

@@ -554,3 +554,178 @@ pub fn holds_key(state: &Path, serial: &str) -> bool {
         })
     }) || keys.join(format!("{serial}.key")).is_file()
 }
+
+/// A registry replica (`berthd --role registry`) in-process; dropping it stops it.
+pub struct TestReplica {
+    /// Its socket (status only).
+    pub socket: PathBuf,
+    /// Its registry's real addresses.
+    pub registry: Vec<SocketAddr>,
+    /// Its metrics listener, when enabled.
+    pub metrics: Option<SocketAddr>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestReplica {
+    /// Opens, binds and serves a replica with `config` and `token`; ready once its status
+    /// answers (it took in the primary's first trust material), or the error of its start.
+    pub fn start(config: Config, token: &str) -> Result<TestReplica, String> {
+        crypto();
+        let replica = berth::daemon::Replica::open(config, Some(token.to_string()))
+            .map_err(|e| e.to_string())?;
+        let listeners = replica.bind().map_err(|e| e.to_string())?;
+        let socket = listeners.socket_path().to_path_buf();
+        let registry = listeners.registry_addrs();
+        let metrics = listeners.metrics_addr();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let probe = socket.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut server = tokio::spawn(replica.serve(listeners, async {
+                    let _ = stop_rx.await;
+                }));
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    if server.is_finished() {
+                        let r = (&mut server).await;
+                        let why = match r {
+                            Ok(Err(e)) => e.to_string(),
+                            Ok(Ok(())) => "stopped".to_string(),
+                            Err(e) => e.to_string(),
+                        };
+                        let _ = ready_tx.send(Err(why));
+                        return;
+                    }
+                    if let Ok(c) = Client::connect(&Target::Unix(probe.clone())).await
+                        && c.replica_status().await.is_ok()
+                    {
+                        let _ = ready_tx.send(Ok(()));
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        let _ = ready_tx.send(Err("the replica never answered".into()));
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                match server.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => panic!("the replica stopped with an error: {e}"),
+                    Err(e) => panic!("the replica task failed: {e}"),
+                }
+            });
+        });
+        ready_rx.recv().unwrap()?;
+        Ok(TestReplica {
+            socket,
+            registry,
+            metrics,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Its status, asked on its socket.
+    pub async fn status(&self) -> berth::client::ReplicaStatus {
+        Client::connect(&Target::Unix(self.socket.clone()))
+            .await
+            .unwrap()
+            .replica_status()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestReplica {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// An HTTP/2 connection over mutual TLS that stays open, as docker's and containerd's do,
+/// to show what a revocation does to a connection made before it.
+pub struct OpenConnection {
+    send: hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+}
+
+impl OpenConnection {
+    /// Connects to `addr` (as `localhost`) with `cfg`, whose ALPN must be h2.
+    pub async fn open(
+        addr: SocketAddr,
+        cfg: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Result<OpenConnection, String> {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(
+                rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let (send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        Ok(OpenConnection { send })
+    }
+
+    /// GET `path` on this connection: the status and body.
+    pub async fn get(&self, path: &str) -> Result<(u16, String), String> {
+        use http_body_util::BodyExt;
+        let req = axum::http::Request::builder()
+            .uri(format!("https://localhost{path}"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let resp = self
+            .send
+            .clone()
+            .send_request(req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+/// Plain-HTTP GET of a metrics listener: content type and body.
+pub async fn scrape(addr: SocketAddr) -> (String, String) {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = axum::http::Request::builder()
+        .uri("/metrics")
+        .header("host", "localhost")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let r = send.send_request(req).await.unwrap();
+    assert_eq!(r.status(), axum::http::StatusCode::OK);
+    let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    (ct, String::from_utf8(body.to_vec()).unwrap())
+}

@@ -74,6 +74,9 @@ enum Command {
     /// The registry's policy: reload it, explain a decision.
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCmd),
+    /// A registry replica's link to its primary.
+    #[command(subcommand)]
+    Replica(cmd::replica::ReplicaCmd),
     /// One-time enrolment tokens for `berth join`.
     #[command(subcommand)]
     Token(cmd::token::TokenCmd),
@@ -124,6 +127,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image(c) => cmd::image::run(g, c).await,
         Command::Events(c) => cmd::events::run(g, c).await,
         Command::Token(c) => cmd::token::run(g, c).await,
+        Command::Replica(c) => cmd::replica::run(g, c).await,
         Command::Policy(c) => cmd::policy::run(g, c).await,
         Command::Audit(c) => cmd::audit::run(g, c).await,
         Command::Doctor(c) => cmd::doctor::run(g, c).await,

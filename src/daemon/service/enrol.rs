@@ -38,6 +38,15 @@ impl TokenService for TokenSvc {
         let who = caller(&req);
         let grant = Grant::of(&req)?;
         let r = req.into_inner();
+        if r.replica {
+            // Its certificates serve the registry under the names it carries.
+            grant.require(
+                &self.state,
+                &who,
+                crate::config::Role::Admin,
+                "make a replica token",
+            )?;
+        }
         grant.may_act_on(
             &self.state,
             &who,
@@ -50,7 +59,13 @@ impl TokenService for TokenSvc {
             s => Duration::from_secs(s),
         };
         let state = self.state.clone();
-        let t = blocking(move || state.pki.create_token(&who, &r.name, ttl)).await?;
+        let replica = r.replica.then_some(r.names);
+        let t = blocking(move || {
+            state
+                .pki
+                .create_token(&who, &r.name, ttl, replica.as_deref())
+        })
+        .await?;
         Ok(Response::new(pb::CreateTokenResponse {
             token: Some(convert::token_out(&t.record)),
             secret: t.secret,

@@ -5,6 +5,7 @@ mod certs;
 mod enrol;
 mod pki;
 mod registry;
+mod replica;
 mod system;
 
 pub(crate) use audit::AuditSvc;
@@ -12,6 +13,7 @@ pub(crate) use certs::CertsSvc;
 pub(crate) use enrol::{EnrolSvc, TokenSvc};
 pub(crate) use pki::PkiSvc;
 pub(crate) use registry::RegistrySvc;
+pub(crate) use replica::ReplicaSvc;
 pub(crate) use system::SystemSvc;
 
 use tonic::Status;

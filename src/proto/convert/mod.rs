@@ -88,6 +88,7 @@ pub(crate) fn kind_out(k: CertKind) -> pb::CertificateKind {
         CertKind::Server => pb::CertificateKind::Server,
         CertKind::Client => pb::CertificateKind::Client,
         CertKind::Admin => pb::CertificateKind::Admin,
+        CertKind::Replica => pb::CertificateKind::Replica,
     }
 }
 
@@ -98,6 +99,7 @@ pub(crate) fn kind_in(k: i32) -> Option<CertKind> {
         pb::CertificateKind::Server => Some(CertKind::Server),
         pb::CertificateKind::Client => Some(CertKind::Client),
         pb::CertificateKind::Admin => Some(CertKind::Admin),
+        pb::CertificateKind::Replica => Some(CertKind::Replica),
         pb::CertificateKind::Unspecified => None,
     }
 }

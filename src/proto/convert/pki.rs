@@ -191,6 +191,8 @@ pub(crate) fn token_out(t: &pki::TokenRecord) -> pb::Token {
         used_at: t.used_at.map(ts),
         revoked_at: t.revoked_at.map(ts),
         certificate_serial: t.certificate_serial.clone().unwrap_or_default(),
+        replica: t.replica,
+        names: t.names.clone(),
     }
 }
 
@@ -206,5 +208,7 @@ pub(crate) fn token_in(t: pb::Token) -> pki::TokenRecord {
         used_at: t.used_at.map(time_in),
         revoked_at: t.revoked_at.map(time_in),
         certificate_serial: super::opt(t.certificate_serial),
+        replica: t.replica,
+        names: t.names,
     }
 }

@@ -444,7 +444,7 @@ async fn issue(g: &Global, cmd: IssueCmd) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
-            CertKind::Server => {}
+            CertKind::Server | CertKind::Replica => {}
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -11,5 +11,6 @@ pub mod image;
 pub mod join;
 pub mod policy;
 pub mod registry;
+pub mod replica;
 pub mod system;
 pub mod token;

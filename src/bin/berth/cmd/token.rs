@@ -19,6 +19,14 @@ pub enum TokenCmd {
         /// How long it may be used, e.g. 1h, 30m, 2d.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// A token for registry replicas (`berthd --role registry --join-token`): usable
+        /// again until it expires or is revoked, so replicas can restart without state.
+        #[arg(long, requires = "san")]
+        replica: bool,
+        /// A DNS name or IP address the replicas are dialled by (the load balancer's
+        /// name, their addresses); repeat it. Only with --replica.
+        #[arg(long, requires = "replica")]
+        san: Vec<String>,
     },
     /// List tokens (never their secrets).
     Ls,
@@ -32,14 +40,27 @@ pub enum TokenCmd {
 pub async fn run(g: &Global, cmd: TokenCmd) -> anyhow::Result<ExitCode> {
     let client = g.connect().await?;
     match cmd {
-        TokenCmd::Create { name, ttl } => {
-            let t = client.token_create(&name, Some(ttl)).await?;
+        TokenCmd::Create {
+            name,
+            ttl,
+            replica,
+            san,
+        } => {
+            let names = replica.then_some(san);
+            let t = client
+                .token_create(&name, Some(ttl), names.as_deref())
+                .await?;
             if g.json {
                 output::json(&serde_json::json!({"token": t.record, "secret": t.secret}))?;
             } else {
                 println!("{}", t.secret);
+                let uses = if replica {
+                    "a replica token (reusable)"
+                } else {
+                    "usable once"
+                };
                 eprintln!(
-                    "token {} for {name:?}, usable once until {}; it is not shown again",
+                    "token {} for {name:?}, {uses} until {}; it is not shown again",
                     t.record.id,
                     output::date(t.record.expires_at)
                 );
@@ -54,10 +75,12 @@ pub async fn run(g: &Global, cmd: TokenCmd) -> anyhow::Result<ExitCode> {
                 for r in all {
                     let state = if r.revoked_at.is_some() {
                         "revoked"
-                    } else if r.used_at.is_some() {
+                    } else if r.used_at.is_some() && !r.replica {
                         "used"
                     } else if r.expires_at <= time::OffsetDateTime::now_utc() {
                         "expired"
+                    } else if r.replica {
+                        "usable (replica)"
                     } else {
                         "usable"
                     };
