@@ -1912,3 +1912,165 @@ async fn replicas_serve_one_bucket_and_enforce_the_primarys_trust() {
     assert!(time::OffsetDateTime::now_utc() >= until);
     drop(work);
 }
+
+/// A replica as its own `berthd --role registry` process, so it can be killed with -9.
+struct ReplicaProcess {
+    child: Child,
+    registry: std::net::SocketAddr,
+    socket: PathBuf,
+}
+
+impl ReplicaProcess {
+    /// Starts one from `fleet`'s replica config, written as the file it would read, with
+    /// the token in the environment; returns once its status answers.
+    async fn start(fleet: &Fleet, name: &str) -> ReplicaProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut c = fleet.replica_config(name, Duration::from_secs(3600));
+        c.metrics.enabled = false;
+        c.registry.listen = vec![format!("127.0.0.1:{port}").parse().unwrap()];
+        let file = fleet.work.path().join(format!("{name}.toml"));
+        std::fs::write(&file, toml::to_string(&c).unwrap()).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_berthd"))
+            .args(["--role", "registry", "--config"])
+            .arg(&file)
+            .env("BERTH_JOIN_TOKEN", &fleet.token)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(fleet.work.path().join(format!("{name}.log"))).unwrap())
+            .spawn()
+            .unwrap();
+        let socket = c.control.socket.clone();
+        let ready = within(Duration::from_secs(30), || async {
+            match berth::client::Client::connect(&berth::client::Target::Unix(socket.clone())).await
+            {
+                Ok(cl) => cl.replica_status().await.is_ok_and(|s| s.connected),
+                Err(_) => false,
+            }
+        })
+        .await;
+        assert!(
+            ready.is_some(),
+            "replica {name} never served: {}",
+            std::fs::read_to_string(fleet.work.path().join(format!("{name}.log"))).unwrap()
+        );
+        ReplicaProcess {
+            child,
+            registry: format!("127.0.0.1:{port}").parse().unwrap(),
+            socket,
+        }
+    }
+}
+
+impl Drop for ReplicaProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// kill -9 of the replica a push goes through, mid-way through a layer: the client retries
+/// on the other replica and the image arrives whole; fsck of the bucket finds nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_cut_by_a_killed_replica_completes_on_the_other() {
+    let fleet = Fleet::new(Duration::from_secs(7 * 24 * 3600)).await;
+    let mut a = ReplicaProcess::start(&fleet, "a").await;
+    let b = ReplicaProcess::start(&fleet, "b").await;
+    assert!(b.socket.exists());
+    let (host_a, host_b) = (
+        format!("localhost:{}", a.registry.port()),
+        format!("localhost:{}", b.registry.port()),
+    );
+    let certs_a = fleet.certs(&host_a, "ci").await;
+    let certs_b = fleet.certs(&host_b, "ci").await;
+
+    // One uncompressed 48 MB layer, so the push takes long enough to be cut.
+    let src = Layout::new(&fleet.work.path().join("src"));
+    let mut x = 0x9e37_79b9u32;
+    let layer: Vec<u8> = (0..48_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    let (ld, ls) = src.blob(&layer);
+    drop(layer);
+    let (cd, cs) = src.blob(br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#);
+    let m = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.to_string(), "size": cs},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld.to_string(), "size": ls}],
+    }))
+    .unwrap();
+    let (md, ms) = src.blob(&m);
+    src.refs(vec![("big", json!({"mediaType": OCI_MANIFEST, "digest": md.to_string(), "size": ms}))]);
+    let pol = policy(fleet.work.path());
+    let copy = |certs: &Path, host: &str| {
+        let mut c = Command::new("skopeo");
+        c.arg("--policy")
+            .arg(&pol)
+            .args(["copy", "--preserve-digests", "--dest-cert-dir"])
+            .arg(certs)
+            .arg(format!("oci:{}:big", src.dir.display()))
+            .arg(format!("docker://{host}/fleet/big:1"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+    let push = copy(&certs_a, &host_a).spawn().unwrap();
+    // Killed while the layer's upload is open in the bucket.
+    let primary = fleet.primary.client().await;
+    let uploading = within(Duration::from_secs(60), || async {
+        !primary
+            .registry_uploads(false, None, false)
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    assert!(uploading.is_some(), "the push never opened an upload");
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let cut = push.wait_with_output().unwrap();
+    assert!(
+        !cut.status.success(),
+        "the push finished before replica A was killed; the test proved nothing"
+    );
+
+    // The retry, on B.
+    let retry = copy(&certs_b, &host_b).output().unwrap();
+    assert!(
+        retry.status.success(),
+        "the retry on B failed: {}",
+        String::from_utf8_lossy(&retry.stderr)
+    );
+    let out = fleet.work.path().join("pulled");
+    skopeo(
+        &pol,
+        &[
+            "copy",
+            "--dest-oci-accept-uncompressed-layers",
+            "--src-cert-dir",
+            &certs_b.display().to_string(),
+            &format!("docker://{host_b}/fleet/big:1"),
+            &format!("oci:{}:big", out.display()),
+        ],
+    );
+    assert_eq!(assert_blobs_verify(&out), 3);
+    assert!(
+        out.join("blobs/sha256").join(ld.hex()).exists(),
+        "the 48 MB layer came back whole"
+    );
+    let pulled: Value =
+        serde_json::from_slice(&std::fs::read(out.join("index.json")).unwrap()).unwrap();
+    assert_eq!(pulled["manifests"][0]["digest"], md.to_string());
+    let report = primary.registry_fsck(false).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(report.blobs_checked >= 3);
+}
