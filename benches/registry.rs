@@ -945,18 +945,23 @@ fn moto_version() -> String {
         .unwrap_or_default()
 }
 
-/// The S3 driver next to the filesystem: one berthd on a folder, one on a bucket, and two
-/// on one bucket with the client dealing its connections out to both (the state folder
-/// copied, so both have the CA the bench's certificate comes from). The bucket is on a
+/// The S3 driver and registry replicas next to the filesystem: one berthd on a folder,
+/// then a primary (a copy of the bench's state folder, so its CA is the one the bench's
+/// certificate comes from) with one and with two `berthd --role registry` replicas on a
+/// bucket, the client dealing its connections out to the replicas. The bucket is on a
 /// moto server on loopback (Python, in memory), so the S3 figures are mostly moto's; they
-/// show what the driver costs and how it scales, not what AWS would do.
+/// show what the driver and the replicas cost and how they scale, not what AWS would do.
 async fn s3_figures(d: &Path, state: &Path, policy: &Path, tls: &Arc<rustls::ClientConfig>) {
     let blob_mib = env_or("BERTH_BENCH_S3_MIB", 16).max(1);
     let gets = env_or("BERTH_BENCH_S3_GETS", 4000);
     let moto = moto::Moto::start();
     let creds = moto.credentials_file(d);
     let load = Load::new(blob_mib, 8);
-    let setups: [(&str, usize); 3] = [("filesystem", 1), ("S3, one", 1), ("S3, two", 2)];
+    let setups: [(&str, usize); 3] = [
+        ("filesystem", 1),
+        ("S3, one replica", 1),
+        ("S3, two replicas", 2),
+    ];
     let mut rows: Vec<(&str, Vec<f64>)> = vec![
         ("push-blob c=4 MiB/s", Vec::new()),
         ("pull-blob c=4 MiB/s", Vec::new()),
@@ -976,23 +981,58 @@ async fn s3_figures(d: &Path, state: &Path, policy: &Path, tls: &Arc<rustls::Cli
                 creds.display()
             )
         };
+        let st = d.join(format!("s3-state-{i}"));
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(state)
+            .arg(&st)
+            .status()
+            .unwrap();
+        assert!(copied.success(), "copying berthd's state failed");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let control = free_port();
+        let primary_store = if i == 0 {
+            store.clone()
+        } else {
+            format!("{store}[control]\nlisten = [\"tcp://127.0.0.1:{control}\"]\n")
+        };
+        let (mut primary, client) = start_berthd_with(&st, &primary_store, policy, addr).await;
         let mut running = Vec::new();
-        for n in 0..*servers {
-            let st = d.join(format!("s3-state-{i}-{n}"));
-            let copied = Command::new("cp")
-                .arg("-a")
-                .arg(state)
-                .arg(&st)
-                .status()
-                .unwrap();
-            assert!(copied.success(), "copying berthd's state failed");
-            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let (mut child, client) = start_berthd_with(&st, &store, policy, addr).await;
-            wait_tls(addr, tls, &mut child).await;
-            drop(client);
-            running.push((child, addr));
+        if i == 0 {
+            wait_tls(addr, tls, &mut primary).await;
+            running.push((primary, addr));
+        } else {
+            let names = ["127.0.0.1".to_string(), "localhost".to_string()];
+            let token = client
+                .token_create("bench-replica", None, Some(&names))
+                .await
+                .unwrap()
+                .secret;
+            let fingerprint = client.info().await.unwrap().ca_fingerprint_sha256;
+            for n in 0..*servers {
+                let raddr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+                let rdir = d.join(format!("s3-replica-{i}-{n}"));
+                let mut child = start_replica(
+                    &rdir,
+                    &store,
+                    &format!("127.0.0.1:{control}"),
+                    &fingerprint,
+                    &token,
+                    raddr,
+                );
+                wait_tls(raddr, tls, &mut child).await;
+                running.push((child, raddr));
+            }
+            // The primary only hands out trust; it stops with the replicas.
+            running.push((primary, addr));
         }
-        let across: Vec<(SocketAddr, u32)> = running.iter().map(|(c, a)| (*a, c.id())).collect();
+        drop(client);
+        let serving = if i == 0 { 1 } else { *servers };
+        let across: Vec<(SocketAddr, u32)> = running
+            .iter()
+            .take(serving)
+            .map(|(c, a)| (*a, c.id()))
+            .collect();
         let (push, _) = transfer_blobs_across(&across, tls, &load.four, true).await;
         let (pull, _) = transfer_blobs_across(&across, tls, &load.four, false).await;
         let (images, _) = push_images(across[0].0, tls, across[0].1, 4, &load.images).await;
@@ -1024,6 +1064,38 @@ async fn s3_figures(d: &Path, state: &Path, policy: &Path, tls: &Arc<rustls::Cli
         let cells: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
         println!("| {name} | {} |", cells.join(" | "));
     }
+}
+
+/// A registry replica process on `store` (TOML under `[registry]`), enrolled with the
+/// primary at `primary` through `token`.
+fn start_replica(
+    dir: &Path,
+    store: &str,
+    primary: &str,
+    fingerprint: &str,
+    token: &str,
+    addr: SocketAddr,
+) -> Child {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = dir.join("replica.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\n[control]\nsocket = \"{}\"\n[replica]\nprimary = \"{primary}\"\nca_fingerprint = \"{fingerprint}\"\n[registry]\n{store}",
+            dir.join("replica.sock").display()
+        ),
+    )
+    .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_berthd"))
+        .args(["--role", "registry", "--config"])
+        .arg(&config)
+        .args(["--registry-listen", &addr.to_string(), "--log", "warn"])
+        .env("BERTH_JOIN_TOKEN", token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 /// Writes and deletes `mib` MiB in the bench folder before a round. On a VM the first

@@ -1803,3 +1803,135 @@ async fn weak_csrs_are_refused_for_what_they_are() {
         .unwrap();
     assert_eq!(rec.names.common_name, "fine");
 }
+
+/// A key and a CSR for it, as a replica makes them.
+fn key_and_csr(cn: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(vec!["evil.example".to_string()]).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    let csr = p.serialize_request(&key).unwrap().pem().unwrap();
+    (key.serialize_pem(), csr)
+}
+
+/// A replica token enrols again and again, each time a `replica` certificate with the
+/// token's names and none of the CSR's; such a certificate may watch the trust material
+/// and call nothing else, and a revocation reaches the streams at once: the other
+/// replicas see the serial, the revoked one's stream ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn replica_tokens_make_certificates_that_may_only_watch() {
+    use futures_util::StreamExt;
+    let d = TestDaemon::start_with(|cfg: &mut Config| {
+        cfg.control.listen = vec!["tcp://127.0.0.1:0".parse::<ListenAddr>().unwrap()];
+    });
+    let local = d.client().await;
+    let fp = local.info().await.unwrap().ca_fingerprint_sha256;
+    let port = d.tcp[0].port();
+    let none: [String; 0] = [];
+    let e = local
+        .token_create("registry", None, Some(&none))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("--san"), "{e}");
+    let names = ["registry.example.com".to_string(), "10.0.0.5".to_string()];
+    let token = local
+        .token_create("registry", None, Some(&names))
+        .await
+        .unwrap()
+        .secret;
+    let anon = Client::connect_pinned("127.0.0.1", port, &fp, None)
+        .await
+        .unwrap();
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let (key, csr) = key_and_csr("admin");
+        let got = anon.enrol(&token, &csr).await.unwrap();
+        replicas.push((got, key));
+    }
+    let recs = local
+        .list(Some(CertKind::Replica), None)
+        .await
+        .unwrap();
+    assert_eq!(recs.len(), 2);
+    for r in &recs {
+        assert_eq!(r.names.common_name, "registry");
+        assert_eq!(r.names.dns_names, ["registry.example.com"]);
+        assert_eq!(r.names.ip_addresses, ["10.0.0.5".parse::<std::net::IpAddr>().unwrap()]);
+        let pem = write(d.dir.path(), "replica.pem", &r.certificate_pem);
+        let text = openssl_text(&pem);
+        assert!(
+            text.contains("TLS Web Server Authentication, TLS Web Client Authentication"),
+            "{text}"
+        );
+    }
+    // Nothing but a replica token makes one.
+    let (_, csr) = key_and_csr("registry");
+    let e = local
+        .sign_csr(csr.into_bytes(), CertKind::Replica, None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("replica token"), "{e}");
+
+    let as_replica = |i: usize| {
+        let (got, key) = &replicas[i];
+        let (cert, key) = (got.certificate_pem.clone(), key.clone());
+        let fp = fp.clone();
+        async move {
+            Client::connect_pinned("127.0.0.1", port, &fp, Some((&cert, &key)))
+                .await
+                .unwrap()
+        }
+    };
+    let r0 = as_replica(0).await;
+    let r1 = as_replica(1).await;
+    let mut s0 = r0.watch_trust(vec![]).await.unwrap();
+    let mut s1 = r1.watch_trust(vec![]).await.unwrap();
+    let first = s1.next().await.unwrap().unwrap();
+    assert_eq!(first.ca_pem, local.ca().await.unwrap().0);
+    assert!(first.revoked_serials.is_empty());
+    assert!(first.crl_pem.contains("BEGIN X509 CRL"));
+    assert!(s0.next().await.unwrap().is_ok());
+    let e = r1.list(None, None).await.unwrap_err();
+    assert_eq!(e.kind(), Some(Code::PermissionDenied), "{e}");
+    let e = r1.token_create("x", None, None).await.unwrap_err();
+    assert_eq!(e.kind(), Some(Code::PermissionDenied), "{e}");
+
+    // A client certificate may not watch.
+    let ci = common::client_cert(&local, "ci").await;
+    let ci_key = ci.key.as_ref().unwrap().secret_pem().to_string();
+    let as_ci = Client::connect_pinned(
+        "127.0.0.1",
+        port,
+        &fp,
+        Some((&ci.record.certificate_pem, &ci_key)),
+    )
+    .await
+    .unwrap();
+    let e = match as_ci.watch_trust(vec![]).await {
+        Ok(mut s) => s.next().await.unwrap().unwrap_err(),
+        Err(e) => e,
+    };
+    assert_eq!(e.kind(), Some(Code::PermissionDenied), "{e}");
+
+    // Revoking replica 0: replica 1 hears the serial, replica 0's stream ends.
+    let serial0 = replicas[0].0.serial.clone();
+    local.revoke(&serial0).await.unwrap();
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), s1.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(next.revoked_serials.contains(&serial0), "{next:?}");
+    assert!(next.generation > first.generation);
+    let end = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match s0.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return e.to_string(),
+                None => return "ended".to_string(),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(end.contains("revoked"), "{end}");
+}

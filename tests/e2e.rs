@@ -2000,7 +2000,8 @@ async fn a_push_cut_by_a_killed_replica_completes_on_the_other() {
         .collect();
     let (ld, ls) = src.blob(&layer);
     drop(layer);
-    let (cd, cs) = src.blob(br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#);
+    let (cd, cs) = src
+        .blob(br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#);
     let m = serde_json::to_vec(&json!({
         "schemaVersion": 2, "mediaType": OCI_MANIFEST,
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.to_string(), "size": cs},
@@ -2008,7 +2009,10 @@ async fn a_push_cut_by_a_killed_replica_completes_on_the_other() {
     }))
     .unwrap();
     let (md, ms) = src.blob(&m);
-    src.refs(vec![("big", json!({"mediaType": OCI_MANIFEST, "digest": md.to_string(), "size": ms}))]);
+    src.refs(vec![(
+        "big",
+        json!({"mediaType": OCI_MANIFEST, "digest": md.to_string(), "size": ms}),
+    )]);
     let pol = policy(fleet.work.path());
     let copy = |certs: &Path, host: &str| {
         let mut c = Command::new("skopeo");

@@ -169,6 +169,8 @@ pub enum Kind {
     Client,
     /// Admin certificates.
     Admin,
+    /// Registry replicas' certificates (from replica tokens).
+    Replica,
 }
 
 impl From<Kind> for CertKind {
@@ -177,6 +179,7 @@ impl From<Kind> for CertKind {
             Kind::Server => CertKind::Server,
             Kind::Client => CertKind::Client,
             Kind::Admin => CertKind::Admin,
+            Kind::Replica => CertKind::Replica,
         }
     }
 }
