@@ -1847,15 +1847,15 @@ async fn replica_tokens_make_certificates_that_may_only_watch() {
         let got = anon.enrol(&token, &csr).await.unwrap();
         replicas.push((got, key));
     }
-    let recs = local
-        .list(Some(CertKind::Replica), None)
-        .await
-        .unwrap();
+    let recs = local.list(Some(CertKind::Replica), None).await.unwrap();
     assert_eq!(recs.len(), 2);
     for r in &recs {
         assert_eq!(r.names.common_name, "registry");
         assert_eq!(r.names.dns_names, ["registry.example.com"]);
-        assert_eq!(r.names.ip_addresses, ["10.0.0.5".parse::<std::net::IpAddr>().unwrap()]);
+        assert_eq!(
+            r.names.ip_addresses,
+            ["10.0.0.5".parse::<std::net::IpAddr>().unwrap()]
+        );
         let pem = write(d.dir.path(), "replica.pem", &r.certificate_pem);
         let text = openssl_text(&pem);
         assert!(

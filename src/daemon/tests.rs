@@ -83,3 +83,76 @@ fn every_rpc_has_a_role_and_every_service_a_label() {
     );
     assert!(unplaced.is_empty(), "RPCs without a role: {unplaced:?}");
 }
+
+/// A replica's config says what is missing or out of place, before anything is bound, and
+/// a replica never starts without its primary's trust material.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_refuses_configs_it_cannot_serve_and_a_primary_it_cannot_reach() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let base = || {
+        let mut cfg = Config::default();
+        cfg.set_root(&dir.path().join("replica"));
+        cfg.registry.root = Some(dir.path().join("shared"));
+        cfg.registry.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        cfg.replica = Some(crate::config::ReplicaConfig {
+            primary: "127.0.0.1:1".into(),
+            ca_fingerprint: format!("sha256:{}", "ab".repeat(32)),
+            token_file: None,
+            crl_grace: Duration::from_secs(60),
+        });
+        cfg
+    };
+    let refused = |cfg: Config, token: Option<&str>| {
+        Replica::open(cfg, token.map(str::to_string))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let mut c = base();
+    c.replica = None;
+    assert!(refused(c, Some("t")).contains("[replica]"));
+    assert!(refused(base(), None).contains("BERTH_JOIN_TOKEN"));
+    let mut c = base();
+    c.control.listen = vec!["tcp://127.0.0.1:0".parse().unwrap()];
+    assert!(refused(c, Some("t")).contains("control.listen"));
+    let mut c = base();
+    c.registry.policy = Some(dir.path().join("policy.toml"));
+    assert!(refused(c, Some("t")).contains("primary's policy"));
+    let mut c = base();
+    c.registry.root = None;
+    assert!(refused(c, Some("t")).contains("shared store"));
+    let mut c = base();
+    if let Some(r) = c.replica.as_mut() {
+        r.ca_fingerprint = "nonsense".into();
+    }
+    assert!(refused(c, Some("t")).contains("ca_fingerprint"));
+    let mut c = base();
+    if let Some(r) = c.replica.as_mut() {
+        r.primary = "no-port".into();
+    }
+    let replica = Replica::open(c, Some("t".into())).unwrap();
+    let l = replica.bind().unwrap();
+    let e = replica.serve(l, std::future::pending()).await.unwrap_err();
+    assert!(e.to_string().contains("HOST:PORT"), "{e}");
+    // Nobody listens on port 1: the start fails and says with whom.
+    let replica = Replica::open(base(), Some("t".into())).unwrap();
+    let l = replica.bind().unwrap();
+    let e = replica.serve(l, std::future::pending()).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("enrolling with the primary 127.0.0.1:1"),
+        "{e}"
+    );
+}
+
+/// `pki.crl_lifetime` below a few seconds cannot be re-signed in time: refused.
+#[test]
+fn a_crl_lifetime_too_short_to_renew_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::default();
+    cfg.set_root(dir.path());
+    cfg.pki.crl_lifetime = Duration::from_secs(1);
+    let e = Daemon::open(cfg).unwrap_err();
+    assert!(e.to_string().contains("crl_lifetime"), "{e}");
+}
