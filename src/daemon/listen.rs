@@ -5,7 +5,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::Error;
-use crate::config::ControlConfig;
+use crate::config::{Config, ControlConfig};
 use crate::fsutil;
 
 /// Bound, not yet serving, listeners. Tests bind port 0 and read the address back.
@@ -44,6 +44,27 @@ impl Listeners {
             .filter_map(|l| l.local_addr().ok())
             .collect()
     }
+}
+
+/// Binds everything `cfg` asks for: the control listeners, the registry (when enabled)
+/// and the metrics listener (when enabled). On an error nothing stays bound and the socket
+/// file is removed.
+pub(super) fn bind_all(cfg: &Config, group: Option<u32>) -> Result<Listeners, Error> {
+    let mut l = bind(&cfg.control, group)?;
+    let rest = (|| {
+        if cfg.registry.enabled {
+            l.registry = bind_registry(&cfg.registry.listen)?;
+        }
+        if cfg.metrics.enabled {
+            l.metrics = Some(bind_metrics(cfg.metrics.listen)?);
+        }
+        Ok(())
+    })();
+    if let Err(e) = rest {
+        let _ = std::fs::remove_file(&l.socket);
+        return Err(e);
+    }
+    Ok(l)
 }
 
 /// Binds the unix socket (mode and group applied before anyone can connect) and every TCP

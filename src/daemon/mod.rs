@@ -293,28 +293,7 @@ impl Daemon {
 
     /// Binds the configured listeners.
     pub fn bind(&self) -> Result<Listeners, Error> {
-        let mut l = listen::bind(&self.state.config.control, self.state.policy.group)?;
-        let reg = &self.state.config.registry;
-        if reg.enabled {
-            match listen::bind_registry(&reg.listen) {
-                Ok(r) => l.registry = r,
-                Err(e) => {
-                    let _ = std::fs::remove_file(&l.socket);
-                    return Err(e);
-                }
-            }
-        }
-        let m = &self.state.config.metrics;
-        if m.enabled {
-            match listen::bind_metrics(m.listen) {
-                Ok(r) => l.metrics = Some(r),
-                Err(e) => {
-                    let _ = std::fs::remove_file(&l.socket);
-                    return Err(e);
-                }
-            }
-        }
-        Ok(l)
+        listen::bind_all(&self.state.config, self.state.policy.group)
     }
 
     /// SHA-256 fingerprint of the CA, for the startup banner.
@@ -356,6 +335,12 @@ impl Daemon {
         let (health, routes) = routes(&state)?;
         set_health(&health, false).await;
         let settings = state.config.net.clone();
+        let edge = Edge {
+            settings: &settings,
+            gate: &state.gate,
+            metrics: &state.metrics,
+            stop: &stop_rx,
+        };
         let control = |tls| Served {
             name: "control",
             service: routes.clone(),
@@ -399,52 +384,11 @@ impl Daemon {
             let names = net::tls::service_names(&registry_addrs, &state.config.registry.names);
             let cfg = Arc::new(ArcSwap::new(net::tls::registry_config(&state.pki, &names)?));
             let _ = state.registry_tls.set((names, cfg.clone()));
-            let app = oci::router(state.registry.clone(), settings.body_stall_timeout);
-            for l in listeners.registry {
-                let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-                let l = TcpListener::from_std(l).map_err(bind_err(addr))?;
-                let hint = oci::plain_http_hint(l.local_addr().ok());
-                tasks.spawn(net::serve(
-                    Listener::Tcp(l),
-                    Served {
-                        name: "registry",
-                        service: app.clone(),
-                        refuse: oci::refuse,
-                        tls: Some(cfg.clone()),
-                        gate: state.gate.clone(),
-                        settings: settings.clone(),
-                        plain_http_hint: Some(hint),
-                        allow_anonymous: false,
-                        metrics: state.metrics.clone(),
-                        route: oci::route_name,
-                        plain: false,
-                    },
-                    stop_rx.clone(),
-                ));
-            }
+            edge.registry(&mut tasks, listeners.registry, &state.registry, &cfg)?;
             tracing::info!(addrs = ?registry_addrs, root = %state.registry.root().display(), "registry serving (mutual TLS)");
         }
         if let Some(l) = listeners.metrics {
-            let addr = l.local_addr().ok();
-            let l = TcpListener::from_std(l).map_err(bind_err(format!("metrics {addr:?}")))?;
-            tasks.spawn(net::serve(
-                Listener::Tcp(l),
-                Served {
-                    name: "metrics",
-                    service: scrape::router(state.clone()),
-                    refuse: scrape::refuse,
-                    tls: None,
-                    gate: state.gate.clone(),
-                    settings: settings.clone(),
-                    plain_http_hint: None,
-                    allow_anonymous: true,
-                    metrics: state.metrics.clone(),
-                    route: scrape::route,
-                    plain: true,
-                },
-                stop_rx.clone(),
-            ));
-            tracing::info!(addr = ?addr, "metrics serving (plain HTTP)");
+            edge.metrics(&mut tasks, l, scrape::router(state.clone()))?;
         }
         tasks.spawn(reload_on_sighup(state.clone(), stop_rx.clone()));
         tasks.spawn(renew_certificates(state.clone(), stop_rx.clone()));
@@ -462,6 +406,84 @@ impl Daemon {
         while tasks.join_next().await.is_some() {}
         let _ = std::fs::remove_file(&socket);
         tracing::info!("berthd stopped");
+        Ok(())
+    }
+}
+
+/// What the registry and metrics listeners of a primary and of a replica share, so both
+/// serve them the same way.
+struct Edge<'a> {
+    settings: &'a net::Settings,
+    gate: &'a Arc<Gate>,
+    metrics: &'a Arc<crate::metrics::Metrics>,
+    stop: &'a watch::Receiver<bool>,
+}
+
+impl Edge<'_> {
+    /// Serves the OCI edge of `registry` on every listener, mutual TLS with `tls`.
+    fn registry(
+        &self,
+        tasks: &mut tokio::task::JoinSet<()>,
+        listeners: Vec<std::net::TcpListener>,
+        registry: &Registry,
+        tls: &Arc<ArcSwap<rustls::ServerConfig>>,
+    ) -> Result<(), Error> {
+        let app = oci::router(registry.clone(), self.settings.body_stall_timeout);
+        for l in listeners {
+            let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            let l = TcpListener::from_std(l).map_err(|source| Error::Bind { addr, source })?;
+            let hint = oci::plain_http_hint(l.local_addr().ok());
+            tasks.spawn(net::serve(
+                Listener::Tcp(l),
+                Served {
+                    name: "registry",
+                    service: app.clone(),
+                    refuse: oci::refuse,
+                    tls: Some(tls.clone()),
+                    gate: self.gate.clone(),
+                    settings: self.settings.clone(),
+                    plain_http_hint: Some(hint),
+                    allow_anonymous: false,
+                    metrics: self.metrics.clone(),
+                    route: oci::route_name,
+                    plain: false,
+                },
+                self.stop.clone(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Serves `/metrics` in plain HTTP on `l`.
+    fn metrics(
+        &self,
+        tasks: &mut tokio::task::JoinSet<()>,
+        l: std::net::TcpListener,
+        router: axum::Router,
+    ) -> Result<(), Error> {
+        let addr = l.local_addr().ok();
+        let l = TcpListener::from_std(l).map_err(|source| Error::Bind {
+            addr: format!("metrics {addr:?}"),
+            source,
+        })?;
+        tasks.spawn(net::serve(
+            Listener::Tcp(l),
+            Served {
+                name: "metrics",
+                service: router,
+                refuse: scrape::refuse,
+                tls: None,
+                gate: self.gate.clone(),
+                settings: self.settings.clone(),
+                plain_http_hint: None,
+                allow_anonymous: true,
+                metrics: self.metrics.clone(),
+                route: scrape::route,
+                plain: true,
+            },
+            self.stop.clone(),
+        ));
+        tracing::info!(addr = ?addr, "metrics serving (plain HTTP)");
         Ok(())
     }
 }

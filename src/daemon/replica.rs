@@ -22,7 +22,6 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
@@ -32,7 +31,6 @@ use crate::client::{Client, TrustUpdate};
 use crate::config::{Config, ReplicaConfig};
 use crate::identity::Identity;
 use crate::net::{self, Gate, Listener, Served};
-use crate::oci;
 use crate::pki::SecretKeyPem;
 use crate::proto as pb;
 use crate::proto::convert;
@@ -312,25 +310,7 @@ impl Replica {
 
     /// Binds the unix socket (status only), the registry and the metrics listeners.
     pub fn bind(&self) -> Result<Listeners, Error> {
-        let mut l = listen::bind(&self.config.control, self.group)?;
-        match listen::bind_registry(&self.config.registry.listen) {
-            Ok(r) => l.registry = r,
-            Err(e) => {
-                let _ = std::fs::remove_file(&l.socket);
-                return Err(e);
-            }
-        }
-        let m = &self.config.metrics;
-        if m.enabled {
-            match listen::bind_metrics(m.listen) {
-                Ok(r) => l.metrics = Some(r),
-                Err(e) => {
-                    let _ = std::fs::remove_file(&l.socket);
-                    return Err(e);
-                }
-            }
-        }
-        Ok(l)
+        listen::bind_all(&self.config, self.group)
     }
 
     /// Enrols, takes the first trust material, serves the registry until `shutdown`, and
@@ -379,30 +359,16 @@ impl Replica {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         let settings = self.config.net.clone();
-        let app = oci::router(self.registry.clone(), settings.body_stall_timeout);
         let bind_err = |addr: String| move |source| Error::Bind { addr, source };
-        for l in listeners.registry {
-            let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-            let l = TcpListener::from_std(l).map_err(bind_err(addr))?;
-            let hint = oci::plain_http_hint(l.local_addr().ok());
-            tasks.spawn(net::serve(
-                Listener::Tcp(l),
-                Served {
-                    name: "registry",
-                    service: app.clone(),
-                    refuse: oci::refuse,
-                    tls: Some(tls.clone()),
-                    gate: link.gate.clone(),
-                    settings: settings.clone(),
-                    plain_http_hint: Some(hint),
-                    allow_anonymous: false,
-                    metrics: self.metrics.clone(),
-                    route: oci::route_name,
-                    plain: false,
-                },
-                stop_rx.clone(),
-            ));
-        }
+        // The metrics listener serves during a lapse too: that is when it matters.
+        let open_gate = Arc::new(Gate::default());
+        let edge = super::Edge {
+            settings: &settings,
+            gate: &link.gate,
+            metrics: &self.metrics,
+            stop: &stop_rx,
+        };
+        edge.registry(&mut tasks, listeners.registry, &self.registry, &tls)?;
         let socket = listeners.socket.clone();
         let unix = tokio::net::UnixListener::from_std(listeners.unix)
             .map_err(bind_err(socket.display().to_string()))?;
@@ -424,26 +390,11 @@ impl Replica {
             stop_rx.clone(),
         ));
         if let Some(l) = listeners.metrics {
-            let addr = l.local_addr().ok();
-            let l = TcpListener::from_std(l).map_err(bind_err(format!("metrics {addr:?}")))?;
-            tasks.spawn(net::serve(
-                Listener::Tcp(l),
-                Served {
-                    name: "metrics",
-                    service: metrics_router(self.metrics.clone()),
-                    refuse: super::scrape::refuse,
-                    tls: None,
-                    // The metrics listener serves during a lapse too: that is when it matters.
-                    gate: Arc::new(Gate::default()),
-                    settings: settings.clone(),
-                    plain_http_hint: None,
-                    allow_anonymous: true,
-                    metrics: self.metrics.clone(),
-                    route: super::scrape::route,
-                    plain: true,
-                },
-                stop_rx.clone(),
-            ));
+            let edge = super::Edge {
+                gate: &open_gate,
+                ..edge
+            };
+            edge.metrics(&mut tasks, l, metrics_router(self.metrics.clone()))?;
         }
         tasks.spawn(watch_loop(link.clone(), stream, stop_rx.clone()));
         tasks.spawn(renew_loop(link.clone(), stop_rx.clone()));
