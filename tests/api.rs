@@ -1890,6 +1890,15 @@ async fn replica_tokens_make_certificates_that_may_only_watch() {
     assert!(first.revoked_serials.is_empty());
     assert!(first.crl_pem.contains("BEGIN X509 CRL"));
     assert!(s0.next().await.unwrap().is_ok());
+    // Quiet: a heartbeat, without the material.
+    let beat = tokio::time::timeout(std::time::Duration::from_secs(15), s1.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(beat.heartbeat_only, "{beat:?}");
+    assert_eq!(beat.generation, first.generation);
+    assert!(beat.crl_pem.is_empty() && beat.ca_pem.is_empty());
     let e = r1.list(None, None).await.unwrap_err();
     assert_eq!(e.kind(), Some(Code::PermissionDenied), "{e}");
     let e = r1.token_create("x", None, None).await.unwrap_err();
@@ -1915,11 +1924,16 @@ async fn replica_tokens_make_certificates_that_may_only_watch() {
     // Revoking replica 0: replica 1 hears the serial, replica 0's stream ends.
     let serial0 = replicas[0].0.serial.clone();
     local.revoke(&serial0).await.unwrap();
-    let next = tokio::time::timeout(std::time::Duration::from_secs(10), s1.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let u = s1.next().await.unwrap().unwrap();
+            if !u.heartbeat_only {
+                return u;
+            }
+        }
+    })
+    .await
+    .unwrap();
     assert!(next.revoked_serials.contains(&serial0), "{next:?}");
     assert!(next.generation > first.generation);
     let end = tokio::time::timeout(std::time::Duration::from_secs(10), async {

@@ -28,6 +28,9 @@ pub struct TrustUpdate {
     pub policy_source: String,
     /// The longest the primary stays quiet.
     pub heartbeat: std::time::Duration,
+    /// A heartbeat: nothing changed since the last update, and only `generation` and
+    /// `heartbeat` are set.
+    pub heartbeat_only: bool,
 }
 
 /// The stream of updates; it ends with an error when the primary hangs up.
@@ -50,14 +53,18 @@ impl Client {
                 generation: u.generation,
                 ca_pem: u.ca_certificate_pem,
                 crl_pem: u.crl_pem,
-                crl_next_update: u
-                    .crl_next_update
-                    .map(time_in)
-                    .ok_or_else(|| Error::Protocol("a trust update without nextUpdate".into()))?,
+                crl_next_update: match u.crl_next_update {
+                    Some(t) => time_in(t),
+                    None if u.heartbeat_only => OffsetDateTime::UNIX_EPOCH,
+                    None => {
+                        return Err(Error::Protocol("a trust update without nextUpdate".into()));
+                    }
+                },
                 revoked_serials: u.revoked_serials,
                 policy_toml: u.policy_toml,
                 policy_source: u.policy_source,
                 heartbeat: std::time::Duration::from_secs(u64::from(u.heartbeat_seconds.max(1))),
+                heartbeat_only: u.heartbeat_only,
             })
         })))
     }

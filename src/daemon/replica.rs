@@ -132,6 +132,9 @@ impl Link {
             s.generation = u.generation;
         }
         self.metrics.replica_last_update.set(now.unix_timestamp());
+        if u.heartbeat_only {
+            return Ok(());
+        }
         let same = self.last().as_ref().is_some_and(|l| {
             l.ca_pem == u.ca_pem
                 && l.crl_pem == u.crl_pem

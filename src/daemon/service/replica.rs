@@ -46,6 +46,7 @@ impl ReplicaService for ReplicaSvc {
         let mut changes = state.trust.subscribe();
         let mut stopping = state.stopping();
         let first = snapshot(state.clone()).await?;
+        let mut sent = first.generation;
         let (tx, out) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             let mut next = Ok(first);
@@ -67,8 +68,14 @@ impl ReplicaService for ReplicaSvc {
                     Err(Status::unauthenticated(format!(
                         "certificate {serial} was revoked: this replica must enrol again"
                     )))
+                } else if *state.trust.borrow() == sent {
+                    Ok(heartbeat(sent))
                 } else {
-                    snapshot(state.clone()).await
+                    let s = snapshot(state.clone()).await;
+                    if let Ok(u) = &s {
+                        sent = u.generation;
+                    }
+                    s
                 };
             }
         });
@@ -87,6 +94,21 @@ impl ReplicaService for ReplicaSvc {
     }
 }
 
+/// "Nothing changed since `generation`."
+fn heartbeat(generation: u64) -> pb::TrustUpdate {
+    pb::TrustUpdate {
+        generation,
+        sent_at: Some(convert::ts(time::OffsetDateTime::now_utc())),
+        heartbeat_seconds: heartbeat_seconds(),
+        heartbeat_only: true,
+        ..pb::TrustUpdate::default()
+    }
+}
+
+fn heartbeat_seconds() -> u32 {
+    u32::try_from(HEARTBEAT.as_secs()).unwrap_or(u32::MAX)
+}
+
 /// The trust material in force now, read under one generation number.
 async fn snapshot(state: Arc<State>) -> Result<pb::TrustUpdate, Status> {
     let generation = *state.trust.borrow();
@@ -102,6 +124,7 @@ async fn snapshot(state: Arc<State>) -> Result<pb::TrustUpdate, Status> {
         policy_toml: policy.text.clone(),
         policy_source: policy.source.clone(),
         sent_at: Some(convert::ts(time::OffsetDateTime::now_utc())),
-        heartbeat_seconds: u32::try_from(HEARTBEAT.as_secs()).unwrap_or(u32::MAX),
+        heartbeat_seconds: heartbeat_seconds(),
+        heartbeat_only: false,
     })
 }
