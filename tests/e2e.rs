@@ -1558,12 +1558,26 @@ struct Fleet {
     token: String,
     fingerprint: String,
     policy_file: PathBuf,
+    gc: Option<(Duration, Duration)>,
+}
+
+/// Sets the bucket's GC grace floor and fence, when given.
+fn tune_gc(c: &mut berth::config::Config, gc: Option<(Duration, Duration)>) {
+    if let (Some((grace, fence)), Some(s3)) = (gc, c.registry.s3.as_mut()) {
+        s3.gc_min_grace = grace;
+        s3.fence = fence;
+    }
 }
 
 impl Fleet {
     /// A primary with a TCP control listener and a replica token for `localhost` and
     /// 127.0.0.1; its CRL lasts `crl_lifetime`.
     async fn new(crl_lifetime: Duration) -> Fleet {
+        Fleet::with_gc(crl_lifetime, None).await
+    }
+
+    /// [`Fleet::new`] with the bucket's `gc_min_grace` and `fence` set on every node.
+    async fn with_gc(crl_lifetime: Duration, gc: Option<(Duration, Duration)>) -> Fleet {
         let work = common::temp_dir();
         let moto = common::moto::shared();
         let bucket = Shared::bucket(&moto, work.path());
@@ -1574,6 +1588,7 @@ impl Fleet {
             c.pki.crl_lifetime = crl_lifetime;
             c.registry.policy = Some(policy_file.clone());
             bucket.configure(c);
+            tune_gc(c, gc);
         });
         let client = primary.client().await;
         let names = ["localhost".to_string(), "127.0.0.1".to_string()];
@@ -1590,6 +1605,7 @@ impl Fleet {
             token,
             fingerprint,
             policy_file,
+            gc,
         }
     }
 
@@ -1600,6 +1616,7 @@ impl Fleet {
         c.metrics.enabled = true;
         c.metrics.listen = "127.0.0.1:0".parse().unwrap();
         self.bucket.configure(&mut c);
+        tune_gc(&mut c, self.gc);
         c.replica = Some(berth::config::ReplicaConfig {
             primary: format!("127.0.0.1:{}", self.primary.tcp[0].port()),
             ca_fingerprint: self.fingerprint.clone(),
@@ -2077,4 +2094,135 @@ async fn a_push_cut_by_a_killed_replica_completes_on_the_other() {
     let report = primary.registry_fsck(false).await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert!(report.blobs_checked >= 3);
+}
+
+/// GC on the primary in a loop while a client pushes through a replica, docker's way
+/// (HEAD every blob, upload what is missing, then the manifest), the image deleted after
+/// each round so its shared layers become garbage again: every push the replica accepts
+/// is whole, and GC meanwhile collects the throwaway blobs each round leaves.
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_on_the_primary_never_breaks_pushes_through_a_replica() {
+    use axum::http::Method;
+    let grace = Duration::from_secs(4);
+    let fleet = Fleet::with_gc(
+        Duration::from_secs(7 * 24 * 3600),
+        Some((grace, Duration::from_millis(500))),
+    )
+    .await;
+    std::fs::write(
+        &fleet.policy_file,
+        "version = 1\n[[rules]]\nname = \"clean-up\"\nrepositories = [\"**\"]\nactions = [\"delete\"]\nsubjects = [{ cn = \"ci\" }]\neffect = \"allow\"\n",
+    )
+    .unwrap();
+    fleet.primary.client().await.reload_policy().await.unwrap();
+    let b = fleet.replica("b");
+    let addr = b.registry[0];
+    let certs = fleet
+        .certs(&format!("localhost:{}", addr.port()), "ci")
+        .await;
+    let tls = certs_d_tls(&certs, b"http/1.1");
+    let call =
+        |method: Method, path: String, headers: Vec<(&'static str, String)>, body: Vec<u8>| {
+            let tls = tls.clone();
+            async move {
+                let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                common::tls_exchange(addr, tls, method, &path, &h, body)
+                    .await
+                    .unwrap()
+            }
+        };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gc = {
+        let primary = fleet.primary.client().await;
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut freed = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                freed += primary
+                    .registry_gc(false, false, Some(grace))
+                    .await
+                    .unwrap()
+                    .blobs_deleted
+                    .len();
+            }
+            freed
+        })
+    };
+    let layers: Vec<Vec<u8>> = (0..3)
+        .map(|i| format!("shared layer {i} ").repeat(500).into_bytes())
+        .collect();
+    let config = b"{}".to_vec();
+    let started = Instant::now();
+    let mut round = 0;
+    while started.elapsed() < 3 * grace || round < 3 {
+        round += 1;
+        common::push_blob(
+            addr,
+            tls.clone(),
+            "team/junk",
+            format!("junk {round}").as_bytes(),
+        )
+        .await;
+        let blobs: Vec<&Vec<u8>> = std::iter::once(&config).chain(layers.iter()).collect();
+        let heads = futures_util::future::join_all(blobs.iter().map(|blob| {
+            let path = format!("/v2/team/app/blobs/{}", Digest::sha256_of(blob));
+            let call = &call;
+            async move { call(Method::HEAD, path, vec![], vec![]).await.0 }
+        }))
+        .await;
+        let mut named = Vec::new();
+        for (blob, status) in blobs.iter().zip(heads) {
+            if status.as_u16() == 404 {
+                common::push_blob(addr, tls.clone(), "team/app", blob).await;
+            } else {
+                assert_eq!(status.as_u16(), 200, "round {round}");
+            }
+            if **blob != config {
+                named.push((Digest::sha256_of(blob), blob.len()));
+            }
+        }
+        let top = format!("top {round} ").repeat(40_000).into_bytes();
+        let d = common::push_blob(addr, tls.clone(), "team/app", &top).await;
+        named.push((d, top.len()));
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": Digest::sha256_of(&config).to_string(), "size": config.len()},
+            "layers": named.iter().map(|(d, n)| json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d.to_string(), "size": n})).collect::<Vec<_>>(),
+        }))
+        .unwrap();
+        let (s, _, body) = call(
+            Method::PUT,
+            "/v2/team/app/manifests/latest".into(),
+            vec![("content-type", OCI_MANIFEST.to_string())],
+            manifest.clone(),
+        )
+        .await;
+        assert_eq!(
+            s.as_u16(),
+            201,
+            "round {round}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        for l in &layers {
+            let (s, _, body) = call(
+                Method::GET,
+                format!("/v2/team/app/blobs/{}", Digest::sha256_of(l)),
+                vec![],
+                vec![],
+            )
+            .await;
+            assert_eq!((s.as_u16(), &body), (200, l), "round {round}");
+        }
+        let (s, _, _) = call(
+            Method::DELETE,
+            format!("/v2/team/app/manifests/{}", Digest::sha256_of(&manifest)),
+            vec![],
+            vec![],
+        )
+        .await;
+        assert_eq!(s.as_u16(), 202, "round {round}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let freed = gc.await.unwrap();
+    assert!(freed > 0, "GC collected nothing in {round} rounds");
 }
