@@ -1745,6 +1745,32 @@ async fn replicas_serve_one_bucket_and_enforce_the_primarys_trust() {
     assert_eq!(pulled["manifests"][0]["digest"], image["digest"]);
     assert!(assert_blobs_verify(&out) >= 3);
 
+    // The primary's one audit log has the push, as the replica that took it reported it.
+    let primary_client = fleet.primary.client().await;
+    let audited = within(Duration::from_secs(10), || async {
+        let filter = berth::audit::Filter {
+            repository: Some("fleet/app".into()),
+            action: Some("manifest.put".into()),
+            ..Default::default()
+        };
+        primary_client
+            .audit(&filter)
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| {
+                r.via
+                    .as_deref()
+                    .is_some_and(|v| v.contains(&sa.certificate_serial))
+                    && r.actor.subject.as_deref().is_some_and(|s| s.contains("ci"))
+            })
+    })
+    .await;
+    assert!(
+        audited.is_some(),
+        "the push through A never reached the primary's audit log"
+    );
+
     // A chunked upload begun on A, continued and committed on B, is served by A.
     let tls = certs_d_tls(&certs_a, b"http/1.1");
     let blob: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();

@@ -95,6 +95,15 @@ const FILE: &str = "audit.log";
 #[derive(Debug, Clone, Default)]
 pub struct Audit {
     inner: Option<Arc<Handle>>,
+    /// On a registry replica: records go to this queue, which the replica sends on to its
+    /// primary's log, instead of to a file (a replica keeps nothing on disk).
+    forward: Option<Arc<Forward>>,
+}
+
+#[derive(Debug)]
+struct Forward {
+    tx: tokio::sync::mpsc::Sender<Record>,
+    lost: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -157,7 +166,30 @@ impl Shared {
 impl Audit {
     /// A handle that records nothing (tests, tools that open a core offline).
     pub fn disabled() -> Audit {
-        Audit { inner: None }
+        Audit::default()
+    }
+
+    /// A handle that queues records for someone else to keep (a replica's primary), up to
+    /// `capacity` of them; past that, records are counted as lost rather than slowing
+    /// requests down. Queued is as durable as it gets here: what a replica had not sent
+    /// when it died is lost.
+    pub fn forwarding(capacity: usize) -> (Audit, tokio::sync::mpsc::Receiver<Record>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        let audit = Audit {
+            inner: None,
+            forward: Some(Arc::new(Forward {
+                tx,
+                lost: std::sync::atomic::AtomicU64::new(0),
+            })),
+        };
+        (audit, rx)
+    }
+
+    /// Counts records that could not be kept (a forwarding queue that stayed full).
+    pub fn count_lost(&self, n: u64) {
+        if let Some(f) = &self.forward {
+            f.lost.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Opens (creating, 0700/0600) the log in `dir` and starts its writer. A record torn
@@ -185,6 +217,7 @@ impl Audit {
             .map_err(io("start the writer of", &path))?;
         Ok(Audit {
             inner: Some(Arc::new(Handle { shared })),
+            forward: None,
         })
     }
 
@@ -195,10 +228,24 @@ impl Audit {
 
     /// Records lost to failed writes since start (for metrics).
     pub fn lost(&self) -> u64 {
-        self.inner.as_ref().map_or(0, |h| h.shared.lock().lost)
+        let forwarded = self
+            .forward
+            .as_ref()
+            .map_or(0, |f| f.lost.load(std::sync::atomic::Ordering::Relaxed));
+        self.inner.as_ref().map_or(0, |h| h.shared.lock().lost) + forwarded
     }
 
     fn enqueue(&self, rec: &Record) -> Option<(&Shared, u64)> {
+        if let Some(f) = &self.forward {
+            if f.tx.try_send(rec.clone()).is_err() {
+                f.lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    action = rec.action.name(),
+                    "audit record lost: the queue to the primary is full"
+                );
+            }
+            return None;
+        }
         let h = self.inner.as_ref()?;
         let mut line = match serde_json::to_vec(rec) {
             Ok(l) => l,
@@ -238,6 +285,8 @@ impl Audit {
     /// Records `rec` and waits until it is durable, without blocking a runtime thread.
     pub async fn record_async(&self, rec: &Record) -> Result<(), Error> {
         let Some(h) = self.inner.as_ref() else {
+            // Forwarded (or disabled): queued is all there is.
+            let _ = self.enqueue(rec);
             return Ok(());
         };
         let mut rx = h.shared.synced_tx.subscribe();

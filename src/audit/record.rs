@@ -266,6 +266,10 @@ pub struct Record {
     pub rule: Option<String>,
     /// `ok`, or what went wrong.
     pub result: String,
+    /// The registry replica that served the request (its certificate's CN and serial),
+    /// set by the primary on the records a replica sends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 impl Record {
@@ -282,6 +286,7 @@ impl Record {
             decision: Decision::Allow,
             rule: None,
             result: "ok".into(),
+            via: None,
         }
     }
 

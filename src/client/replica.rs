@@ -107,6 +107,20 @@ pub struct ReplicaStatus {
 }
 
 impl Client {
+    /// Hands the primary audit records a replica made; how many it wrote.
+    pub async fn report_audit(&self, records: &[crate::audit::Record]) -> Result<u32, Error> {
+        let r = ReplicaServiceClient::new(self.channel.clone())
+            .report_audit(pb::ReportAuditRequest {
+                records: records
+                    .iter()
+                    .map(crate::proto::convert::audit_record_out)
+                    .collect(),
+            })
+            .await?
+            .into_inner();
+        Ok(r.recorded)
+    }
+
     /// A replica's status (asked on the replica's own socket).
     pub async fn replica_status(&self) -> Result<ReplicaStatus, Error> {
         let r = ReplicaServiceClient::new(self.channel.clone())

@@ -158,7 +158,7 @@ pub(super) fn placed(service: &str, method: &str) -> Option<Role> {
             "IssueCertificate" | "SignCsr" | "RenewCertificate" | "RevokeCertificate",
         )
         | ("berth.v1.TokenService", "CreateToken" | "RevokeToken") => Role::Issuer,
-        ("berth.v1.ReplicaService", "Watch") => Role::Replica,
+        ("berth.v1.ReplicaService", "Watch" | "ReportAudit") => Role::Replica,
         ("berth.v1.CertsService", "InstallCerts" | "RemoveCerts")
         | (
             "berth.v1.RegistryService",

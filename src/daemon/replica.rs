@@ -41,6 +41,13 @@ use crate::registry::{Backend, Registry};
 /// The longest wait between two attempts to reach a lost primary.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
+/// Audit records a replica holds for its primary, queued and unsent together; past that
+/// it counts them as lost (`berth_audit_records_lost`) rather than slow requests down.
+const AUDIT_QUEUE: usize = 10_000;
+
+/// Audit records per report to the primary.
+const AUDIT_BATCH: usize = 500;
+
 /// How long the first trust material may take to arrive before the start fails.
 const FIRST_UPDATE: Duration = Duration::from_secs(30);
 
@@ -232,6 +239,9 @@ pub struct Replica {
     registry: Registry,
     metrics: Arc<crate::metrics::Metrics>,
     group: Option<u32>,
+    /// Where the registry's audit records go, and what the sender reads them from.
+    audit: crate::audit::Audit,
+    outbox: tokio::sync::mpsc::Receiver<crate::audit::Record>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -296,8 +306,10 @@ impl Replica {
             },
         };
         let metrics = crate::metrics::Metrics::new();
+        let (audit, outbox) = crate::audit::Audit::forwarding(AUDIT_QUEUE);
         let registry = Registry::open(backend, config.registry.delete_enabled)
             .map_err(Error::Storage)?
+            .with_audit(audit.clone())
             .with_metrics(metrics.clone());
         let group = listen::resolve_group(config.control.group.as_deref())?;
         net::raise_fd_limit();
@@ -308,6 +320,8 @@ impl Replica {
             registry,
             metrics,
             group,
+            audit,
+            outbox,
         })
     }
 
@@ -400,6 +414,12 @@ impl Replica {
             edge.metrics(&mut tasks, l, metrics_router(self.metrics.clone()))?;
         }
         tasks.spawn(watch_loop(link.clone(), stream, stop_rx.clone()));
+        tasks.spawn(audit_loop(
+            link.clone(),
+            self.outbox,
+            self.audit.clone(),
+            stop_rx.clone(),
+        ));
         tasks.spawn(renew_loop(link.clone(), stop_rx.clone()));
         tracing::info!(addrs = ?registry_addrs, primary = %self.settings.primary, "registry replica serving (mutual TLS)");
 
@@ -572,6 +592,91 @@ async fn watch_loop(
     }
 }
 
+/// Sends the registry's audit records to the primary in batches, as they come; while the
+/// primary is away they wait (up to [`AUDIT_QUEUE`], then the oldest are dropped and
+/// counted as lost). At shutdown, what is queued gets one last try.
+async fn audit_loop(
+    link: Arc<Link>,
+    mut outbox: tokio::sync::mpsc::Receiver<crate::audit::Record>,
+    audit: crate::audit::Audit,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut pending: std::collections::VecDeque<crate::audit::Record> = Default::default();
+    let mut client: Option<Client> = None;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let stopping = tokio::select! {
+            r = outbox.recv(), if pending.len() < AUDIT_QUEUE => match r {
+                Some(r) => {
+                    pending.push_back(r);
+                    while let Ok(r) = outbox.try_recv() {
+                        pending.push_back(r);
+                    }
+                    false
+                }
+                None => true,
+            },
+            _ = tokio::time::sleep(backoff), if !pending.is_empty() => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        if stopping {
+            while let Ok(r) = outbox.try_recv() {
+                pending.push_back(r);
+            }
+        }
+        if pending.len() > AUDIT_QUEUE {
+            let over = pending.len() - AUDIT_QUEUE;
+            pending.drain(..over);
+            audit.count_lost(u64::try_from(over).unwrap_or(u64::MAX));
+        }
+        while !pending.is_empty() {
+            let c = match client.take() {
+                Some(c) => c,
+                None => match tokio::time::timeout(Duration::from_secs(5), link.connect()).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, queued = pending.len(), "audit records wait for the primary");
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        break;
+                    }
+                    Err(_) => {
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        break;
+                    }
+                },
+            };
+            let n = pending.len().min(AUDIT_BATCH);
+            let batch: Vec<crate::audit::Record> = pending.iter().take(n).cloned().collect();
+            match tokio::time::timeout(Duration::from_secs(10), c.report_audit(&batch)).await {
+                Ok(Ok(_)) => {
+                    pending.drain(..n);
+                    client = Some(c);
+                    backoff = Duration::from_millis(250);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, queued = pending.len(), "the primary did not take the audit records; retrying");
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    break;
+                }
+                Err(_) => {
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    break;
+                }
+            }
+        }
+        if stopping {
+            if !pending.is_empty() {
+                tracing::warn!(
+                    lost = pending.len(),
+                    "audit records not sent to the primary before stopping"
+                );
+                audit.count_lost(u64::try_from(pending.len()).unwrap_or(u64::MAX));
+            }
+            return;
+        }
+    }
+}
+
 /// Enrols again with the token (the certificate was revoked); new handshakes use the new
 /// certificate.
 async fn reenrol(link: &Link) -> Result<(), Error> {
@@ -698,6 +803,15 @@ impl ReplicaService for StatusSvc {
     ) -> Result<Response<Self::WatchStream>, Status> {
         Err(Status::failed_precondition(
             "this berthd is a registry replica: watch the primary",
+        ))
+    }
+
+    async fn report_audit(
+        &self,
+        _: Request<pb::ReportAuditRequest>,
+    ) -> Result<Response<pb::ReportAuditResponse>, Status> {
+        Err(Status::failed_precondition(
+            "this berthd is a registry replica: its primary keeps the audit log",
         ))
     }
 

@@ -19,6 +19,9 @@ use crate::proto::replica_service_server::ReplicaService;
 /// counts the primary as lost.
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(5);
 
+/// The most audit records one report may carry.
+pub(crate) const MAX_REPORTED: usize = 1000;
+
 /// The ReplicaService adapter.
 pub(crate) struct ReplicaSvc {
     pub state: Arc<State>,
@@ -82,6 +85,40 @@ impl ReplicaService for ReplicaSvc {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(out),
         )))
+    }
+
+    async fn report_audit(
+        &self,
+        req: Request<pb::ReportAuditRequest>,
+    ) -> Result<Response<pb::ReportAuditResponse>, Status> {
+        let via = match caller(&req) {
+            Identity::Cert(c) => format!("{} ({})", c.common_name, c.serial),
+            Identity::Unix { .. } | Identity::Anonymous | Identity::Daemon => {
+                return Err(Status::permission_denied(
+                    "only a registry replica reports audit records",
+                ));
+            }
+        };
+        let records = req.into_inner().records;
+        if records.len() > MAX_REPORTED {
+            return Err(Status::invalid_argument(format!(
+                "{} records in one report: send at most {MAX_REPORTED}",
+                records.len()
+            )));
+        }
+        let mut recorded = 0u32;
+        for r in records {
+            let mut rec = convert::audit_record_in(r).map_err(Status::from)?;
+            // Whatever the replica wrote there, the primary says who sent it.
+            rec.via = Some(via.clone());
+            self.state
+                .audit
+                .record_async(&rec)
+                .await
+                .map_err(|e| Status::unavailable(format!("the primary's audit log: {e}")))?;
+            recorded += 1;
+        }
+        Ok(Response::new(pb::ReportAuditResponse { recorded }))
     }
 
     async fn status(

@@ -79,6 +79,7 @@ pub(crate) fn audit_record_out(r: &Record) -> pb::AuditRecord {
         denied: r.decision == Decision::Deny,
         rule: r.rule.clone().unwrap_or_default(),
         result: r.result.clone(),
+        via: r.via.clone().unwrap_or_default(),
     }
 }
 
@@ -122,5 +123,6 @@ pub(crate) fn audit_record_in(r: pb::AuditRecord) -> Result<Record, WireError> {
         },
         rule: opt(r.rule),
         result: r.result,
+        via: opt(r.via),
     })
 }
