@@ -1921,6 +1921,33 @@ async fn replica_tokens_make_certificates_that_may_only_watch() {
     };
     assert_eq!(e.kind(), Some(Code::PermissionDenied), "{e}");
 
+    // A replica's audit records land in the primary's log, marked by the primary with
+    // who sent them, whatever the replica claimed; a client certificate may not send any.
+    let mut rec = berth::audit::Record::new(
+        &berth::identity::Identity::Anonymous,
+        berth::audit::Action::Pull,
+    )
+    .repository("fleet/reported");
+    rec.via = Some("someone else".into());
+    assert_eq!(
+        r1.report_audit(std::slice::from_ref(&rec)).await.unwrap(),
+        1
+    );
+    let e = as_ci.report_audit(&[rec]).await.unwrap_err();
+    assert_eq!(e.kind(), Some(Code::PermissionDenied), "{e}");
+    let got = local
+        .audit(&berth::audit::Filter {
+            repository: Some("fleet/reported".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        got[0].via.as_deref(),
+        Some(format!("registry ({})", replicas[1].0.serial).as_str())
+    );
+
     // Revoking replica 0: replica 1 hears the serial, replica 0's stream ends.
     let serial0 = replicas[0].0.serial.clone();
     local.revoke(&serial0).await.unwrap();
