@@ -39,8 +39,12 @@ fn actor(r: &Record) -> String {
         ("unix", _, Some(uid)) => format!("uid {uid}"),
         (k, _, _) => k.to_string(),
     };
-    match &a.peer {
+    let who = match &a.peer {
         Some(p) => format!("{who} from {p}"),
+        None => who,
+    };
+    match &r.via {
+        Some(v) => format!("{who} via {v}"),
         None => who,
     }
 }
