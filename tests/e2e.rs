@@ -1915,6 +1915,36 @@ async fn replicas_serve_one_bucket_and_enforce_the_primarys_trust() {
         200
     );
 
+    // A revoked replica certificate: the primary ends that replica's stream, and the
+    // replica enrols again with its token and serves under its new certificate.
+    fleet
+        .primary
+        .client()
+        .await
+        .revoke(&sa.certificate_serial)
+        .await
+        .unwrap();
+    let renewed = within(Duration::from_secs(20), || async {
+        let s = a.status().await;
+        s.connected && s.certificate_serial != sa.certificate_serial
+    })
+    .await;
+    assert!(
+        renewed.is_some(),
+        "replica A never enrolled again: {:?}",
+        a.status().await
+    );
+    let certs_a2 = fleet.certs(&host_a, "ci-2").await;
+    assert_eq!(
+        common::tls_get(a.registry[0], certs_d_tls(&certs_a2, b"h2"), "/v2/")
+            .await
+            .unwrap()
+            .0
+            .as_u16(),
+        200,
+        "A serves under its new certificate"
+    );
+
     // The primary goes away: both replicas say so and keep serving with what they have;
     // B, whose grace is 1 s past a 6 s CRL, stops once that has passed.
     let Fleet { primary, work, .. } = fleet;
