@@ -89,7 +89,7 @@ pub struct ReplicaConfig {
     /// SHA-256 fingerprint of the primary's CA (`berth system info`); the token is only
     /// sent to a server that shows this CA, as with `berth join`.
     pub ca_fingerprint: String,
-    /// File holding the replica token (`berth token create NAME --replica --san ...`);
+    /// File holding the replica token (`berth token create --name NAME --replica --san ...`);
     /// `BERTH_JOIN_TOKEN` in the environment takes its place.
     #[serde(default)]
     pub token_file: Option<PathBuf>,

@@ -282,7 +282,7 @@ impl Replica {
             Some(t) => t.trim().to_string(),
             None => {
                 let path = settings.token_file.as_ref().ok_or_else(|| {
-                    bad("no replica token: set BERTH_JOIN_TOKEN or replica.token_file (make one on the primary with `berth token create NAME --replica --san HOST`)")
+                    bad("no replica token: set BERTH_JOIN_TOKEN or replica.token_file (make one on the primary with `berth token create --name NAME --replica --san HOST`)")
                 })?;
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     Error::Replica(format!(

@@ -1023,7 +1023,7 @@ mod tests;
 /// Why a replica certificate cannot be issued or signed directly.
 fn replica_only_by_token() -> Error {
     Error::InvalidRequest(
-        "replica certificates are made only by enrolling with a replica token: `berth token create NAME --replica --san HOST`, then `berthd --role registry --join-token ...`".into(),
+        "replica certificates are made only by enrolling with a replica token: `berth token create --name NAME --replica --san HOST`, then `berthd --role registry --join-token-file FILE`".into(),
     )
 }
 
