@@ -1688,6 +1688,15 @@ where
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_serve_one_bucket_and_enforce_the_primarys_trust() {
     let fleet = Fleet::new(Duration::from_secs(6)).await;
+    // A replica on another prefix of the bucket would serve content GC never sees.
+    let mut elsewhere = fleet.replica_config("elsewhere", Duration::from_secs(60));
+    if let Some(s3) = elsewhere.registry.s3.as_mut() {
+        s3.prefix = "/other".into();
+    }
+    let refused = common::TestReplica::start(elsewhere, &fleet.token)
+        .err()
+        .unwrap_or_default();
+    assert!(refused.contains("its primary at"), "{refused}");
     let a = fleet.replica("a");
     let b = common::TestReplica::start(
         fleet.replica_config("b", Duration::from_secs(1)),
@@ -1711,7 +1720,14 @@ async fn replicas_serve_one_bucket_and_enforce_the_primarys_trust() {
         .list(None, Some("registry".into()))
         .await
         .unwrap();
-    assert_eq!(rec.len(), 2, "{rec:?}");
+    // The refused one enrolled too, before it learnt where its primary keeps content.
+    assert_eq!(rec.len(), 3, "{rec:?}");
+    for serial in [&sa.certificate_serial, &sb.certificate_serial] {
+        assert!(
+            rec.iter().any(|r| &r.serial == serial),
+            "{serial} not in {rec:?}"
+        );
+    }
     assert!(rec.iter().all(|r| r.kind == berth::pki::CertKind::Replica));
 
     // skopeo pushes to A and pulls from B.

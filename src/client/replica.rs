@@ -31,6 +31,8 @@ pub struct TrustUpdate {
     /// A heartbeat: nothing changed since the last update, and only `generation` and
     /// `heartbeat` are set.
     pub heartbeat_only: bool,
+    /// Where the primary's registry keeps content (`S3Settings::location`), or empty.
+    pub store: String,
 }
 
 /// The stream of updates; it ends with an error when the primary hangs up.
@@ -65,6 +67,7 @@ impl Client {
                 policy_source: u.policy_source,
                 heartbeat: std::time::Duration::from_secs(u64::from(u.heartbeat_seconds.max(1))),
                 heartbeat_only: u.heartbeat_only,
+                store: u.store,
             })
         })))
     }

@@ -90,6 +90,8 @@ struct Link {
     tls: ArcSwapOption<ArcSwap<rustls::ServerConfig>>,
     metrics: Arc<crate::metrics::Metrics>,
     listeners: Mutex<Vec<String>>,
+    /// Where this replica's registry keeps content, to compare with the primary's.
+    registry_location: String,
 }
 
 impl Link {
@@ -365,6 +367,13 @@ impl Replica {
             tls: ArcSwapOption::empty(),
             metrics: self.metrics.clone(),
             listeners: Mutex::new(registry_addrs.iter().map(|a| a.to_string()).collect()),
+            registry_location: self
+                .config
+                .registry
+                .s3
+                .as_ref()
+                .map(crate::registry::S3Settings::location)
+                .unwrap_or_else(|| "a shared file system".into()),
         });
         // The first material, or no serving at all: without a CRL nobody can be checked.
         let stream = first_stream(&link).await?;
@@ -503,6 +512,15 @@ async fn first_stream(link: &Link) -> Result<crate::client::TrustStream, Error> 
         .map_err(|_| fail("nothing arrived in 30 s".into()))?
         .ok_or_else(|| fail("the stream ended".into()))?
         .map_err(|e| fail(e.to_string()))?;
+    let mine = link.registry_location.as_str();
+    if first.store.is_empty() {
+        tracing::warn!(replica = %mine, "the primary has no [registry.s3]: GC and fsck of this bucket can only run on a primary that has it");
+    } else if first.store != mine {
+        return Err(Error::Replica(format!(
+            "this replica keeps content at {mine}, its primary at {}: give both the same [registry.s3] bucket, endpoint and prefix",
+            first.store
+        )));
+    }
     link.apply(first).map_err(fail)?;
     link.set_connected(true, None);
     Ok(stream)

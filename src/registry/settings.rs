@@ -88,6 +88,24 @@ fn default_fence() -> Duration {
     Duration::from_secs(5)
 }
 
+impl S3Settings {
+    /// Where the content lives, as one comparable text: the store, the bucket and the
+    /// prefix (`https://minio:9000/registry/shared`; `s3` for AWS). Two nodes with the
+    /// same location share their content.
+    pub fn location(&self) -> String {
+        let store = self
+            .endpoint
+            .as_deref()
+            .map_or("s3", |e| e.trim_end_matches('/'));
+        let prefix = self.prefix.trim_matches('/');
+        if prefix.is_empty() {
+            format!("{store}/{}", self.bucket)
+        } else {
+            format!("{store}/{}/{prefix}", self.bucket)
+        }
+    }
+}
+
 impl Default for S3Settings {
     /// Everything but the bucket, which has no default.
     fn default() -> Self {

@@ -163,5 +163,12 @@ async fn snapshot(state: Arc<State>) -> Result<pb::TrustUpdate, Status> {
         sent_at: Some(convert::ts(time::OffsetDateTime::now_utc())),
         heartbeat_seconds: heartbeat_seconds(),
         heartbeat_only: false,
+        store: state
+            .config
+            .registry
+            .s3
+            .as_ref()
+            .map(crate::registry::S3Settings::location)
+            .unwrap_or_default(),
     })
 }
