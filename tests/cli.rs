@@ -1943,3 +1943,68 @@ fn issued_certificates_survive_kill_9_mid_burst() {
     );
     sigterm(daemon);
 }
+
+/// `berth replica status` on a replica's socket: the primary's socket rules apply (root,
+/// and control.group; another uid outside it is refused), and the answer says whom the
+/// replica hears and until when it serves.
+#[tokio::test(flavor = "multi_thread")]
+async fn replica_status_follows_the_socket_rules() {
+    if !nix::unistd::Uid::effective().is_root() {
+        panic!("this test runs the CLI as uid {NOBODY} and must run as root (CI does)");
+    }
+    let cwd = common::temp_dir();
+    let bin = binary_for_others(cwd.path());
+    let shared = cwd.path().join("shared");
+    let s = shared.clone();
+    let primary = TestDaemon::start_with(move |cfg| {
+        cfg.control.listen = vec!["tcp://127.0.0.1:0".parse().unwrap()];
+        cfg.registry.root = Some(s);
+    });
+    let c = primary.client().await;
+    let token = c
+        .token_create("registry", None, Some(&["localhost".to_string()]))
+        .await
+        .unwrap()
+        .secret;
+    let mut cfg = common::config(&cwd.path().join("replica"));
+    cfg.registry.enabled = true;
+    cfg.registry.root = Some(shared);
+    cfg.control.socket = cwd.path().join("run/replica.sock");
+    cfg.control.group = Some(NOBODY.to_string());
+    // Anyone may connect, so the replica's own check is what refuses outsiders.
+    cfg.control.socket_mode = 0o666;
+    cfg.replica = Some(berth::config::ReplicaConfig {
+        primary: format!("127.0.0.1:{}", primary.tcp[0].port()),
+        ca_fingerprint: c.info().await.unwrap().ca_fingerprint_sha256,
+        token_file: None,
+        crl_grace: std::time::Duration::from_secs(60),
+    });
+    let replica = common::TestReplica::start(cfg, &token).unwrap();
+    let socket = replica.socket.clone();
+    let out = ok(&common::run(
+        Command::new(&bin)
+            .args([
+                "--socket",
+                &socket.display().to_string(),
+                "replica",
+                "status",
+            ])
+            .stdin(Stdio::null()),
+    ));
+    assert!(
+        out.contains("connected since") && out.contains("serving until"),
+        "{out}"
+    );
+    let member = nobody(
+        &bin,
+        &socket,
+        cwd.path(),
+        NOBODY,
+        &["replica", "status", "--json"],
+    );
+    let json: serde_json::Value = serde_json::from_str(&ok(&member)).unwrap();
+    assert_eq!(json["connected"], true, "{json}");
+    let outsider = nobody(&bin, &socket, cwd.path(), 1, &["replica", "status"]);
+    let err = failed(&outsider);
+    assert!(err.contains("control.group may ask"), "{err}");
+}

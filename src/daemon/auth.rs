@@ -380,7 +380,7 @@ pub(crate) fn check_roles(roles: &[crate::config::RoleGrant]) -> Result<(), Stri
 }
 
 /// Supplementary groups of a live process, from /proc; empty when unreadable.
-fn supplementary_groups(pid: i32) -> Vec<u32> {
+pub(super) fn supplementary_groups(pid: i32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

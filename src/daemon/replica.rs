@@ -787,15 +787,27 @@ fn status_routes(link: Arc<Link>, group: Option<u32>) -> Routes {
     });
     let own_uid = nix::unistd::geteuid().as_raw();
     let gate = move |req: Request<()>| -> Result<Request<()>, Status> {
-        match req.extensions().get::<Identity>() {
-            Some(Identity::Unix { uid, gid, .. })
-                if *uid == 0 || *uid == own_uid || group.is_some_and(|g| g == *gid) =>
-            {
-                Ok(req)
+        // The primary's socket rules: root, our own uid, and control.group as primary or
+        // supplementary group.
+        let allowed = match req.extensions().get::<Identity>() {
+            Some(Identity::Unix { uid, gid, pid }) => {
+                *uid == 0
+                    || *uid == own_uid
+                    || group.is_some_and(|g| {
+                        g == *gid
+                            || pid
+                                .is_some_and(|p| super::auth::supplementary_groups(p).contains(&g))
+                    })
             }
-            _ => Err(Status::permission_denied(
+            // The socket is the only listener this serves on; nothing else is a caller here.
+            Some(Identity::Cert(_) | Identity::Anonymous | Identity::Daemon) | None => false,
+        };
+        if allowed {
+            Ok(req)
+        } else {
+            Err(Status::permission_denied(
                 "only root, berthd's own user or control.group may ask a replica's status",
-            )),
+            ))
         }
     };
     Routes::new(tonic::service::interceptor::InterceptedService::new(
