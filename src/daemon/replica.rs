@@ -130,7 +130,8 @@ impl Link {
     }
 
     /// Takes in one update: TLS for new handshakes, the gate for open connections, the
-    /// policy for every request. Equal material (a heartbeat) only counts as heard.
+    /// policy for every request. A heartbeat, or material equal to what is in force, only
+    /// counts as heard.
     fn apply(&self, u: TrustUpdate) -> Result<(), String> {
         let now = OffsetDateTime::now_utc();
         let grace =
@@ -153,18 +154,7 @@ impl Link {
         if same {
             return Ok(());
         }
-        let ca_der = CertificateDer::from_pem_slice(u.ca_pem.as_bytes())
-            .map_err(|e| format!("the primary sent an unreadable CA certificate: {e}"))?;
-        let pinned = crate::client::parse_fingerprint(&self.settings.ca_fingerprint)
-            .map_err(|e| e.to_string())?;
-        if Sha256::digest(ca_der.as_ref()).as_slice() != pinned.as_slice() {
-            return Err(
-                "the primary sent a CA other than replica.ca_fingerprint; nothing was applied"
-                    .into(),
-            );
-        }
-        let crl_der = CertificateRevocationListDer::from_pem_slice(u.crl_pem.as_bytes())
-            .map_err(|e| format!("the primary sent an unreadable CRL: {e}"))?;
+        let cfg = self.tls_config(&u)?;
         let policy_changed = self
             .last()
             .as_ref()
@@ -181,14 +171,6 @@ impl Link {
                 })?,
             )
         };
-        let me = self.me.load();
-        let cfg = net::tls::replica_registry_config(
-            ca_der.as_ref(),
-            crl_der.to_vec(),
-            &me.certificate_pem,
-            me.key.secret_pem(),
-        )
-        .map_err(|e| e.to_string())?;
         // Revocations first: an open connection must not outlive the handshake rule.
         let revoked: HashSet<String> = u.revoked_serials.iter().cloned().collect();
         let revoked_count = revoked.len();
@@ -223,13 +205,42 @@ impl Link {
         Ok(())
     }
 
-    /// Rebuilds the listener's TLS with the current certificate (after a renewal).
+    /// The registry listener's TLS from `u`'s CA and CRL and the replica's certificate;
+    /// refuses a CA other than the pinned one.
+    fn tls_config(&self, u: &TrustUpdate) -> Result<Arc<rustls::ServerConfig>, String> {
+        let ca_der = CertificateDer::from_pem_slice(u.ca_pem.as_bytes())
+            .map_err(|e| format!("the primary sent an unreadable CA certificate: {e}"))?;
+        let pinned = crate::client::parse_fingerprint(&self.settings.ca_fingerprint)
+            .map_err(|e| e.to_string())?;
+        if Sha256::digest(ca_der.as_ref()).as_slice() != pinned.as_slice() {
+            return Err(
+                "the primary sent a CA other than replica.ca_fingerprint; nothing was applied"
+                    .into(),
+            );
+        }
+        let crl_der = CertificateRevocationListDer::from_pem_slice(u.crl_pem.as_bytes())
+            .map_err(|e| format!("the primary sent an unreadable CRL: {e}"))?;
+        let me = self.me.load();
+        net::tls::replica_registry_config(
+            ca_der.as_ref(),
+            crl_der.to_vec(),
+            &me.certificate_pem,
+            me.key.secret_pem(),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// Rebuilds the listener's TLS with the current certificate (after a renewal or a new
+    /// enrolment); the trust material in force stays as it is.
     fn rebuild_tls(&self) -> Result<(), String> {
         let Some(u) = self.last().clone() else {
             return Ok(());
         };
-        *self.last() = None;
-        self.apply(u)
+        let cfg = self.tls_config(&u)?;
+        if let Some(slot) = self.tls.load().as_deref() {
+            slot.store(cfg);
+        }
+        Ok(())
     }
 }
 
