@@ -348,6 +348,24 @@ impl Pending<'_> {
         s.outcome(&q, seq)
     }
 
+    /// Waits until the record is durable, without blocking a runtime thread.
+    pub async fn wait_async(self) -> Result<(), Error> {
+        let Some((s, seq)) = self.at else {
+            return Ok(());
+        };
+        // The current value counts: a record already synced returns at once.
+        let _ = s.synced_tx.subscribe().wait_for(|done| *done >= seq).await;
+        s.outcome(&s.lock(), seq)
+    }
+
+    /// As [`Pending::note`], without blocking a runtime thread.
+    pub async fn note_async(self) {
+        let action = self.action;
+        if let Err(e) = self.wait_async().await {
+            tracing::error!(error = %e, action, "audit record lost");
+        }
+    }
+
     /// Waits, and logs a failure instead of returning it (see [`Audit::note`]).
     pub fn note(self) {
         let action = self.action;

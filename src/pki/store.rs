@@ -188,9 +188,15 @@ const STAGED_KEY: &str = "staged.key";
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Ticket(u64);
 
-/// Group commit of the journal: the first waiter syncs for everyone written so far; the
-/// others wait for it. The held keys are synced first, so a durable index entry that
-/// says `key_held` always has its key.
+/// Group commit of the journal, on a thread of its own: whenever something is written and
+/// not yet durable, the thread syncs everything written so far and wakes whoever waits
+/// for it, so concurrent changes share one sync. The held keys are synced first, so a
+/// durable index entry that says `key_held` always has its key.
+///
+/// A thread rather than a leader among the waiters: an issue then waits without a thread
+/// of its own ([`Syncer::wait_async`]), and its answer is one task wake instead of a
+/// blocking thread parked on a condition variable and woken again. Issuance at 16
+/// callers on 2 cores spent more time switching between those threads than signing.
 #[derive(Debug)]
 pub(super) struct Syncer {
     /// The live journal; replaced when it is set aside to be folded.
@@ -199,7 +205,12 @@ pub(super) struct Syncer {
     held_path: PathBuf,
     path: PathBuf,
     state: std::sync::Mutex<SyncState>,
+    /// Blocking waiters.
     cv: std::sync::Condvar,
+    /// The sync thread.
+    work: std::sync::Condvar,
+    /// `(synced, failed)` for waiters on a runtime (see [`SyncState`]).
+    progress: tokio::sync::watch::Sender<(u64, u64)>,
     /// Held by a test to stall the sync.
     #[cfg(test)]
     pause: std::sync::Mutex<()>,
@@ -213,6 +224,34 @@ struct SyncState {
     written: u64,
     synced: u64,
     syncing: bool,
+    /// Changes up to this one were in a sync that failed; they are never acknowledged.
+    failed: u64,
+    /// Why that sync failed: `(step, file, OS error)`.
+    failure: Option<(&'static str, PathBuf, std::io::ErrorKind, String)>,
+    /// The store is gone: the thread ends once nothing written is left unsynced.
+    closed: bool,
+    /// Syncs done, for tests that prove changes share one.
+    #[cfg(test)]
+    syncs: u64,
+}
+
+impl SyncState {
+    /// `Some` once the change `t` is durable (`Ok`) or was lost with a failed sync.
+    fn outcome(&self, t: Ticket) -> Option<Result<(), Error>> {
+        if self.synced >= t.0 {
+            return Some(Ok(()));
+        }
+        if self.failed >= t.0 {
+            let (op, path, kind, msg) = self.failure.clone()?;
+            return Some(Err(fsutil::Error::Io {
+                op,
+                path,
+                source: std::io::Error::new(kind, msg),
+            }
+            .into()));
+        }
+        None
+    }
 }
 
 impl Syncer {
@@ -223,43 +262,97 @@ impl Syncer {
     fn written(&self, seq: u64) {
         let mut s = self.lock();
         s.written = s.written.max(seq);
+        drop(s);
+        self.work.notify_one();
     }
 
     fn synced(&self, seq: u64) {
         let mut s = self.lock();
         s.synced = s.synced.max(seq);
+        let progress = (s.synced, s.failed);
         drop(s);
         self.cv.notify_all();
+        self.progress.send_replace(progress);
     }
 
-    /// Returns once the change `t` is durable.
+    /// Returns once the change `t` is durable (blocking callers).
     pub(super) fn wait(&self, t: Ticket) -> Result<(), Error> {
         let mut s = self.lock();
         loop {
-            if s.synced >= t.0 {
-                return Ok(());
-            }
-            if !s.syncing {
-                s.syncing = true;
-                let target = s.written;
-                drop(s);
-                let r = self.sync_now();
-                s = self.lock();
-                s.syncing = false;
-                if r.is_ok() {
-                    s.synced = s.synced.max(target);
-                }
-                self.cv.notify_all();
-                r?;
-                continue;
+            if let Some(r) = s.outcome(t) {
+                return r;
             }
             s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
         }
     }
 
+    /// Returns once the change `t` is durable, without holding a thread meanwhile.
+    pub(super) async fn wait_async(&self, t: Ticket) -> Result<(), Error> {
+        let mut rx = self.progress.subscribe();
+        // The sender lives in `self`, which outlives this call.
+        let _ = rx
+            .wait_for(|&(synced, failed)| synced >= t.0 || failed >= t.0)
+            .await;
+        self.lock().outcome(t).unwrap_or(Ok(()))
+    }
+
+    /// Lets the thread end once everything written is synced.
+    fn close(&self) {
+        self.lock().closed = true;
+        self.work.notify_one();
+    }
+
+    /// The sync thread's loop (see [`Syncer`]).
+    fn run(&self) {
+        let mut s = self.lock();
+        loop {
+            if s.written > s.synced.max(s.failed) {
+                s.syncing = true;
+                drop(s);
+                #[cfg(test)]
+                let paused = self.pause.lock().unwrap_or_else(|e| e.into_inner());
+                // Everything written until now is in this sync.
+                let target = self.lock().written;
+                let r = self.sync_now();
+                #[cfg(test)]
+                drop(paused);
+                s = self.lock();
+                s.syncing = false;
+                #[cfg(test)]
+                {
+                    s.syncs += 1;
+                }
+                match r {
+                    Ok(()) => s.synced = s.synced.max(target),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot make certificate index changes durable; they are refused");
+                        s.failed = s.failed.max(target);
+                        s.failure = Some(match e {
+                            Error::Fs(fsutil::Error::Io { op, path, source }) => {
+                                (op, path, source.kind(), source.to_string())
+                            }
+                            other => (
+                                "fsync",
+                                self.path.clone(),
+                                std::io::ErrorKind::Other,
+                                other.to_string(),
+                            ),
+                        });
+                    }
+                }
+                let progress = (s.synced, s.failed);
+                self.cv.notify_all();
+                self.progress.send_replace(progress);
+                continue;
+            }
+            if s.closed {
+                return;
+            }
+            s = self.work.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
     fn sync_now(&self) -> Result<(), Error> {
-        #[cfg(test)]
-        let _paused = self.pause.lock().unwrap_or_else(|e| e.into_inner());
         #[cfg(test)]
         if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(fsutil::Error::Io {
@@ -348,11 +441,22 @@ impl Store {
             path: log,
             state: std::sync::Mutex::default(),
             cv: std::sync::Condvar::new(),
+            work: std::sync::Condvar::new(),
+            progress: tokio::sync::watch::Sender::new((0, 0)),
             #[cfg(test)]
             pause: std::sync::Mutex::new(()),
             #[cfg(test)]
             fail: std::sync::atomic::AtomicBool::new(false),
         });
+        let thread = syncer.clone();
+        std::thread::Builder::new()
+            .name("berth-pki-sync".into())
+            .spawn(move || thread.run())
+            .map_err(|source| fsutil::Error::Io {
+                op: "start a thread to sync",
+                path: dir.join("index.log"),
+                source,
+            })?;
         Ok(Store {
             dir: dir.to_path_buf(),
             held,
@@ -571,6 +675,7 @@ impl Drop for Store {
     /// A fold still writing would race a store opened next on the same folder.
     fn drop(&mut self) {
         self.wait_fold();
+        self.syncer.close();
     }
 }
 

@@ -86,8 +86,7 @@ impl PkiService for PkiSvc {
             &spec.names.common_name,
             "issue a certificate for",
         )?;
-        let state = self.state.clone();
-        let issued = blocking(move || state.pki.issue(&who, &spec)).await?;
+        let issued = self.state.pki.issue_async(&who, &spec).await?;
         let (certificate, private_key_pem, ca_certificate_pem) =
             self.issued_out(&issued, r.return_private_key);
         Ok(Response::new(pb::IssueCertificateResponse {

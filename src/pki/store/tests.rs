@@ -173,7 +173,7 @@ fn an_insert_is_acknowledged_only_once_synced_and_waiters_share_a_sync() {
     let (a, b) = (syncer.clone(), syncer.clone());
     let w1 = std::thread::spawn(move || a.wait(t1));
     let w2 = std::thread::spawn(move || b.wait(t2));
-    // Both wait while the sync is stalled (one of them is the syncing leader).
+    // Both wait while the sync thread is stalled.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !syncer.lock().syncing {
         assert!(
@@ -192,7 +192,46 @@ fn an_insert_is_acknowledged_only_once_synced_and_waiters_share_a_sync() {
     drop(paused);
     w1.join().unwrap().unwrap();
     w2.join().unwrap().unwrap();
-    assert_eq!(syncer.lock().synced, 2);
+    let state = syncer.lock();
+    assert_eq!(state.synced, 2);
+    assert_eq!(state.syncs, 1, "the two changes did not share one sync");
+}
+
+/// An issue on a runtime waits for the same sync without a thread of its own, and a
+/// sync that fails refuses every change it held.
+#[tokio::test]
+// The guard stalls the sync thread, a thread of its own, while this test awaits.
+#[allow(clippy::await_holding_lock)]
+async fn an_async_waiter_is_answered_by_the_sync_and_a_failed_sync_refuses() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = Store::open(d.path()).unwrap();
+    s.settle().unwrap();
+    let syncer = s.syncer();
+    let paused = syncer.pause.lock().unwrap();
+    let t = s.insert(rec("01"), None).unwrap();
+    let waiter = {
+        let syncer = syncer.clone();
+        tokio::spawn(async move { syncer.wait_async(t).await })
+    };
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!waiter.is_finished(), "acknowledged before the sync");
+    drop(paused);
+    waiter.await.unwrap().unwrap();
+    syncer.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let t = s.insert(rec("02"), None).unwrap();
+    let e = syncer.wait_async(t).await.unwrap_err();
+    assert!(e.to_string().contains("fsync"), "{e}");
+    assert!(
+        syncer.wait(t).is_err(),
+        "a blocking waiter was told otherwise"
+    );
+    syncer
+        .fail
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let t = s.insert(rec("03"), None).unwrap();
+    syncer.wait_async(t).await.unwrap();
 }
 
 /// Serials are drawn without the lock, so the store is what keeps them unique: a second
