@@ -8,12 +8,29 @@ use crate::audit::{self, Audit};
 /// fails, the issue is refused and the failure is recorded after the success it follows.
 #[test]
 fn an_issue_whose_sync_fails_is_refused_and_recorded_as_failed() {
+    let (_dirs, pki, audit, spec) = setup();
+    let first = pki.issue(&Identity::Daemon, &spec).unwrap();
+    fail_syncs(&pki);
+    let e = pki.issue(&Identity::Daemon, &spec).unwrap_err();
+    assert_recorded_as_failed(&audit, &first, &e);
+}
+
+/// The same on a runtime thread, as the control API issues.
+#[tokio::test]
+async fn an_async_issue_whose_sync_fails_is_refused_and_recorded_as_failed() {
+    let (_dirs, pki, audit, spec) = setup();
+    let first = pki.issue_async(&Identity::Daemon, &spec).await.unwrap();
+    fail_syncs(&pki);
+    let e = pki.issue_async(&Identity::Daemon, &spec).await.unwrap_err();
+    assert_recorded_as_failed(&audit, &first, &e);
+}
+
+fn setup() -> ([tempfile::TempDir; 2], Pki, Audit, IssueSpec) {
     let d = tempfile::tempdir().unwrap();
     let a = tempfile::tempdir().unwrap();
     let mut pki = Pki::open(d.path(), &Settings::default()).unwrap();
     let audit = Audit::open(a.path(), &audit::Settings::default()).unwrap();
     pki.set_audit(audit.clone());
-    let who = Identity::Daemon;
     let spec = IssueSpec {
         kind: CertKind::Client,
         names: Names {
@@ -24,12 +41,17 @@ fn an_issue_whose_sync_fails_is_refused_and_recorded_as_failed() {
         key_algorithm: KeyAlgorithm::EcdsaP256,
         hold_key: true,
     };
-    let first = pki.issue(&who, &spec).unwrap();
+    ([d, a], pki, audit, spec)
+}
+
+fn fail_syncs(pki: &Pki) {
     pki.lock()
         .syncer()
         .fail
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let e = pki.issue(&who, &spec).unwrap_err();
+}
+
+fn assert_recorded_as_failed(audit: &Audit, first: &Issued, e: &Error) {
     assert!(e.to_string().contains("fsync"), "{e}");
     let issues: Vec<audit::Record> = audit
         .query(&audit::Filter {
