@@ -1976,3 +1976,42 @@ async fn replica_tokens_make_certificates_that_may_only_watch() {
     .unwrap();
     assert!(end.contains("revoked"), "{end}");
 }
+
+/// Client certificates are signed on the runtime's threads, which is fast for ECDSA and
+/// Ed25519; RSA key generation takes up to seconds and must not stall them. Two RSA issues
+/// at once (the daemon has two runtime threads) while other callers keep asking: those
+/// are answered all along.
+#[tokio::test(flavor = "multi_thread")]
+async fn rsa_issues_do_not_stall_other_requests() {
+    let d = TestDaemon::start();
+    let c = d.client().await;
+    let rsa: Vec<_> = (0..2)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                issue(
+                    &c,
+                    CertKind::Client,
+                    names(&format!("rsa-{i}")),
+                    KeyAlgorithm::Rsa4096,
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut answered_meanwhile = 0;
+    while !rsa.iter().all(|t| t.is_finished()) {
+        let other = d.client().await;
+        assert!(other.health().await.unwrap());
+        if !rsa.iter().any(|t| t.is_finished()) {
+            answered_meanwhile += 1;
+        }
+    }
+    for t in rsa {
+        t.await.unwrap();
+    }
+    assert!(
+        answered_meanwhile >= 20,
+        "only {answered_meanwhile} requests were answered while two RSA keys were being made"
+    );
+}

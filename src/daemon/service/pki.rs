@@ -86,7 +86,14 @@ impl PkiService for PkiSvc {
             &spec.names.common_name,
             "issue a certificate for",
         )?;
-        let issued = self.state.pki.issue_async(&who, &spec).await?;
+        let issued = if spec.key_algorithm.is_rsa() {
+            // An RSA key takes up to seconds to find: never on a runtime thread, where it
+            // would stall every other request.
+            let state = self.state.clone();
+            blocking(move || state.pki.issue(&who, &spec)).await?
+        } else {
+            self.state.pki.issue_async(&who, &spec).await?
+        };
         let (certificate, private_key_pem, ca_certificate_pem) =
             self.issued_out(&issued, r.return_private_key);
         Ok(Response::new(pb::IssueCertificateResponse {
