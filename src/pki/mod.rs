@@ -482,8 +482,8 @@ impl Pki {
     /// Issues a certificate with a fresh key, for `who`, on a runtime thread: it signs
     /// there (well under a millisecond of CPU for ECDSA and Ed25519; RSA key generation
     /// takes up to seconds and belongs on a blocking thread, with [`Pki::issue`]) and then
-    /// waits for the index and audit syncs without a thread of its own. Handing each issue to a blocking thread and
-    /// back cost more than the signing at 16 concurrent callers.
+    /// waits for the index and audit syncs without a thread of its own. Handing each
+    /// issue to a blocking thread and back cost more than the signing at 16 callers.
     pub async fn issue_async(&self, who: &Identity, spec: &IssueSpec) -> Result<Issued, Error> {
         let s = match self.issue_started(who, spec) {
             Ok(s) => s,

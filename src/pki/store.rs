@@ -269,6 +269,11 @@ impl Syncer {
     fn synced(&self, seq: u64) {
         let mut s = self.lock();
         s.synced = s.synced.max(seq);
+        self.publish(s);
+    }
+
+    /// Wakes both kinds of waiter with what `s` now says.
+    fn publish(&self, s: std::sync::MutexGuard<'_, SyncState>) {
         let progress = (s.synced, s.failed);
         drop(s);
         self.cv.notify_all();
@@ -340,9 +345,8 @@ impl Syncer {
                         });
                     }
                 }
-                let progress = (s.synced, s.failed);
-                self.cv.notify_all();
-                self.progress.send_replace(progress);
+                self.publish(s);
+                s = self.lock();
                 continue;
             }
             if s.closed {
