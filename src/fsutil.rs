@@ -77,6 +77,34 @@ pub fn stage(path: &Path, bytes: &[u8], mode: u32) -> Result<PathBuf, Error> {
     write_temp(path, bytes, mode, true)
 }
 
+/// [`stage`] without the fsync, for a caller that stages several files and syncs them
+/// together: the file is returned open, its writeback already started (see
+/// [`start_writeback`]), so the first of those syncs commits all of them at once.
+pub fn stage_unsynced(path: &Path, bytes: &[u8], mode: u32) -> Result<(PathBuf, File), Error> {
+    let (tmp, f) = write_temp_file(path, mode, false, |f| f.write_all(bytes))?;
+    start_writeback(&f);
+    Ok((tmp, f))
+}
+
+/// Asks the kernel to start writing `f`'s dirty pages now, without waiting. Only a hint
+/// (the fsync that follows is what makes the bytes durable), but it decides what that
+/// fsync costs: a journaling filesystem allocates the blocks of every file whose
+/// writeback has started in its running transaction, so after several files are kicked
+/// the first fsync's commit covers them all and the others find nothing left to commit.
+/// Linux starts writeback on `POSIX_FADV_DONTNEED` and drops no page that is still dirty
+/// or under writeback (`sync_file_range` would say it directly, but only through
+/// `unsafe`, which this crate forbids).
+pub fn start_writeback(f: &File) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+        // A hint: a filesystem that ignores it costs the fsync its own commit, no more.
+        let _ = posix_fadvise(f, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = f;
+}
+
 /// Writes `bytes` to a new hidden temp file beside `path` with exactly `mode`, fsynced
 /// when `sync`; removed again on failure.
 fn write_temp(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> Result<PathBuf, Error> {
@@ -100,6 +128,16 @@ fn write_temp_with(
     sync: bool,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<PathBuf, Error> {
+    write_temp_file(path, mode, sync, fill).map(|(tmp, _)| tmp)
+}
+
+/// [`write_temp_with`], returning the temp file still open.
+fn write_temp_file(
+    path: &Path,
+    mode: u32,
+    sync: bool,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(PathBuf, File), Error> {
     let tmp = temp_beside(path)?;
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -115,13 +153,15 @@ fn write_temp_with(
         if sync {
             f.sync_all().map_err(io("fsync", &tmp))?;
         }
-        Ok(())
+        Ok(f)
     })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
+    match result {
+        Ok(f) => Ok((tmp, f)),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    Ok(tmp)
 }
 
 /// Second half of [`write_atomic`]: renames a staged temp file over `path` and fsyncs the
@@ -167,21 +207,38 @@ pub fn create_dir_all(dir: &Path, mode: u32) -> Result<(), Error> {
 /// loss (a new folder's name is an entry in its parent, which its own fsync does not
 /// cover).
 pub fn create_dir_all_durable(dir: &Path, mode: u32) -> Result<(), Error> {
+    for p in create_dir_all_unsynced(dir, mode)? {
+        sync_dir(&p)?;
+    }
+    Ok(())
+}
+
+/// [`create_dir_all`], returning what makes the new folders durable: the folder holding
+/// each one it created, outermost first, for the caller to fsync once its own changes in
+/// them are made too. On a journaling filesystem a sync right after each change costs a
+/// commit each; syncs after all the changes share one.
+pub fn create_dir_all_unsynced(dir: &Path, mode: u32) -> Result<Vec<PathBuf>, Error> {
+    let mut made = Vec::new();
+    make_dirs(dir, mode, &mut made)?;
+    Ok(made)
+}
+
+fn make_dirs(dir: &Path, mode: u32, made: &mut Vec<PathBuf>) -> Result<(), Error> {
     if dir.is_dir() {
         return Ok(());
     }
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
     if let Some(p) = parent {
-        create_dir_all_durable(p, mode)?;
+        make_dirs(p, mode, made)?;
     }
     match fs::create_dir(dir) {
         Ok(()) => {
             fs::set_permissions(dir, fs::Permissions::from_mode(mode))
                 .map_err(io("set mode on", dir))?;
-            match parent {
-                Some(p) => sync_dir(p),
-                None => Ok(()),
+            if let Some(p) = parent {
+                made.push(p.to_path_buf());
             }
+            Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
         Err(e) => Err(io("create folder", dir)(e)),
@@ -214,16 +271,67 @@ fn parent(path: &Path) -> Result<&Path, Error> {
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
     #[cfg(test)]
-    DIR_SYNCS.with(|s| s.borrow_mut().push(dir.to_path_buf()));
+    record(Event::SyncDir(dir.to_path_buf()));
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io("fsync folder", dir))
 }
 
+/// Fsyncs `f`, the file at `path`.
+pub(crate) fn sync_file(f: &File, path: &Path) -> Result<(), Error> {
+    #[cfg(test)]
+    record(Event::SyncFile(path.to_path_buf()));
+    f.sync_all().map_err(io("fsync", path))
+}
+
+/// Renames `from` to `to`, replacing what was there; not durable until `to`'s folder is
+/// synced.
+pub(crate) fn rename(from: &Path, to: &Path) -> Result<(), Error> {
+    #[cfg(test)]
+    record(Event::Rename(to.to_path_buf()));
+    fs::rename(from, to).map_err(io("move into place", to))
+}
+
+/// What tests see of the steps that make content durable, in the order this thread made
+/// them.
+#[cfg(test)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// A folder fsynced.
+    SyncDir(PathBuf),
+    /// A file fsynced.
+    SyncFile(PathBuf),
+    /// A name moved into place at this path.
+    Rename(PathBuf),
+}
+
+#[cfg(test)]
+fn record(e: Event) {
+    EVENTS.with(|s| s.borrow_mut().push(e));
+}
+
+/// The folders this thread fsynced since the last call, emptying its record.
+#[cfg(test)]
+pub(crate) fn take_dir_syncs() -> Vec<PathBuf> {
+    take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::SyncDir(d) => Some(d),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Everything this thread recorded since the last call, emptying its record.
+#[cfg(test)]
+pub(crate) fn take_events() -> Vec<Event> {
+    EVENTS.with(|s| std::mem::take(&mut *s.borrow_mut()))
+}
+
 #[cfg(test)]
 thread_local! {
-    /// Folders this thread fsynced, for tests of what is made durable.
-    pub(crate) static DIR_SYNCS: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// What this thread made durable, for tests of what is synced and when.
+    static EVENTS: std::cell::RefCell<Vec<Event>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[cfg(test)]

@@ -78,15 +78,13 @@ fn a_write_that_fails_half_way_keeps_the_old_content() {
 fn durable_folders_sync_the_parent_of_each_new_one() {
     let d = tempfile::tempdir().unwrap();
     let root = d.path();
-    DIR_SYNCS.with(|s| s.borrow_mut().clear());
+    take_events();
     create_dir_all_durable(&root.join("a/b/c"), 0o755).unwrap();
-    let synced = DIR_SYNCS.with(|s| s.borrow().clone());
     assert_eq!(
-        synced,
+        take_dir_syncs(),
         vec![root.to_path_buf(), root.join("a"), root.join("a/b")]
     );
-    DIR_SYNCS.with(|s| s.borrow_mut().clear());
     create_dir_all_durable(&root.join("a/b/c"), 0o755).unwrap();
     create_dir_all(&root.join("x/y"), 0o755).unwrap();
-    assert!(DIR_SYNCS.with(|s| s.borrow().is_empty()));
+    assert!(take_events().is_empty());
 }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 pub use gc::{FsckProblem, FsckReport, GcOptions, GcReport, RepoSummary, StorageStats};
 pub use upload::{UploadInfo, UploadStatus};
 
-use self::driver::{Driver, Key};
+use self::driver::{Driver, Key, Op};
 use self::paths::Paths;
 use super::reference::{Digest, Reference, RepoName, Tag};
 use super::{Error, StoredManifest, manifest};
@@ -573,21 +573,41 @@ impl Storage {
         }
         let (name2, d2) = (name.clone(), d.clone());
         self.run(move |drv, p| {
-            let data = p.blob_data(&d);
+            let (data, kind) = (p.blob_data(&d), p.media_type(&d));
+            let link = d.to_string();
+            let mut content = Vec::new();
             if drv.stat(&data)?.is_none() {
-                drv.put(&data, &body)?;
+                content.push(Op::Put(&data, &body));
             }
-            drv.put(&p.media_type(&d), media_type.as_bytes())?;
-            // Indexed before it joins the repository: a stored manifest is always found.
-            if let Some(s) = &subject {
-                write_link(drv, &p.referrer_link(&name, s, &d), &d)?;
-            }
-            write_link(drv, &p.revision_link(&name, &d), &d)?;
-            for t in &tags {
-                write_link(drv, &p.tag_index(&name, t, &d), &d)?;
-                write_link(drv, &p.tag_current(&name, t), &d)?;
-            }
-            Ok(())
+            content.push(Op::Put(&kind, media_type.as_bytes()));
+            // Each step only once what it points at is durable: the bytes, then the
+            // referrers index (a stored manifest is always found), then the revision
+            // that makes it part of the repository, then the tags naming it.
+            let referrer = subject.as_ref().map(|s| p.referrer_link(&name, s, &d));
+            let referrer: Vec<Op> = referrer
+                .iter()
+                .map(|k| Op::Put(k, link.as_bytes()))
+                .collect();
+            let revision = p.revision_link(&name, &d);
+            let revision = [Op::Put(&revision, link.as_bytes())];
+            let tag_keys: Vec<(Key, Key)> = tags
+                .iter()
+                .map(|t| (p.tag_index(&name, t, &d), p.tag_current(&name, t)))
+                .collect();
+            let tagged: Vec<Op> = tag_keys
+                .iter()
+                .flat_map(|(index, current)| {
+                    [
+                        Op::Put(index, link.as_bytes()),
+                        Op::Put(current, link.as_bytes()),
+                    ]
+                })
+                .collect();
+            let steps: Vec<&[Op]> = [&content[..], &referrer, &revision, &tagged]
+                .into_iter()
+                .filter(|step| !step.is_empty())
+                .collect();
+            drv.apply(&steps)
         })
         .await?;
         self.indexed(&name2, &d2);

@@ -11,9 +11,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::driver::{Driver, Key, Writer};
+use super::driver::{Driver, Key, Op, Writer};
 use super::paths::Paths;
-use super::{CHUNK, Storage, blocking, read_full, write_link};
+use super::{CHUNK, Storage, blocking, read_full};
 use crate::registry::Error;
 use crate::registry::reference::{Algorithm, Digest, Hasher, RepoName};
 
@@ -296,11 +296,15 @@ impl Storage {
         };
         let (name2, d, id2) = (name.clone(), digest.clone(), id.clone());
         self.run(move |drv, p| {
-            let target = p.blob_data(&d);
+            let (target, layer) = (p.blob_data(&d), p.layer_link(&name2, &d));
+            let link = d.to_string();
+            let linked = [Op::Put(&layer, link.as_bytes())];
             if !keep_existing || drv.stat(&target)?.is_none() {
-                drv.rename(&key, &target)?;
+                // The link only once the blob it points at is durable.
+                drv.apply(&[&[Op::Rename(&key, &target)], &linked])?;
+            } else {
+                drv.apply(&[&linked])?;
             }
-            write_link(drv, &p.layer_link(&name2, &d), &d)?;
             drv.delete(&p.upload_dir(&name2, &id2))?;
             Ok(())
         })

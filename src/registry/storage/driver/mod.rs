@@ -91,6 +91,24 @@ pub(crate) trait Append: Write + Send {
     fn finish(self: Box<Self>) -> std::io::Result<()>;
 }
 
+/// One write of [`Driver::apply`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Op<'a> {
+    /// Stores the bytes at the key, as [`Driver::put`] does.
+    Put(&'a Key, &'a [u8]),
+    /// Moves the first key's object to the second, as [`Driver::rename`] does.
+    Rename(&'a Key, &'a Key),
+}
+
+impl Op<'_> {
+    /// The key this op writes.
+    pub(crate) fn target(&self) -> &Key {
+        match self {
+            Op::Put(k, _) | Op::Rename(_, k) => k,
+        }
+    }
+}
+
 /// The I/O a registry needs from its store. Every method is blocking.
 pub(crate) trait Driver: Send + Sync + std::fmt::Debug + 'static {
     /// Where `key` lives, for messages and reports (a path, or `memory:KEY`).
@@ -136,6 +154,23 @@ pub(crate) trait Driver: Send + Sync + std::fmt::Debug + 'static {
 
     /// Moves an object to another key durably, replacing what was there.
     fn rename(&self, from: &Key, to: &Key) -> Result<(), Error>;
+
+    /// Applies `steps` in order, each op as [`Op`] says, all of them durable on return.
+    /// The ops of one step share their syncs, so a crash may keep any of them without the
+    /// others; every op of a step is durable before the next step starts, so what refers
+    /// to an object goes in a step after the object's. This is what makes a commit cheap
+    /// on a filesystem, where each sync of its own costs a journal commit (a manifest
+    /// push was five puts and up to sixteen commits). On failure the ops before the one
+    /// that failed stay done, as separate calls would leave them.
+    fn apply(&self, steps: &[&[Op<'_>]]) -> Result<(), Error> {
+        for op in steps.iter().copied().flatten() {
+            match *op {
+                Op::Put(key, bytes) => self.put(key, bytes)?,
+                Op::Rename(from, to) => self.rename(from, to)?,
+            }
+        }
+        Ok(())
+    }
 
     /// [`Driver::delete`] with no retries and no request allowed to run past half the
     /// store's fence: GC's deletes on a store other processes write to must land before a

@@ -132,6 +132,34 @@ fn suite(d: &dyn Driver) {
     assert_eq!(d.get(&k("g/x/data")).unwrap(), None);
     assert_eq!(d.get(&k("g/y/data")).unwrap().unwrap(), b"2");
     assert!(!d.delete_promptly(&k("g/x")).unwrap());
+
+    // apply: steps of puts and renames leave what the separate calls would, a later
+    // write to a key winning.
+    d.put_scratch(&k("up/1/data"), b"blob").unwrap();
+    let (blob, kind, link) = (k("ap/blob"), k("ap/kind"), k("ap/x/link"));
+    d.apply(&[
+        &[Op::Rename(&k("up/1/data"), &blob), Op::Put(&kind, b"t")],
+        &[Op::Put(&link, b"l"), Op::Put(&kind, b"u")],
+    ])
+    .unwrap();
+    assert_eq!(d.get(&blob).unwrap().unwrap(), b"blob");
+    assert_eq!(d.get(&kind).unwrap().unwrap(), b"u");
+    assert_eq!(d.get(&link).unwrap().unwrap(), b"l");
+    assert_eq!(d.get(&k("up/1/data")).unwrap(), None);
+    // A failed op ends it: nothing of a later step is done, and no temp file is left.
+    let (a, b, c) = (k("ap2/a"), k("ap2/b"), k("ap2/c"));
+    assert!(
+        d.apply(&[
+            &[Op::Put(&a, b"a")],
+            &[Op::Rename(&k("absent"), &b), Op::Put(&c, b"c")],
+        ])
+        .is_err()
+    );
+    assert_eq!(d.get(&b).unwrap(), None);
+    assert_eq!(d.get(&c).unwrap(), None);
+    for e in d.list(&k("ap2")).unwrap() {
+        assert_eq!(e.name, "a", "left behind: {e:?}");
+    }
 }
 
 #[test]
@@ -167,10 +195,9 @@ fn memory_driver() {
 /// new folders fsyncs the parent of each one it made; an upload's scratch does not.
 #[test]
 fn filesystem_commits_make_new_folders_durable() {
-    use crate::fsutil::DIR_SYNCS;
     let dir = tempfile::tempdir().unwrap();
     let d = FsDriver::new(dir.path());
-    let syncs = || DIR_SYNCS.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    let syncs = crate::fsutil::take_dir_syncs;
     syncs();
     d.put_scratch(&k("u/1/startedat"), b"now").unwrap();
     let mut w = d.append(&k("u/1/data")).unwrap();
@@ -188,6 +215,76 @@ fn filesystem_commits_make_new_folders_durable() {
     d.put(&k("links/x/link"), b"d").unwrap();
     let s = syncs();
     assert!(s.contains(&dir.path().join("links")), "{s:?}");
+}
+
+/// What makes a filesystem commit cheap without making it less safe: every op's content
+/// is synced before any name points at it; a step's names are made durable (their folders
+/// synced, each once, with the parents of folders made for it) before the next step's
+/// first name; and a folder holding several names of a step is synced once, not per name.
+#[test]
+fn filesystem_apply_syncs_content_first_and_each_step_before_the_next() {
+    use crate::fsutil::{Event, take_events};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let d = FsDriver::new(root);
+    d.put(&k("r/m/old"), b"0").unwrap();
+    d.put_scratch(&k("u/1/data"), b"blob").unwrap();
+    take_events();
+    let (blob, one, two, link) = (k("b/ab/data"), k("r/m/one"), k("r/m/two"), k("r/t/link"));
+    d.apply(&[
+        &[
+            Op::Rename(&k("u/1/data"), &blob),
+            Op::Put(&one, b"1"),
+            Op::Put(&two, b"2"),
+        ],
+        &[Op::Put(&link, b"l")],
+    ])
+    .unwrap();
+    let ev = take_events();
+    let at = |e: &Event| {
+        ev.iter()
+            .position(|x| x == e)
+            .unwrap_or_else(|| panic!("no {e:?} in {ev:#?}"))
+    };
+    let synced_file = ev
+        .iter()
+        .filter(|e| matches!(e, Event::SyncFile(_)))
+        .count();
+    assert_eq!(synced_file, 4, "{ev:#?}");
+    let first_name = ev
+        .iter()
+        .position(|e| matches!(e, Event::Rename(_)))
+        .unwrap();
+    assert!(
+        ev[..first_name]
+            .iter()
+            .all(|e| matches!(e, Event::SyncFile(_))),
+        "content is synced before any name: {ev:#?}"
+    );
+    let last_of_step_one = at(&Event::Rename(root.join("r/m/two")));
+    let link_named = at(&Event::Rename(root.join("r/t/link")));
+    for folder in ["b/ab", "r/m", "", "b", "r"] {
+        let synced = at(&Event::SyncDir(root.join(folder)));
+        assert!(
+            last_of_step_one < synced && synced < link_named,
+            "{folder:?} is synced after step one's names and before step two's: {ev:#?}"
+        );
+    }
+    assert!(
+        at(&Event::SyncDir(root.join("r/t"))) > link_named,
+        "{ev:#?}"
+    );
+    let syncs_of = |f: &str| {
+        ev.iter()
+            .filter(|e| **e == Event::SyncDir(root.join(f)))
+            .count()
+    };
+    assert_eq!(
+        syncs_of("r/m"),
+        1,
+        "one sync for the folder's two names: {ev:#?}"
+    );
+    assert_eq!(d.get(&link).unwrap().unwrap(), b"l");
 }
 
 #[path = "../../../../tests/common/moto.rs"]
