@@ -103,6 +103,7 @@ fn the_journal_is_folded_every_so_many_changes() {
     let d = tempfile::tempdir().unwrap();
     let mut s = Store::open(d.path()).unwrap();
     s.settle().unwrap();
+    let priority = s.fold_priority.clone();
     for i in 0..COMPACT_AFTER + 5 {
         s.insert(rec(&format!("{i:06x}")), None).unwrap();
     }
@@ -112,6 +113,44 @@ fn the_journal_is_folded_every_so_many_changes() {
         Store::open(d.path()).unwrap().records().len(),
         COMPACT_AFTER + 5
     );
+    // The fold ran behind the threads that answer issues.
+    let ours = rustix::process::getpriority_process(None).unwrap();
+    let fold = priority.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        fold > ours,
+        "the fold ran at priority {fold}, the caller at {ours}"
+    );
+}
+
+/// A big index is folded once half its records are in the journal, not after a fixed
+/// count: each fold rewrites every record.
+#[test]
+fn a_big_index_waits_for_more_changes_before_a_fold() {
+    let d = tempfile::tempdir().unwrap();
+    let big = 3 * COMPACT_AFTER;
+    {
+        let mut s = Store::open(d.path()).unwrap();
+        s.settle().unwrap();
+        for i in 0..big {
+            s.insert(rec(&format!("{i:06x}")), None).unwrap();
+        }
+    }
+    // Opening folds the journal: the snapshot holds them all, the journal is empty.
+    let mut s = Store::open(d.path()).unwrap();
+    s.settle().unwrap();
+    assert_eq!(log_lines(d.path()), 0);
+    for i in big..big + COMPACT_AFTER + 5 {
+        s.insert(rec(&format!("{i:06x}")), None).unwrap();
+    }
+    assert_eq!(log_lines(d.path()), COMPACT_AFTER + 5, "folded too early");
+    // Half the index is in the journal once it holds as many changes as the snapshot.
+    for i in big + COMPACT_AFTER + 5..2 * big + 5 {
+        s.insert(rec(&format!("{i:06x}")), None).unwrap();
+    }
+    let lines = log_lines(d.path());
+    assert!(lines < 10, "not folded at half the index: {lines} lines");
+    drop(s);
+    assert_eq!(Store::open(d.path()).unwrap().records().len(), 2 * big + 5);
 }
 
 #[test]
