@@ -380,3 +380,21 @@ fn xdg_dir(var: &str, fallback_under_home: &str) -> PathBuf {
 
 #[cfg(test)]
 mod tests;
+
+/// The log filter `spec` names (`info`, `berth=debug,warn`: a level, or `target=level`
+/// pairs, as `--log` and `RUST_LOG` take them), and what was wrong with it when it names
+/// none, in which case `info` is used. tracing-subscriber's `Targets`, not its
+/// `EnvFilter`: the span and field matching only `EnvFilter` has needs a regex engine,
+/// which was code mapped into every berthd for a syntax no berth log needs.
+pub fn log_filter(spec: &str) -> (tracing_subscriber::filter::Targets, Option<String>) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    match spec.parse::<Targets>() {
+        Ok(t) => (t, None),
+        Err(e) => (
+            Targets::new().with_default(LevelFilter::INFO),
+            Some(format!(
+                "log filter {spec:?} not understood ({e}); logging at info. Give a level (info) or target=level pairs (berth=debug,warn)"
+            )),
+        ),
+    }
+}

@@ -172,13 +172,20 @@ fn addrs(list: &[std::net::SocketAddr], scheme: &str, none: &str) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&flags.log).unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let (filter, bad_filter) = berth::config::log_filter(&flags.log);
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .finish()
+            .with(filter)
+            .init();
+    }
+    if let Some(why) = bad_filter {
+        tracing::warn!("{why}");
+    }
     // One crypto provider, chosen before anything builds a TLS config.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cfg = config(&flags)?;

@@ -81,3 +81,18 @@ fn s3_storage_section() {
     .to_string();
     assert!(e.contains("bucket"), "{e}");
 }
+
+/// `--log` takes a level or target=level pairs; anything else logs at info and says why.
+#[test]
+fn log_filters_are_levels_and_targets() {
+    use tracing::Level;
+    let (t, why) = log_filter("berth=debug,warn");
+    assert!(why.is_none());
+    assert!(t.would_enable("berth::pki", &Level::DEBUG));
+    assert!(!t.would_enable("h2::codec", &Level::INFO));
+    assert!(t.would_enable("h2::codec", &Level::WARN));
+    let (t, why) = log_filter("berth[span]=lots");
+    assert!(why.unwrap().contains("target=level"));
+    assert!(t.would_enable("anything", &Level::INFO));
+    assert!(!t.would_enable("anything", &Level::DEBUG));
+}

@@ -40,12 +40,20 @@ pub struct AgentCmd {
 
 pub async fn agent(cmd: AgentCmd) -> anyhow::Result<ExitCode> {
     // The agent is a service: it logs (to stderr, for the journal), unlike other commands.
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .try_init();
+    let (filter, bad_filter) =
+        berth::config::log_filter(&std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .finish()
+            .with(filter)
+            .try_init();
+    }
+    if let Some(why) = bad_filter {
+        tracing::warn!("{why}");
+    }
     let dir = super::join::state_dir(cmd.state_dir);
     let stop = async {
         use tokio::signal::unix::{SignalKind, signal};
