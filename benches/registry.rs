@@ -878,6 +878,7 @@ async fn main() {
         };
         for &berth in order {
             warm_page_cache(d, warm_mib);
+            settle_disk();
             let storage = d.join(format!("storage-{round}-{berth}"));
             let port = free_port();
             let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -895,6 +896,7 @@ async fn main() {
                 let (mut child, client) = start_berthd(&round_state, &storage, &policy, addr).await;
                 wait_tls(addr, &tls, &mut child).await;
                 let mut r = workload(addr, &tls, child.id(), &load).await;
+                settle_disk();
                 let (rate, p50, p99) = issue_rate(&client, issue_n).await;
                 r.insert("issue c=16", rate);
                 r.insert("issue c=16 p50", p50);
@@ -1103,6 +1105,13 @@ fn start_replica(
 /// later ones (here: 370 MB/s against 3 GB/s for the same `dd` into the page cache), so
 /// whichever server happened to get fresh pages looked slower. Recycling pages first
 /// gives both servers warm memory, as a long-running host has.
+/// Waits until everything written so far is on the disk (`sync`), so a figure does not pay
+/// for the writeback of the phase or the server before it: issuance after the image
+/// pushes measured their writeback as much as its own syncs.
+fn settle_disk() {
+    let _ = Command::new("sync").status();
+}
+
 fn warm_page_cache(dir: &Path, mib: usize) {
     use std::io::Write;
     let path = dir.join("warm");
