@@ -705,6 +705,45 @@ async fn manifests_by_tag_and_digest_with_exact_bytes_and_types(api: Api) {
         );
         assert!(r.body.is_empty());
     }
+    // The type the bytes name needs no record of its own; one they do not name is
+    // recorded and served, and replaced by a later push of the same bytes.
+    let record = |d: &Digest| format!("docker/registry/v2/_berth/mediatypes/sha256/{}", d.hex());
+    assert_eq!(api.object(&record(&md)).await, None);
+    let bare = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": c.to_string(), "size": config.len()},
+        "layers": [],
+    }))
+    .unwrap();
+    let bd = Digest::sha256_of(&bare);
+    for (pushed, served, recorded) in [
+        (OCI_MANIFEST, OCI_MANIFEST, None),
+        (DOCKER_MANIFEST, DOCKER_MANIFEST, Some(DOCKER_MANIFEST)),
+        (OCI_MANIFEST, OCI_MANIFEST, Some(OCI_MANIFEST)),
+    ] {
+        let r = api.put_manifest("team/app", "bare", pushed, &bare).await;
+        assert_eq!(
+            r.status,
+            StatusCode::CREATED,
+            "{pushed}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let r = api.get(&format!("/v2/team/app/manifests/{bd}")).await;
+        assert_eq!(r.h("content-type"), served, "pushed as {pushed}");
+        assert_eq!(
+            api.object(&record(&bd)).await,
+            recorded.map(|t| t.as_bytes().to_vec()),
+            "pushed as {pushed}"
+        );
+    }
+    api.call(
+        Method::DELETE,
+        &format!("/v2/team/app/manifests/{bd}"),
+        &[],
+        Vec::new(),
+    )
+    .await;
+
     // Pretty-printed bytes hash differently and are kept exactly.
     let pretty = serde_json::to_vec_pretty(&serde_json::from_slice::<Value>(&m).unwrap()).unwrap();
     let pd = Digest::sha256_of(&pretty);
