@@ -202,20 +202,10 @@ pub fn create_dir_all(dir: &Path, mode: u32) -> Result<(), Error> {
     }
 }
 
-/// [`create_dir_all`], and every folder it creates is made durable: the folder holding
-/// it is fsynced, so a file synced into a new folder is still reachable after a power
-/// loss (a new folder's name is an entry in its parent, which its own fsync does not
-/// cover).
-pub fn create_dir_all_durable(dir: &Path, mode: u32) -> Result<(), Error> {
-    for p in create_dir_all_unsynced(dir, mode)? {
-        sync_dir(&p)?;
-    }
-    Ok(())
-}
-
 /// [`create_dir_all`], returning what makes the new folders durable: the folder holding
 /// each one it created, outermost first, for the caller to fsync once its own changes in
-/// them are made too. On a journaling filesystem a sync right after each change costs a
+/// them are made too (a new folder's name is an entry in its parent, which its own fsync
+/// does not cover, so a power loss would otherwise drop a synced file's whole folder). On a journaling filesystem a sync right after each change costs a
 /// commit each; syncs after all the changes share one.
 pub fn create_dir_all_unsynced(dir: &Path, mode: u32) -> Result<Vec<PathBuf>, Error> {
     let mut made = Vec::new();

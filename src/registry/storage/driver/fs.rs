@@ -122,13 +122,12 @@ impl FsDriver {
             let mut changed: BTreeSet<PathBuf> = made.drain(..).collect();
             for op in *step {
                 let dst = self.path(op.target());
-                let src = match op {
-                    Op::Put(..) => temps[*renamed].clone(),
-                    Op::Rename(from, _) => self.path(from),
-                };
-                fsutil::rename(&src, &dst)?;
-                if matches!(op, Op::Put(..)) {
-                    *renamed += 1;
+                match op {
+                    Op::Put(..) => {
+                        fsutil::rename(&temps[*renamed], &dst)?;
+                        *renamed += 1;
+                    }
+                    Op::Rename(from, _) => fsutil::rename(&self.path(from), &dst)?,
                 }
                 if let Some(dir) = dst.parent() {
                     changed.insert(dir.to_path_buf());
