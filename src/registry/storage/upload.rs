@@ -155,7 +155,9 @@ impl Storage {
         expect: Option<u64>,
     ) -> Result<UploadStatus, Error> {
         let (id, key, state) = self.open_upload(name, id).await?;
-        let mut st = state.lock().await;
+        // Owned: the sink thread holds the lock while it writes, so a request that ends
+        // early (its client gone) keeps the next one out until its last chunk has landed.
+        let mut st = state.lock_owned().await;
         // Read under the lock: another chunk may have landed meanwhile.
         let size = self.size_of(&key, &id).await?;
         if let Some(s) = start
@@ -173,15 +175,13 @@ impl Storage {
         let path = self.inner.driver.locate(&key);
         // Fill a large buffer before each write: request bodies arrive in small frames,
         // and every write is a hop to the blocking pool, where the chunk is also hashed.
-        // Two buffers take turns, so hashing and writing one chunk overlaps with receiving
-        // (and decrypting) the next: on a multi-core host that nearly doubles a single
-        // upload's rate. At most one chunk is in flight; chunks land in order.
-        let mut stage = Stage::Idle(Box::new(Sink {
-            writer,
-            hasher: st.hasher.take(),
-        }));
+        // The sink runs on a blocking thread of its own and takes the chunks in order;
+        // up to IN_FLIGHT wait for it while the next one is received (and decrypted), so
+        // hashing and writing overlap with receiving and a stall on either side does not
+        // stop the other.
+        let mut pipe = Pipeline::start(Sink { writer, st });
         let mut buf = vec![0u8; CHUNK];
-        let mut spare = None;
+        let mut spare: Vec<Vec<u8>> = Vec::new();
         let mut fill = 0;
         let mut failed = None;
         loop {
@@ -194,33 +194,21 @@ impl Storage {
             };
             fill += n;
             if fill == buf.len() || (n == 0 && fill > 0) {
-                let sink = match stage {
-                    Stage::Idle(sink) => *sink,
-                    Stage::Busy(job, len) => {
-                        let (sink, b) = landed(job, len, &mut st, &path).await?;
-                        spare = Some(b);
-                        sink
-                    }
-                };
-                let next = spare.take().unwrap_or_else(|| vec![0u8; CHUNK]);
+                if pipe.queued == IN_FLIGHT {
+                    spare.push(pipe.land(&path).await?);
+                }
+                let next = spare.pop().unwrap_or_else(|| vec![0u8; CHUNK]);
                 let full = std::mem::replace(&mut buf, next);
-                stage = Stage::Busy(
-                    tokio::task::spawn_blocking(move || sink.take(full, fill)),
-                    fill,
-                );
+                pipe.send(full, fill, &path).await?;
                 fill = 0;
             }
             if n == 0 {
                 break;
             }
         }
-        let sink = match stage {
-            Stage::Idle(sink) => *sink,
-            Stage::Busy(job, len) => landed(job, len, &mut st, &path).await?.0,
-        };
+        let Sink { writer, mut st } = pipe.finish(&path).await?;
         // The chunk is stored only once the writer says so (an object store completes its
         // upload here); until then the size counted above is a hope.
-        let Sink { writer, hasher } = sink;
         let p2 = path.clone();
         if let Err(e) = blocking(move || {
             writer.finish().map_err(|source| Error::Io {
@@ -234,7 +222,6 @@ impl Storage {
             st.hasher = None;
             return Err(e);
         }
-        st.hasher = hasher;
         if let Some(want) = expect
             && st.size - size != want
         {
@@ -398,58 +385,131 @@ impl Storage {
     }
 }
 
-/// Where an upload's bytes go: the open object and the hash of what it holds.
+/// Where an upload's bytes go: the open object, and the upload's state (its hash and
+/// size) under its lock.
 struct Sink {
     writer: Writer,
-    hasher: Option<Hasher>,
+    st: tokio::sync::OwnedMutexGuard<State>,
 }
 
 impl Sink {
-    /// Writes and hashes `buf[..len]` (on a blocking thread), handing everything back.
-    fn take(mut self, buf: Vec<u8>, len: usize) -> (Sink, Vec<u8>, std::io::Result<()>) {
+    /// Writes and hashes `buf[..len]` (on the upload's blocking thread) and counts it.
+    fn take(&mut self, buf: &[u8], len: usize) -> std::io::Result<()> {
         let r = self.writer.write_all(&buf[..len]);
-        match (&r, self.hasher.as_mut()) {
-            (Ok(()), Some(h)) => h.update(&buf[..len]),
+        match &r {
+            Ok(()) => {
+                if let Some(h) = self.st.hasher.as_mut() {
+                    h.update(&buf[..len]);
+                }
+                self.st.size += len as u64;
+            }
             // Part of the chunk may be on disk unhashed: the hash state is gone.
-            (Err(_), _) => self.hasher = None,
-            _ => {}
+            Err(_) => self.st.hasher = None,
         }
-        (self, buf, r)
+        r
     }
 }
 
-/// The write pipeline: the sink is ours, or a chunk of `len` bytes is being written.
-enum Stage {
-    Idle(Box<Sink>),
-    Busy(
-        tokio::task::JoinHandle<(Sink, Vec<u8>, std::io::Result<()>)>,
-        usize,
-    ),
+/// Chunks an upload may have waiting for its sink. One (plain double buffering) leaves
+/// the receiver idle whenever the sink is briefly held up, by a background sync of the
+/// file or by the scheduler on a 2-core host; two cover that at 512 KiB more per upload.
+const IN_FLIGHT: usize = 2;
+
+/// What the sink hands back for each chunk: its buffer and how writing it went.
+type Landed = (Vec<u8>, std::io::Result<()>);
+
+/// An upload's sink on a blocking thread, fed chunks in order through a channel, and the
+/// chunks sent to it that have not come back yet.
+struct Pipeline {
+    tx: Option<tokio::sync::mpsc::Sender<(Vec<u8>, usize)>>,
+    back: tokio::sync::mpsc::Receiver<Landed>,
+    job: tokio::task::JoinHandle<Sink>,
+    queued: usize,
 }
 
-/// Waits for the chunk in flight; on success counts it into the upload's size and
-/// returns the sink and the buffer for reuse.
-async fn landed(
-    job: tokio::task::JoinHandle<(Sink, Vec<u8>, std::io::Result<()>)>,
-    len: usize,
-    st: &mut State,
-    path: &std::path::Path,
-) -> Result<(Sink, Vec<u8>), Error> {
-    let (sink, buf, r) = job.await.map_err(|e| Error::Io {
-        op: "write",
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    if let Err(source) = r {
-        st.hasher = None;
-        return Err(Error::Io {
+impl Pipeline {
+    fn start(mut sink: Sink) -> Pipeline {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<u8>, usize)>(IN_FLIGHT);
+        // Room for every buffer the upload owns: the sink never waits to hand one back.
+        let (back_tx, back) = tokio::sync::mpsc::channel(IN_FLIGHT + 1);
+        let job = tokio::task::spawn_blocking(move || {
+            while let Some((buf, len)) = rx.blocking_recv() {
+                let r = sink.take(&buf, len);
+                // After a failed write the chunks behind it must not land; a request that
+                // has gone (nobody takes the answer) stores nothing more either.
+                let stop = r.is_err();
+                if back_tx.blocking_send((buf, r)).is_err() || stop {
+                    break;
+                }
+            }
+            sink
+        });
+        Pipeline {
+            tx: Some(tx),
+            back,
+            job,
+            queued: 0,
+        }
+    }
+
+    /// Queues `buf[..len]`; if the sink has stopped, returns the error that stopped it.
+    async fn send(
+        &mut self,
+        buf: Vec<u8>,
+        len: usize,
+        path: &std::path::Path,
+    ) -> Result<(), Error> {
+        let sent = match &self.tx {
+            Some(tx) => tx.send((buf, len)).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            self.queued += 1;
+            return Ok(());
+        }
+        // The sink ended on a failed write: that chunk's answer is waiting.
+        while self.queued > 0 {
+            self.land(path).await?;
+        }
+        Err(stopped(path))
+    }
+
+    /// Waits for the oldest chunk in flight (the sink has counted it into the upload's
+    /// size) and returns its buffer for reuse.
+    async fn land(&mut self, path: &std::path::Path) -> Result<Vec<u8>, Error> {
+        let Some((buf, r)) = self.back.recv().await else {
+            return Err(stopped(path));
+        };
+        self.queued -= 1;
+        r.map_err(|source| Error::Io {
             op: "write",
             path: path.to_path_buf(),
             source,
-        });
+        })?;
+        Ok(buf)
     }
-    st.size += len as u64;
-    Ok((sink, buf))
+
+    /// Lands every chunk in flight and takes the sink, and with it the upload's lock, back.
+    async fn finish(mut self, path: &std::path::Path) -> Result<Sink, Error> {
+        self.tx = None;
+        while self.queued > 0 {
+            self.land(path).await?;
+        }
+        self.job.await.map_err(|e| Error::Io {
+            op: "write",
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    }
+}
+
+/// The sink thread ended without an answer for a chunk sent to it.
+fn stopped(path: &std::path::Path) -> Error {
+    Error::Io {
+        op: "write",
+        path: path.to_path_buf(),
+        source: std::io::Error::other("the upload's writer stopped"),
+    }
 }
 
 /// Hashes a stored object with `alg` (uploads whose hash state was lost, sha512 blobs).
@@ -475,3 +535,6 @@ fn hash_object(drv: &dyn Driver, key: &Key, alg: Algorithm) -> Result<Digest, Er
     }
     Ok(h.finish())
 }
+
+#[cfg(test)]
+mod tests;
