@@ -187,4 +187,6 @@ pub(crate) fn io_error(op: &'static str, path: PathBuf) -> impl FnOnce(std::io::
 }
 
 #[cfg(test)]
+pub(crate) mod spy;
+#[cfg(test)]
 mod tests;

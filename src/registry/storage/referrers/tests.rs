@@ -5,79 +5,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::super::driver::{Driver, Entry, FsDriver, Key, MemoryDriver, Meta, Writer};
+use super::super::driver::spy::Spy;
+use super::super::driver::{Driver, FsDriver, MemoryDriver};
 use super::super::paths::Paths;
 use super::super::{Storage, write_link};
 use crate::registry::Error;
 use crate::registry::reference::{Digest, RepoName};
-
-/// A driver that counts reads of blob content (`.../data`), and whose prompt deletes fail
-/// while `refuse_prompt` is set (a store too slow for GC's prompt client).
-#[derive(Debug)]
-struct Counting {
-    inner: Box<dyn Driver>,
-    reads: Arc<AtomicUsize>,
-    refuse_prompt: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Driver for Counting {
-    fn locate(&self, key: &Key) -> std::path::PathBuf {
-        self.inner.locate(key)
-    }
-    fn stat(&self, key: &Key) -> Result<Option<Meta>, Error> {
-        self.inner.stat(key)
-    }
-    fn has_children(&self, key: &Key) -> Result<bool, Error> {
-        self.inner.has_children(key)
-    }
-    fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, Error> {
-        if key.as_str().ends_with("/data") {
-            self.reads.fetch_add(1, Ordering::SeqCst);
-        }
-        self.inner.get(key)
-    }
-    fn reader(
-        &self,
-        key: &Key,
-        offset: u64,
-    ) -> Result<Option<Box<dyn std::io::Read + Send>>, Error> {
-        self.inner.reader(key, offset)
-    }
-    fn put(&self, key: &Key, bytes: &[u8]) -> Result<(), Error> {
-        self.inner.put(key, bytes)
-    }
-    fn put_scratch(&self, key: &Key, bytes: &[u8]) -> Result<(), Error> {
-        self.inner.put_scratch(key, bytes)
-    }
-    fn append(&self, key: &Key) -> Result<Writer, Error> {
-        self.inner.append(key)
-    }
-    fn truncate(&self, key: &Key, len: u64) -> Result<(), Error> {
-        self.inner.truncate(key, len)
-    }
-    fn list(&self, key: &Key) -> Result<Vec<Entry>, Error> {
-        self.inner.list(key)
-    }
-    fn delete(&self, key: &Key) -> Result<bool, Error> {
-        self.inner.delete(key)
-    }
-    fn changed_at(&self, key: &Key) -> Result<Option<std::time::SystemTime>, Error> {
-        self.inner.changed_at(key)
-    }
-    fn rename(&self, from: &Key, to: &Key) -> Result<(), Error> {
-        self.inner.rename(from, to)
-    }
-    fn delete_promptly(&self, key: &Key) -> Result<bool, Error> {
-        if self.refuse_prompt.load(Ordering::SeqCst) {
-            return Err(Error::Io {
-                op: "delete",
-                path: self.locate(key),
-                source: std::io::Error::from(std::io::ErrorKind::TimedOut),
-            });
-        }
-        self.inner.delete_promptly(key)
-    }
-}
 
 const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
 
@@ -116,10 +49,9 @@ async fn put(s: &Storage, name: &RepoName, body: Vec<u8>, subject: Option<&Diges
 
 async fn scenario(make: impl Fn() -> Box<dyn Driver>) {
     let reads = Arc::new(AtomicUsize::new(0));
-    let drv: Arc<dyn Driver> = Arc::new(Counting {
-        inner: make(),
+    let drv: Arc<dyn Driver> = Arc::new(Spy {
         reads: reads.clone(),
-        refuse_prompt: Arc::default(),
+        ..Spy::over(make())
     });
     let s = Storage::new(drv.clone(), "test".into());
     let name: RepoName = "team/app".parse().unwrap();
@@ -193,10 +125,9 @@ fn age(dir: &std::path::Path) {
 async fn a_settled_revisions_folder_is_trusted_until_it_changes() {
     let dir = tempfile::tempdir().unwrap();
     let reads = Arc::new(AtomicUsize::new(0));
-    let drv: Arc<dyn Driver> = Arc::new(Counting {
-        inner: Box::new(FsDriver::new(dir.path())),
+    let drv: Arc<dyn Driver> = Arc::new(Spy {
         reads: reads.clone(),
-        refuse_prompt: Arc::default(),
+        ..Spy::over(Box::new(FsDriver::new(dir.path())))
     });
     let s = Storage::new(drv.clone(), "test".into());
     let name: RepoName = "team/app".parse().unwrap();
@@ -237,10 +168,9 @@ async fn referrers_come_from_the_index_on_the_filesystem() {
 async fn a_shared_store_reads_a_manifest_once_and_still_sees_its_delete() {
     use crate::registry::reference::Reference;
     let reads = Arc::new(AtomicUsize::new(0));
-    let drv: Arc<dyn Driver> = Arc::new(Counting {
-        inner: Box::new(MemoryDriver::new()),
+    let drv: Arc<dyn Driver> = Arc::new(Spy {
         reads: reads.clone(),
-        refuse_prompt: Arc::default(),
+        ..Spy::over(Box::new(MemoryDriver::new()))
     });
     let shared = super::super::Shared {
         min_grace: std::time::Duration::from_secs(3600),
@@ -294,10 +224,9 @@ async fn a_shared_store_reads_a_manifest_once_and_still_sees_its_delete() {
 async fn a_gc_delete_that_times_out_keeps_the_blob_and_gc_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let refuse = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let drv: Arc<dyn Driver> = Arc::new(Counting {
-        inner: Box::new(FsDriver::new(dir.path())),
-        reads: Arc::default(),
+    let drv: Arc<dyn Driver> = Arc::new(Spy {
         refuse_prompt: refuse.clone(),
+        ..Spy::over(Box::new(FsDriver::new(dir.path())))
     });
     let hour = std::time::Duration::from_secs(3600);
     let shared = super::super::Shared {

@@ -2,118 +2,15 @@
 //! request that fed it is gone: the next request on the upload sees every byte that
 //! reached the store counted, and the hash state still matches the data.
 #![allow(clippy::unwrap_used)]
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 
-use super::super::driver::{Append, Driver, Entry, Key, MemoryDriver, Meta, Writer};
+use super::super::driver::MemoryDriver;
+use super::super::driver::spy::{Gate, Spy};
 use super::super::{CHUNK, Storage};
-use crate::registry::Error;
 use crate::registry::reference::{Digest, RepoName};
-
-/// Writes held at a gate: each waits until the gate is open. `waiting` counts the writes
-/// standing at it.
-#[derive(Debug, Default)]
-struct Gate {
-    state: Mutex<(bool, usize)>,
-    turn: Condvar,
-}
-
-impl Gate {
-    fn pass(&self) {
-        let mut g = self.state.lock().unwrap();
-        g.1 += 1;
-        while !g.0 {
-            g = self.turn.wait(g).unwrap();
-        }
-        g.1 -= 1;
-    }
-    fn open(&self) {
-        self.state.lock().unwrap().0 = true;
-        self.turn.notify_all();
-    }
-    fn waiting(&self) -> usize {
-        self.state.lock().unwrap().1
-    }
-}
-
-struct GatedWriter {
-    inner: Writer,
-    gate: Arc<Gate>,
-}
-
-impl std::io::Write for GatedWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.gate.pass();
-        self.inner.write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-impl Append for GatedWriter {
-    fn finish(self: Box<Self>) -> std::io::Result<()> {
-        self.inner.finish()
-    }
-}
-
-/// A memory store whose appends pass through a [`Gate`].
-#[derive(Debug)]
-struct Gated {
-    inner: MemoryDriver,
-    gate: Arc<Gate>,
-}
-
-impl Driver for Gated {
-    fn locate(&self, key: &Key) -> std::path::PathBuf {
-        self.inner.locate(key)
-    }
-    fn stat(&self, key: &Key) -> Result<Option<Meta>, Error> {
-        self.inner.stat(key)
-    }
-    fn has_children(&self, key: &Key) -> Result<bool, Error> {
-        self.inner.has_children(key)
-    }
-    fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, Error> {
-        self.inner.get(key)
-    }
-    fn reader(
-        &self,
-        key: &Key,
-        offset: u64,
-    ) -> Result<Option<Box<dyn std::io::Read + Send>>, Error> {
-        self.inner.reader(key, offset)
-    }
-    fn put(&self, key: &Key, bytes: &[u8]) -> Result<(), Error> {
-        self.inner.put(key, bytes)
-    }
-    fn put_scratch(&self, key: &Key, bytes: &[u8]) -> Result<(), Error> {
-        self.inner.put_scratch(key, bytes)
-    }
-    fn append(&self, key: &Key) -> Result<Writer, Error> {
-        Ok(Box::new(GatedWriter {
-            inner: self.inner.append(key)?,
-            gate: self.gate.clone(),
-        }))
-    }
-    fn truncate(&self, key: &Key, len: u64) -> Result<(), Error> {
-        self.inner.truncate(key, len)
-    }
-    fn list(&self, key: &Key) -> Result<Vec<Entry>, Error> {
-        self.inner.list(key)
-    }
-    fn delete(&self, key: &Key) -> Result<bool, Error> {
-        self.inner.delete(key)
-    }
-    fn changed_at(&self, key: &Key) -> Result<Option<std::time::SystemTime>, Error> {
-        self.inner.changed_at(key)
-    }
-    fn rename(&self, from: &Key, to: &Key) -> Result<(), Error> {
-        self.inner.rename(from, to)
-    }
-}
 
 /// Opens the gate when dropped: a failed assertion must not leave a write waiting forever
 /// (the runtime waits for its blocking threads).
@@ -137,9 +34,9 @@ async fn until(what: &str, cond: impl Fn() -> bool) {
 async fn a_request_that_ends_mid_chunk_keeps_the_upload_until_its_write_lands() {
     let gate = Arc::new(Gate::default());
     let _open = OpenOnDrop(gate.clone());
-    let drv = Arc::new(Gated {
-        inner: MemoryDriver::new(),
-        gate: gate.clone(),
+    let drv = Arc::new(Spy {
+        gate: Some(gate.clone()),
+        ..Spy::over(Box::new(MemoryDriver::new()))
     });
     let s = Storage::new(drv, "test".into());
     let name: RepoName = "team/app".parse().unwrap();
