@@ -155,8 +155,8 @@ impl Storage {
         expect: Option<u64>,
     ) -> Result<UploadStatus, Error> {
         let (id, key, state) = self.open_upload(name, id).await?;
-        // Owned: the sink thread holds the lock while it writes, so a request that ends
-        // early (its client gone) keeps the next one out until its last chunk has landed.
+        // Owned: the sink holds the lock while a batch of chunks is written, so a request
+        // that ends early (its client gone) keeps the next one out until that has landed.
         let mut st = state.lock_owned().await;
         // Read under the lock: another chunk may have landed meanwhile.
         let size = self.size_of(&key, &id).await?;
@@ -175,10 +175,9 @@ impl Storage {
         let path = self.inner.driver.locate(&key);
         // Fill a large buffer before each write: request bodies arrive in small frames,
         // and every write is a hop to the blocking pool, where the chunk is also hashed.
-        // The sink runs on a blocking thread of its own and takes the chunks in order;
-        // up to IN_FLIGHT wait for it while the next one is received (and decrypted), so
-        // hashing and writing overlap with receiving and a stall on either side does not
-        // stop the other.
+        // Up to IN_FLIGHT filled chunks are held for the sink while the next one is
+        // received (and decrypted), so hashing and writing overlap with receiving and a
+        // short stall of either does not stop the other. Chunks land in order.
         let mut pipe = Pipeline::start(Sink { writer, st });
         let mut buf = vec![0u8; CHUNK];
         let mut spare: Vec<Vec<u8>> = Vec::new();
@@ -194,12 +193,9 @@ impl Storage {
             };
             fill += n;
             if fill == buf.len() || (n == 0 && fill > 0) {
-                if pipe.queued == IN_FLIGHT {
-                    spare.push(pipe.land(&path).await?);
-                }
-                let next = spare.pop().unwrap_or_else(|| vec![0u8; CHUNK]);
-                let full = std::mem::replace(&mut buf, next);
-                pipe.send(full, fill, &path).await?;
+                let full = std::mem::take(&mut buf);
+                pipe.send(full, fill, &path, &mut spare).await?;
+                buf = spare.pop().unwrap_or_else(|| vec![0u8; CHUNK]);
                 fill = 0;
             }
             if n == 0 {
@@ -386,7 +382,8 @@ impl Storage {
 }
 
 /// Where an upload's bytes go: the open object, and the upload's state (its hash and
-/// size) under its lock.
+/// size) under its lock. A batch in flight holds it, so a request that ends early (its
+/// future dropped) keeps the next one out until that batch has landed.
 struct Sink {
     writer: Writer,
     st: tokio::sync::OwnedMutexGuard<State>,
@@ -410,100 +407,124 @@ impl Sink {
     }
 }
 
-/// Chunks an upload may have waiting for its sink. One (plain double buffering) leaves
-/// the receiver idle whenever the sink is briefly held up, by a background sync of the
-/// file or by the scheduler on a 2-core host; two cover that at 512 KiB more per upload.
+/// Chunks an upload may hold for its sink, in its hands and waiting. One (plain double
+/// buffering) leaves the receiver idle whenever the sink is briefly held up, by a
+/// background sync of the file or by the scheduler on a 2-core host; two cover that at
+/// 512 KiB more per upload.
 const IN_FLIGHT: usize = 2;
 
-/// What the sink hands back for each chunk: its buffer and how writing it went.
-type Landed = (Vec<u8>, std::io::Result<()>);
+/// A batch of chunks being written on a blocking thread: the sink comes back with the
+/// batch's buffers and how writing went.
+type Job = tokio::task::JoinHandle<(Sink, Vec<Vec<u8>>, std::io::Result<()>)>;
 
-/// An upload's sink on a blocking thread, fed chunks in order through a channel, and the
-/// chunks sent to it that have not come back yet.
+/// An upload's write pipeline: the sink, free or writing a batch on the blocking pool, and
+/// the filled chunks waiting for it. A blocking thread is held only while there is
+/// something to write, never while the request waits for its client: a thousand slow
+/// uploads must not take the pool every other storage call needs.
 struct Pipeline {
-    tx: Option<tokio::sync::mpsc::Sender<(Vec<u8>, usize)>>,
-    back: tokio::sync::mpsc::Receiver<Landed>,
-    job: tokio::task::JoinHandle<Sink>,
-    queued: usize,
+    idle: Option<Sink>,
+    job: Option<(Job, usize)>,
+    waiting: Vec<(Vec<u8>, usize)>,
 }
 
 impl Pipeline {
-    fn start(mut sink: Sink) -> Pipeline {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<u8>, usize)>(IN_FLIGHT);
-        // Room for every buffer the upload owns: the sink never waits to hand one back.
-        let (back_tx, back) = tokio::sync::mpsc::channel(IN_FLIGHT + 1);
-        let job = tokio::task::spawn_blocking(move || {
-            while let Some((buf, len)) = rx.blocking_recv() {
-                let r = sink.take(&buf, len);
-                // After a failed write the chunks behind it must not land; a request that
-                // has gone (nobody takes the answer) stores nothing more either.
-                let stop = r.is_err();
-                if back_tx.blocking_send((buf, r)).is_err() || stop {
-                    break;
-                }
-            }
-            sink
-        });
+    fn start(sink: Sink) -> Pipeline {
         Pipeline {
-            tx: Some(tx),
-            back,
-            job,
-            queued: 0,
+            idle: Some(sink),
+            job: None,
+            waiting: Vec::new(),
         }
     }
 
-    /// Queues `buf[..len]`; if the sink has stopped, returns the error that stopped it.
+    /// Chunks held: in the sink's hands and waiting for it.
+    fn held(&self) -> usize {
+        self.job.as_ref().map_or(0, |(_, n)| *n) + self.waiting.len()
+    }
+
+    /// Queues `buf[..len]` and hands the waiting chunks to the sink if it is free. Waits
+    /// for the sink only when more than IN_FLIGHT chunks would be held; buffers it hands
+    /// back go to `spare`.
     async fn send(
         &mut self,
         buf: Vec<u8>,
         len: usize,
         path: &std::path::Path,
+        spare: &mut Vec<Vec<u8>>,
     ) -> Result<(), Error> {
-        let sent = match &self.tx {
-            Some(tx) => tx.send((buf, len)).await.is_ok(),
-            None => false,
-        };
-        if sent {
-            self.queued += 1;
-            return Ok(());
+        self.waiting.push((buf, len));
+        let done = self.job.as_ref().is_some_and(|(j, _)| j.is_finished());
+        if done || self.held() > IN_FLIGHT {
+            self.land(path, spare).await?;
         }
-        // The sink ended on a failed write: that chunk's answer is waiting.
-        while self.queued > 0 {
-            self.land(path).await?;
-        }
-        Err(stopped(path))
+        self.dispatch();
+        Ok(())
     }
 
-    /// Waits for the oldest chunk in flight (the sink has counted it into the upload's
-    /// size) and returns its buffer for reuse.
-    async fn land(&mut self, path: &std::path::Path) -> Result<Vec<u8>, Error> {
-        let Some((buf, r)) = self.back.recv().await else {
-            return Err(stopped(path));
+    /// Starts writing every waiting chunk, in order, if the sink is free.
+    fn dispatch(&mut self) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let Some(mut sink) = self.idle.take() else {
+            return;
         };
-        self.queued -= 1;
+        let batch = std::mem::take(&mut self.waiting);
+        let n = batch.len();
+        let job = tokio::task::spawn_blocking(move || {
+            let mut bufs = Vec::with_capacity(batch.len());
+            let mut r = Ok(());
+            for (buf, len) in batch {
+                // After a failed write the chunks behind it must not land.
+                if r.is_ok() {
+                    r = sink.take(&buf, len);
+                }
+                bufs.push(buf);
+            }
+            (sink, bufs, r)
+        });
+        self.job = Some((job, n));
+    }
+
+    /// Waits for the batch being written (the sink has counted it into the upload's size)
+    /// and takes the sink back.
+    async fn land(
+        &mut self,
+        path: &std::path::Path,
+        spare: &mut Vec<Vec<u8>>,
+    ) -> Result<(), Error> {
+        let Some((job, _)) = self.job.take() else {
+            return Ok(());
+        };
+        let (sink, bufs, r) = job.await.map_err(|e| Error::Io {
+            op: "write",
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        spare.extend(bufs);
         r.map_err(|source| Error::Io {
             op: "write",
             path: path.to_path_buf(),
             source,
         })?;
-        Ok(buf)
+        self.idle = Some(sink);
+        Ok(())
     }
 
-    /// Lands every chunk in flight and takes the sink, and with it the upload's lock, back.
+    /// Writes everything still held and takes the sink, and with it the upload's lock, back.
     async fn finish(mut self, path: &std::path::Path) -> Result<Sink, Error> {
-        self.tx = None;
-        while self.queued > 0 {
-            self.land(path).await?;
+        let mut spare = Vec::new();
+        loop {
+            self.land(path, &mut spare).await?;
+            if self.waiting.is_empty() {
+                break;
+            }
+            self.dispatch();
         }
-        self.job.await.map_err(|e| Error::Io {
-            op: "write",
-            path: path.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        })
+        self.idle.take().ok_or_else(|| stopped(path))
     }
 }
 
-/// The sink thread ended without an answer for a chunk sent to it.
+/// The sink was lost without an answer (cannot happen while `land` hands it back).
 fn stopped(path: &std::path::Path) -> Error {
     Error::Io {
         op: "write",

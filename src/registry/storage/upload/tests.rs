@@ -103,3 +103,59 @@ async fn a_request_that_ends_mid_chunk_keeps_the_upload_until_its_write_lands() 
         whole.len() as u64
     );
 }
+
+/// An upload waiting for its client holds no blocking thread: with a pool of two, four
+/// uploads that each sent a chunk and went quiet all get it stored, and other storage
+/// calls still run.
+#[test]
+fn quiet_uploads_leave_the_blocking_pool_free() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = Storage::new(Arc::new(MemoryDriver::new()), "test".into());
+    let name: RepoName = "team/app".parse().unwrap();
+    let mut tasks = Vec::new();
+    let stored = rt.block_on(async {
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            let up = s.start_upload(&name).await.unwrap();
+            let (mut tx, mut rx) = tokio::io::duplex(64 * 1024);
+            tasks.push(tokio::spawn(async move {
+                tx.write_all(&vec![7u8; CHUNK]).await.unwrap();
+                std::future::pending::<()>().await;
+            }));
+            let (s2, name2, id) = (s.clone(), name.clone(), up.id.clone());
+            tasks.push(tokio::spawn(async move {
+                let _ = s2.append(&name2, &id, Some(0), &mut rx, None).await;
+            }));
+            ids.push(up.id);
+        }
+        // Bounded, not a sleep: a pool taken by quiet uploads never answers.
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let mut all = true;
+                for id in &ids {
+                    all &= s.upload_status(&name, id).await.unwrap().size == CHUNK as u64;
+                }
+                if all {
+                    return s.start_upload(&name).await.is_ok();
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await
+    });
+    for t in &tasks {
+        t.abort();
+    }
+    // Not a plain drop: that would wait for any blocking thread still parked.
+    rt.shutdown_timeout(Duration::from_secs(5));
+    assert_eq!(
+        stored,
+        Ok(true),
+        "quiet uploads took the blocking pool: their chunks or other calls never ran"
+    );
+}
