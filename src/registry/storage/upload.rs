@@ -184,7 +184,17 @@ impl Storage {
         let mut fill = 0;
         let mut failed = None;
         loop {
-            let n = match body.read(&mut buf[fill..]).await {
+            // While chunks wait, the sink's batch landing is as urgent as the body: the
+            // next batch starts the moment the sink is free, not at the next full buffer.
+            let read = tokio::select! {
+                landed = pipe.land(&path, &mut spare), if pipe.has_waiting() => {
+                    landed?;
+                    pipe.dispatch();
+                    continue;
+                }
+                read = body.read(&mut buf[fill..]) => read,
+            };
+            let n = match read {
                 Ok(n) => n,
                 Err(e) => {
                     failed = Some(e);
@@ -436,6 +446,11 @@ impl Pipeline {
         }
     }
 
+    /// True when chunks wait for a sink that is busy.
+    fn has_waiting(&self) -> bool {
+        self.job.is_some() && !self.waiting.is_empty()
+    }
+
     /// Chunks held: in the sink's hands and waiting for it.
     fn held(&self) -> usize {
         self.job.as_ref().map_or(0, |(_, n)| *n) + self.waiting.len()
@@ -486,16 +501,18 @@ impl Pipeline {
     }
 
     /// Waits for the batch being written (the sink has counted it into the upload's size)
-    /// and takes the sink back.
+    /// and takes the sink back. Cancel-safe: until the batch has landed the job stays.
     async fn land(
         &mut self,
         path: &std::path::Path,
         spare: &mut Vec<Vec<u8>>,
     ) -> Result<(), Error> {
-        let Some((job, _)) = self.job.take() else {
+        let Some((job, _)) = self.job.as_mut() else {
             return Ok(());
         };
-        let (sink, bufs, r) = job.await.map_err(|e| Error::Io {
+        let landed = job.await;
+        self.job = None;
+        let (sink, bufs, r) = landed.map_err(|e| Error::Io {
             op: "write",
             path: path.to_path_buf(),
             source: std::io::Error::other(e.to_string()),
