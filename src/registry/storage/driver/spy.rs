@@ -1,8 +1,7 @@
 //! A driver over another, for tests that watch or hold up the store: it counts reads of
 //! blob content, can refuse prompt deletes, and can hold every append's writes at a gate.
-#![allow(clippy::unwrap_used)]
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::{Append, Driver, Entry, Key, Meta, Writer};
 use crate::registry::Error;
@@ -16,24 +15,29 @@ pub(crate) struct Gate {
 }
 
 impl Gate {
+    /// The state; a test that panicked holding it leaves it as it was, still usable.
+    fn state(&self) -> MutexGuard<'_, (bool, usize)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn pass(&self) {
-        let mut g = self.state.lock().unwrap();
+        let mut g = self.state();
         g.1 += 1;
         while !g.0 {
-            g = self.turn.wait(g).unwrap();
+            g = self.turn.wait(g).unwrap_or_else(|p| p.into_inner());
         }
         g.1 -= 1;
     }
 
     /// Lets every write through, now and from now on.
     pub(crate) fn open(&self) {
-        self.state.lock().unwrap().0 = true;
+        self.state().0 = true;
         self.turn.notify_all();
     }
 
     /// Writes waiting at the gate.
     pub(crate) fn waiting(&self) -> usize {
-        self.state.lock().unwrap().1
+        self.state().1
     }
 }
 
