@@ -93,7 +93,9 @@ pub fn stage_unsynced(path: &Path, bytes: &[u8], mode: u32) -> Result<(PathBuf, 
 /// the first fsync's commit covers them all and the others find nothing left to commit.
 /// Linux starts writeback on `POSIX_FADV_DONTNEED` and drops no page that is still dirty
 /// or under writeback (`sync_file_range` would say it directly, but only through
-/// `unsafe`, which this crate forbids).
+/// `unsafe`, which this crate forbids). It does drop every page already clean, so it is
+/// for files just written, never for one mostly synced already (an upload's data): that
+/// would empty the page cache of the whole file.
 pub fn start_writeback(f: &File) {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {

@@ -445,6 +445,65 @@ async fn blobs_monolithic_head_get_and_ranges(api: Api) {
     assert_eq!(api.object(&blob_key(&d)).await.unwrap(), data);
 }
 
+/// The bytes of `path` in the page cache, as util-linux's `fincore` counts them.
+fn cached_bytes(path: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path)
+        .output()
+        .expect("fincore (util-linux-extra; .ci/run installs it)");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A pull right after a push (CI pushes, then every node pulls) is served from memory: the
+/// commit syncs the blob but leaves its pages cached. The writeback hint the commit gives
+/// staged files drops every clean page, and an upload's data is mostly clean by then
+/// (synced in the background as it arrived), so given to the blob it emptied the cache of
+/// all of it but nothing said so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pushed_blob_stays_in_the_page_cache() {
+    // On the disk beside the build, not in /tmp: on a tmpfs the cache is the storage.
+    let dir = tempfile::Builder::new()
+        .prefix("berth-test-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let api = Api::over(dir.path().to_path_buf(), dir);
+    // Three times the 8 MiB an upload writes between its background syncs.
+    let data: Vec<u8> = (0u32..24 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let d = api.push_blob("cache/blob", &data).await;
+    let path = api.blob_path(&d);
+    let size = data.len() as u64;
+    let cached = cached_bytes(&path);
+    assert!(
+        cached >= size * 9 / 10,
+        "only {cached} of the blob's {size} bytes are cached after its push"
+    );
+
+    // The check can tell: dropping the pages on purpose shows on this filesystem.
+    let f = std::fs::File::open(&path).unwrap();
+    nix::fcntl::posix_fadvise(
+        &f,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )
+    .unwrap();
+    let dropped = cached_bytes(&path);
+    assert!(
+        dropped < size / 10,
+        "{dropped} bytes still cached after POSIX_FADV_DONTNEED: this filesystem cannot show it"
+    );
+    let r = api.get(&format!("/v2/cache/blob/blobs/{d}")).await;
+    assert_eq!((r.status, r.body == data), (StatusCode::OK, true));
+}
+
 async fn chunked_uploads_in_order_status_and_out_of_order(api: Api) {
     let r = api
         .call(Method::POST, "/v2/team/app/blobs/uploads/", &[], Vec::new())

@@ -285,9 +285,10 @@ impl Driver for FsDriver {
     /// Folders for every step first (temp files are staged beside their targets), then
     /// all the content, then the names step by step. Content is synced before any name
     /// points at it, so after a crash a name holds all its bytes; the content of every
-    /// step is written and its writeback started before the first sync, so one journal
-    /// commit covers it all; a step's folders are synced once, after all its names. A
-    /// blob's commit with its layer link is three commits instead of seven.
+    /// step is staged and its writeback started before the first sync (of the objects
+    /// moved, which come first), so one journal commit covers it all; a step's folders
+    /// are synced once, after all its names. A blob's commit with its layer link is three
+    /// commits instead of seven.
     fn apply(&self, steps: &[&[Op<'_>]]) -> Result<(), Error> {
         let mut made = Vec::new();
         for op in steps.iter().copied().flatten() {
@@ -298,23 +299,28 @@ impl Driver for FsDriver {
         let mut temps = Vec::new();
         let mut renamed = 0;
         let result = (|| {
-            let mut content = Vec::new();
+            // Moved objects are synced before staged ones, so the journal commit of the
+            // first sync also covers the staged files, whose writeback has started.
+            let (mut moved, mut staged) = (Vec::new(), Vec::new());
             for op in steps.iter().copied().flatten() {
                 match *op {
                     Op::Put(key, bytes) => {
                         let (tmp, f) = fsutil::stage_unsynced(&self.path(key), bytes, FILE_MODE)?;
                         temps.push(tmp.clone());
-                        content.push((tmp, f));
+                        staged.push((tmp, f));
                     }
+                    // No writeback hint here: a moved object is an upload's data, synced
+                    // all but its tail as it was written (WriteBehind), and the hint would
+                    // drop its clean pages, the whole blob, from the page cache, so the
+                    // first pull after a push would read it back from the disk.
                     Op::Rename(from, _) => {
                         let src = self.path(from);
                         let f = File::open(&src).map_err(io_error("open", src.clone()))?;
-                        fsutil::start_writeback(&f);
-                        content.push((src, f));
+                        moved.push((src, f));
                     }
                 }
             }
-            for (path, f) in &content {
+            for (path, f) in moved.iter().chain(&staged) {
                 fsutil::sync_file(f, path)?;
             }
             self.place(steps, &temps, made, &mut renamed)
