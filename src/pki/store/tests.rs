@@ -335,6 +335,37 @@ fn held_keys_are_appended_to_one_log_and_read_back() {
     assert!(s.read_key("ff").is_err());
 }
 
+/// The held keys are synced with the index change that names one, and only then: every
+/// fdatasync flushes the device cache, nothing new to write or not.
+#[test]
+fn the_held_keys_are_synced_only_when_a_key_is_new() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let d = tempfile::tempdir().unwrap();
+    let mut s = Store::open(d.path()).unwrap();
+    s.settle().unwrap();
+    let syncer = s.syncer();
+    let before = syncer.held_syncs.load(SeqCst);
+    let t = s.insert(rec("01"), None).unwrap();
+    syncer.wait(t).unwrap();
+    s.revoke("01", OffsetDateTime::now_utc()).unwrap();
+    s.next_crl_number().unwrap();
+    assert_eq!(
+        syncer.held_syncs.load(SeqCst),
+        before,
+        "changes without a key synced the held keys"
+    );
+    let t = s.insert(rec("02"), Some(&pem(2))).unwrap();
+    syncer.wait(t).unwrap();
+    assert_eq!(
+        syncer.held_syncs.load(SeqCst),
+        before + 1,
+        "a new key was acknowledged without a sync of the held keys"
+    );
+    let t = s.insert(rec("03"), None).unwrap();
+    syncer.wait(t).unwrap();
+    assert_eq!(syncer.held_syncs.load(SeqCst), before + 1);
+}
+
 /// A key line torn by a crash (never acknowledged) is cut off and the log goes on; a
 /// damaged line in the middle stops the start, naming the file, and nothing is rewritten.
 #[test]
