@@ -314,8 +314,13 @@ async fn measured_all<T>(
     (t0.elapsed().as_secs_f64(), cpu() - c0, out)
 }
 
+/// How many times a pull figure reads each blob: once, 100 MiB at c=1 took about 70 ms,
+/// short enough for one descheduling to move the figure by half (880-2,025 MiB/s for one
+/// binary in three runs).
+const PULLS: usize = 5;
+
 /// Pushes (`push`) or pulls each blob on its own connection, all at once; returns
-/// (MiB/s, CPU s/GiB).
+/// (MiB/s, CPU s/GiB). A pull reads its blob [`PULLS`] times over, one after another.
 async fn transfer_blobs(
     addr: SocketAddr,
     tls: &Arc<rustls::ClientConfig>,
@@ -334,7 +339,8 @@ async fn transfer_blobs_across(
     blobs: &[(String, Bytes, Digest)],
     push: bool,
 ) -> (f64, f64) {
-    let mib = blobs.iter().map(|b| b.1.len()).sum::<usize>() as f64 / 1048576.0;
+    let times = if push { 1 } else { PULLS };
+    let mib = (times * blobs.iter().map(|b| b.1.len()).sum::<usize>()) as f64 / 1048576.0;
     let pids: Vec<u32> = servers.iter().map(|s| s.1).collect();
     let (secs, cpu, ()) = measured_all(&pids, async {
         let mut tasks = Vec::new();
@@ -348,8 +354,10 @@ async fn transfer_blobs_across(
                     return;
                 }
                 let path = format!("/v2/{repo}/blobs/{d}");
-                let (s, _, n) = c.call(Method::GET, &path, None, Bytes::new()).await;
-                assert_eq!((s, n), (StatusCode::OK, data.len() as u64));
+                for _ in 0..times {
+                    let (s, _, n) = c.call(Method::GET, &path, None, Bytes::new()).await;
+                    assert_eq!((s, n), (StatusCode::OK, data.len() as u64));
+                }
             }));
         }
         for t in tasks {
