@@ -158,6 +158,24 @@ impl IndexFile {
         }
     }
 
+    /// Marks as not held every key the index says is held but `held` does not have. That
+    /// is an issue a crash cut short: its key was appended after the held log's last sync
+    /// began and its index line reached the disk with the journal's, so it was never
+    /// answered. Left as it was, the record looked like the newest certificate of its name
+    /// with a key (`Pki::find_held`), and every install for that name failed reading it.
+    fn forget_lost_keys(&mut self, held: &held::Held, keys: &Path) {
+        for r in &mut self.certificates {
+            if r.key_held && !held.has(keys, &r.serial) {
+                tracing::warn!(
+                    serial = %r.serial,
+                    cn = %r.names.common_name,
+                    "the key of this certificate was lost in a crash before its issue was answered; it is no longer listed as held"
+                );
+                Arc::make_mut(r).key_held = false;
+            }
+        }
+    }
+
     /// Applies a change; applying one twice changes nothing more.
     fn apply(&mut self, c: Change) {
         match c {
@@ -211,8 +229,9 @@ pub(super) struct Ticket(u64);
 
 /// Group commit of the journal, on a thread of its own: whenever something is written and
 /// not yet durable, the thread syncs everything written so far and wakes whoever waits
-/// for it, so concurrent changes share one sync. The held keys are synced first, so a
-/// durable index entry that says `key_held` always has its key.
+/// for it, so concurrent changes share one sync. The held keys are synced first, so an
+/// acknowledged index entry that says `key_held` always has its key (an unanswered one a
+/// crash left without it is marked not held at the next start: `forget_lost_keys`).
 ///
 /// A thread rather than a leader among the waiters: an issue then waits without a thread
 /// of its own ([`Syncer::wait_async`]), and its answer is one task wake instead of a
@@ -489,6 +508,7 @@ impl Store {
         // A fold that did not finish: its changes come before the live journal's.
         replay(&dir.join(OLD_LOG), &mut index)?;
         replay(&log, &mut index)?;
+        index.forget_lost_keys(&held, &dir.join("keys"));
         let journal = open_journal(&log)?;
         let syncer = std::sync::Arc::new(Syncer {
             journal: std::sync::Mutex::new(Arc::new(clone_file(&journal, &log)?)),
@@ -565,8 +585,8 @@ impl Store {
         Ok(b.to_vec())
     }
 
-    /// Records a certificate: its key first (so an index entry that says `key_held` always
-    /// has its key), then the index. The change is written, not yet synced: wait on the
+    /// Records a certificate: its key first (so an acknowledged index entry that says
+    /// `key_held` always has its key), then the index. The change is written, not yet synced: wait on the
     /// ticket (outside the store's lock) before acknowledging it.
     pub(super) fn insert(
         &mut self,

@@ -140,7 +140,6 @@ impl Held {
     }
 
     /// True when a key is held for `serial` (in the log or as an older file).
-    #[cfg(test)]
     pub(super) fn has(&self, keys: &Path, serial: &str) -> bool {
         self.at.contains_key(serial) || keys.join(format!("{serial}.key")).is_file()
     }
