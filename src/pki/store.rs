@@ -586,8 +586,8 @@ impl Store {
     }
 
     /// Records a certificate: its key first (so an acknowledged index entry that says
-    /// `key_held` always has its key), then the index. The change is written, not yet synced: wait on the
-    /// ticket (outside the store's lock) before acknowledging it.
+    /// `key_held` always has its key), then the index. The change is written, not yet
+    /// synced: wait on the ticket (outside the store's lock) before acknowledging it.
     pub(super) fn insert(
         &mut self,
         record: CertRecord,
