@@ -643,6 +643,55 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// berthd restarts itself in place with a glibc malloc arena per core (the arenas decide
+/// its peak memory) unless the environment already chooses; it keeps its pid and name.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn berthd_runs_with_an_arena_per_core_unless_the_environment_chooses() {
+    let cores = std::thread::available_parallelism()
+        .unwrap()
+        .get()
+        .max(2)
+        .to_string();
+    for (given, want) in [(None, cores.as_str()), (Some("7"), "7")] {
+        let dir = common::temp_dir();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berthd"));
+        cmd.arg("--root")
+            .arg(dir.path().join("root"))
+            .arg("--certs-d")
+            .arg(dir.path().join("docker"))
+            .arg("--containers-certs-d")
+            .arg(dir.path().join("containers"))
+            .arg("--no-registry")
+            .env_remove("MALLOC_ARENA_MAX")
+            .env_remove("GLIBC_TUNABLES")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(v) = given {
+            cmd.env("MALLOC_ARENA_MAX", v);
+        }
+        let daemon = Running(cmd.spawn().unwrap());
+        let socket = dir.path().join("root/berthd.sock");
+        wait_for("berthd to serve", || {
+            berth(&socket, dir.path(), &["system", "health"])
+                .status
+                .success()
+        });
+        let pid = daemon.id();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let set: Vec<String> = environ
+            .split(|b| *b == 0)
+            .filter(|v| v.starts_with(b"MALLOC_ARENA_MAX="))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        assert_eq!(set, [format!("MALLOC_ARENA_MAX={want}")], "given {given:?}");
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+        assert_eq!(comm.trim(), "berthd");
+        sigterm(daemon);
+    }
+}
+
 #[test]
 fn berthd_starts_with_flags_refuses_a_second_copy_and_stops_on_sigterm() {
     let dir = common::temp_dir();
