@@ -27,9 +27,10 @@ use super::{Error, StoredManifest, manifest};
 /// streaming one in. An upload holds two of these (one filling, one being written).
 pub(crate) const CHUNK: usize = 512 * 1024;
 
-/// Bytes per read when streaming a blob out. A download holds at most three (one read,
-/// one queued, one with the connection): small enough that many parallel pulls stay within
-/// a few MiB, large enough that the hop to the blocking pool is rare.
+/// Bytes per read when streaming a blob out. A download holds at most three (two queued
+/// or being read, one with the connection): small enough that many parallel pulls stay
+/// within a few MiB, large enough that the hop to the blocking pool (one per chunk) is
+/// rare.
 const PULL_CHUNK: usize = 256 * 1024;
 
 /// An open blob: its length and a stream of its bytes from the requested offset.
@@ -41,7 +42,7 @@ pub struct BlobReader {
     pub len: u64,
     /// The whole blob's length.
     pub size: u64,
-    /// Chunks of up to 1 MiB, read on a blocking thread one step ahead of the consumer.
+    /// Chunks of up to [`PULL_CHUNK`] bytes, read one or two ahead of the consumer.
     pub chunks: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
 }
 
@@ -402,26 +403,40 @@ impl Storage {
         let key = Paths.blob_data(d);
         let drv = self.driver();
         let d2 = d.clone();
-        let mut reader = blocking(move || drv.reader(&key, start))
+        let reader = blocking(move || drv.reader(&key, start))
             .await?
             .ok_or(Error::BlobUnknown(d2))?;
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        tokio::task::spawn_blocking(move || {
+        // Two queued: with the chunk the connection is sending, at most three per download.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            let mut reader = reader;
             let mut left = len;
             while left > 0 {
-                // read_to_end fills spare capacity without zeroing it first.
-                let want = PULL_CHUNK.min(usize::try_from(left).unwrap_or(PULL_CHUNK));
-                let mut buf = Vec::with_capacity(want);
-                match std::io::Read::take(reader.as_mut(), want as u64).read_to_end(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => left -= n as u64,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
-                        return;
-                    }
-                }
-                if tx.blocking_send(Ok(buf)).is_err() {
+                // Room first, then a read: a client that reads slowly (or not at all) then
+                // holds no thread of the blocking pool, which every storage call shares;
+                // a download used to park one for its whole length.
+                let Ok(permit) = tx.reserve().await else {
                     return;
+                };
+                let want = PULL_CHUNK.min(usize::try_from(left).unwrap_or(PULL_CHUNK));
+                let read = tokio::task::spawn_blocking(move || {
+                    // read_to_end fills spare capacity without zeroing it first.
+                    let mut buf = Vec::with_capacity(want);
+                    let r = std::io::Read::take(reader.as_mut(), want as u64)
+                        .read_to_end(&mut buf)
+                        .map(|_| buf);
+                    (reader, r)
+                })
+                .await;
+                match read {
+                    Ok((_, Ok(buf))) if buf.is_empty() => return,
+                    Ok((r, Ok(buf))) => {
+                        left -= buf.len() as u64;
+                        permit.send(Ok(buf));
+                        reader = r;
+                    }
+                    Ok((_, Err(e))) => return permit.send(Err(e)),
+                    Err(e) => return permit.send(Err(std::io::Error::other(e.to_string()))),
                 }
             }
         });
