@@ -645,7 +645,13 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 
 /// berthd restarts itself in place with a glibc malloc arena per core (the arenas decide
 /// its peak memory) unless the environment already chooses; it keeps its pid and name.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// Started through a symlink of another name, or through the dynamic loader (which would
+/// take berthd's flags for its own), it runs on as it is.
+#[cfg(all(
+    target_os = "linux",
+    target_env = "gnu",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 #[test]
 fn berthd_runs_with_an_arena_per_core_unless_the_environment_chooses() {
     let cores = std::thread::available_parallelism()
@@ -653,10 +659,40 @@ fn berthd_runs_with_an_arena_per_core_unless_the_environment_chooses() {
         .get()
         .max(2)
         .to_string();
-    for (given, want) in [(None, cores.as_str()), (Some("7"), "7")] {
+    let links = common::temp_dir();
+    let link = links.path().join("registry-daemon");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_berthd"), &link).unwrap();
+    #[cfg(target_arch = "x86_64")]
+    let loader = "/lib64/ld-linux-x86-64.so.2";
+    #[cfg(target_arch = "aarch64")]
+    let loader = "/lib/ld-linux-aarch64.so.1";
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_berthd"));
+    // How berthd is run, MALLOC_ARENA_MAX given and then seen, and the process's name.
+    type Case<'a> = (Vec<&'a std::ffi::OsStr>, Option<&'a str>, Option<&'a str>);
+    let cases: [(Case, Option<&str>); 4] = [
+        ((vec![exe.as_os_str()], None, Some(&cores)), Some("berthd")),
+        (
+            (vec![exe.as_os_str()], Some("7"), Some("7")),
+            Some("berthd"),
+        ),
+        (
+            (vec![link.as_os_str()], None, None),
+            Some("registry-daemon"),
+        ),
+        (
+            (
+                vec![std::ffi::OsStr::new(loader), exe.as_os_str()],
+                None,
+                None,
+            ),
+            None,
+        ),
+    ];
+    for ((run, given, want), name) in cases {
         let dir = common::temp_dir();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berthd"));
-        cmd.arg("--root")
+        let mut cmd = Command::new(run[0]);
+        cmd.args(&run[1..])
+            .arg("--root")
             .arg(dir.path().join("root"))
             .arg("--certs-d")
             .arg(dir.path().join("docker"))
@@ -673,7 +709,7 @@ fn berthd_runs_with_an_arena_per_core_unless_the_environment_chooses() {
         }
         let daemon = Running(cmd.spawn().unwrap());
         let socket = dir.path().join("root/berthd.sock");
-        wait_for("berthd to serve", || {
+        wait_for(&format!("berthd run as {run:?} to serve"), || {
             berth(&socket, dir.path(), &["system", "health"])
                 .status
                 .success()
@@ -685,9 +721,15 @@ fn berthd_runs_with_an_arena_per_core_unless_the_environment_chooses() {
             .filter(|v| v.starts_with(b"MALLOC_ARENA_MAX="))
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .collect();
-        assert_eq!(set, [format!("MALLOC_ARENA_MAX={want}")], "given {given:?}");
+        let want: Vec<String> = want
+            .iter()
+            .map(|w| format!("MALLOC_ARENA_MAX={w}"))
+            .collect();
+        assert_eq!(set, want, "run as {run:?}, given {given:?}");
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
-        assert_eq!(comm.trim(), "berthd");
+        if let Some(name) = name {
+            assert_eq!(comm.trim(), name, "run as {run:?}");
+        }
         sigterm(daemon);
     }
 }

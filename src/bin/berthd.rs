@@ -203,10 +203,15 @@ fn with_few_malloc_arenas() -> Option<std::io::Error> {
         Err(e) => return Some(e),
     };
     let mut args = std::env::args_os();
-    let mut cmd = std::process::Command::new(exe);
-    if let Some(arg0) = args.next() {
-        cmd.arg0(arg0);
+    let arg0 = args.next()?;
+    // Only when the kernel ran this binary under its own name: started through the
+    // dynamic loader (`ld.so ./berthd`) the executable is the loader, which would take
+    // berthd's flags for its own, and through a symlink the process's name would change.
+    if std::path::Path::new(&arg0).file_name() != exe.file_name() {
+        return None;
     }
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg0(arg0);
     Some(
         cmd.args(args)
             .env("MALLOC_ARENA_MAX", malloc_arenas())
