@@ -933,10 +933,21 @@ async fn main() {
                 theirs.push(r);
             }
             let _ = std::fs::remove_dir_all(&storage);
+            // The transfer figures of this round alone: their spread is the noise the
+            // medians hide, and which position in the round it follows.
+            let last = if berth { ours.last() } else { theirs.last() };
+            let figures: Vec<String> = last
+                .into_iter()
+                .flat_map(|r| r.iter())
+                .filter(|(k, _)| k.starts_with("push") || k.starts_with("pull"))
+                .filter(|(k, _)| !k.ends_with("CPU"))
+                .map(|(k, v)| format!("{k} {v:.0}"))
+                .collect();
             eprintln!(
-                "round {} {} done",
+                "round {} {} done: {}",
                 round + 1,
-                if berth { "berth" } else { "docker-registry" }
+                if berth { "berth" } else { "docker-registry" },
+                figures.join(", ")
             );
         }
     }
