@@ -98,6 +98,8 @@ impl Storage {
     }
 
     /// An upload's id (normalised), data key and in-memory state; unknown uploads fail.
+    /// An upload this process already knows is not looked up in the store here: every
+    /// caller reads its size under the lock, which fails for one gone meanwhile.
     async fn open_upload(
         &self,
         name: &RepoName,
@@ -105,8 +107,14 @@ impl Storage {
     ) -> Result<(String, Key, Arc<tokio::sync::Mutex<State>>), Error> {
         let id = parse_id(id)?;
         let key = Paths.upload_data(name, &id);
-        let size = self.size_of(&key, &id).await?;
-        let state = self.state(&id, size);
+        let known = self.inner.local.uploads().get(&id).cloned();
+        let state = match known {
+            Some(state) => state,
+            None => {
+                let size = self.size_of(&key, &id).await?;
+                self.state(&id, size)
+            }
+        };
         Ok((id, key, state))
     }
 
@@ -159,20 +167,23 @@ impl Storage {
         // Owned: the sink holds the lock while a batch of chunks is written, so a request
         // that ends early (its client gone) keeps the next one out until that has landed.
         let mut st = state.lock_owned().await;
-        // Read under the lock: another chunk may have landed meanwhile.
-        let size = self.size_of(&key, &id).await?;
-        if let Some(s) = start
-            && s != size
-        {
-            return Err(Error::RangeInvalid { start: s, size });
-        }
+        // Read under the lock: another chunk may have landed meanwhile. The writer is
+        // opened in the same hop, once the chunk is known to start where it must.
+        let (drv, k, id2) = (self.driver(), key.clone(), id.clone());
+        let (size, writer) = blocking(move || {
+            let size = current_size(drv.as_ref(), &k, &id2)?;
+            if let Some(s) = start
+                && s != size
+            {
+                return Err(Error::RangeInvalid { start: s, size });
+            }
+            Ok((size, drv.append(&k)?))
+        })
+        .await?;
         if st.size != size {
             st.hasher = None;
         }
         st.size = size;
-        let drv = self.driver();
-        let k = key.clone();
-        let writer = blocking(move || drv.append(&k)).await?;
         let path = self.inner.driver.locate(&key);
         // Fill a large buffer before each write: request bodies arrive in small frames,
         // and every write is a hop to the blocking pool, where the chunk is also hashed.
@@ -218,18 +229,23 @@ impl Storage {
             }
         }
         let Sink { writer, mut st } = pipe.finish(&path).await?;
+        let writer_blocks = writer.finish_blocks();
         // The chunk is stored only once the writer says so (an object store completes its
         // upload here); until then the size counted above is a hope.
         let p2 = path.clone();
-        if let Err(e) = blocking(move || {
+        let finish = move || {
             writer.finish().map_err(|source| Error::Io {
                 op: "write",
                 path: p2,
                 source,
             })
-        })
-        .await
-        {
+        };
+        let finished = if writer_blocks {
+            blocking(finish).await
+        } else {
+            finish()
+        };
+        if let Err(e) = finished {
             st.hasher = None;
             return Err(e);
         }

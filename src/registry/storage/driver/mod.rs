@@ -89,6 +89,12 @@ pub(crate) type Writer = Box<dyn Append>;
 pub(crate) trait Append: Write + Send {
     /// Ends the append; an error means the bytes written may not be stored.
     fn finish(self: Box<Self>) -> std::io::Result<()>;
+
+    /// False when [`Append::finish`] has nothing to wait for, so it may run on an async
+    /// thread instead of taking a hop to the blocking pool.
+    fn finish_blocks(&self) -> bool {
+        true
+    }
 }
 
 /// One write of [`Driver::apply`].

@@ -198,3 +198,35 @@ async fn a_body_in_odd_pieces_is_stored_exactly() {
         assert!(stored == Some(data), "{len} bytes: the stored blob differs");
     }
 }
+
+/// An upload this process knows, whose data is gone from the store (another berthd on
+/// the same bucket finished or purged it), is unknown to the next chunk and to the
+/// commit: neither starts it again from nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_upload_gone_from_the_store_is_unknown() {
+    use super::super::paths::Paths;
+    use crate::registry::Error;
+    let s = Storage::new(Arc::new(MemoryDriver::new()), "test".into());
+    let name: RepoName = "team/app".parse().unwrap();
+    let up = s.start_upload(&name).await.unwrap();
+    let first = b"the first chunk".to_vec();
+    s.append(&name, &up.id, Some(0), &mut first.as_slice(), None)
+        .await
+        .unwrap();
+    assert!(s.inner.local.uploads().contains_key(&up.id));
+    assert!(s.driver().delete(&Paths.upload_dir(&name, &up.id)).unwrap());
+
+    let more = b"and more".to_vec();
+    let r = s
+        .append(&name, &up.id, None, &mut more.as_slice(), None)
+        .await;
+    assert!(matches!(r, Err(Error::UploadUnknown(_))), "{r:?}");
+    let d = Digest::sha256_of(&first);
+    let r = s.finish_upload(&name, &up.id, &d).await;
+    assert!(matches!(r, Err(Error::UploadUnknown(_))), "{r:?}");
+    assert_eq!(
+        s.driver().stat(&Paths.upload_data(&name, &up.id)).unwrap(),
+        None,
+        "a chunk brought the upload back"
+    );
+}
