@@ -219,8 +219,7 @@ impl Storage {
             };
             if buf.len() == CHUNK || (n == 0 && !buf.is_empty()) {
                 let full = std::mem::take(&mut buf);
-                let len = full.len();
-                pipe.send(full, len, &path, &mut spare).await?;
+                pipe.send(full, &path, &mut spare).await?;
                 buf = spare.pop().unwrap_or_else(|| Vec::with_capacity(CHUNK));
                 buf.clear();
             }
@@ -421,15 +420,15 @@ struct Sink {
 }
 
 impl Sink {
-    /// Writes and hashes `buf[..len]` (on the upload's blocking thread) and counts it.
-    fn take(&mut self, buf: &[u8], len: usize) -> std::io::Result<()> {
-        let r = self.writer.write_all(&buf[..len]);
+    /// Writes and hashes `buf` (on the upload's blocking thread) and counts it.
+    fn take(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let r = self.writer.write_all(buf);
         match &r {
             Ok(()) => {
                 if let Some(h) = self.st.hasher.as_mut() {
-                    h.update(&buf[..len]);
+                    h.update(buf);
                 }
-                self.st.size += len as u64;
+                self.st.size += buf.len() as u64;
             }
             // Part of the chunk may be on disk unhashed: the hash state is gone.
             Err(_) => self.st.hasher = None,
@@ -455,7 +454,7 @@ type Job = tokio::task::JoinHandle<(Sink, Vec<Vec<u8>>, std::io::Result<()>)>;
 struct Pipeline {
     idle: Option<Sink>,
     job: Option<(Job, usize)>,
-    waiting: Vec<(Vec<u8>, usize)>,
+    waiting: Vec<Vec<u8>>,
 }
 
 impl Pipeline {
@@ -477,17 +476,16 @@ impl Pipeline {
         self.job.as_ref().map_or(0, |(_, n)| *n) + self.waiting.len()
     }
 
-    /// Queues `buf[..len]` and hands the waiting chunks to the sink if it is free. Waits
+    /// Queues `buf` and hands the waiting chunks to the sink if it is free. Waits
     /// for the sink only when more than IN_FLIGHT chunks would be held; buffers it hands
     /// back go to `spare`.
     async fn send(
         &mut self,
         buf: Vec<u8>,
-        len: usize,
         path: &std::path::Path,
         spare: &mut Vec<Vec<u8>>,
     ) -> Result<(), Error> {
-        self.waiting.push((buf, len));
+        self.waiting.push(buf);
         let done = self.job.as_ref().is_some_and(|(j, _)| j.is_finished());
         if done || self.held() > IN_FLIGHT {
             self.land(path, spare).await?;
@@ -509,10 +507,10 @@ impl Pipeline {
         let job = tokio::task::spawn_blocking(move || {
             let mut bufs = Vec::with_capacity(batch.len());
             let mut r = Ok(());
-            for (buf, len) in batch {
+            for buf in batch {
                 // After a failed write the chunks behind it must not land.
                 if r.is_ok() {
-                    r = sink.take(&buf, len);
+                    r = sink.take(&buf);
                 }
                 bufs.push(buf);
             }
