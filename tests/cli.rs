@@ -2099,3 +2099,72 @@ async fn replica_status_follows_the_socket_rules() {
     let err = failed(&outsider);
     assert!(err.contains("control.group may ask"), "{err}");
 }
+
+/// `berth agent` stops cleanly on SIGTERM even in the middle of its first pass, here while
+/// the berthd it renews with accepts the connection and never answers: the signal handler
+/// must be in place before that pass (it was installed only after it, and SIGTERM killed
+/// the agent), and the stop must not wait for the server.
+#[test]
+fn the_agent_stops_on_sigterm_in_the_middle_of_a_renewal() {
+    let dir = common::temp_dir();
+    let state = dir.path().join("state");
+    let docker = dir.path().join("docker");
+    let registry = "registry.example:5000";
+    let certs = docker.join(registry);
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["host".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(certs.join("client.cert"), cert.pem()).unwrap();
+    std::fs::write(certs.join("client.key"), key.serialize_pem()).unwrap();
+    // A "berthd" that accepts and then says nothing, holding every connection.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hung.local_addr().unwrap().port();
+    let record = serde_json::json!([{
+        "registry": registry,
+        "server_host": "127.0.0.1",
+        "server_port": port,
+        "ca_fingerprint": format!("sha256:{}", "ab".repeat(32)),
+        "serial": "01",
+        "not_before": "2020-01-01T00:00:00Z",
+        "not_after": "2020-04-01T00:00:00Z",
+        "roots": {
+            "docker_root": docker,
+            "containers_root": dir.path().join("containers"),
+            "containerd_root": dir.path().join("containerd"),
+        },
+        "containers": false,
+        "containerd": false,
+    }]);
+    std::fs::write(
+        state.join("enrolments.json"),
+        serde_json::to_vec(&record).unwrap(),
+    )
+    .unwrap();
+    let agent = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["agent", "--state-dir"])
+        .arg(&state)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The pass has begun once the agent is connected.
+    let (held, _) = hung.accept().unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let out = agent.wait_with_output().unwrap();
+    drop(held);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    // Stopped, not run to its end: the hung renewal never failed by timing out.
+    assert!(!stderr.contains("renewal failed"), "{stderr}");
+    let kept: Value =
+        serde_json::from_slice(&std::fs::read(state.join("enrolments.json")).unwrap()).unwrap();
+    assert_eq!(kept[0]["serial"], "01", "nothing was renewed");
+}

@@ -229,7 +229,8 @@ pub async fn renew_all(state_dir: &Path, force: bool) -> Result<Vec<Renewal>, Er
     let mut all = enrolments(state_dir)?;
     let now = OffsetDateTime::now_utc();
     let mut out = Vec::new();
-    for e in all.iter_mut() {
+    for i in 0..all.len() {
+        let e = &mut all[i];
         let mut r = Renewal {
             registry: e.registry.clone(),
             old_serial: e.serial.clone(),
@@ -242,6 +243,9 @@ pub async fn renew_all(state_dir: &Path, force: bool) -> Result<Vec<Renewal>, Er
                 Ok(serial) => {
                     r.new_serial = Some(serial);
                     r.next = e.renewal_at();
+                    // Recorded at once: the agent may be stopped while a later
+                    // enrolment is renewed, and the record must name what is installed.
+                    save(state_dir, &all)?;
                 }
                 Err(err) => r.error = Some(err.to_string()),
             }
@@ -280,7 +284,13 @@ pub async fn agent(
     let mut stop = std::pin::pin!(stop);
     let mut backoff: Option<std::time::Duration> = None;
     loop {
-        let pass = renew_all(state_dir, false).await;
+        // A stop ends a pass at its next wait (a berthd that does not answer must not
+        // hold up `systemctl stop`); renew_all records each renewal as it is installed,
+        // so what it leaves is consistent.
+        let pass = tokio::select! {
+            () = &mut stop => return Ok(()),
+            p = renew_all(state_dir, false) => p,
+        };
         let failed = match &pass {
             Ok(done) => {
                 for r in done {

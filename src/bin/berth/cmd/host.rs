@@ -55,18 +55,16 @@ pub async fn agent(cmd: AgentCmd) -> anyhow::Result<ExitCode> {
         tracing::warn!("{why}");
     }
     let dir = super::join::state_dir(cmd.state_dir);
-    let stop = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    // The handlers are installed now, before the first pass: installed lazily (when the
+    // stop future is first polled), a SIGTERM during the first pass took the default
+    // action and killed the agent mid-renewal.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let stop = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
     };
     berth::client::host::agent(&dir, stop).await?;
