@@ -252,7 +252,6 @@ pub async fn renew_all(state_dir: &Path, force: bool) -> Result<Vec<Renewal>, Er
         }
         out.push(r);
     }
-    save(state_dir, &all)?;
     Ok(out)
 }
 
