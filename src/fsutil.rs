@@ -97,14 +97,22 @@ pub fn stage_unsynced(path: &Path, bytes: &[u8], mode: u32) -> Result<(PathBuf, 
 /// for files just written, never for one mostly synced already (an upload's data): that
 /// would empty the page cache of the whole file.
 pub fn start_writeback(f: &File) {
+    start_writeback_range(f, 0, 0);
+}
+
+/// [`start_writeback`] for `len` bytes from `offset` (0: to the end).
+fn start_writeback_range(f: &File, offset: u64, len: u64) {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
         use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
         // A hint: a filesystem that ignores it costs the fsync its own commit, no more.
-        let _ = posix_fadvise(f, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+        let _ = posix_fadvise(f, offset, len, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
     }
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = f;
+    let _ = (f, offset, len);
 }
 
 /// Writes `bytes` to a new hidden temp file beside `path` with exactly `mode`, fsynced
@@ -130,7 +138,128 @@ fn write_temp_with(
     sync: bool,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<PathBuf, Error> {
-    write_temp_file(path, mode, sync, fill).map(|(tmp, _)| tmp)
+    write_temp_file(path, mode, sync, |f| fill(f)).map(|(tmp, _)| tmp)
+}
+
+/// [`write_atomic_with`] for a large file written in the background while other writes on
+/// the same disk wait for their syncs (the certificate index's snapshot, folded while
+/// issues are answered): the bytes go to the disk [`PACE_CHUNK`] at a time and at most
+/// `bytes_per_sec`, instead of all at once at the final fsync. Written whole, a snapshot
+/// of 16,000 certificates (19 MB) stalled every issue's journal sync behind it, and the
+/// slowest answers tripled. Returns how many times writeback was started (for tests).
+pub fn write_atomic_paced(
+    path: &Path,
+    mode: u32,
+    bytes_per_sec: u64,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<u64, Error> {
+    let mut kicks = 0;
+    let (tmp, _) = write_temp_file(path, mode, true, |f| {
+        let mut paced = Paced::new(f, bytes_per_sec, Wall::start());
+        fill(&mut paced)?;
+        kicks = paced.kicks();
+        Ok(())
+    })?;
+    commit(&tmp, path)?;
+    Ok(kicks)
+}
+
+/// Bytes a paced write hands to the disk at a time (see [`Paced`]).
+pub const PACE_CHUNK: u64 = 256 * 1024;
+
+/// Time as a paced write sees it: the wall clock, or a test's.
+pub trait Clock {
+    /// Time since the write began.
+    fn elapsed(&self) -> std::time::Duration;
+    /// Waits for `d`.
+    fn sleep(&mut self, d: std::time::Duration);
+}
+
+/// The real clock, from the moment a write began.
+#[derive(Debug)]
+pub struct Wall(std::time::Instant);
+
+impl Wall {
+    /// A clock starting now.
+    pub fn start() -> Wall {
+        Wall(std::time::Instant::now())
+    }
+}
+
+impl Clock for Wall {
+    fn elapsed(&self) -> std::time::Duration {
+        self.0.elapsed()
+    }
+
+    fn sleep(&mut self, d: std::time::Duration) {
+        std::thread::sleep(d);
+    }
+}
+
+/// A file writer that keeps a large background write from crowding out the small syncs
+/// others wait on, as RocksDB's `bytes_per_sync` and rate limiter do for compactions:
+/// every [`PACE_CHUNK`] written, writeback of what was just written starts (so dirty
+/// pages never pile up for one long final fsync, whose device-cache flush every other
+/// sync on the disk then queues behind), and the writer sleeps until the bytes so far fit
+/// `bytes_per_sec`. Only the writer slows down; the final fsync still makes it durable.
+#[derive(Debug)]
+pub struct Paced<'f, C: Clock> {
+    file: &'f File,
+    bytes_per_sec: u64,
+    clock: C,
+    written: u64,
+    kicked: u64,
+    kicks: u64,
+}
+
+impl<'f, C: Clock> Paced<'f, C> {
+    /// Paces writes to `file`, new and written from its start, at `bytes_per_sec` (at
+    /// least 1).
+    pub fn new(file: &'f File, bytes_per_sec: u64, clock: C) -> Paced<'f, C> {
+        Paced {
+            file,
+            bytes_per_sec: bytes_per_sec.max(1),
+            clock,
+            written: 0,
+            kicked: 0,
+            kicks: 0,
+        }
+    }
+
+    /// How many times writeback was started.
+    pub fn kicks(&self) -> u64 {
+        self.kicks
+    }
+}
+
+impl<C: Clock> Write for Paced<'_, C> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = (&mut &*self.file).write(buf)?;
+        self.written += n as u64;
+        // Whole pages only: a page cut at the end would be written now and again later.
+        let end = self.written & !4095;
+        if end - self.kicked >= PACE_CHUNK {
+            #[cfg(test)]
+            record(Event::Writeback {
+                offset: self.kicked,
+                len: end - self.kicked,
+            });
+            start_writeback_range(self.file, self.kicked, end - self.kicked);
+            self.kicked = end;
+            self.kicks += 1;
+            let due =
+                std::time::Duration::from_secs_f64(self.written as f64 / self.bytes_per_sec as f64);
+            let elapsed = self.clock.elapsed();
+            if due > elapsed {
+                self.clock.sleep(due - elapsed);
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        (&mut &*self.file).flush()
+    }
 }
 
 /// [`write_temp_with`], returning the temp file still open.
@@ -138,7 +267,7 @@ fn write_temp_file(
     path: &Path,
     mode: u32,
     sync: bool,
-    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    fill: impl FnOnce(&mut File) -> std::io::Result<()>,
 ) -> Result<(PathBuf, File), Error> {
     let tmp = temp_beside(path)?;
     let result = (|| {
@@ -295,6 +424,13 @@ pub(crate) enum Event {
     SyncFile(PathBuf),
     /// A name moved into place at this path.
     Rename(PathBuf),
+    /// A paced write started writeback of `len` bytes from `offset`.
+    Writeback {
+        /// Where.
+        offset: u64,
+        /// How much.
+        len: u64,
+    },
 }
 
 #[cfg(test)]

@@ -92,3 +92,85 @@ fn new_folders_name_the_parent_of_each_new_one() {
     create_dir_all(&root.join("x/y"), 0o755).unwrap();
     assert!(take_events().is_empty());
 }
+
+/// A test's clock: time moves only when the writer sleeps.
+#[derive(Clone, Default)]
+struct FakeClock(std::rc::Rc<std::cell::RefCell<(std::time::Duration, Vec<std::time::Duration>)>>);
+
+impl Clock for FakeClock {
+    fn elapsed(&self) -> std::time::Duration {
+        self.0.borrow().0
+    }
+
+    fn sleep(&mut self, d: std::time::Duration) {
+        let mut s = self.0.borrow_mut();
+        s.0 += d;
+        s.1.push(d);
+    }
+}
+
+fn kicks(events: Vec<Event>) -> Vec<(u64, u64)> {
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Writeback { offset, len } => Some((offset, len)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A paced write hands its bytes to the disk a chunk at a time, each chunk once and in
+/// whole pages, and sleeps after each until the bytes so far fit its rate: a large
+/// background write never leaves a pile of dirty pages for one long fsync that every
+/// other sync on the disk would queue behind.
+#[test]
+fn a_paced_write_starts_writeback_chunk_by_chunk_and_keeps_to_its_rate() {
+    use std::time::Duration;
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("big");
+    let f = File::create(&path).unwrap();
+    let clock = FakeClock::default();
+    take_events();
+    let mut p = Paced::new(&f, 1024 * 1024, clock.clone());
+    let block = vec![7u8; 65536];
+    for _ in 0..16 {
+        p.write_all(&block).unwrap();
+    }
+    p.write_all(&block[..1000]).unwrap();
+    p.flush().unwrap();
+    assert_eq!(
+        kicks(take_events()),
+        (0..4)
+            .map(|i| (i * PACE_CHUNK, PACE_CHUNK))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(p.kicks(), 4);
+    // 1 MiB at 1 MiB/s: a second of sleeps, a quarter after each chunk.
+    let (now, slept) = clock.0.borrow().clone();
+    assert_eq!(slept, vec![Duration::from_millis(250); 4]);
+    assert_eq!(now, Duration::from_secs(1));
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 16 * 65536 + 1000);
+
+    // Writes cut mid-page start writeback up to the last whole page only.
+    let f = File::create(d.path().join("odd")).unwrap();
+    let mut p = Paced::new(&f, u64::MAX, FakeClock::default());
+    p.write_all(&vec![1u8; PACE_CHUNK as usize + 5000]).unwrap();
+    p.write_all(&vec![1u8; PACE_CHUNK as usize]).unwrap();
+    assert_eq!(
+        kicks(take_events()),
+        vec![(0, PACE_CHUNK + 4096), (PACE_CHUNK + 4096, PACE_CHUNK)]
+    );
+}
+
+/// A writer already slower than its rate (a busy disk, a slow producer) never sleeps.
+#[test]
+fn a_paced_write_behind_its_rate_does_not_sleep() {
+    let d = tempfile::tempdir().unwrap();
+    let f = File::create(d.path().join("big")).unwrap();
+    let clock = FakeClock::default();
+    clock.0.borrow_mut().0 = std::time::Duration::from_secs(10);
+    let mut p = Paced::new(&f, 1024 * 1024, clock.clone());
+    p.write_all(&vec![0u8; 4 * PACE_CHUNK as usize]).unwrap();
+    assert_eq!(p.kicks(), 1);
+    assert!(clock.0.borrow().1.is_empty());
+}

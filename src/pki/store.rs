@@ -56,7 +56,14 @@ struct Snapshot {
 }
 
 impl Snapshot {
+    /// Writes `index.json` at once (at start, with nothing else running).
     fn write(&self, dir: &Path) -> Result<(), Error> {
+        self.write_paced(dir, None).map(|_| ())
+    }
+
+    /// Writes `index.json`, at most `bytes_per_sec` when given (see
+    /// [`fsutil::write_atomic_paced`]); returns how often writeback was started.
+    fn write_paced(&self, dir: &Path, bytes_per_sec: Option<u64>) -> Result<u64, Error> {
         // Records are written as `&CertRecord`: `Arc` itself is not `Serialize` here.
         #[derive(Serialize)]
         struct Out<'a> {
@@ -70,12 +77,19 @@ impl Snapshot {
             certificates: self.certificates.iter().map(|r| &**r).collect(),
         };
         // Streamed: at 100,000 records the pretty JSON is over 100 MB.
-        fsutil::write_atomic_with(&dir.join("index.json"), 0o644, |f| {
+        let fill = |f: &mut dyn Write| {
             let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
             serde_json::to_writer_pretty(&mut w, &out).map_err(std::io::Error::other)?;
             w.flush()
-        })?;
-        Ok(())
+        };
+        let path = dir.join("index.json");
+        Ok(match bytes_per_sec {
+            Some(rate) => fsutil::write_atomic_paced(&path, 0o644, rate, fill)?,
+            None => {
+                fsutil::write_atomic_with(&path, 0o644, fill)?;
+                0
+            }
+        })
     }
 }
 
@@ -99,6 +113,12 @@ fn fold_after(records: usize) -> usize {
 fn lower_priority() {
     let _ = rustix::process::nice(10);
 }
+
+/// How fast a fold writes its snapshot while issues are answered: 100,000 records (over
+/// 100 MB) in about two seconds, well before the next fold is due (half the index's
+/// changes later), and a small share of any disk, so issues' journal syncs never queue
+/// behind the whole snapshot (see [`fsutil::write_atomic_paced`]).
+const FOLD_BYTES_PER_SEC: u64 = 64 * 1024 * 1024;
 
 /// The journal being folded into a snapshot by a background thread.
 const OLD_LOG: &str = "index.log.old";
@@ -215,6 +235,9 @@ pub(super) struct Store {
     /// The CPU priority the last background fold ran at, for a test.
     #[cfg(test)]
     fold_priority: Arc<std::sync::atomic::AtomicI32>,
+    /// How often the last fold started writeback, for the test that it is paced.
+    #[cfg(test)]
+    fold_kicks: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The placeholder the temporary names of keys staged by an older berth derive from
@@ -550,6 +573,8 @@ impl Store {
             fold_pause: Arc::default(),
             #[cfg(test)]
             fold_priority: Arc::new(std::sync::atomic::AtomicI32::new(i32::MIN)),
+            #[cfg(test)]
+            fold_kicks: Arc::default(),
         })
     }
 
@@ -714,7 +739,11 @@ impl Store {
         let snapshot = self.index.snapshot();
         let dir = self.dir.clone();
         #[cfg(test)]
-        let (pause, fold_priority) = (self.fold_pause.clone(), self.fold_priority.clone());
+        let (pause, fold_priority, fold_kicks) = (
+            self.fold_pause.clone(),
+            self.fold_priority.clone(),
+            self.fold_kicks.clone(),
+        );
         let thread = std::thread::Builder::new()
             .name("berth-pki-fold".into())
             .spawn(move || {
@@ -726,8 +755,12 @@ impl Store {
                     fold_priority.store(p, std::sync::atomic::Ordering::SeqCst);
                 }
                 let r = snapshot
-                    .write(&dir)
-                    .and_then(|()| remove_durably(&dir, OLD_LOG));
+                    .write_paced(&dir, Some(FOLD_BYTES_PER_SEC))
+                    .and_then(|_kicks| {
+                        #[cfg(test)]
+                        fold_kicks.store(_kicks, std::sync::atomic::Ordering::SeqCst);
+                        remove_durably(&dir, OLD_LOG)
+                    });
                 match r {
                     Ok(()) => {
                         tracing::debug!(certificates = snapshot.certificates.len(), "folded the certificate index journal into a snapshot")

@@ -103,12 +103,21 @@ fn the_journal_is_folded_every_so_many_changes() {
     let d = tempfile::tempdir().unwrap();
     let mut s = Store::open(d.path()).unwrap();
     s.settle().unwrap();
-    let priority = s.fold_priority.clone();
+    let (priority, kicks) = (s.fold_priority.clone(), s.fold_kicks.clone());
     for i in 0..COMPACT_AFTER + 5 {
         s.insert(rec(&format!("{i:06x}")), None).unwrap();
     }
     assert_eq!(log_lines(d.path()), 5);
     drop(s);
+    // The snapshot went to the disk paced, a chunk at a time, not in one final fsync.
+    let size = std::fs::metadata(d.path().join("index.json"))
+        .unwrap()
+        .len();
+    let kicks = kicks.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        size > 4 * fsutil::PACE_CHUNK && kicks >= size / (2 * fsutil::PACE_CHUNK),
+        "{kicks} writeback starts for {size} bytes"
+    );
     assert_eq!(
         Store::open(d.path()).unwrap().records().len(),
         COMPACT_AFTER + 5
