@@ -78,6 +78,19 @@ pub enum Error {
     /// berthd answered with something this client cannot read.
     #[error("unexpected answer from berthd: {0}")]
     Protocol(String),
+    /// berthd took the connection but did not answer in time.
+    #[error(
+        "berthd at {target} took the connection but did not answer {what} within {} s; check that berthd is running and not overloaded there, then try again",
+        after.as_secs()
+    )]
+    NoAnswer {
+        /// The address.
+        target: String,
+        /// The call.
+        what: &'static str,
+        /// How long it had.
+        after: std::time::Duration,
+    },
     /// Work on this host (keys, files, the enrolment record) failed.
     #[error("{0}")]
     Host(String),
@@ -443,6 +456,12 @@ impl Trees {
 #[derive(Debug, Clone)]
 pub struct Client {
     channel: Channel,
+    /// The address and the time a call there may take, for a berthd reached over the
+    /// network by a host's own tooling (join, renew, a replica's enrolment), where nobody
+    /// may be watching: a server that takes the connection and never answers would
+    /// otherwise hold `berth renew` from a systemd timer forever. `None` over the local
+    /// socket and `--host`, where an operator is there to interrupt.
+    deadline: Option<(String, std::time::Duration)>,
 }
 
 impl Client {
@@ -529,7 +548,10 @@ impl Client {
                 })?
             }
         };
-        Ok(Client { channel })
+        Ok(Client {
+            channel,
+            deadline: None,
+        })
     }
 
     fn system(&self) -> SystemServiceClient<Channel> {

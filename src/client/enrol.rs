@@ -22,6 +22,10 @@ use crate::proto::convert::{self, time_in};
 use crate::proto::enrol_service_client::EnrolServiceClient;
 use crate::proto::token_service_client::TokenServiceClient;
 
+/// How long berthd may take to answer an enrolment or a renewal: signing takes
+/// milliseconds, so a minute is only ever exceeded by a server that is stuck.
+const ANSWER_WITHIN: Duration = Duration::from_secs(60);
+
 /// A token as `berth token create` shows it once.
 #[derive(Debug, Clone)]
 pub struct CreatedToken {
@@ -190,10 +194,43 @@ impl Client {
             }))
             .await
             .map_err(|e| Error::Connect {
-                target,
+                target: target.clone(),
                 reason: super::transport_reason(&e),
             })?;
-        Ok(Client { channel })
+        Ok(Client {
+            channel,
+            deadline: Some((target, ANSWER_WITHIN)),
+        })
+    }
+
+    /// The same client with calls allowed `d` instead (tests of a server that never
+    /// answers).
+    #[cfg(test)]
+    pub(crate) fn answer_within(mut self, d: Duration) -> Client {
+        if let Some((_, within)) = self.deadline.as_mut() {
+            *within = d;
+        }
+        self
+    }
+
+    /// Runs `call`, bounded by the client's deadline when it has one.
+    async fn answered<T>(
+        &self,
+        what: &'static str,
+        call: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        match &self.deadline {
+            None => call.await,
+            Some((target, within)) => {
+                tokio::time::timeout(*within, call)
+                    .await
+                    .map_err(|_| Error::NoAnswer {
+                        target: target.clone(),
+                        what,
+                        after: *within,
+                    })?
+            }
+        }
     }
 
     fn tokens(&self) -> TokenServiceClient<tonic::transport::Channel> {
@@ -252,25 +289,29 @@ impl Client {
 
     /// Asks for a successor of the client certificate this connection presents.
     pub async fn renew_own(&self, csr_pem: &str) -> Result<Enrolled, Error> {
-        let r = EnrolServiceClient::new(self.channel.clone())
-            .renew(pb::RenewRequest {
-                csr_pem: csr_pem.as_bytes().to_vec(),
-            })
-            .await?
-            .into_inner();
-        Ok(enrolled_in(r))
+        let call = async {
+            Ok(EnrolServiceClient::new(self.channel.clone())
+                .renew(pb::RenewRequest {
+                    csr_pem: csr_pem.as_bytes().to_vec(),
+                })
+                .await?
+                .into_inner())
+        };
+        Ok(enrolled_in(self.answered("the renewal", call).await?))
     }
 
     /// Trades a token and a CSR for a client certificate.
     pub async fn enrol(&self, token: &str, csr_pem: &str) -> Result<Enrolled, Error> {
-        let r = EnrolServiceClient::new(self.channel.clone())
-            .enrol(pb::EnrolRequest {
-                token: token.to_string(),
-                csr_pem: csr_pem.as_bytes().to_vec(),
-            })
-            .await?
-            .into_inner();
-        Ok(enrolled_in(r))
+        let call = async {
+            Ok(EnrolServiceClient::new(self.channel.clone())
+                .enrol(pb::EnrolRequest {
+                    token: token.to_string(),
+                    csr_pem: csr_pem.as_bytes().to_vec(),
+                })
+                .await?
+                .into_inner())
+        };
+        Ok(enrolled_in(self.answered("the enrolment", call).await?))
     }
 }
 
@@ -285,3 +326,6 @@ fn enrolled_in(r: pb::EnrolResponse) -> Enrolled {
             .unwrap_or(OffsetDateTime::UNIX_EPOCH),
     }
 }
+
+#[cfg(test)]
+mod tests;
