@@ -349,15 +349,10 @@ async fn renew_one(state_dir: &Path, e: &mut Enrolment) -> Result<String, Error>
     )
     .await?;
     let (new_key, csr) = key_and_csr()?;
-    let got = client.renew_own(&csr).await.map_err(|x| match x.kind() {
-        Some(super::ErrorKind::InvalidArgument | super::ErrorKind::FailedPrecondition) => x,
-        // Not a refusal: nothing says the certificate cannot renew.
-        _ if matches!(x, Error::NoAnswer { .. }) => x,
-        _ => Error::Host(format!(
-            "berthd did not renew certificate {} ({x}); a revoked or expired certificate cannot renew itself: join again with a new token (berth token create on the CA host)",
-            e.serial
-        )),
-    })?;
+    let got = client
+        .renew_own(&csr)
+        .await
+        .map_err(|x| renewal_failed(&e.serial, x))?;
     let registry: HostPort = e
         .registry
         .parse()
@@ -376,6 +371,20 @@ async fn renew_one(state_dir: &Path, e: &mut Enrolment) -> Result<String, Error>
     e.not_before = nb;
     e.not_after = na;
     Ok(got.serial)
+}
+
+/// What a failed renewal of `serial` tells the operator. A refusal that is not about the
+/// request most likely means the certificate can no longer renew itself, so it says how to
+/// join again; a bad request, or a berthd that never answered, is passed on as it is:
+/// joining again would not help.
+fn renewal_failed(serial: &str, x: Error) -> Error {
+    match x.kind() {
+        Some(super::ErrorKind::InvalidArgument | super::ErrorKind::FailedPrecondition) => x,
+        _ if matches!(x, Error::NoAnswer { .. }) => x,
+        _ => Error::Host(format!(
+            "berthd did not renew certificate {serial} ({x}); a revoked or expired certificate cannot renew itself: join again with a new token (berth token create on the CA host)"
+        )),
+    }
 }
 
 #[cfg(test)]

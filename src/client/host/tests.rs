@@ -77,3 +77,31 @@ fn the_agent_looks_again_when_the_first_renewal_is_due() {
         std::time::Duration::from_secs(120)
     );
 }
+
+/// A renewal refused for the certificate says how to join again; one berthd never
+/// answered, or a bad request, is passed on as it is (joining again would not help).
+#[test]
+fn a_failed_renewal_says_join_again_only_when_the_certificate_was_refused() {
+    let refused = renewal_failed(
+        "0a",
+        Error::Refused {
+            kind: super::super::ErrorKind::Unauthenticated,
+            message: "certificate revoked".into(),
+        },
+    )
+    .to_string();
+    assert!(
+        refused.contains("0a") && refused.contains("join again"),
+        "{refused}"
+    );
+    let silent = renewal_failed(
+        "0a",
+        Error::NoAnswer {
+            target: "tcp://ca.example:7443".into(),
+            what: "the renewal",
+            after: std::time::Duration::from_secs(60),
+        },
+    );
+    assert!(matches!(silent, Error::NoAnswer { .. }), "{silent:?}");
+    assert!(!silent.to_string().contains("join again"), "{silent}");
+}
